@@ -1,0 +1,163 @@
+//! API errors as Kubernetes `Status` objects: the codes, reasons and messages the real API
+//! server answers with.
+
+use serde_json::{Value, json};
+
+use crate::store::GroupResource;
+
+/// A failed API request, rendered as a `Status` object with its HTTP code.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code} {reason}: {message}")]
+pub struct ApiError {
+    /// HTTP status code (404, 409, ...).
+    pub code: u16,
+    /// The `reason` field (`NotFound`, `Conflict`, ...).
+    pub reason: &'static str,
+    /// A sentence for a person, worded as kube-apiserver words it.
+    pub message: String,
+    /// The `details` field, when the error names an object.
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    fn with_details(mut self, gr: &GroupResource, name: &str) -> Self {
+        let mut details = json!({ "name": name, "kind": gr.resource });
+        if !gr.group.is_empty() {
+            details["group"] = json!(gr.group);
+        }
+        self.details = Some(details);
+        self
+    }
+
+    /// 404 NotFound for a named object.
+    pub fn not_found(gr: &GroupResource, name: &str) -> Self {
+        Self::new(404, "NotFound", format!("{gr} \"{name}\" not found")).with_details(gr, name)
+    }
+
+    /// 404 NotFound for a path that names no resource.
+    pub fn no_route(path: &str) -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
+    }
+
+    /// 409 AlreadyExists on create.
+    pub fn already_exists(gr: &GroupResource, name: &str) -> Self {
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{gr} \"{name}\" already exists"),
+        )
+        .with_details(gr, name)
+    }
+
+    /// 409 Conflict: a stale resourceVersion (or a failed precondition).
+    pub fn conflict(gr: &GroupResource, name: &str) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {gr} \"{name}\": the object has been modified; \
+                 please apply your changes to the latest version and try again"
+            ),
+        )
+        .with_details(gr, name)
+    }
+
+    /// 422 Invalid: the object fails validation.
+    pub fn invalid(gr: &GroupResource, name: &str, why: impl std::fmt::Display) -> Self {
+        Self::new(422, "Invalid", format!("{gr} \"{name}\" is invalid: {why}"))
+            .with_details(gr, name)
+    }
+
+    /// 400 BadRequest: a malformed body, query or patch.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+
+    /// 405 MethodNotSupported: a verb the resource does not serve.
+    pub fn method_not_supported(gr: &GroupResource, verb: &str) -> Self {
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            format!("{verb} is not supported on resources of kind \"{gr}\""),
+        )
+    }
+
+    /// 410 Gone with reason Expired: a watch or list from a compacted resourceVersion.
+    pub fn expired(requested: u64, oldest: u64) -> Self {
+        Self::new(
+            410,
+            "Expired",
+            format!("too old resource version: {requested} ({oldest})"),
+        )
+    }
+
+    /// 415 UnsupportedMediaType: a patch or body content type the server does not take.
+    pub fn unsupported_media_type(content_type: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"
+            ),
+        )
+    }
+
+    /// 500 InternalError (also used by fault injection).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "InternalError", message)
+    }
+
+    /// 429 TooManyRequests (fault injection: API priority and fairness throttling).
+    pub fn too_many_requests() -> Self {
+        Self::new(
+            429,
+            "TooManyRequests",
+            "the server has received too many requests and has asked us to try again later",
+        )
+    }
+
+    /// The `Status` object the API server sends for this error.
+    pub fn to_status(&self) -> Value {
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        });
+        if let Some(details) = &self.details {
+            status["details"] = details.clone();
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_status_names_the_resource_and_group() {
+        let gr = GroupResource::new("apps", "deployments");
+        let status = ApiError::not_found(&gr, "web").to_status();
+        assert_eq!(status["code"], 404);
+        assert_eq!(status["reason"], "NotFound");
+        assert_eq!(status["message"], "deployments.apps \"web\" not found");
+        assert_eq!(status["details"]["group"], "apps");
+    }
+}

@@ -1,0 +1,1 @@
+//! JSON merge patch, JSON patch and strategic merge patch. (Being built.)
