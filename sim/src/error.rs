@@ -129,6 +129,53 @@ impl ApiError {
         )
     }
 
+    /// 406 NotAcceptable: the `Accept` header names nothing the server can produce.
+    pub fn not_acceptable(accept: &str) -> Self {
+        Self::new(
+            406,
+            "NotAcceptable",
+            format!(
+                "only the following media types are accepted: application/json, application/yaml, application/json;as=Table;v=v1;g=meta.k8s.io (got {accept:?})"
+            ),
+        )
+    }
+
+    /// 415 UnsupportedMediaType for a patch type the resource does not take (strategic merge
+    /// on a custom resource), with the list kube-apiserver gives for custom resources.
+    pub fn unsupported_patch_type(content_type: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {content_type:?})"
+            ),
+        )
+    }
+
+    /// 413 RequestEntityTooLarge: a body over the 3 MiB limit.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    /// 422 Invalid without an object: a patch that does not apply (json-patch `test` failed,
+    /// unknown operation), as kube-apiserver reports it, the cause in `details.causes`.
+    pub fn patch_failed(cause: impl Into<String>) -> Self {
+        let cause = cause.into();
+        let mut err = Self::new(
+            422,
+            "Invalid",
+            format!("the server rejected our request due to an error in our request: {cause}"),
+        );
+        err.details = Some(json!({
+            "causes": [{"reason": "UnexpectedServerResponse", "message": cause}],
+        }));
+        err
+    }
+
     /// The `Status` object the API server sends for this error.
     pub fn to_status(&self) -> Value {
         let mut status = json!({
@@ -144,6 +191,20 @@ impl ApiError {
             status["details"] = details.clone();
         }
         status
+    }
+}
+
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        let code = http::StatusCode::from_u16(self.code)
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let body = self.to_status().to_string();
+        (
+            code,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }
 

@@ -2,6 +2,7 @@
 //! plane, all simulated in one process, for tests and demos. Clients reach it through an
 //! ordinary kubeconfig and cannot tell it from a cluster.
 
+pub mod admission;
 pub mod api;
 pub mod controllers;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod mesh;
 pub mod patch;
 pub mod prometheus;
 pub mod resources;
+pub mod selector;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -138,6 +140,24 @@ pub struct World {
     pub config: SimConfig,
 }
 
+/// Creates the namespaces every cluster starts with.
+fn create_builtin_namespaces(world: &World) -> Result<(), SimError> {
+    let Some(def) = world.registry.lookup("", "v1", "namespaces") else {
+        return Err(SimError::Apply {
+            path: PathBuf::from("(built-in namespaces)"),
+            message: "namespaces are not served".into(),
+        });
+    };
+    for name in ["default", "kube-system", "kube-public"] {
+        let ns = serde_json::json!({"metadata": {"name": name}});
+        api::create_object(world, &def, "v1", "", ns, false).map_err(|e| SimError::Apply {
+            path: PathBuf::from("(built-in namespaces)"),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
 /// A running simulator. Dropping it stops every task.
 pub struct Sim {
     api_addr: SocketAddr,
@@ -179,6 +199,7 @@ impl Sim {
             store,
             config: config.clone(),
         });
+        create_builtin_namespaces(&world)?;
         for path in &config.apply {
             manifests::apply_path(&world, path)?;
         }

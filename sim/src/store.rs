@@ -75,6 +75,9 @@ pub struct Change {
     pub change: ChangeType,
     /// The object after the change (before it, for a delete, with the delete's resourceVersion).
     pub object: Arc<Value>,
+    /// The object before the change (`None` for a create and for synthetic ADDED events), so
+    /// that a filtered watch can tell an object entering or leaving its selector.
+    pub previous: Option<Arc<Value>>,
 }
 
 /// Which part of an object an update may change.
@@ -97,6 +100,9 @@ pub struct WatchStart {
     pub initial: Vec<Arc<Change>>,
     /// Every change committed after `initial`, in order.
     pub rx: broadcast::Receiver<Arc<Change>>,
+    /// The resourceVersion the watch starts at: every change up to it is in `initial` (or
+    /// before the requested version), every later one comes through `rx`.
+    pub rv: u64,
 }
 
 type ObjKey = (String, String);
@@ -219,11 +225,14 @@ impl Store {
             .insert(key, Arc::clone(&obj));
         self.commit(
             &mut inner,
-            rv,
-            gr,
-            namespace,
-            ChangeType::Added,
-            Arc::clone(&obj),
+            Change {
+                rv,
+                gr: gr.clone(),
+                namespace: namespace.to_owned(),
+                change: ChangeType::Added,
+                object: Arc::clone(&obj),
+                previous: None,
+            },
         );
         Ok((*obj).clone())
     }
@@ -367,11 +376,14 @@ impl Store {
         }
         self.commit(
             &mut inner,
-            rv,
-            gr,
-            namespace,
-            ChangeType::Modified,
-            Arc::clone(&new),
+            Change {
+                rv,
+                gr: gr.clone(),
+                namespace: namespace.to_owned(),
+                change: ChangeType::Modified,
+                object: Arc::clone(&new),
+                previous: Some(old),
+            },
         );
         Ok((*new).clone())
     }
@@ -385,6 +397,32 @@ impl Store {
         name: &str,
         precondition_rv: Option<&str>,
     ) -> Result<Value, ApiError> {
+        self.delete_if(gr, namespace, name, |old| match precondition_rv {
+            Some(want)
+                if Some(want)
+                    != old
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str) =>
+            {
+                Err(ApiError::conflict(gr, name))
+            }
+            _ => Ok(()),
+        })
+    }
+
+    /// Deletes an object if `check` accepts the stored one (the API's delete preconditions on
+    /// resourceVersion and uid). Returns the object as it was, at the delete's
+    /// resourceVersion.
+    pub fn delete_if<F>(
+        &self,
+        gr: &GroupResource,
+        namespace: &str,
+        name: &str,
+        check: F,
+    ) -> Result<Value, ApiError>
+    where
+        F: FnOnce(&Value) -> Result<(), ApiError>,
+    {
         let mut inner = self.lock();
         let key = (namespace.to_owned(), name.to_owned());
         let old = inner
@@ -393,14 +431,41 @@ impl Store {
             .and_then(|objs| objs.get(&key))
             .cloned()
             .ok_or_else(|| ApiError::not_found(gr, name))?;
-        if let Some(want) = precondition_rv
-            && Some(want)
-                != old
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-        {
-            return Err(ApiError::conflict(gr, name));
+        check(&old)?;
+        Ok(self.remove_locked(&mut inner, gr, key, old))
+    }
+
+    /// Deletes every object for which `select(resource, namespace)` holds, one DELETED event
+    /// each (a Namespace's contents when it is deleted, a CRD's objects when it is deleted).
+    /// Returns how many were deleted.
+    pub fn delete_where<F>(&self, select: F) -> usize
+    where
+        F: Fn(&GroupResource, &str) -> bool,
+    {
+        let mut inner = self.lock();
+        let doomed: Vec<(GroupResource, ObjKey, Arc<Value>)> = inner
+            .objects
+            .iter()
+            .flat_map(|(gr, objs)| {
+                objs.iter()
+                    .filter(|((ns, _), _)| select(gr, ns))
+                    .map(|(key, obj)| (gr.clone(), key.clone(), Arc::clone(obj)))
+            })
+            .collect();
+        let n = doomed.len();
+        for (gr, key, old) in doomed {
+            self.remove_locked(&mut inner, &gr, key, old);
         }
+        n
+    }
+
+    fn remove_locked(
+        &self,
+        inner: &mut Inner,
+        gr: &GroupResource,
+        key: ObjKey,
+        old: Arc<Value>,
+    ) -> Value {
         if let Some(objs) = inner.objects.get_mut(gr) {
             objs.remove(&key);
         }
@@ -409,14 +474,17 @@ impl Store {
         gone["metadata"]["resourceVersion"] = json!(rv.to_string());
         let gone = Arc::new(gone);
         self.commit(
-            &mut inner,
-            rv,
-            gr,
-            namespace,
-            ChangeType::Deleted,
-            Arc::clone(&gone),
+            inner,
+            Change {
+                rv,
+                gr: gr.clone(),
+                namespace: key.0.clone(),
+                change: ChangeType::Deleted,
+                object: Arc::clone(&gone),
+                previous: Some(old),
+            },
         );
-        Ok((*gone).clone())
+        (*gone).clone()
     }
 
     /// Starts a watch of one resource (one namespace, or all with `None`). With `since` the
@@ -456,32 +524,23 @@ impl Store {
                                 namespace: ns.clone(),
                                 change: ChangeType::Added,
                                 object: Arc::clone(obj),
+                                previous: None,
                             })
                         })
                         .collect()
                 })
                 .unwrap_or_default(),
         };
-        Ok(WatchStart { initial, rx })
+        Ok(WatchStart {
+            initial,
+            rx,
+            rv: inner.rv,
+        })
     }
 
-    fn commit(
-        &self,
-        inner: &mut Inner,
-        rv: u64,
-        gr: &GroupResource,
-        namespace: &str,
-        change: ChangeType,
-        object: Arc<Value>,
-    ) {
-        inner.rv = rv;
-        let change = Arc::new(Change {
-            rv,
-            gr: gr.clone(),
-            namespace: namespace.to_owned(),
-            change,
-            object,
-        });
+    fn commit(&self, inner: &mut Inner, change: Change) {
+        inner.rv = change.rv;
+        let change = Arc::new(change);
         inner.history.push_back(Arc::clone(&change));
         while inner.history.len() > self.history_limit {
             if let Some(dropped) = inner.history.pop_front() {

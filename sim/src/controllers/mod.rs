@@ -1,22 +1,103 @@
-//! The simulated controllers: Deployments and HorizontalPodAutoscalers. (Being built.)
+//! The simulated controllers of kube-controller-manager: Deployments (with their ReplicaSets
+//! and simulated pods) and HorizontalPodAutoscalers, acting directly on the store.
 
-use std::sync::Arc;
+pub mod deployment;
+pub mod hpa;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::MissedTickBehavior;
 
 use crate::{Shutdown, World};
 
-/// Load figures HPAs follow, per HPA.
+pub use deployment::pod_template_hash;
+
+/// Load figures HPAs follow, per HPA: 1.0 means the pods run exactly at the HPA's target
+/// utilisation, 2.0 twice as busy, 0.5 half. HPAs without a figure see 1.0.
 #[derive(Debug, Default)]
-pub struct Loads {}
+pub struct Loads {
+    inner: Mutex<HashMap<(String, String), f64>>,
+}
 
 impl Loads {
     /// Sets the load figure of an HPA.
     pub fn set(&self, namespace: &str, hpa: &str, load: f64) {
-        let _ = (namespace, hpa, load);
+        let load = if load.is_finite() { load.max(0.0) } else { 1.0 };
+        self.lock()
+            .insert((namespace.to_owned(), hpa.to_owned()), load);
+    }
+
+    /// The load figure of an HPA (1.0 unless set).
+    pub fn get(&self, namespace: &str, hpa: &str) -> f64 {
+        self.lock()
+            .get(&(namespace.to_owned(), hpa.to_owned()))
+            .copied()
+            .unwrap_or(1.0)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), f64>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 /// Runs every controller until `shutdown` is cancelled.
+///
+/// Deployments are reconciled when the store reports a change to them, and on a timer only
+/// while one of them waits for a pod to become ready or for its progress deadline, so an idle
+/// cluster of thousands of objects costs nothing between changes.
 pub async fn run(world: Arc<World>, shutdown: Shutdown) {
-    let _ = world;
-    shutdown.cancelled().await;
+    let timing = world.config.timing.clone();
+    let mut changes = world.store.subscribe();
+    let mut deployments = deployment::Controller::new(Arc::clone(&world.store), timing.pod_startup);
+    deployments.resync_all();
+    let mut hpa_tick = tokio::time::interval(timing.hpa_sync);
+    hpa_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_timed_pass = Instant::now();
+    loop {
+        deployments.reconcile_dirty(Instant::now());
+        // Timed passes are spaced by at least one controller tick, so pods that become ready
+        // at nearly the same instant are handled in one pass.
+        let wake = deployments
+            .next_wakeup()
+            .map(|at| at.max(last_timed_pass + timing.controller_tick));
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            received = changes.recv() => {
+                match received {
+                    Ok(change) => deployments.observe(&change),
+                    Err(RecvError::Lagged(_)) => deployments.resync_all(),
+                    Err(RecvError::Closed) => break,
+                }
+                // Batch whatever else is already queued.
+                loop {
+                    match changes.try_recv() {
+                        Ok(change) => deployments.observe(&change),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                            deployments.resync_all();
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            () = sleep_until_opt(wake) => {
+                last_timed_pass = Instant::now();
+                deployments.wake_due(last_timed_pass);
+            }
+            _ = hpa_tick.tick() => {
+                hpa::sync_all(&world.store, &world.loads);
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
 }

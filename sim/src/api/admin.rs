@@ -1,0 +1,180 @@
+//! The admin endpoints under `/sim/` on the API address, for scripts (curl) to drive faults,
+//! counters and the simulated workloads. They are never faulted, held or counted.
+//!
+//! | request | body | effect |
+//! |---|---|---|
+//! | `GET /sim` | | this list, as text |
+//! | `GET /sim/faults` | | the active fault rules |
+//! | `POST /sim/faults` | `{"verb"?: "patch", "resource"?: "virtualservices", "errorRate"?: 0.5, "errorCode"?: 500\|429, "latencyMs"?: 200}` | adds a rule |
+//! | `DELETE /sim/faults` | | removes every rule, pending conflict and hold |
+//! | `POST /sim/conflict` | `{"resource": "deployments", "namespace": "default", "name": "web"}` | the next write to that object answers 409 |
+//! | `POST /sim/hold` | `{"ms": 2000}` | holds API requests for that long |
+//! | `POST /sim/drop-watches` | | ends every open watch |
+//! | `POST /sim/compact` | | compacts the change log: older resourceVersions get 410 |
+//! | `GET /sim/counts` | | `{"total": N, "counts": [{"verb", "resource", "count"}]}` |
+//! | `POST /sim/reset-counts` | | zeroes the counters |
+//! | `POST /sim/error-rate` | `{"namespace": "default", "deployment": "web-canary", "rate": 0.2}` (`null` restores the annotation) | overrides a workload's 5xx rate |
+//! | `POST /sim/load` | `{"namespace": "default", "hpa": "web", "load": 2.0}` | sets the load an HPA follows |
+//!
+//! Every answer is JSON; a bad body gets a 400 `Status`.
+
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use http::{Method, StatusCode, header};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::{ApiState, Output, respond};
+use crate::error::ApiError;
+use crate::faults::FaultRule;
+
+const HELP: &str = "steerer-sim admin endpoints:
+GET    /sim/faults                 active fault rules
+POST   /sim/faults                 {\"verb\"?, \"resource\"?, \"errorRate\"?, \"errorCode\"?, \"latencyMs\"?}
+DELETE /sim/faults                 clear rules, pending conflicts and holds
+POST   /sim/conflict               {\"resource\", \"namespace\", \"name\"}: next write answers 409
+POST   /sim/hold                   {\"ms\"}: hold API requests
+POST   /sim/drop-watches           end every open watch
+POST   /sim/compact                compact the change log (older versions get 410)
+GET    /sim/counts                 requests by verb and resource
+POST   /sim/reset-counts           zero the counters
+POST   /sim/error-rate             {\"namespace\", \"deployment\", \"rate\": number|null}
+POST   /sim/load                   {\"namespace\", \"hpa\", \"load\"}
+";
+
+#[derive(Deserialize)]
+struct ConflictBody {
+    resource: String,
+    #[serde(default)]
+    namespace: String,
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct HoldBody {
+    ms: u64,
+}
+
+#[derive(Deserialize)]
+struct ErrorRateBody {
+    namespace: String,
+    deployment: String,
+    rate: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct LoadBody {
+    namespace: String,
+    hpa: String,
+    load: f64,
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
+}
+
+fn ok(value: &Value) -> Response {
+    respond(StatusCode::OK, Output::Json, value)
+}
+
+/// Answers a request under `/sim/`; `path` is what follows `/sim`.
+pub(crate) async fn handle(
+    state: &ApiState,
+    method: &Method,
+    path: &[&str],
+    body: &[u8],
+) -> Response {
+    match run(state, method, path, body) {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn run(
+    state: &ApiState,
+    method: &Method,
+    path: &[&str],
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let world = &state.world;
+    let faults = &world.faults;
+    Ok(match (method, path) {
+        (&Method::GET, []) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            HELP,
+        )
+            .into_response(),
+        (&Method::GET, ["faults"]) => ok(&json!({"rules": faults.rules()})),
+        (&Method::POST, ["faults"]) => {
+            let rule: FaultRule = parse(body)?;
+            if !(0.0..=1.0).contains(&rule.error_rate) {
+                return Err(ApiError::bad_request("errorRate must be between 0 and 1"));
+            }
+            if rule.error_code != 500 && rule.error_code != 429 {
+                return Err(ApiError::bad_request("errorCode must be 500 or 429"));
+            }
+            faults.add_rule(rule);
+            ok(&json!({"rules": faults.rules()}))
+        }
+        (&Method::DELETE, ["faults"]) => {
+            faults.clear();
+            ok(&json!({"rules": []}))
+        }
+        (&Method::POST, ["conflict"]) => {
+            let c: ConflictBody = parse(body)?;
+            faults.conflict_next_write(&c.resource, &c.namespace, &c.name);
+            ok(&json!({}))
+        }
+        (&Method::POST, ["hold"]) => {
+            let h: HoldBody = parse(body)?;
+            faults.hold_for(Duration::from_millis(h.ms));
+            ok(&json!({}))
+        }
+        (&Method::POST, ["drop-watches"]) => {
+            faults.drop_watches();
+            ok(&json!({}))
+        }
+        (&Method::POST, ["compact"]) => {
+            world.store.compact();
+            ok(&json!({"compactedResourceVersion": world.store.compacted_rv().to_string()}))
+        }
+        (&Method::GET, ["counts"]) => {
+            let counts: Vec<Value> = faults
+                .counts()
+                .into_iter()
+                .map(|((verb, resource), count)| {
+                    json!({"verb": verb, "resource": resource, "count": count})
+                })
+                .collect();
+            ok(&json!({"total": faults.total(), "counts": counts}))
+        }
+        (&Method::POST, ["reset-counts"]) => {
+            faults.reset_counts();
+            ok(&json!({}))
+        }
+        (&Method::POST, ["error-rate"]) => {
+            let e: ErrorRateBody = parse(body)?;
+            if e.rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+                return Err(ApiError::bad_request("rate must be between 0 and 1"));
+            }
+            world
+                .mesh
+                .set_error_rate(&e.namespace, &e.deployment, e.rate);
+            ok(&json!({}))
+        }
+        (&Method::POST, ["load"]) => {
+            let l: LoadBody = parse(body)?;
+            if !l.load.is_finite() || l.load < 0.0 {
+                return Err(ApiError::bad_request("load must be a finite number >= 0"));
+            }
+            world.loads.set(&l.namespace, &l.hpa, l.load);
+            ok(&json!({}))
+        }
+        (m, p) => {
+            return Err(ApiError::no_route(&format!("{m} /sim/{}", p.join("/"))));
+        }
+    })
+}
