@@ -1,1 +1,236 @@
-//! placeholder
+//! steerer-server: the gRPC server that owns canary rollouts of Kubernetes Deployments,
+//! moving Istio VirtualService weights step by step, gated on Prometheus success rates.
+//!
+//! `serve` runs the whole server on a listener the caller bound, so tests start it in-process
+//! on `127.0.0.1:0`, stop it gracefully through the shutdown future, or abort its task to
+//! simulate a crash.
+
+pub mod api;
+pub mod cache;
+pub mod domain;
+pub mod engine;
+pub mod events;
+pub mod metrics;
+pub mod router;
+pub mod store;
+pub mod workloads;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use steerer::v1::rollout_service_server::RolloutServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::AnalysisSettings;
+use crate::engine::{EngineConfig, Ports, Supervisor};
+
+/// Everything the server needs besides a listener and a Kubernetes client.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on (used by the binary; `serve` takes a bound listener).
+    pub listen: SocketAddr,
+    /// Prometheus base URL, for example `http://127.0.0.1:9090`.
+    pub prometheus_url: String,
+    /// Namespaces served (empty = all).
+    pub namespaces: Vec<String>,
+    /// Analysis settings for fields a request leaves out.
+    pub defaults: AnalysisSettings,
+    /// Shortest metrics window; the window of a check is max(interval, this).
+    pub metrics_window: Duration,
+    /// Timeout of one Prometheus query.
+    pub metrics_timeout: Duration,
+    /// Start rollouts by themselves for labelled GA Deployments whose canary changes.
+    pub auto: bool,
+    /// How often auto mode looks for new canary revisions.
+    pub auto_interval: Duration,
+    /// Served version of `networking.istio.io` VirtualServices.
+    pub istio_api_version: String,
+    /// How long start-up waits for the watch caches.
+    pub sync_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            prometheus_url: "http://127.0.0.1:9090".into(),
+            namespaces: Vec::new(),
+            defaults: AnalysisSettings::default(),
+            metrics_window: Duration::from_secs(60),
+            metrics_timeout: Duration::from_secs(5),
+            auto: false,
+            auto_interval: Duration::from_secs(2),
+            istio_api_version: "v1".into(),
+            sync_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("watch caches did not sync: {0}")]
+    Sync(String),
+    #[error("failed to load stored rollouts: {0}")]
+    Restore(String),
+    #[error("gRPC transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+}
+
+impl ServerConfig {
+    /// Checks names and defaults.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        for ns in &self.namespaces {
+            api::validate::dns1123_label("namespace", ns).map_err(|e| ServerError::Config(e.0))?;
+        }
+        api::validate::check_analysis(&self.defaults).map_err(|e| ServerError::Config(e.0))?;
+        if self.prometheus_url.is_empty() {
+            return Err(ServerError::Config("prometheus url is required".into()));
+        }
+        Ok(())
+    }
+
+    fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            defaults: self.defaults.clone(),
+            metrics_window: self.metrics_window,
+            auto: self.auto,
+            auto_interval: self.auto_interval,
+        }
+    }
+}
+
+/// Runs the server against Kubernetes (`client`) and Prometheus until `shutdown` completes,
+/// then drains: open watches end, drivers stop between steps.
+pub async fn serve(
+    config: ServerConfig,
+    listener: TcpListener,
+    client: kube::Client,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let caches = CancellationToken::new();
+    let _stop_caches = caches.clone().drop_guard();
+    let workloads = Arc::new(workloads::kube::KubeWorkloads::start(
+        client.clone(),
+        &config.namespaces,
+        &caches,
+    ));
+    let router = Arc::new(router::istio::IstioRouter::start(
+        client.clone(),
+        &config.istio_api_version,
+        &config.namespaces,
+        &caches,
+    ));
+    workloads
+        .wait_ready(config.sync_timeout)
+        .await
+        .map_err(|e| ServerError::Sync(e.to_string()))?;
+    router
+        .wait_ready(config.sync_timeout)
+        .await
+        .map_err(|e| ServerError::Sync(format!("VirtualServices: {e}")))?;
+    let metrics = Arc::new(
+        metrics::prometheus::PrometheusMetrics::new(
+            &config.prometheus_url,
+            config.metrics_timeout,
+            config.namespaces.clone(),
+            Duration::from_millis(500),
+        )
+        .map_err(|e| ServerError::Config(e.to_string()))?,
+    );
+    let store = Arc::new(store::configmap::ConfigMapStore::new(
+        client,
+        config.namespaces.clone(),
+    ));
+    let ports = Ports {
+        workloads,
+        router,
+        metrics,
+        store,
+        hub: events::Hub::new(),
+    };
+    serve_with(config, listener, ports, shutdown).await
+}
+
+/// Runs the server over the given adapters (the Kubernetes ones, or fakes in tests).
+pub async fn serve_with(
+    config: ServerConfig,
+    listener: TcpListener,
+    ports: Ports,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let supervisor = Arc::new(Supervisor::new(ports.clone(), config.engine()));
+    let resumed = supervisor
+        .restore()
+        .await
+        .map_err(|e| ServerError::Restore(e.to_string()))?;
+    if config.auto {
+        tokio::spawn(engine::auto::run(
+            supervisor.clone(),
+            ports.workloads.clone(),
+            config.namespaces.clone(),
+        ));
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RolloutServiceServer<api::Api>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(steerer::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(steerer::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+
+    let draining = CancellationToken::new();
+    let service = api::Api::new(
+        supervisor.clone(),
+        config.namespaces.clone(),
+        draining.clone(),
+    );
+    let addr = listener.local_addr().ok();
+    tracing::info!(
+        ?addr,
+        resumed,
+        auto = config.auto,
+        "steerer server listening"
+    );
+    let signal = {
+        let draining = draining.clone();
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining watches and drivers");
+            health
+                .set_not_serving::<RolloutServiceServer<api::Api>>()
+                .await;
+            draining.cancel();
+        }
+    };
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(RolloutServiceServer::new(service))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            signal,
+        )
+        .await;
+    draining.cancel();
+    supervisor.shutdown().await;
+    tracing::info!("steerer server stopped");
+    result.map_err(ServerError::from)
+}

@@ -1,1 +1,162 @@
-fn main() {}
+//! The `steerer-server` binary: reads flags (or their environment variables), connects to
+//! Kubernetes the way kube-rs does by default (KUBECONFIG, ~/.kube/config or in-cluster), serves
+//! until SIGTERM or SIGINT, then drains within a grace period.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use steerer_server::ServerConfig;
+use steerer_server::domain::AnalysisSettings;
+
+/// Progressive delivery for Kubernetes Deployments over Istio and Prometheus.
+#[derive(Debug, Parser)]
+#[command(name = "steerer-server", version, about)]
+struct Flags {
+    /// Address of the gRPC server. Use 0.0.0.0:50051 to accept connections from other hosts
+    /// (for example behind a Kubernetes Service).
+    #[arg(long, env = "STEERER_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Prometheus base URL.
+    #[arg(
+        long,
+        env = "STEERER_PROMETHEUS_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    prometheus_url: String,
+    /// Namespace to serve; repeat for several. None = all namespaces.
+    #[arg(long = "namespace", env = "STEERER_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Default canary weight step, in percent.
+    #[arg(long, env = "STEERER_STEP_WEIGHT", default_value_t = 10)]
+    step_weight: u32,
+    /// Default weight at which the canary is promoted.
+    #[arg(long, env = "STEERER_MAX_WEIGHT", default_value_t = 100)]
+    max_weight: u32,
+    /// Default time between checks and steps.
+    #[arg(long, env = "STEERER_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Default minimum success rate, in percent.
+    #[arg(long, env = "STEERER_SUCCESS_RATE_THRESHOLD", default_value_t = 99.0)]
+    success_rate_threshold: f64,
+    /// Default number of failed checks that rolls back.
+    #[arg(long, env = "STEERER_MAX_FAILED_CHECKS", default_value_t = 5)]
+    max_failed_checks: u32,
+    /// Default longest time a rollout may stay halted before it is rolled back.
+    #[arg(long, env = "STEERER_PROGRESS_DEADLINE", default_value = "10m", value_parser = humantime::parse_duration)]
+    progress_deadline: Duration,
+    /// Default canary requests per second below which a check has no data.
+    #[arg(long, env = "STEERER_MIN_REQUEST_RATE", default_value_t = 1.0)]
+    min_request_rate: f64,
+    /// Shortest Prometheus rate() window; a check uses max(interval, this).
+    #[arg(long, env = "STEERER_METRICS_WINDOW", default_value = "1m", value_parser = humantime::parse_duration)]
+    metrics_window: Duration,
+    /// Timeout of one Prometheus query.
+    #[arg(long, env = "STEERER_METRICS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    metrics_timeout: Duration,
+    /// Auto mode: GA Deployments labelled steerer.dev/rollout=enabled get a rollout when their
+    /// canary's pod template changes.
+    #[arg(long, env = "STEERER_AUTO")]
+    auto: bool,
+    /// How often auto mode looks for new canary revisions.
+    #[arg(long, env = "STEERER_AUTO_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    auto_interval: Duration,
+    /// Served version of networking.istio.io VirtualServices.
+    #[arg(long, env = "STEERER_ISTIO_API_VERSION", default_value = "v1")]
+    istio_api_version: String,
+    /// Time allowed to drain after SIGTERM before exiting anyway.
+    #[arg(long, env = "STEERER_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+    /// Log as JSON lines.
+    #[arg(long, env = "STEERER_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if flags.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+
+    let config = ServerConfig {
+        listen: flags.listen,
+        prometheus_url: flags.prometheus_url,
+        namespaces: flags.namespaces,
+        defaults: AnalysisSettings {
+            step_weight: flags.step_weight,
+            max_weight: flags.max_weight,
+            interval: flags.interval,
+            success_rate_threshold: flags.success_rate_threshold,
+            max_failed_checks: flags.max_failed_checks,
+            progress_deadline: flags.progress_deadline,
+            min_request_rate: flags.min_request_rate,
+        },
+        metrics_window: flags.metrics_window,
+        metrics_timeout: flags.metrics_timeout,
+        auto: flags.auto,
+        auto_interval: flags.auto_interval,
+        istio_api_version: flags.istio_api_version,
+        ..ServerConfig::default()
+    };
+    config.validate()?;
+
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(steerer_server::serve(
+        config,
+        listener,
+        client,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let mut server = server;
+    tokio::select! {
+        result = &mut server => return result.context("server task failed")?.map_err(Into::into),
+        signal = terminated() => signal?,
+    }
+    tracing::info!(grace = ?flags.shutdown_grace, "signal received; shutting down");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(flags.shutdown_grace, &mut server).await {
+        Ok(result) => result.context("server task failed")?.map_err(Into::into),
+        Err(_) => {
+            server.abort();
+            anyhow::bail!("shutdown did not finish within {:?}", flags.shutdown_grace)
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminated() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        tokio::select! {
+            _ = term.recv() => {}
+            result = tokio::signal::ctrl_c() => result.context("installing SIGINT handler")?,
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("installing SIGINT handler")
+    }
+}

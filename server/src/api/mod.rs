@@ -1,0 +1,218 @@
+//! The gRPC surface: the `steerer.v1.RolloutService` implementation, validation and
+//! conversion. The only module that knows tonic and the generated types.
+
+pub mod convert;
+pub mod validate;
+
+use std::sync::Arc;
+
+use steerer::v1 as pb;
+use steerer::v1::rollout_service_server::RolloutService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Command, StartRequest, Supervisor};
+use validate::Invalid;
+
+/// Events buffered per WatchRollout stream before the producer waits for the client.
+const STREAM_BUFFER: usize = 64;
+
+/// The RolloutService over the engine.
+pub struct Api {
+    supervisor: Arc<Supervisor>,
+    namespaces: Vec<String>,
+    /// Cancelled at shutdown: open watches end cleanly.
+    draining: CancellationToken,
+}
+
+impl Api {
+    /// A service serving `namespaces` (empty = all).
+    pub fn new(
+        supervisor: Arc<Supervisor>,
+        namespaces: Vec<String>,
+        draining: CancellationToken,
+    ) -> Self {
+        Self {
+            supervisor,
+            namespaces,
+            draining,
+        }
+    }
+
+    fn served(&self, namespace: &str) -> Result<(), Status> {
+        if self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "namespace {namespace} is not served by this server"
+            )))
+        }
+    }
+}
+
+fn invalid(e: Invalid) -> Status {
+    Status::invalid_argument(e.0)
+}
+
+fn id(value: &str) -> Result<(), Status> {
+    validate::token("id", value, true).map_err(invalid)
+}
+
+#[tonic::async_trait]
+impl RolloutService for Api {
+    async fn start_rollout(
+        &self,
+        request: Request<pb::StartRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let r = request.into_inner();
+        validate::dns1123_label("namespace", &r.namespace).map_err(invalid)?;
+        validate::dns1123_label("target", &r.target).map_err(invalid)?;
+        validate::optional_label("canary", &r.canary).map_err(invalid)?;
+        validate::optional_label("virtual_service", &r.virtual_service).map_err(invalid)?;
+        validate::token("request_id", &r.request_id, false).map_err(invalid)?;
+        let images = validate::images(&r.images).map_err(invalid)?;
+        let analysis = validate::analysis(r.analysis.as_ref(), &self.supervisor.config().defaults)
+            .map_err(invalid)?;
+        if r.canary_replicas.is_some_and(|n| n == 0 || n > 1000) {
+            return Err(Status::invalid_argument(
+                "canary_replicas must be between 1 and 1000",
+            ));
+        }
+        self.served(&r.namespace)?;
+        let started = self
+            .supervisor
+            .start(StartRequest {
+                namespace: r.namespace,
+                target: r.target,
+                canary: r.canary,
+                virtual_service: r.virtual_service,
+                images,
+                analysis,
+                request_id: r.request_id,
+                canary_replicas: r.canary_replicas,
+            })
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(convert::rollout(&started)))
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let r = request.into_inner();
+        id(&r.id)?;
+        let rollout = self.supervisor.get(&r.id).map_err(convert::status)?;
+        Ok(Response::new(convert::rollout(&rollout)))
+    }
+
+    async fn list_rollouts(
+        &self,
+        request: Request<pb::ListRolloutsRequest>,
+    ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        let r = request.into_inner();
+        validate::optional_label("namespace", &r.namespace).map_err(invalid)?;
+        if !r.namespace.is_empty() {
+            self.served(&r.namespace)?;
+        }
+        let namespace = (!r.namespace.is_empty()).then_some(r.namespace.as_str());
+        let rollouts = self
+            .supervisor
+            .list(namespace, r.active_only)
+            .iter()
+            .map(convert::rollout)
+            .collect();
+        Ok(Response::new(pb::ListRolloutsResponse { rollouts }))
+    }
+
+    type WatchRolloutStream = ReceiverStream<Result<pb::RolloutEvent, Status>>;
+
+    async fn watch_rollout(
+        &self,
+        request: Request<pb::WatchRolloutRequest>,
+    ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        let r = request.into_inner();
+        id(&r.id)?;
+        let mut subscription = self
+            .supervisor
+            .hub()
+            .subscribe(&r.id, r.from_sequence)
+            .ok_or_else(|| Status::not_found(format!("rollout {} not found", r.id)))?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let draining = self.draining.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = draining.cancelled() => break,
+                    _ = tx.closed() => break,
+                    event = subscription.next() => event,
+                };
+                let Some(event) = event else { break };
+                if tx.send(Ok(convert::event(&event))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn abort_rollout(
+        &self,
+        request: Request<pb::AbortRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let r = request.into_inner();
+        id(&r.id)?;
+        validate::reason(&r.reason).map_err(invalid)?;
+        let rollout = self
+            .supervisor
+            .command(&r.id, Command::Abort { reason: r.reason })
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(convert::rollout(&rollout)))
+    }
+
+    async fn pause_rollout(
+        &self,
+        request: Request<pb::PauseRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let r = request.into_inner();
+        id(&r.id)?;
+        validate::reason(&r.reason).map_err(invalid)?;
+        let rollout = self
+            .supervisor
+            .command(&r.id, Command::Pause { reason: r.reason })
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(convert::rollout(&rollout)))
+    }
+
+    async fn resume_rollout(
+        &self,
+        request: Request<pb::ResumeRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let r = request.into_inner();
+        id(&r.id)?;
+        let rollout = self
+            .supervisor
+            .command(&r.id, Command::Resume)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(convert::rollout(&rollout)))
+    }
+
+    async fn promote_rollout(
+        &self,
+        request: Request<pb::PromoteRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let r = request.into_inner();
+        id(&r.id)?;
+        let rollout = self
+            .supervisor
+            .command(&r.id, Command::Promote)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(convert::rollout(&rollout)))
+    }
+}

@@ -1,0 +1,251 @@
+//! The rollout domain: phases, analysis settings, the persisted rollout state and its events.
+//! Free of kube, tonic and the generated types so the engine and its tests stay plain Rust.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    /// Accepted; the canary is being prepared.
+    Pending,
+    /// Traffic moves to the canary step by step.
+    Progressing,
+    /// Held by an operator.
+    Paused,
+    /// GA is being updated to the canary's template.
+    Promoting,
+    /// Terminal: GA runs the canary's template.
+    Succeeded,
+    /// Traffic is on GA; the canary is being scaled down.
+    RollingBack,
+    /// Terminal: analysis failed or the deadline passed.
+    RolledBack,
+    /// Terminal: aborted by a caller.
+    Aborted,
+    /// Terminal: the rollout could not be carried out.
+    Failed,
+}
+
+impl Phase {
+    /// A rollout in a terminal phase never changes again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Phase::Succeeded | Phase::RolledBack | Phase::Aborted | Phase::Failed
+        )
+    }
+
+    /// Lower-case name for logs and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Progressing => "progressing",
+            Phase::Paused => "paused",
+            Phase::Promoting => "promoting",
+            Phase::Succeeded => "succeeded",
+            Phase::RollingBack => "rolling back",
+            Phase::RolledBack => "rolled back",
+            Phase::Aborted => "aborted",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// What happened in one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    Started,
+    Preparing,
+    WeightChanged,
+    CheckPassed,
+    CheckFailed,
+    CheckNoData,
+    Halted,
+    Paused,
+    Resumed,
+    Promoting,
+    Promoted,
+    RollingBack,
+    RolledBack,
+    Aborted,
+    Succeeded,
+    Failed,
+    Restarted,
+}
+
+impl EventKind {
+    /// `PascalCase` reason used for Kubernetes Events.
+    pub fn reason(self) -> &'static str {
+        match self {
+            EventKind::Started => "RolloutStarted",
+            EventKind::Preparing => "Preparing",
+            EventKind::WeightChanged => "WeightChanged",
+            EventKind::CheckPassed => "CheckPassed",
+            EventKind::CheckFailed => "CheckFailed",
+            EventKind::CheckNoData => "CheckNoData",
+            EventKind::Halted => "Halted",
+            EventKind::Paused => "Paused",
+            EventKind::Resumed => "Resumed",
+            EventKind::Promoting => "Promoting",
+            EventKind::Promoted => "Promoted",
+            EventKind::RollingBack => "RollingBack",
+            EventKind::RolledBack => "RolledBack",
+            EventKind::Aborted => "Aborted",
+            EventKind::Succeeded => "Succeeded",
+            EventKind::Failed => "Failed",
+            EventKind::Restarted => "Restarted",
+        }
+    }
+
+    /// Events worth a `Warning` Kubernetes Event.
+    pub fn is_warning(self) -> bool {
+        matches!(
+            self,
+            EventKind::CheckFailed
+                | EventKind::Halted
+                | EventKind::RollingBack
+                | EventKind::RolledBack
+                | EventKind::Aborted
+                | EventKind::Failed
+        )
+    }
+}
+
+/// The analysis settings in force for one rollout (request values with defaults filled in).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisSettings {
+    /// Weight added per step, 1..=100.
+    pub step_weight: u32,
+    /// Weight at which the canary is promoted, step_weight..=100.
+    pub max_weight: u32,
+    /// Time between checks and steps.
+    #[serde(with = "millis")]
+    pub interval: Duration,
+    /// Minimum success rate in percent.
+    pub success_rate_threshold: f64,
+    /// Failed checks that roll back.
+    pub max_failed_checks: u32,
+    /// Longest time spent halted before rolling back.
+    #[serde(with = "millis")]
+    pub progress_deadline: Duration,
+    /// Requests per second below which a check has no data.
+    pub min_request_rate: f64,
+}
+
+impl Default for AnalysisSettings {
+    fn default() -> Self {
+        Self {
+            step_weight: 10,
+            max_weight: 100,
+            interval: Duration::from_secs(60),
+            success_rate_threshold: 99.0,
+            max_failed_checks: 5,
+            progress_deadline: Duration::from_secs(600),
+            min_request_rate: 1.0,
+        }
+    }
+}
+
+/// A canary measurement: both values absent when Prometheus had nothing for the canary.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Sample {
+    /// HTTP success rate in percent.
+    pub success_rate: Option<f64>,
+    /// Requests per second.
+    pub request_rate: Option<f64>,
+}
+
+/// The last analysis check of a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisRecord {
+    pub sample: Sample,
+    pub time: DateTime<Utc>,
+}
+
+/// How a rollback ends: the terminal phase it reaches and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ending {
+    pub phase: Phase,
+    pub reason: String,
+}
+
+/// The durable state of one rollout: everything a restarted server needs to carry on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: String,
+    pub namespace: String,
+    pub target: String,
+    pub canary: String,
+    pub virtual_service: String,
+    /// Pod-template hash of the canary revision under analysis (empty until the canary is ready).
+    pub revision: String,
+    pub phase: Phase,
+    pub canary_weight: u32,
+    pub failed_checks: u32,
+    pub analysis: AnalysisSettings,
+    pub last_analysis: Option<AnalysisRecord>,
+    pub message: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub last_sequence: u64,
+    pub request_id: String,
+    pub images: BTreeMap<String, String>,
+    /// Replicas for a canary found at zero (None = GA's count).
+    pub canary_replicas: Option<u32>,
+    /// The canary was scaled up and its images applied.
+    #[serde(default)]
+    pub prepared: bool,
+    /// When the weight last moved or a check last ran.
+    #[serde(default)]
+    pub last_step_at: Option<DateTime<Utc>>,
+    /// Since when the rollout has been unable to progress (halted or without data).
+    #[serde(default)]
+    pub halted_since: Option<DateTime<Utc>>,
+    /// The reason of the current halt, so a repeated reason is not re-announced.
+    #[serde(default)]
+    pub halt_reason: Option<String>,
+    /// The phase a paused rollout returns to.
+    #[serde(default)]
+    pub paused_from: Option<Phase>,
+    /// Ready GA replicas required before traffic returns to GA at promotion.
+    #[serde(default)]
+    pub promotion_min_ready: Option<u32>,
+    /// Terminal phase and reason of a rollback under way.
+    #[serde(default)]
+    pub ending: Option<Ending>,
+}
+
+/// One step of a rollout, as stored and streamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutEvent {
+    pub rollout_id: String,
+    pub sequence: u64,
+    pub time: DateTime<Utc>,
+    pub kind: EventKind,
+    pub phase: Phase,
+    pub canary_weight: u32,
+    pub success_rate: Option<f64>,
+    pub request_rate: Option<f64>,
+    pub failed_checks: u32,
+    pub message: String,
+}
+
+/// Serde for durations as whole milliseconds, readable in the stored JSON.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(u64::try_from(value.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(deserializer)?))
+    }
+}

@@ -1,0 +1,83 @@
+//! Auto mode: GA Deployments labelled `steerer.dev/rollout=enabled` get a rollout when their
+//! canary's pod template changes to a revision neither GA runs nor a rollout already covered.
+
+use std::sync::Arc;
+
+use super::{EngineError, StartRequest, Supervisor};
+use crate::workloads::{promoted_template, template_hash};
+
+/// The label that opts a GA Deployment into auto mode.
+pub const AUTO_LABEL: (&str, &str) = ("steerer.dev/rollout", "enabled");
+
+/// Looks for new canary revisions until the supervisor stops.
+pub async fn run(
+    supervisor: Arc<Supervisor>,
+    workloads: Arc<dyn crate::workloads::Workloads>,
+    namespaces: Vec<String>,
+) {
+    let stop = supervisor.stopping();
+    let every = supervisor.config().auto_interval;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        scan(&supervisor, workloads.as_ref(), &namespaces).await;
+    }
+}
+
+/// One pass: starts a rollout for each labelled GA whose canary has a new revision.
+pub async fn scan(
+    supervisor: &Supervisor,
+    workloads: &dyn crate::workloads::Workloads,
+    namespaces: &[String],
+) {
+    for ga in workloads.labelled(AUTO_LABEL.0, AUTO_LABEL.1) {
+        if !namespaces.is_empty() && !namespaces.contains(&ga.namespace) {
+            continue;
+        }
+        let canary_name = format!("{}-canary", ga.name);
+        let Some(canary) = workloads.deployment(&ga.namespace, &canary_name) else {
+            continue;
+        };
+        if supervisor.active_for(&ga.namespace, &ga.name).is_some() {
+            continue;
+        }
+        let revision = canary.revision();
+        let promoted = promoted_template(&canary.template, &canary.selector, &ga.selector);
+        if template_hash(&promoted) == template_hash(&ga.template) {
+            continue;
+        }
+        if supervisor
+            .history(&ga.namespace, &ga.name)
+            .first()
+            .is_some_and(|last| last.revision == revision)
+        {
+            continue;
+        }
+        let request = StartRequest {
+            namespace: ga.namespace.clone(),
+            target: ga.name.clone(),
+            canary: canary_name,
+            analysis: supervisor.config().defaults.clone(),
+            request_id: format!("auto-{}-{}-{revision}", ga.namespace, ga.name),
+            ..Default::default()
+        };
+        match supervisor.start(request).await {
+            Ok(rollout) => tracing::info!(
+                rollout = %rollout.id,
+                namespace = %ga.namespace,
+                target = %ga.name,
+                %revision,
+                "auto mode started a rollout for a new canary revision"
+            ),
+            Err(EngineError::AlreadyExists(_)) => {}
+            Err(error) => tracing::warn!(
+                namespace = %ga.namespace,
+                target = %ga.name,
+                %error,
+                "auto mode could not start a rollout"
+            ),
+        }
+    }
+}

@@ -1,0 +1,601 @@
+//! The rules of `decide` and `apply_command`, one situation per test.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::json;
+
+use super::*;
+use crate::domain::{AnalysisSettings, Ending, EventKind, Phase, Rollout, Sample};
+use crate::workloads::fake::FakeWorkloads;
+use crate::workloads::{DeploymentView, HpaView, promoted_template, template_hash};
+
+fn t(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
+}
+
+fn settings() -> AnalysisSettings {
+    AnalysisSettings {
+        step_weight: 10,
+        max_weight: 100,
+        interval: Duration::from_secs(1),
+        success_rate_threshold: 99.0,
+        max_failed_checks: 3,
+        progress_deadline: Duration::from_secs(10),
+        min_request_rate: 1.0,
+    }
+}
+
+fn ga() -> DeploymentView {
+    FakeWorkloads::settled("test", "podinfo", 3, "podinfo:1")
+}
+
+fn canary() -> DeploymentView {
+    FakeWorkloads::settled("test", "podinfo-canary", 3, "podinfo:2")
+}
+
+/// A rollout in a phase, built by chaining.
+struct Fixture(Rollout);
+
+impl Fixture {
+    fn new() -> Self {
+        Fixture(Rollout {
+            id: "r1".into(),
+            namespace: "test".into(),
+            target: "podinfo".into(),
+            canary: "podinfo-canary".into(),
+            virtual_service: "podinfo".into(),
+            revision: String::new(),
+            phase: Phase::Pending,
+            canary_weight: 0,
+            failed_checks: 0,
+            analysis: settings(),
+            last_analysis: None,
+            message: String::new(),
+            created_at: t(0),
+            updated_at: t(0),
+            finished_at: None,
+            last_sequence: 1,
+            request_id: String::new(),
+            images: BTreeMap::new(),
+            canary_replicas: None,
+            prepared: false,
+            last_step_at: None,
+            halted_since: None,
+            halt_reason: None,
+            paused_from: None,
+            promotion_min_ready: None,
+            ending: None,
+        })
+    }
+    fn prepared(mut self) -> Self {
+        self.0.prepared = true;
+        self
+    }
+    fn progressing(mut self, weight: u32, last_step: i64) -> Self {
+        self.0.prepared = true;
+        self.0.phase = Phase::Progressing;
+        self.0.revision = canary().revision();
+        self.0.canary_weight = weight;
+        self.0.last_step_at = Some(t(last_step));
+        self
+    }
+    fn with(mut self, f: impl FnOnce(&mut Rollout)) -> Self {
+        f(&mut self.0);
+        self
+    }
+    fn done(self) -> Rollout {
+        self.0
+    }
+}
+
+fn obs() -> Observation {
+    Observation {
+        ga: Some(ga()),
+        canary: Some(canary()),
+        ..Default::default()
+    }
+}
+
+fn measured(success: f64, rate: f64) -> Observation {
+    Observation {
+        sample: Some(Ok(Sample {
+            success_rate: Some(success),
+            request_rate: Some(rate),
+        })),
+        ..obs()
+    }
+}
+
+fn kinds(d: &Decision) -> Vec<EventKind> {
+    d.events.iter().map(|e| e.kind).collect()
+}
+
+#[test]
+fn preparing_scales_a_canary_at_zero_to_ga_replicas_and_applies_images() {
+    let state = Fixture::new()
+        .with(|r| {
+            r.images = BTreeMap::from([("app".to_owned(), "podinfo:3".to_owned())]);
+        })
+        .done();
+    let mut o = obs();
+    o.canary.as_mut().unwrap().spec_replicas = 0;
+    let d = decide(&state, &o, t(1));
+    assert_eq!(d.actions, vec![Action::ApplyImages, Action::ScaleCanary(3)]);
+    assert_eq!(kinds(&d), vec![EventKind::Preparing]);
+    assert!(d.next.prepared);
+    assert_eq!(d.next.phase, Phase::Pending);
+}
+
+#[test]
+fn preparing_uses_requested_canary_replicas() {
+    let state = Fixture::new().with(|r| r.canary_replicas = Some(1)).done();
+    let mut o = obs();
+    o.canary.as_mut().unwrap().spec_replicas = 0;
+    let d = decide(&state, &o, t(1));
+    assert_eq!(d.actions, vec![Action::ScaleCanary(1)]);
+}
+
+#[test]
+fn pending_halts_while_the_canary_rolls_out() {
+    let state = Fixture::new().prepared().done();
+    let mut o = obs();
+    o.canary.as_mut().unwrap().updated_replicas = 2;
+    let d = decide(&state, &o, t(1));
+    assert!(d.actions.is_empty());
+    assert_eq!(kinds(&d), vec![EventKind::Halted]);
+    assert_eq!(
+        d.events[0].message,
+        "halted: canary rolling update in progress, 2 of 3 replicas updated"
+    );
+    // The same reason is not announced twice.
+    let again = decide(&d.next, &o, t(2));
+    assert!(again.events.is_empty());
+}
+
+#[test]
+fn ready_canary_gets_the_first_step() {
+    let state = Fixture::new().prepared().done();
+    let d = decide(&state, &obs(), t(1));
+    assert_eq!(d.actions, vec![Action::SetCanaryWeight(10)]);
+    assert_eq!(d.next.phase, Phase::Progressing);
+    assert_eq!(d.next.revision, canary().revision());
+    assert_eq!(kinds(&d), vec![EventKind::WeightChanged]);
+    assert_eq!(d.events[0].canary_weight, 10);
+}
+
+#[test]
+fn nothing_happens_before_the_interval_elapses() {
+    let state = Fixture::new().progressing(10, 0).done();
+    let now = t(0) + chrono::Duration::milliseconds(400);
+    assert!(!wants_sample(&state, now));
+    let d = decide(&state, &obs(), now);
+    assert!(d.actions.is_empty() && d.events.is_empty());
+    assert_eq!(d.wake, Duration::from_millis(600));
+}
+
+#[test]
+fn passing_check_steps_up_by_step_weight() {
+    let state = Fixture::new().progressing(10, 0).done();
+    assert!(wants_sample(&state, t(1)));
+    let d = decide(&state, &measured(100.0, 20.0), t(1));
+    assert_eq!(d.actions, vec![Action::SetCanaryWeight(20)]);
+    assert_eq!(
+        kinds(&d),
+        vec![EventKind::CheckPassed, EventKind::WeightChanged]
+    );
+    assert_eq!(d.events[0].canary_weight, 10);
+    assert_eq!(d.events[1].canary_weight, 20);
+    assert_eq!(d.next.last_step_at, Some(t(1)));
+}
+
+#[test]
+fn the_last_step_stops_at_max_weight() {
+    let state = Fixture::new()
+        .progressing(40, 0)
+        .with(|r| {
+            r.analysis.step_weight = 25;
+            r.analysis.max_weight = 50;
+        })
+        .done();
+    let d = decide(&state, &measured(100.0, 20.0), t(1));
+    assert_eq!(d.actions, vec![Action::SetCanaryWeight(50)]);
+}
+
+#[test]
+fn passing_check_at_max_weight_promotes() {
+    let state = Fixture::new().progressing(100, 0).done();
+    let d = decide(&state, &measured(99.5, 20.0), t(1));
+    assert_eq!(d.next.phase, Phase::Promoting);
+    assert_eq!(d.actions, vec![Action::PromoteTemplate]);
+    assert_eq!(
+        kinds(&d),
+        vec![EventKind::CheckPassed, EventKind::Promoting]
+    );
+    assert_eq!(d.next.promotion_min_ready, Some(3));
+}
+
+#[test]
+fn failed_checks_count_up_then_roll_back_with_one_weight_write() {
+    let state = Fixture::new().progressing(30, 0).done();
+    let d = decide(&state, &measured(80.0, 20.0), t(1));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.next.failed_checks, 1);
+    assert_eq!(kinds(&d), vec![EventKind::CheckFailed]);
+    assert!(d.events[0].message.contains("80.00% below threshold 99%"));
+
+    let state = Fixture::new()
+        .progressing(30, 0)
+        .with(|r| r.failed_checks = 2)
+        .done();
+    let d = decide(&state, &measured(80.0, 20.0), t(1));
+    assert_eq!(d.actions, vec![Action::SetCanaryWeight(0)]);
+    assert_eq!(d.next.phase, Phase::RollingBack);
+    assert_eq!(d.next.canary_weight, 0);
+    assert_eq!(
+        kinds(&d),
+        vec![EventKind::CheckFailed, EventKind::RollingBack]
+    );
+    assert_eq!(d.next.ending.as_ref().unwrap().phase, Phase::RolledBack);
+}
+
+#[test]
+fn too_little_traffic_is_no_data_never_a_pass() {
+    let state = Fixture::new().progressing(10, 0).done();
+    let d = decide(&state, &measured(100.0, 0.5), t(1));
+    assert!(d.actions.is_empty());
+    assert_eq!(kinds(&d), vec![EventKind::CheckNoData]);
+    assert_eq!(d.next.canary_weight, 10);
+    assert_eq!(d.next.failed_checks, 0);
+    assert_eq!(d.next.halted_since, Some(t(1)));
+}
+
+#[test]
+fn nan_inf_and_missing_values_are_no_data() {
+    let state = Fixture::new().progressing(10, 0).done();
+    for sample in [
+        Sample {
+            success_rate: Some(f64::NAN),
+            request_rate: Some(10.0),
+        },
+        Sample {
+            success_rate: Some(f64::INFINITY),
+            request_rate: Some(10.0),
+        },
+        Sample {
+            success_rate: Some(100.0),
+            request_rate: Some(f64::NAN),
+        },
+        Sample::default(),
+    ] {
+        let o = Observation {
+            sample: Some(Ok(sample)),
+            ..obs()
+        };
+        let d = decide(&state, &o, t(1));
+        assert_eq!(kinds(&d), vec![EventKind::CheckNoData], "{sample:?}");
+        assert!(d.actions.is_empty());
+    }
+    let o = Observation {
+        sample: Some(Err("timeout".into())),
+        ..obs()
+    };
+    assert_eq!(
+        kinds(&decide(&state, &o, t(1))),
+        vec![EventKind::CheckNoData]
+    );
+}
+
+#[test]
+fn out_of_range_success_rate_fails_the_check() {
+    let state = Fixture::new().progressing(10, 0).done();
+    let d = decide(&state, &measured(150.0, 10.0), t(1));
+    assert_eq!(kinds(&d), vec![EventKind::CheckFailed]);
+}
+
+#[test]
+fn no_data_past_the_deadline_rolls_back() {
+    let state = Fixture::new()
+        .progressing(10, 0)
+        .with(|r| r.halted_since = Some(t(-20)))
+        .done();
+    let d = decide(&state, &measured(100.0, 0.0), t(1));
+    assert_eq!(d.next.phase, Phase::RollingBack);
+    assert_eq!(d.actions, vec![Action::SetCanaryWeight(0)]);
+}
+
+#[test]
+fn halted_past_the_progress_deadline_rolls_back() {
+    let state = Fixture::new()
+        .prepared()
+        .with(|r| r.halted_since = Some(t(0)))
+        .done();
+    let mut o = obs();
+    o.canary.as_mut().unwrap().ready_replicas = 0;
+    o.canary.as_mut().unwrap().available_replicas = 0;
+    let d = decide(&state, &o, t(5));
+    assert_eq!(d.next.phase, Phase::Pending);
+    let d = decide(&state, &o, t(10));
+    assert_eq!(d.next.phase, Phase::RollingBack);
+    assert!(
+        d.events[0].message.contains(
+            "progress deadline of 10s exceeded: canary has unhealthy pods, 0 of 3 replicas ready"
+        ),
+        "{}",
+        d.events[0].message
+    );
+}
+
+#[test]
+fn hpa_scaling_the_canary_halts_the_rollout() {
+    let state = Fixture::new().progressing(20, 0).done();
+    let mut o = measured(100.0, 10.0);
+    o.canary_hpa = Some(HpaView {
+        name: "podinfo-canary".into(),
+        target: "podinfo-canary".into(),
+        current_replicas: 3,
+        desired_replicas: 5,
+        max_replicas: 10,
+        ..Default::default()
+    });
+    let d = decide(&state, &o, t(1));
+    assert!(d.actions.is_empty());
+    assert_eq!(kinds(&d), vec![EventKind::Halted]);
+    assert!(
+        d.events[0]
+            .message
+            .contains("HPA podinfo-canary is scaling the canary from 3 to 5")
+    );
+}
+
+#[test]
+fn a_new_canary_revision_restarts_from_weight_zero() {
+    let state = Fixture::new()
+        .progressing(40, 0)
+        .with(|r| r.failed_checks = 1)
+        .done();
+    let mut o = measured(100.0, 10.0);
+    o.canary.as_mut().unwrap().template["spec"]["containers"][0]["image"] = json!("podinfo:9");
+    let d = decide(&state, &o, t(1));
+    assert_eq!(d.actions, vec![Action::SetCanaryWeight(0)]);
+    assert_eq!(kinds(&d), vec![EventKind::Restarted]);
+    assert_eq!(d.next.phase, Phase::Pending);
+    assert_eq!((d.next.canary_weight, d.next.failed_checks), (0, 0));
+}
+
+fn promoted_ga() -> DeploymentView {
+    let mut g = ga();
+    let c = canary();
+    g.template = promoted_template(&c.template, &c.selector, &g.selector);
+    g
+}
+
+#[test]
+fn promotion_waits_for_ga_then_routes_to_ga_and_scales_the_canary_down() {
+    let state = Fixture::new()
+        .progressing(100, 0)
+        .with(|r| {
+            r.phase = Phase::Promoting;
+            r.promotion_min_ready = Some(3);
+        })
+        .done();
+    // GA not yet updated: copy the template (again: idempotent).
+    let d = decide(&state, &obs(), t(1));
+    assert_eq!(d.actions, vec![Action::PromoteTemplate]);
+
+    // GA updated but rolling.
+    let mut o = Observation {
+        ga: Some(promoted_ga()),
+        ga_runs_canary: true,
+        ..obs()
+    };
+    o.ga.as_mut().unwrap().updated_replicas = 1;
+    let d = decide(&state, &o, t(2));
+    assert!(d.actions.is_empty());
+    assert!(d.next.message.contains("waiting for GA"));
+
+    // GA ready: one weight write, then the canary goes to zero.
+    let o = Observation {
+        ga: Some(promoted_ga()),
+        ga_runs_canary: true,
+        ..obs()
+    };
+    let d = decide(&state, &o, t(3));
+    assert_eq!(
+        d.actions,
+        vec![Action::SetCanaryWeight(0), Action::ScaleCanary(0)]
+    );
+    assert_eq!(kinds(&d), vec![EventKind::Promoted, EventKind::Succeeded]);
+    assert_eq!(d.next.phase, Phase::Succeeded);
+    assert_eq!(d.next.finished_at, Some(t(3)));
+}
+
+#[test]
+fn promotion_never_routes_to_a_ga_smaller_than_the_canary() {
+    let state = Fixture::new()
+        .progressing(100, 0)
+        .with(|r| {
+            r.phase = Phase::Promoting;
+            r.promotion_min_ready = Some(3);
+        })
+        .done();
+    let mut small = promoted_ga();
+    for n in [
+        &mut small.spec_replicas,
+        &mut small.status_replicas,
+        &mut small.updated_replicas,
+        &mut small.ready_replicas,
+        &mut small.available_replicas,
+    ] {
+        *n = 1;
+    }
+    let o = Observation {
+        ga: Some(small),
+        ga_runs_canary: true,
+        ..obs()
+    };
+    let d = decide(&state, &o, t(1));
+    assert_eq!(d.actions, vec![Action::ScaleGa(3)]);
+    assert_eq!(d.next.phase, Phase::Promoting);
+}
+
+#[test]
+fn promotion_of_a_changed_canary_restarts_instead() {
+    let state = Fixture::new()
+        .progressing(100, 0)
+        .with(|r| r.phase = Phase::Promoting)
+        .done();
+    let mut o = obs();
+    o.canary.as_mut().unwrap().template["spec"]["containers"][0]["image"] = json!("podinfo:9");
+    let d = decide(&state, &o, t(1));
+    assert_eq!(kinds(&d), vec![EventKind::Restarted]);
+    assert!(!d.actions.contains(&Action::PromoteTemplate));
+}
+
+#[test]
+fn rolling_back_scales_the_canary_down_and_ends_with_the_reason() {
+    let state = Fixture::new()
+        .progressing(0, 0)
+        .with(|r| {
+            r.phase = Phase::RollingBack;
+            r.ending = Some(Ending {
+                phase: Phase::RolledBack,
+                reason: "3 failed checks: x".into(),
+            });
+        })
+        .done();
+    let d = decide(&state, &obs(), t(1));
+    assert_eq!(
+        d.actions,
+        vec![Action::SetCanaryWeight(0), Action::ScaleCanary(0)]
+    );
+    assert_eq!(d.next.phase, Phase::RolledBack);
+    assert_eq!(kinds(&d), vec![EventKind::RolledBack]);
+    assert!(
+        d.events[0]
+            .message
+            .starts_with("rolled back: 3 failed checks: x")
+    );
+}
+
+#[test]
+fn deciding_twice_on_the_same_state_gives_the_same_absolute_weight() {
+    let state = Fixture::new().progressing(20, 0).done();
+    let a = decide(&state, &measured(100.0, 10.0), t(1));
+    let b = decide(&state, &measured(100.0, 10.0), t(1));
+    assert_eq!(a.actions, b.actions);
+    assert_eq!(a.actions, vec![Action::SetCanaryWeight(30)]);
+}
+
+#[test]
+fn missing_canary_fails_the_rollout_with_traffic_on_ga() {
+    let state = Fixture::new().progressing(20, 0).done();
+    let o = Observation {
+        canary: None,
+        ..obs()
+    };
+    let d = decide(&state, &o, t(1));
+    assert_eq!(d.actions, vec![Action::SetCanaryWeight(0)]);
+    assert_eq!(d.next.phase, Phase::Failed);
+    assert!(
+        d.events[0]
+            .message
+            .contains("test/podinfo-canary no longer exists")
+    );
+}
+
+#[test]
+fn abort_routes_to_ga_and_aborting_a_finished_rollout_changes_nothing() {
+    let state = Fixture::new().progressing(30, 0).done();
+    let d = apply_command(
+        &state,
+        &Command::Abort {
+            reason: "bad deploy".into(),
+        },
+        &obs(),
+        t(1),
+    )
+    .unwrap();
+    assert_eq!(d.actions, vec![Action::SetCanaryWeight(0)]);
+    assert_eq!(d.next.phase, Phase::RollingBack);
+    let finished = decide(&d.next, &obs(), t(2));
+    assert_eq!(finished.next.phase, Phase::Aborted);
+    assert!(
+        finished.events[0]
+            .message
+            .starts_with("aborted: bad deploy")
+    );
+
+    let d = apply_command(
+        &finished.next,
+        &Command::Abort {
+            reason: String::new(),
+        },
+        &obs(),
+        t(3),
+    )
+    .unwrap();
+    assert!(d.actions.is_empty() && d.events.is_empty());
+    assert!(!d.changes(&finished.next));
+}
+
+#[test]
+fn pause_holds_and_resume_continues_from_the_same_weight() {
+    let state = Fixture::new().progressing(30, 0).done();
+    let paused = apply_command(
+        &state,
+        &Command::Pause {
+            reason: String::new(),
+        },
+        &obs(),
+        t(1),
+    )
+    .unwrap();
+    assert_eq!(paused.next.phase, Phase::Paused);
+    assert!(paused.actions.is_empty());
+    // Paused: nothing moves however long it waits.
+    let idle = decide(&paused.next, &measured(100.0, 10.0), t(100));
+    assert!(idle.actions.is_empty() && idle.events.is_empty());
+    let resumed = apply_command(&paused.next, &Command::Resume, &obs(), t(101)).unwrap();
+    assert_eq!(resumed.next.phase, Phase::Progressing);
+    assert_eq!(resumed.next.canary_weight, 30);
+    assert_eq!(kinds(&resumed), vec![EventKind::Resumed]);
+}
+
+#[test]
+fn promote_skips_the_remaining_analysis() {
+    let state = Fixture::new().progressing(30, 0).done();
+    let d = apply_command(&state, &Command::Promote, &obs(), t(1)).unwrap();
+    assert_eq!(d.next.phase, Phase::Promoting);
+    assert_eq!(d.actions, vec![Action::PromoteTemplate]);
+}
+
+#[test]
+fn promote_before_the_canary_is_ready_is_refused() {
+    let state = Fixture::new().done();
+    assert!(apply_command(&state, &Command::Promote, &obs(), t(1)).is_err());
+    let done = Fixture::new().with(|r| r.phase = Phase::Succeeded).done();
+    assert!(
+        apply_command(
+            &done,
+            &Command::Pause {
+                reason: String::new()
+            },
+            &obs(),
+            t(1)
+        )
+        .is_err()
+    );
+    assert!(apply_command(&done, &Command::Resume, &obs(), t(1)).is_err());
+}
+
+#[test]
+fn ga_template_hash_matches_after_promotion() {
+    let g = promoted_ga();
+    let c = canary();
+    assert_eq!(
+        template_hash(&promoted_template(&c.template, &c.selector, &g.selector)),
+        template_hash(&g.template)
+    );
+}

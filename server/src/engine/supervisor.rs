@@ -1,0 +1,349 @@
+//! The supervisor owns every rollout: it starts rollouts (after checking the objects they
+//! name), resumes unfinished ones from the store at start-up, routes commands to their
+//! drivers, and answers reads from the drivers' published state.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::decide::Command;
+use super::driver::{Driver, Envelope, announce};
+use super::{EngineConfig, EngineError, Ports, StartRequest};
+use crate::domain::{EventKind, Phase, Rollout, RolloutEvent};
+use crate::router::RouterError;
+
+struct Entry {
+    view: watch::Receiver<Rollout>,
+    commands: Option<mpsc::Sender<Envelope>>,
+}
+
+/// Owns the rollouts and their drivers.
+pub struct Supervisor {
+    ports: Ports,
+    config: EngineConfig,
+    entries: Mutex<HashMap<String, Entry>>,
+    /// Serialises starts so two requests cannot both pass the one-active-rollout check.
+    start_lock: tokio::sync::Mutex<()>,
+    shutdown: CancellationToken,
+    drivers: Mutex<JoinSet<()>>,
+}
+
+impl Supervisor {
+    /// A supervisor with no rollouts.
+    pub fn new(ports: Ports, config: EngineConfig) -> Self {
+        Self {
+            ports,
+            config,
+            entries: Mutex::new(HashMap::new()),
+            start_lock: tokio::sync::Mutex::new(()),
+            shutdown: CancellationToken::new(),
+            drivers: Mutex::new(JoinSet::new()),
+        }
+    }
+
+    /// The engine settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The events hub.
+    pub fn hub(&self) -> &crate::events::Hub {
+        &self.ports.hub
+    }
+
+    /// Loads every stored rollout, publishes its events to the hub and resumes the
+    /// unfinished ones.
+    pub async fn restore(&self) -> Result<usize, EngineError> {
+        let stored = self
+            .ports
+            .store
+            .load()
+            .await
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let mut resumed = 0;
+        for (rollout, events) in stored {
+            self.ports.hub.register(&rollout.id);
+            if let Err(error) = self.ports.hub.publish(&events) {
+                tracing::error!(rollout = %rollout.id, %error, "stored event log has a gap");
+            }
+            if !rollout.phase.is_terminal() {
+                resumed += 1;
+                tracing::info!(rollout = %rollout.id, phase = rollout.phase.name(), weight = rollout.canary_weight, "resuming rollout");
+            }
+            self.spawn(rollout);
+        }
+        Ok(resumed)
+    }
+
+    fn spawn(&self, rollout: Rollout) {
+        let (view_tx, view_rx) = watch::channel(rollout.clone());
+        let terminal = rollout.phase.is_terminal();
+        let commands = if terminal {
+            None
+        } else {
+            let (tx, rx) = mpsc::channel(16);
+            let driver = Driver {
+                ports: self.ports.clone(),
+                config: self.config.clone(),
+                state: rollout.clone(),
+                view: view_tx,
+                commands: rx,
+                shutdown: self.shutdown.child_token(),
+            };
+            if let Ok(mut drivers) = self.drivers.lock() {
+                drivers.spawn(driver.run());
+            }
+            Some(tx)
+        };
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert(
+                rollout.id.clone(),
+                Entry {
+                    view: view_rx,
+                    commands,
+                },
+            );
+        }
+    }
+
+    fn snapshot(&self) -> Vec<Rollout> {
+        self.entries
+            .lock()
+            .map(|e| e.values().map(|e| e.view.borrow().clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The active rollout of a target, if any.
+    pub fn active_for(&self, namespace: &str, target: &str) -> Option<Rollout> {
+        self.snapshot()
+            .into_iter()
+            .find(|r| r.namespace == namespace && r.target == target && !r.phase.is_terminal())
+    }
+
+    /// Every rollout of a target, newest first.
+    pub fn history(&self, namespace: &str, target: &str) -> Vec<Rollout> {
+        let mut all: Vec<Rollout> = self
+            .snapshot()
+            .into_iter()
+            .filter(|r| r.namespace == namespace && r.target == target)
+            .collect();
+        all.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+        all
+    }
+
+    /// One rollout.
+    pub fn get(&self, id: &str) -> Result<Rollout, EngineError> {
+        self.entries
+            .lock()
+            .ok()
+            .and_then(|e| e.get(id).map(|e| e.view.borrow().clone()))
+            .ok_or_else(|| EngineError::NotFound(format!("rollout {id} not found")))
+    }
+
+    /// Rollouts, newest first.
+    pub fn list(&self, namespace: Option<&str>, active_only: bool) -> Vec<Rollout> {
+        let mut all: Vec<Rollout> = self
+            .snapshot()
+            .into_iter()
+            .filter(|r| namespace.is_none_or(|ns| r.namespace == ns))
+            .filter(|r| !active_only || !r.phase.is_terminal())
+            .collect();
+        all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        all
+    }
+
+    /// Starts a rollout after checking everything it names. A rejected request changes
+    /// nothing.
+    pub async fn start(&self, request: StartRequest) -> Result<Rollout, EngineError> {
+        let _guard = self.start_lock.lock().await;
+        if !request.request_id.is_empty()
+            && let Some(existing) = self
+                .snapshot()
+                .into_iter()
+                .find(|r| r.request_id == request.request_id)
+        {
+            return Ok(existing);
+        }
+        let ns = &request.namespace;
+        if let Some(active) = self.active_for(ns, &request.target) {
+            return Err(EngineError::AlreadyExists(format!(
+                "rollout {} is already active for deployment {ns}/{} ({})",
+                active.id,
+                request.target,
+                active.phase.name()
+            )));
+        }
+        let canary_name = if request.canary.is_empty() {
+            format!("{}-canary", request.target)
+        } else {
+            request.canary.clone()
+        };
+        if canary_name == request.target {
+            return Err(EngineError::InvalidArgument(
+                "canary must differ from target".into(),
+            ));
+        }
+        let w = &self.ports.workloads;
+        let ga = w.deployment(ns, &request.target).ok_or_else(|| {
+            EngineError::NotFound(format!("deployment {ns}/{} not found", request.target))
+        })?;
+        let canary = w.deployment(ns, &canary_name).ok_or_else(|| {
+            EngineError::NotFound(format!("canary deployment {ns}/{canary_name} not found"))
+        })?;
+        let containers = canary.images();
+        for container in request.images.keys() {
+            if !containers.contains_key(container) {
+                let known: Vec<&str> = containers.keys().map(String::as_str).collect();
+                return Err(EngineError::FailedPrecondition(format!(
+                    "canary deployment {ns}/{canary_name} has no container named {container} (it has: {})",
+                    known.join(", ")
+                )));
+            }
+        }
+        let vs = (!request.virtual_service.is_empty()).then_some(request.virtual_service.as_str());
+        let (virtual_service, weight) = self
+            .ports
+            .router
+            .resolve(ns, vs, &request.target, &canary_name)
+            .await
+            .map_err(|e| match e {
+                RouterError::NotFound { .. } => EngineError::NotFound(e.to_string()),
+                RouterError::Topology(m) => EngineError::FailedPrecondition(m),
+                RouterError::Api { .. } => EngineError::Unavailable(e.to_string()),
+            })?;
+
+        let now = Utc::now();
+        let id = uuid::Uuid::new_v4().to_string();
+        let settings = &request.analysis;
+        let message = format!(
+            "rollout of {ns}/{} started: canary {canary_name} via VirtualService {virtual_service}, {}% steps up to {}% every {}, success rate >= {}%",
+            request.target,
+            settings.step_weight,
+            settings.max_weight,
+            humantime::format_duration(settings.interval),
+            settings.success_rate_threshold
+        );
+        let rollout = Rollout {
+            id: id.clone(),
+            namespace: ns.clone(),
+            target: request.target.clone(),
+            canary: canary_name,
+            virtual_service,
+            revision: canary.revision(),
+            phase: Phase::Pending,
+            canary_weight: weight,
+            failed_checks: 0,
+            analysis: request.analysis.clone(),
+            last_analysis: None,
+            message: message.clone(),
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            last_sequence: 1,
+            request_id: request.request_id.clone(),
+            images: request.images.clone(),
+            canary_replicas: request.canary_replicas,
+            prepared: false,
+            last_step_at: None,
+            halted_since: None,
+            halt_reason: None,
+            paused_from: None,
+            promotion_min_ready: None,
+            ending: None,
+        };
+        let started = RolloutEvent {
+            rollout_id: id.clone(),
+            sequence: 1,
+            time: now,
+            kind: EventKind::Started,
+            phase: Phase::Pending,
+            canary_weight: weight,
+            success_rate: None,
+            request_rate: None,
+            failed_checks: 0,
+            message,
+        };
+        self.ports
+            .store
+            .create(&rollout, std::slice::from_ref(&started))
+            .await
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        self.ports.hub.register(&id);
+        if let Err(error) = self.ports.hub.publish(std::slice::from_ref(&started)) {
+            tracing::error!(rollout = %id, %error, "event log out of order");
+        }
+        announce(&self.ports, &rollout, std::slice::from_ref(&started));
+        let _ = ga;
+        self.spawn(rollout.clone());
+        Ok(rollout)
+    }
+
+    /// Sends a command to a rollout's driver and waits for the outcome. Commands on a
+    /// finished rollout: abort changes nothing, the others are refused.
+    pub async fn command(&self, id: &str, command: Command) -> Result<Rollout, EngineError> {
+        let (sender, current) = {
+            let entries = self
+                .entries
+                .lock()
+                .map_err(|_| EngineError::Internal("state lock poisoned".into()))?;
+            let entry = entries
+                .get(id)
+                .ok_or_else(|| EngineError::NotFound(format!("rollout {id} not found")))?;
+            (entry.commands.clone(), entry.view.borrow().clone())
+        };
+        let finished = |r: Rollout| match command {
+            Command::Abort { .. } => Ok(r),
+            _ => Err(EngineError::FailedPrecondition(format!(
+                "rollout {} has finished ({})",
+                r.id,
+                r.phase.name()
+            ))),
+        };
+        let Some(sender) = sender.filter(|_| !current.phase.is_terminal()) else {
+            return finished(current);
+        };
+        let (reply, answer) = oneshot::channel();
+        if sender
+            .send(Envelope {
+                command: command.clone(),
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return finished(self.get(id)?);
+        }
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => {
+                let now = self.get(id)?;
+                if now.phase.is_terminal() {
+                    finished(now)
+                } else {
+                    Err(EngineError::Unavailable(
+                        "the server is shutting down".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Stops every driver between steps and waits for them.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        let mut drivers = match self.drivers.lock() {
+            Ok(mut d) => std::mem::take(&mut *d),
+            Err(_) => return,
+        };
+        while drivers.join_next().await.is_some() {}
+    }
+
+    /// Cancelled when the supervisor shuts down.
+    pub fn stopping(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}

@@ -1,0 +1,304 @@
+//! The supervisor and drivers over in-memory fakes: whole rollouts, the API calls they make,
+//! restarts, and rejected starts that change nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::domain::{EventKind, Phase, Rollout, Sample};
+use crate::events::Hub;
+use crate::metrics::fake::FakeMetrics;
+use crate::router::fake::FakeRouter;
+use crate::store::memory::MemoryStore;
+use crate::workloads::fake::FakeWorkloads;
+
+struct World {
+    workloads: Arc<FakeWorkloads>,
+    router: Arc<FakeRouter>,
+    metrics: Arc<FakeMetrics>,
+    store: Arc<MemoryStore>,
+}
+
+impl World {
+    fn new() -> Self {
+        let workloads = Arc::new(FakeWorkloads::default());
+        workloads.put(FakeWorkloads::settled("test", "podinfo", 2, "podinfo:1"));
+        let mut canary = FakeWorkloads::settled("test", "podinfo-canary", 0, "podinfo:1");
+        canary.spec_replicas = 0;
+        workloads.put(canary);
+        let router = Arc::new(FakeRouter::default());
+        router.add("test", "podinfo", "podinfo", "podinfo-canary", 0);
+        let metrics = Arc::new(FakeMetrics::default());
+        metrics.set("test", "podinfo-canary", FakeMetrics::healthy(100.0, 50.0));
+        Self {
+            workloads,
+            router,
+            metrics,
+            store: Arc::new(MemoryStore::default()),
+        }
+    }
+
+    fn supervisor(&self) -> Supervisor {
+        let ports = Ports {
+            workloads: self.workloads.clone(),
+            router: self.router.clone(),
+            metrics: self.metrics.clone(),
+            store: self.store.clone(),
+            hub: Hub::new(),
+        };
+        Supervisor::new(ports, EngineConfig::default())
+    }
+}
+
+fn fast() -> crate::domain::AnalysisSettings {
+    crate::domain::AnalysisSettings {
+        step_weight: 10,
+        max_weight: 100,
+        interval: Duration::from_millis(20),
+        success_rate_threshold: 99.0,
+        max_failed_checks: 2,
+        progress_deadline: Duration::from_secs(5),
+        min_request_rate: 1.0,
+    }
+}
+
+fn request() -> StartRequest {
+    StartRequest {
+        namespace: "test".into(),
+        target: "podinfo".into(),
+        images: [("app".to_owned(), "podinfo:2".to_owned())].into(),
+        analysis: fast(),
+        ..Default::default()
+    }
+}
+
+async fn wait_for(s: &Supervisor, id: &str, f: impl Fn(&Rollout) -> bool) -> Rollout {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = s.get(id).unwrap();
+        if f(&r) {
+            return r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out in phase {:?} at weight {}: {}",
+            r.phase,
+            r.canary_weight,
+            r.message
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn healthy_canary_is_promoted_with_one_weight_write_per_step() {
+    let w = World::new();
+    let s = w.supervisor();
+    let r = s.start(request()).await.unwrap();
+    let done = wait_for(&s, &r.id, |r| r.phase.is_terminal()).await;
+    assert_eq!(done.phase, Phase::Succeeded, "{}", done.message);
+    assert_eq!(
+        w.router.writes(),
+        vec![10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 0]
+    );
+    let ga = w.workloads.deployment_view("test", "podinfo");
+    assert_eq!(ga.images()["app"], "podinfo:2");
+    assert_eq!(ga.selector["app"], "podinfo");
+    assert_eq!(ga.template["metadata"]["labels"]["app"], "podinfo");
+    let canary = w.workloads.deployment_view("test", "podinfo-canary");
+    assert_eq!(canary.spec_replicas, 0);
+    assert_eq!(
+        w.workloads.calls(),
+        vec![
+            "set-images test/podinfo-canary",
+            "scale test/podinfo-canary 2",
+            "replace-template test/podinfo",
+            "scale test/podinfo-canary 0",
+        ]
+    );
+    let (stored, events) = w.store.get(&r.id).unwrap();
+    assert_eq!(stored, done);
+    let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..=done.last_sequence).collect::<Vec<_>>());
+    assert_eq!(events.first().unwrap().kind, EventKind::Started);
+    assert_eq!(events.last().unwrap().kind, EventKind::Succeeded);
+    // One state write per decision that changed something: never more than the events.
+    assert!(w.store.writes() <= events.len());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn failing_canary_is_rolled_back_and_ga_is_untouched() {
+    let w = World::new();
+    w.metrics.set(
+        "test",
+        "podinfo-canary",
+        Ok(Sample {
+            success_rate: Some(80.0),
+            request_rate: Some(50.0),
+        }),
+    );
+    let s = w.supervisor();
+    let r = s.start(request()).await.unwrap();
+    let done = wait_for(&s, &r.id, |r| r.phase.is_terminal()).await;
+    assert_eq!(done.phase, Phase::RolledBack);
+    assert_eq!(w.router.writes(), vec![10, 0]);
+    assert_eq!(w.router.weight("test", "podinfo"), Some(0));
+    let ga = w.workloads.deployment_view("test", "podinfo");
+    assert_eq!(ga.images()["app"], "podinfo:1");
+    assert!(
+        !w.workloads
+            .calls()
+            .iter()
+            .any(|c| c.contains("test/podinfo "))
+    );
+    assert_eq!(done.failed_checks, 2);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn restarted_supervisor_resumes_at_its_weight_and_keeps_the_sequence() {
+    let w = World::new();
+    let s = w.supervisor();
+    let mut req = request();
+    req.analysis.interval = Duration::from_millis(50);
+    let r = s.start(req).await.unwrap();
+    wait_for(&s, &r.id, |r| r.canary_weight >= 30).await;
+    s.shutdown().await;
+    let (stopped, _) = w.store.get(&r.id).unwrap();
+    assert!(!stopped.phase.is_terminal());
+    let writes_before = w.router.writes().len();
+
+    let s2 = w.supervisor();
+    assert_eq!(s2.restore().await.unwrap(), 1);
+    let mut watch = s2
+        .hub()
+        .subscribe(&r.id, stopped.last_sequence + 1)
+        .unwrap();
+    let done = wait_for(&s2, &r.id, |r| r.phase.is_terminal()).await;
+    assert_eq!(done.phase, Phase::Succeeded);
+    let mut expected = stopped.last_sequence + 1;
+    while let Some(e) = watch.next().await {
+        assert_eq!(e.sequence, expected);
+        expected += 1;
+    }
+    assert_eq!(expected, done.last_sequence + 1);
+    // The weight continued from where it stopped, never back to an earlier step.
+    let after: Vec<u32> = w.router.writes()[writes_before..].to_vec();
+    assert!(
+        after[0] > stopped.canary_weight || after[0] == 0,
+        "{after:?}"
+    );
+    s2.shutdown().await;
+}
+
+#[tokio::test]
+async fn rejected_starts_change_nothing() {
+    let w = World::new();
+    let s = w.supervisor();
+    let mut unknown = request();
+    unknown.target = "missing".into();
+    assert!(matches!(
+        s.start(unknown).await,
+        Err(EngineError::NotFound(m)) if m == "deployment test/missing not found"
+    ));
+    let mut no_container = request();
+    no_container.images = [("sidecar".to_owned(), "x:1".to_owned())].into();
+    assert!(matches!(
+        s.start(no_container).await,
+        Err(EngineError::FailedPrecondition(m)) if m.contains("no container named sidecar")
+    ));
+    let mut wrong_vs = request();
+    wrong_vs.virtual_service = "other".into();
+    assert!(matches!(
+        s.start(wrong_vs).await,
+        Err(EngineError::NotFound(_))
+    ));
+    assert_eq!(w.store.writes(), 0);
+    assert!(w.router.writes().is_empty());
+    assert!(w.workloads.calls().is_empty());
+    assert!(s.list(None, false).is_empty());
+}
+
+#[tokio::test]
+async fn second_start_names_the_active_rollout_and_request_id_is_idempotent() {
+    let w = World::new();
+    let s = w.supervisor();
+    let mut req = request();
+    req.request_id = "ci-123".into();
+    req.analysis.interval = Duration::from_secs(60);
+    let first = s.start(req.clone()).await.unwrap();
+    let again = s.start(req).await.unwrap();
+    assert_eq!(first.id, again.id);
+    let err = s.start(request()).await.unwrap_err();
+    assert!(
+        matches!(&err, EngineError::AlreadyExists(m) if m.contains(&first.id)),
+        "{err:?}"
+    );
+    assert_eq!(s.list(None, false).len(), 1);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn abort_returns_with_traffic_on_ga_and_is_idempotent() {
+    let w = World::new();
+    let s = w.supervisor();
+    let mut req = request();
+    req.analysis.interval = Duration::from_millis(100);
+    let r = s.start(req).await.unwrap();
+    wait_for(&s, &r.id, |r| r.canary_weight >= 20).await;
+    let aborted = s
+        .command(
+            &r.id,
+            Command::Abort {
+                reason: "bad".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(aborted.phase, Phase::Aborted);
+    assert_eq!(w.router.weight("test", "podinfo"), Some(0));
+    assert_eq!(
+        w.workloads
+            .deployment_view("test", "podinfo-canary")
+            .spec_replicas,
+        0
+    );
+    let writes = w.store.writes();
+    let again = s
+        .command(
+            &r.id,
+            Command::Abort {
+                reason: "again".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, aborted);
+    assert_eq!(w.store.writes(), writes);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn store_failure_retries_the_step_without_moving_traffic_twice() {
+    let w = World::new();
+    let s = w.supervisor();
+    let mut req = request();
+    req.analysis.interval = Duration::from_millis(30);
+    let r = s.start(req).await.unwrap();
+    wait_for(&s, &r.id, |r| r.canary_weight >= 20).await;
+    w.store.fail_writes(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stuck = s.get(&r.id).unwrap();
+    w.store.fail_writes(false);
+    let done = wait_for(&s, &r.id, |r| r.phase.is_terminal()).await;
+    assert_eq!(done.phase, Phase::Succeeded);
+    // Each step was decided several times while the store failed, yet traffic moved one
+    // step at a time: absolute weights, never increments on top of an unrecorded step.
+    assert_eq!(
+        w.router.writes(),
+        vec![10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 0]
+    );
+    assert!(stuck.canary_weight >= 20);
+    s.shutdown().await;
+}

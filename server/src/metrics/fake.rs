@@ -1,0 +1,59 @@
+//! In-memory metrics for engine tests: a settable sample per workload and a query counter.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::{Metrics, MetricsError};
+use crate::domain::Sample;
+
+/// Samples set by the test.
+#[derive(Default)]
+pub struct FakeMetrics {
+    samples: Mutex<HashMap<(String, String), Result<Sample, MetricsError>>>,
+    queries: Mutex<usize>,
+}
+
+impl FakeMetrics {
+    /// Sets what `sample` returns for a workload.
+    pub fn set(&self, namespace: &str, workload: &str, sample: Result<Sample, MetricsError>) {
+        if let Ok(mut s) = self.samples.lock() {
+            s.insert((namespace.to_owned(), workload.to_owned()), sample);
+        }
+    }
+
+    /// A healthy sample: `success_rate` percent at `request_rate` per second.
+    pub fn healthy(success_rate: f64, request_rate: f64) -> Result<Sample, MetricsError> {
+        Ok(Sample {
+            success_rate: Some(success_rate),
+            request_rate: Some(request_rate),
+        })
+    }
+
+    /// Queries made so far.
+    pub fn queries(&self) -> usize {
+        self.queries.lock().map(|q| *q).unwrap_or(0)
+    }
+}
+
+impl Metrics for FakeMetrics {
+    fn sample<'a>(
+        &'a self,
+        namespace: &'a str,
+        workload: &'a str,
+        _window: Duration,
+    ) -> BoxFuture<'a, Result<Sample, MetricsError>> {
+        if let Ok(mut q) = self.queries.lock() {
+            *q += 1;
+        }
+        let result = self
+            .samples
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&(namespace.to_owned(), workload.to_owned())).cloned())
+            .unwrap_or(Ok(Sample::default()));
+        Box::pin(async move { result })
+    }
+}

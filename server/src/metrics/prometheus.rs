@@ -1,0 +1,327 @@
+//! Prometheus over its HTTP API. One grouped query per metric serves every rollout: the
+//! success and request rates of all workloads come back in two queries, shared by all the
+//! drivers that ask within a short freshness window.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use serde::Deserialize;
+
+use super::{Metrics, MetricsError};
+use crate::domain::Sample;
+
+type Table = HashMap<(String, String), f64>;
+type Batch = Shared<BoxFuture<'static, Result<Arc<(Table, Table)>, MetricsError>>>;
+
+/// Canary metrics from Prometheus's `istio_requests_total`.
+pub struct PrometheusMetrics {
+    http: reqwest::Client,
+    base: String,
+    timeout: Duration,
+    namespaces: Vec<String>,
+    freshness: Duration,
+    batches: Mutex<HashMap<u64, (Instant, Batch)>>,
+}
+
+impl PrometheusMetrics {
+    /// `base` is Prometheus's URL (`http://host:9090`); `namespaces` (validated DNS-1123
+    /// labels, empty = all) narrows the grouped queries; results younger than `freshness`
+    /// are shared between rollouts.
+    pub fn new(
+        base: &str,
+        timeout: Duration,
+        namespaces: Vec<String>,
+        freshness: Duration,
+    ) -> Result<Self, MetricsError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| MetricsError::Query(e.to_string()))?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            timeout,
+            namespaces,
+            freshness,
+            batches: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn batch(&self, window: Duration) -> Batch {
+        let secs = window_secs(window);
+        let now = Instant::now();
+        let Ok(mut batches) = self.batches.lock() else {
+            return self.fetch(secs);
+        };
+        if let Some((started, batch)) = batches.get(&secs)
+            && now.duration_since(*started) < self.freshness
+        {
+            return batch.clone();
+        }
+        let batch = self.fetch(secs);
+        batches.insert(secs, (now, batch.clone()));
+        batch
+    }
+
+    fn fetch(&self, window_secs: u64) -> Batch {
+        let http = self.http.clone();
+        let url = format!("{}/api/v1/query", self.base);
+        let timeout = self.timeout;
+        let ok = grouped_query(window_secs, &self.namespaces, true);
+        let total = grouped_query(window_secs, &self.namespaces, false);
+        async move {
+            let (ok, total) = futures::try_join!(
+                query(&http, &url, &ok, timeout),
+                query(&http, &url, &total, timeout)
+            )?;
+            Ok(Arc::new((ok, total)))
+        }
+        .boxed()
+        .shared()
+    }
+}
+
+impl Metrics for PrometheusMetrics {
+    fn sample<'a>(
+        &'a self,
+        namespace: &'a str,
+        workload: &'a str,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<Sample, MetricsError>> {
+        let batch = self.batch(window);
+        Box::pin(async move {
+            let tables = batch.await?;
+            let key = (namespace.to_owned(), workload.to_owned());
+            Ok(sample_from(
+                tables.0.get(&key).copied(),
+                tables.1.get(&key).copied(),
+            ))
+        })
+    }
+}
+
+/// Whole seconds of a query window, at least 1.
+pub fn window_secs(window: Duration) -> u64 {
+    window.as_secs_f64().ceil().max(1.0) as u64
+}
+
+/// Quotes a value as a PromQL string literal.
+pub fn promql_string(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The request rate of every workload (`ok_only`: only non-5xx responses), grouped by
+/// namespace and workload. `namespaces` must be validated DNS-1123 labels.
+pub fn grouped_query(window_secs: u64, namespaces: &[String], ok_only: bool) -> String {
+    let mut selector = String::from("reporter=\"destination\"");
+    if !namespaces.is_empty() {
+        selector.push_str(",destination_workload_namespace=~");
+        selector.push_str(&promql_string(&namespaces.join("|")));
+    }
+    if ok_only {
+        selector.push_str(",response_code!~\"5.*\"");
+    }
+    format!(
+        "sum by (destination_workload_namespace, destination_workload) (rate(istio_requests_total{{{selector}}}[{window_secs}s]))"
+    )
+}
+
+/// The success-rate query of one workload (the original design's), for people checking a
+/// rollout's numbers by hand. `namespace` and `workload` must be validated names.
+pub fn success_rate_query(namespace: &str, workload: &str, window_secs: u64) -> String {
+    let labels = format!(
+        "reporter=\"destination\",destination_workload_namespace={},destination_workload={}",
+        promql_string(namespace),
+        promql_string(workload)
+    );
+    format!(
+        "sum(rate(istio_requests_total{{{labels},response_code!~\"5.*\"}}[{window_secs}s])) / sum(rate(istio_requests_total{{{labels}}}[{window_secs}s]))"
+    )
+}
+
+/// Turns the non-5xx and total request rates of one workload into a sample: no total (or no
+/// traffic) is no data; a missing non-5xx series with traffic means every request failed.
+pub fn sample_from(ok: Option<f64>, total: Option<f64>) -> Sample {
+    match total {
+        Some(total) if total.is_finite() && total > 0.0 => {
+            let ok = ok.unwrap_or(0.0);
+            Sample {
+                success_rate: Some(ok / total * 100.0),
+                request_rate: Some(total),
+            }
+        }
+        Some(total) if total.is_finite() => Sample {
+            success_rate: None,
+            request_rate: Some(total),
+        },
+        _ => Sample::default(),
+    }
+}
+
+#[derive(Deserialize)]
+struct Response {
+    status: String,
+    #[serde(default)]
+    data: Option<Data>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    result: Vec<Series>,
+}
+
+#[derive(Deserialize)]
+struct Series {
+    metric: HashMap<String, String>,
+    value: (serde_json::Value, String),
+}
+
+/// Parses an instant-vector response into (namespace, workload) -> value, dropping NaN and
+/// infinite values (no data, never a pass).
+pub fn parse_vector(body: &str) -> Result<Table, MetricsError> {
+    let response: Response =
+        serde_json::from_str(body).map_err(|e| MetricsError::Response(e.to_string()))?;
+    if response.status != "success" {
+        return Err(MetricsError::Query(
+            response.error.unwrap_or_else(|| response.status.clone()),
+        ));
+    }
+    let data = response
+        .data
+        .ok_or_else(|| MetricsError::Response("no data".into()))?;
+    if data.result_type != "vector" {
+        return Err(MetricsError::Response(format!(
+            "expected a vector, got {}",
+            data.result_type
+        )));
+    }
+    let mut table = Table::new();
+    for series in data.result {
+        let (Some(ns), Some(wl)) = (
+            series.metric.get("destination_workload_namespace"),
+            series.metric.get("destination_workload"),
+        ) else {
+            continue;
+        };
+        match series.value.1.parse::<f64>() {
+            Ok(v) if v.is_finite() => {
+                table.insert((ns.clone(), wl.clone()), v);
+            }
+            _ => {}
+        }
+    }
+    Ok(table)
+}
+
+async fn query(
+    http: &reqwest::Client,
+    url: &str,
+    promql: &str,
+    timeout: Duration,
+) -> Result<Table, MetricsError> {
+    let response = http
+        .get(url)
+        .query(&[("query", promql)])
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_timeout() {
+                MetricsError::Timeout(timeout)
+            } else {
+                MetricsError::Query(e.to_string())
+            }
+        })?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| {
+        if e.is_timeout() {
+            MetricsError::Timeout(timeout)
+        } else {
+            MetricsError::Query(e.to_string())
+        }
+    })?;
+    if !status.is_success() && !body.contains("\"status\"") {
+        return Err(MetricsError::Query(format!("HTTP {status}")));
+    }
+    parse_vector(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouped_query_filters_served_namespaces_and_5xx() {
+        let q = grouped_query(5, &["test".into(), "prod".into()], true);
+        assert_eq!(
+            q,
+            "sum by (destination_workload_namespace, destination_workload) (rate(istio_requests_total{reporter=\"destination\",destination_workload_namespace=~\"test|prod\",response_code!~\"5.*\"}[5s]))"
+        );
+        let q = grouped_query(60, &[], false);
+        assert!(q.contains("{reporter=\"destination\"}[60s]"));
+    }
+
+    #[test]
+    fn success_rate_query_quotes_values() {
+        let q = success_rate_query("test", "podinfo-canary", 60);
+        assert!(q.contains("destination_workload=\"podinfo-canary\""));
+        assert!(q.contains("destination_workload_namespace=\"test\""));
+        assert_eq!(promql_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
+
+    #[test]
+    fn window_rounds_up_to_whole_seconds() {
+        assert_eq!(window_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(window_secs(Duration::from_millis(10)), 1);
+        assert_eq!(window_secs(Duration::from_secs(60)), 60);
+    }
+
+    #[test]
+    fn vector_parses_and_drops_nan_and_inf() {
+        let body = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"destination_workload_namespace":"test","destination_workload":"a"},"value":[1,"2.5"]},
+            {"metric":{"destination_workload_namespace":"test","destination_workload":"b"},"value":[1,"NaN"]},
+            {"metric":{"destination_workload_namespace":"test","destination_workload":"c"},"value":[1,"+Inf"]}
+        ]}}"#;
+        let t = parse_vector(body).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[&("test".to_owned(), "a".to_owned())], 2.5);
+    }
+
+    #[test]
+    fn error_response_is_an_error() {
+        let body = r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
+        assert!(matches!(parse_vector(body), Err(MetricsError::Query(m)) if m == "parse error"));
+    }
+
+    #[test]
+    fn samples_treat_missing_total_as_no_data_and_missing_ok_as_all_failed() {
+        assert_eq!(sample_from(Some(1.0), None), Sample::default());
+        assert_eq!(
+            sample_from(None, Some(4.0)),
+            Sample {
+                success_rate: Some(0.0),
+                request_rate: Some(4.0)
+            }
+        );
+        assert_eq!(sample_from(Some(3.0), Some(4.0)).success_rate, Some(75.0));
+        assert_eq!(sample_from(Some(0.0), Some(0.0)).success_rate, None);
+    }
+}

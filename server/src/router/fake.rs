@@ -1,0 +1,142 @@
+//! An in-memory router for engine tests: holds one canary weight per route and records writes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+
+use super::{RouteRef, Router, RouterError};
+
+/// Weights held in memory.
+#[derive(Default)]
+pub struct FakeRouter {
+    state: Mutex<FakeState>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    /// (namespace, virtual service) -> canary weight
+    weights: HashMap<(String, String), u32>,
+    /// virtual service -> (ga service, canary service)
+    routes: HashMap<(String, String), (String, String)>,
+    writes: Vec<u32>,
+    fail_writes: bool,
+}
+
+impl FakeRouter {
+    /// Adds a VirtualService splitting `ga`/`canary` at `canary_weight`.
+    pub fn add(&self, namespace: &str, vs: &str, ga: &str, canary: &str, canary_weight: u32) {
+        if let Ok(mut s) = self.state.lock() {
+            let key = (namespace.to_owned(), vs.to_owned());
+            s.weights.insert(key.clone(), canary_weight);
+            s.routes.insert(key, (ga.to_owned(), canary.to_owned()));
+        }
+    }
+
+    /// The canary weight of a VirtualService.
+    pub fn weight(&self, namespace: &str, vs: &str) -> Option<u32> {
+        self.state
+            .lock()
+            .ok()?
+            .weights
+            .get(&(namespace.to_owned(), vs.to_owned()))
+            .copied()
+    }
+
+    /// Every weight written, in order.
+    pub fn writes(&self) -> Vec<u32> {
+        self.state
+            .lock()
+            .map(|s| s.writes.clone())
+            .unwrap_or_default()
+    }
+
+    /// Makes writes fail (an unreachable API server).
+    pub fn fail_writes(&self, fail: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            s.fail_writes = fail;
+        }
+    }
+}
+
+impl Router for FakeRouter {
+    fn resolve<'a>(
+        &'a self,
+        namespace: &'a str,
+        virtual_service: Option<&'a str>,
+        ga_service: &'a str,
+        canary_service: &'a str,
+    ) -> BoxFuture<'a, Result<(String, u32), RouterError>> {
+        let result = (|| {
+            let s = self
+                .state
+                .lock()
+                .map_err(|_| RouterError::Topology("poisoned".into()))?;
+            let found = s.routes.iter().find(|((ns, name), (ga, _))| {
+                ns == namespace && virtual_service.is_none_or(|v| v == name) && ga == ga_service
+            });
+            match found {
+                Some(((_, name), (_, canary))) if canary == canary_service => {
+                    let w = s
+                        .weights
+                        .get(&(namespace.to_owned(), name.clone()))
+                        .copied()
+                        .unwrap_or(0);
+                    Ok((name.clone(), w))
+                }
+                Some(((_, name), _)) => Err(RouterError::Topology(format!(
+                    "VirtualService {namespace}/{name} has no destination for the canary Service {canary_service}"
+                ))),
+                None => match virtual_service {
+                    Some(name) => Err(RouterError::NotFound {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                    }),
+                    None => Err(RouterError::Topology(format!(
+                        "no VirtualService in namespace {namespace} routes to the GA Service {ga_service}"
+                    ))),
+                },
+            }
+        })();
+        Box::pin(async move { result })
+    }
+
+    fn canary_weight<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, Result<u32, RouterError>> {
+        let result = self
+            .weight(&route.namespace, &route.virtual_service)
+            .ok_or_else(|| RouterError::NotFound {
+                namespace: route.namespace.clone(),
+                name: route.virtual_service.clone(),
+            });
+        Box::pin(async move { result })
+    }
+
+    fn set_canary_weight<'a>(
+        &'a self,
+        route: &'a RouteRef,
+        weight: u32,
+    ) -> BoxFuture<'a, Result<bool, RouterError>> {
+        let result = (|| {
+            let mut s = self
+                .state
+                .lock()
+                .map_err(|_| RouterError::Topology("poisoned".into()))?;
+            if s.fail_writes {
+                return Err(RouterError::Api {
+                    action: "patch weights of",
+                    namespace: route.namespace.clone(),
+                    name: route.virtual_service.clone(),
+                    message: "connection refused".into(),
+                });
+            }
+            let key = (route.namespace.clone(), route.virtual_service.clone());
+            if s.weights.get(&key) == Some(&weight) {
+                return Ok(false);
+            }
+            s.weights.insert(key, weight);
+            s.writes.push(weight);
+            Ok(true)
+        })();
+        Box::pin(async move { result })
+    }
+}

@@ -1,0 +1,115 @@
+//! An in-memory store for engine tests: counts writes and can be made to fail.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+
+use super::{Store, StoreError, Stored};
+use crate::domain::{Rollout, RolloutEvent};
+
+/// Rollouts held in memory.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<MemoryState>,
+}
+
+#[derive(Default)]
+struct MemoryState {
+    rollouts: BTreeMap<String, Stored>,
+    writes: usize,
+    fail: bool,
+}
+
+impl MemoryStore {
+    /// Writes made so far.
+    pub fn writes(&self) -> usize {
+        self.state.lock().map(|s| s.writes).unwrap_or(0)
+    }
+
+    /// The stored copy of a rollout.
+    pub fn get(&self, id: &str) -> Option<(Rollout, Vec<RolloutEvent>)> {
+        self.state.lock().ok()?.rollouts.get(id).cloned()
+    }
+
+    /// Makes writes fail.
+    pub fn fail_writes(&self, fail: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            s.fail = fail;
+        }
+    }
+
+    fn write(
+        &self,
+        rollout: &Rollout,
+        events: &[RolloutEvent],
+        create: bool,
+    ) -> Result<(), StoreError> {
+        let mut s = self.state.lock().map_err(|_| StoreError::Api {
+            action: "write",
+            id: rollout.id.clone(),
+            message: "poisoned".into(),
+        })?;
+        if s.fail {
+            return Err(StoreError::Api {
+                action: "write",
+                id: rollout.id.clone(),
+                message: "store unavailable".into(),
+            });
+        }
+        s.writes += 1;
+        if create {
+            s.rollouts
+                .insert(rollout.id.clone(), (rollout.clone(), events.to_vec()));
+            return Ok(());
+        }
+        let entry = s
+            .rollouts
+            .get_mut(&rollout.id)
+            .ok_or_else(|| StoreError::Api {
+                action: "update",
+                id: rollout.id.clone(),
+                message: "not found".into(),
+            })?;
+        let expected = rollout.last_sequence - events.len() as u64;
+        if entry.0.last_sequence != expected {
+            return Err(StoreError::Conflict {
+                id: rollout.id.clone(),
+                stored: entry.0.last_sequence,
+                expected,
+            });
+        }
+        entry.0 = rollout.clone();
+        entry.1.extend_from_slice(events);
+        Ok(())
+    }
+}
+
+impl Store for MemoryStore {
+    fn load(&self) -> BoxFuture<'_, Result<Vec<Stored>, StoreError>> {
+        let all = self
+            .state
+            .lock()
+            .map(|s| s.rollouts.values().cloned().collect())
+            .unwrap_or_default();
+        Box::pin(async move { Ok(all) })
+    }
+
+    fn create<'a>(
+        &'a self,
+        rollout: &'a Rollout,
+        events: &'a [RolloutEvent],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let result = self.write(rollout, events, true);
+        Box::pin(async move { result })
+    }
+
+    fn append<'a>(
+        &'a self,
+        rollout: &'a Rollout,
+        events: &'a [RolloutEvent],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let result = self.write(rollout, events, false);
+        Box::pin(async move { result })
+    }
+}

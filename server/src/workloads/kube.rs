@@ -1,0 +1,284 @@
+//! Deployments and HPAs in the Kubernetes API: reads from watch caches, writes as patches that
+//! touch only replicas, images or the pod template, and Kubernetes Events on GA Deployments.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::{DeploymentView, HpaView, WorkloadError, Workloads};
+use crate::cache::Cache;
+
+/// Workloads backed by the Kubernetes API.
+pub struct KubeWorkloads {
+    client: Client,
+    deployments: Cache<Deployment>,
+    hpas: Cache<HorizontalPodAutoscaler>,
+}
+
+impl KubeWorkloads {
+    /// Starts the Deployment and HPA watch caches for the served namespaces (empty = all).
+    pub fn start(client: Client, namespaces: &[String], stop: &CancellationToken) -> Self {
+        Self {
+            deployments: Cache::start(&client, namespaces, stop),
+            hpas: Cache::start(&client, namespaces, stop),
+            client,
+        }
+    }
+
+    /// Waits until both caches hold their initial lists.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), WorkloadError> {
+        self.deployments
+            .wait_ready(timeout)
+            .await
+            .map_err(WorkloadError::Sync)?;
+        self.hpas
+            .wait_ready(timeout)
+            .await
+            .map_err(WorkloadError::Sync)
+    }
+
+    fn api(&self, namespace: &str) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    async fn patch(
+        &self,
+        action: &'static str,
+        namespace: &str,
+        name: &str,
+        patch: Patch<Value>,
+    ) -> Result<(), WorkloadError> {
+        self.api(namespace)
+            .patch(name, &PatchParams::default(), &patch)
+            .await
+            .map(|_| ())
+            .map_err(|error| match error {
+                kube::Error::Api(status) if status.is_not_found() => WorkloadError::NotFound {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                },
+                other => WorkloadError::Write {
+                    action,
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    message: other.to_string(),
+                },
+            })
+    }
+}
+
+fn count(value: Option<i32>) -> u32 {
+    value.and_then(|v| u32::try_from(v).ok()).unwrap_or(0)
+}
+
+/// Converts a Deployment to the engine's view.
+pub fn deployment_view(d: &Deployment) -> DeploymentView {
+    let spec = d.spec.as_ref();
+    let status = d.status.as_ref();
+    DeploymentView {
+        namespace: d.namespace().unwrap_or_default(),
+        name: d.name_any(),
+        uid: d.uid().unwrap_or_default(),
+        labels: d.labels().clone(),
+        generation: d.metadata.generation.unwrap_or(0),
+        observed_generation: status.and_then(|s| s.observed_generation).unwrap_or(0),
+        spec_replicas: spec
+            .map(|s| count(Some(s.replicas.unwrap_or(1))))
+            .unwrap_or(1),
+        status_replicas: count(status.and_then(|s| s.replicas)),
+        updated_replicas: count(status.and_then(|s| s.updated_replicas)),
+        ready_replicas: count(status.and_then(|s| s.ready_replicas)),
+        available_replicas: count(status.and_then(|s| s.available_replicas)),
+        unavailable_replicas: count(status.and_then(|s| s.unavailable_replicas)),
+        selector: spec
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default(),
+        template: spec
+            .and_then(|s| serde_json::to_value(&s.template).ok())
+            .unwrap_or(Value::Null),
+    }
+}
+
+fn hpa_view(h: &HorizontalPodAutoscaler) -> Option<HpaView> {
+    let spec = h.spec.as_ref()?;
+    if spec.scale_target_ref.kind != "Deployment" {
+        return None;
+    }
+    let status = h.status.as_ref();
+    Some(HpaView {
+        namespace: h.namespace().unwrap_or_default(),
+        name: h.name_any(),
+        target: spec.scale_target_ref.name.clone(),
+        min_replicas: count(Some(spec.min_replicas.unwrap_or(1))),
+        max_replicas: count(Some(spec.max_replicas)),
+        current_replicas: count(status.and_then(|s| s.current_replicas)),
+        desired_replicas: count(status.map(|s| s.desired_replicas)),
+    })
+}
+
+impl Workloads for KubeWorkloads {
+    fn deployment(&self, namespace: &str, name: &str) -> Option<DeploymentView> {
+        self.deployments
+            .get(namespace, name, &())
+            .map(|d| deployment_view(&d))
+    }
+
+    fn hpa_for(&self, namespace: &str, deployment: &str) -> Option<HpaView> {
+        self.hpas
+            .all()
+            .iter()
+            .filter(|h| h.namespace().as_deref() == Some(namespace))
+            .filter_map(|h| hpa_view(h))
+            .find(|h| h.target == deployment)
+    }
+
+    fn labelled(&self, key: &str, value: &str) -> Vec<DeploymentView> {
+        self.deployments
+            .all()
+            .iter()
+            .filter(|d| d.labels().get(key).map(String::as_str) == Some(value))
+            .map(|d| deployment_view(d))
+            .collect()
+    }
+
+    fn scale<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        replicas: u32,
+    ) -> BoxFuture<'a, Result<(), WorkloadError>> {
+        Box::pin(async move {
+            let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
+            self.patch("scale", namespace, name, patch).await
+        })
+    }
+
+    fn set_images<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        images: &'a BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<(), WorkloadError>> {
+        Box::pin(async move {
+            let current =
+                self.deployment(namespace, name)
+                    .ok_or_else(|| WorkloadError::NotFound {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                    })?;
+            let ops = image_patch(&current.template, images).map_err(|container| {
+                WorkloadError::NoSuchContainer {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    container,
+                }
+            })?;
+            if ops.as_array().is_none_or(Vec::is_empty) {
+                return Ok(());
+            }
+            self.patch("set images of", namespace, name, json_patch(ops)?)
+                .await
+        })
+    }
+
+    fn replace_template<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        template: &'a Value,
+    ) -> BoxFuture<'a, Result<(), WorkloadError>> {
+        Box::pin(async move {
+            // A merge patch would keep labels and annotations GA has and the canary lacks:
+            // the template is replaced whole.
+            let ops = json!([{"op": "replace", "path": "/spec/template", "value": template}]);
+            self.patch("promote template onto", namespace, name, json_patch(ops)?)
+                .await
+        })
+    }
+
+    fn record_event<'a>(
+        &'a self,
+        deployment: &'a DeploymentView,
+        reason: &'a str,
+        message: &'a str,
+        warning: bool,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let now = Time(Timestamp::now());
+            let suffix = uuid::Uuid::new_v4().simple().to_string();
+            let event = Event {
+                metadata: ObjectMeta {
+                    name: Some(format!("{}.{}", deployment.name, &suffix[..16])),
+                    namespace: Some(deployment.namespace.clone()),
+                    ..Default::default()
+                },
+                involved_object: ObjectReference {
+                    api_version: Some("apps/v1".into()),
+                    kind: Some("Deployment".into()),
+                    name: Some(deployment.name.clone()),
+                    namespace: Some(deployment.namespace.clone()),
+                    uid: Some(deployment.uid.clone()).filter(|u| !u.is_empty()),
+                    ..Default::default()
+                },
+                reason: Some(reason.to_owned()),
+                message: Some(message.chars().take(1024).collect()),
+                type_: Some(if warning { "Warning" } else { "Normal" }.to_owned()),
+                source: Some(EventSource {
+                    component: Some("steerer".into()),
+                    host: None,
+                }),
+                reporting_component: Some("steerer".into()),
+                reporting_instance: Some("steerer".into()),
+                action: Some(reason.to_owned()),
+                first_timestamp: Some(now.clone()),
+                last_timestamp: Some(now),
+                count: Some(1),
+                ..Default::default()
+            };
+            let api: Api<Event> = Api::namespaced(self.client.clone(), &deployment.namespace);
+            if let Err(error) = api.create(&PostParams::default(), &event).await {
+                tracing::debug!(%error, deployment = %deployment.name, "failed to record event");
+            }
+        })
+    }
+}
+
+fn json_patch(ops: Value) -> Result<Patch<Value>, WorkloadError> {
+    serde_json::from_value::<json_patch::Patch>(ops)
+        .map(Patch::Json)
+        .map_err(|error| WorkloadError::Patch(error.to_string()))
+}
+
+/// JSON-patch operations setting the images of the named containers, each guarded by a test
+/// of the container's name so a reordered container list fails instead of writing the wrong
+/// container. `Err(name)` names a container the template lacks.
+pub fn image_patch(template: &Value, images: &BTreeMap<String, String>) -> Result<Value, String> {
+    let containers = template
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut ops = Vec::new();
+    for (name, image) in images {
+        let index = containers
+            .iter()
+            .position(|c| c.get("name").and_then(Value::as_str) == Some(name))
+            .ok_or_else(|| name.clone())?;
+        if containers[index].get("image").and_then(Value::as_str) == Some(image) {
+            continue;
+        }
+        ops.push(json!({"op": "test", "path": format!("/spec/template/spec/containers/{index}/name"), "value": name}));
+        ops.push(json!({"op": "replace", "path": format!("/spec/template/spec/containers/{index}/image"), "value": image}));
+    }
+    Ok(Value::Array(ops))
+}

@@ -1,0 +1,434 @@
+//! The end-to-end harness: a simulated cluster (`steerer-sim`) with the example workloads, a
+//! real Prometheus scraping its mesh, and the whole steerer server in-process on
+//! `127.0.0.1:0`, reached through the generated client. Also helpers to read the cluster and to
+//! wait for a rollout's phase. Every rollout test, and the CLI/interop tests, start from here.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use serde_json::{Value, json};
+use steerer::v1::rollout_service_client::RolloutServiceClient;
+use steerer::v1::{
+    GetRolloutRequest, Phase, Rollout, RolloutEvent, StartRolloutRequest, WatchRolloutRequest,
+};
+use steerer_server::domain::AnalysisSettings;
+use steerer_server::{ServerConfig, ServerError};
+use steerer_sim::prometheus::{Prometheus, PrometheusConfig};
+use steerer_sim::{Sim, SimConfig, Timing};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// Namespace of the example workloads.
+pub const NS: &str = "test";
+/// The GA Deployment (and Service, and VirtualService) of the example.
+pub const GA: &str = "podinfo";
+/// Its canary.
+pub const CANARY: &str = "podinfo-canary";
+
+/// The repository's `artifacts/` directory.
+pub fn artifacts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts")
+}
+
+/// What to start.
+#[derive(Clone)]
+pub struct Options {
+    /// Manifests applied when the simulator starts (default: Istio CRDs, the `test`
+    /// namespace and the example workloads).
+    pub apply: Vec<PathBuf>,
+    /// Synthetic requests per second per VirtualService host.
+    pub request_rate: f64,
+    /// Simulated time (pod start-up, HPA sync…).
+    pub timing: Timing,
+    /// The server's configuration; `prometheus_url` is filled in.
+    pub server: ServerConfig,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let a = artifacts();
+        Self {
+            apply: vec![a.join("istio"), a.join("namespace"), a.join("workloads")],
+            request_rate: 100.0,
+            timing: Timing::fast(),
+            server: test_server_config(),
+        }
+    }
+}
+
+/// Server settings for fast tests: 1 s intervals, a 4 s metrics window (a rate() needs two
+/// scrapes at Prometheus's 1 s interval), low minimum traffic.
+pub fn test_server_config() -> ServerConfig {
+    ServerConfig {
+        defaults: AnalysisSettings {
+            step_weight: 10,
+            max_weight: 100,
+            interval: Duration::from_secs(1),
+            success_rate_threshold: 95.0,
+            max_failed_checks: 3,
+            progress_deadline: Duration::from_secs(30),
+            min_request_rate: 0.5,
+        },
+        metrics_window: Duration::from_secs(4),
+        metrics_timeout: Duration::from_secs(3),
+        auto_interval: Duration::from_millis(500),
+        sync_timeout: Duration::from_secs(10),
+        ..ServerConfig::default()
+    }
+}
+
+/// A running server task.
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    task: JoinHandle<Result<(), ServerError>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl ServerHandle {
+    /// Graceful shutdown: watches end, drivers stop between steps.
+    pub async fn stop(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.unwrap()
+    }
+
+    /// A crash: the task is aborted wherever it is.
+    pub async fn kill(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Simulator + Prometheus + server + client.
+pub struct Harness {
+    pub sim: Sim,
+    pub prometheus: Prometheus,
+    pub kube: Client,
+    pub config: ServerConfig,
+    pub server: Option<ServerHandle>,
+    pub client: RolloutServiceClient<Channel>,
+}
+
+impl Harness {
+    /// Starts everything with the default options.
+    pub async fn start() -> Harness {
+        Self::start_with(Options::default()).await
+    }
+
+    /// Starts everything.
+    pub async fn start_with(options: Options) -> Harness {
+        let sim = Sim::start(SimConfig {
+            timing: options.timing.clone(),
+            apply: options.apply.clone(),
+            request_rate: options.request_rate,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let prometheus = Prometheus::start(PrometheusConfig::new(
+            vec![sim.metrics_addr()],
+            Duration::from_secs(1),
+        ))
+        .await
+        .unwrap();
+        let kube = Client::try_from(sim.kube_config().await.unwrap()).unwrap();
+        let mut config = options.server.clone();
+        config.prometheus_url = prometheus.url();
+        let server = start_server(config.clone(), kube.clone()).await;
+        let client = connect(server.addr).await;
+        Harness {
+            sim,
+            prometheus,
+            kube,
+            config,
+            server: Some(server),
+            client,
+        }
+    }
+
+    /// Kills the server task (a crash), starts a new one on a new port and reconnects.
+    pub async fn crash_and_restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.kill().await;
+        }
+        self.restart().await;
+    }
+
+    /// Stops the server gracefully, starts a new one and reconnects.
+    pub async fn stop_and_restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.unwrap();
+        }
+        self.restart().await;
+    }
+
+    async fn restart(&mut self) {
+        let server = start_server(self.config.clone(), self.kube.clone()).await;
+        self.client = connect(server.addr).await;
+        self.server = Some(server);
+    }
+
+    /// Address of the running server.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.as_ref().unwrap().addr
+    }
+
+    /// A start request for the example with the given analysis overrides.
+    pub fn request(&self, analysis: steerer::v1::Analysis) -> StartRolloutRequest {
+        StartRolloutRequest {
+            namespace: NS.into(),
+            target: GA.into(),
+            analysis: Some(analysis),
+            ..Default::default()
+        }
+    }
+
+    /// Starts a rollout and returns it.
+    pub async fn start_rollout(&mut self, request: StartRolloutRequest) -> Rollout {
+        self.client
+            .start_rollout(request)
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// The rollout now.
+    pub async fn get(&mut self, id: &str) -> Rollout {
+        self.client
+            .get_rollout(GetRolloutRequest { id: id.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Polls until the rollout satisfies `f`, failing after `within` with its last state.
+    pub async fn wait_until(
+        &mut self,
+        id: &str,
+        within: Duration,
+        f: impl Fn(&Rollout) -> bool,
+    ) -> Rollout {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let r = self.get(id).await;
+            if f(&r) {
+                return r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "rollout {id} did not get there within {within:?}: phase {:?}, weight {}, {}",
+                r.phase(),
+                r.canary_weight,
+                r.message
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls until the rollout reaches `phase`.
+    pub async fn wait_for_phase(&mut self, id: &str, phase: Phase, within: Duration) -> Rollout {
+        self.wait_until(id, within, |r| r.phase() == phase).await
+    }
+
+    /// Polls until the rollout reaches a terminal phase.
+    pub async fn wait_for_end(&mut self, id: &str, within: Duration) -> Rollout {
+        self.wait_until(id, within, |r| is_terminal(r.phase()))
+            .await
+    }
+
+    /// Every event of a rollout from `from`, until the stream ends (after the terminal event).
+    pub async fn watch_to_end(
+        &mut self,
+        id: &str,
+        from: u64,
+        within: Duration,
+    ) -> Vec<RolloutEvent> {
+        collect_events(&mut self.client, id, from, within).await
+    }
+
+    /// A Deployment of the example namespace.
+    pub async fn deployment(&self, name: &str) -> Deployment {
+        Api::<Deployment>::namespaced(self.kube.clone(), NS)
+            .get(name)
+            .await
+            .unwrap()
+    }
+
+    /// Merge-patches a Deployment of the example namespace.
+    pub async fn patch_deployment(&self, name: &str, patch: Value) {
+        Api::<Deployment>::namespaced(self.kube.clone(), NS)
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap();
+    }
+
+    /// Sets pod-template annotations of a Deployment (a new revision).
+    pub async fn annotate_template(&self, name: &str, annotations: Value) {
+        self.patch_deployment(
+            name,
+            json!({"spec": {"template": {"metadata": {"annotations": annotations}}}}),
+        )
+        .await;
+    }
+
+    /// The example VirtualService's (GA, canary) weights.
+    pub async fn weights(&self) -> (u64, u64) {
+        let vs = virtual_services(&self.kube).get(GA).await.unwrap();
+        let route = &vs.data["spec"]["http"][0]["route"];
+        (
+            route[0]["weight"].as_u64().unwrap_or(0),
+            route[1]["weight"].as_u64().unwrap_or(0),
+        )
+    }
+
+    /// The example VirtualService as stored.
+    pub async fn virtual_service(&self) -> DynamicObject {
+        virtual_services(&self.kube).get(GA).await.unwrap()
+    }
+}
+
+/// The VirtualService API of the example namespace.
+pub fn virtual_services(kube: &Client) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "virtualservices");
+    Api::namespaced_with(kube.clone(), NS, &resource)
+}
+
+/// The image of a Deployment's first container.
+pub fn image(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .image
+        .clone()
+        .unwrap_or_default()
+}
+
+/// `spec.replicas` of a Deployment.
+pub fn replicas(d: &Deployment) -> i32 {
+    d.spec.as_ref().unwrap().replicas.unwrap_or(1)
+}
+
+/// Whether a phase is final.
+pub fn is_terminal(phase: Phase) -> bool {
+    matches!(
+        phase,
+        Phase::Succeeded | Phase::RolledBack | Phase::Aborted | Phase::Failed
+    )
+}
+
+/// Starts the server in-process on `127.0.0.1:0`.
+pub async fn start_server(config: ServerConfig, kube: Client) -> ServerHandle {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(steerer_server::serve(config, listener, kube, async move {
+        let _ = stopped.await;
+    }));
+    ServerHandle {
+        addr,
+        task,
+        stop: Some(stop),
+    }
+}
+
+/// Connects the generated client.
+pub async fn connect(addr: SocketAddr) -> RolloutServiceClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    RolloutServiceClient::new(channel)
+}
+
+/// Reads a rollout's events from `from` until one satisfies `stop` (returned last).
+pub async fn events_until(
+    client: &mut RolloutServiceClient<Channel>,
+    id: &str,
+    from: u64,
+    within: Duration,
+    stop: impl Fn(&RolloutEvent) -> bool,
+) -> Vec<RolloutEvent> {
+    let mut stream = client
+        .watch_rollout(WatchRolloutRequest {
+            id: id.into(),
+            from_sequence: from,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(event))) => {
+                let done = stop(&event);
+                events.push(event);
+                if done {
+                    return events;
+                }
+            }
+            Ok(Ok(None)) => return events,
+            Ok(Err(status)) => panic!("watch failed: {status}"),
+            Err(_) => panic!("no matching event of {id} within {within:?}"),
+        }
+    }
+}
+
+/// Event types in order.
+pub fn types(events: &[RolloutEvent]) -> Vec<steerer::v1::EventType> {
+    events.iter().map(|e| e.r#type()).collect()
+}
+
+/// Follows a rollout's events from `from` until the server ends the stream.
+pub async fn collect_events(
+    client: &mut RolloutServiceClient<Channel>,
+    id: &str,
+    from: u64,
+    within: Duration,
+) -> Vec<RolloutEvent> {
+    let mut stream = client
+        .watch_rollout(WatchRolloutRequest {
+            id: id.into(),
+            from_sequence: from,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(event))) => events.push(event),
+            Ok(Ok(None)) => return events,
+            Ok(Err(status)) => panic!("watch failed: {status}"),
+            Err(_) => panic!(
+                "watch of {id} did not end within {within:?}; got {:?}",
+                events
+                    .iter()
+                    .map(|e| (e.sequence, e.message.clone()))
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+}
