@@ -1,0 +1,480 @@
+//! The command line: clap definitions and the value parsers that reject bad names, images,
+//! percentages and durations before anything is sent.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit codes, shown under `--help`.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  the rollout was promoted, or the command succeeded
+  1  the rollout ended rolled back, aborted or failed; or the server refused the operation
+     in the rollout's current state (ALREADY_EXISTS, FAILED_PRECONDITION) or failed internally
+  2  invalid usage (bad flags, bad names, unreadable files) or INVALID_ARGUMENT from the server
+  3  the server is unreachable, UNAVAILABLE, or did not answer in time
+  4  NOT_FOUND, UNAUTHENTICATED or PERMISSION_DENIED
+
+`start --wait` and `watch` follow the rollout to its end and exit 0 only if it was promoted,
+which makes either one a CI gate. A watch survives server restarts: it reconnects and resumes
+after the last event it printed. STEERER_LOG=debug prints the client's own logs on stderr.";
+
+/// Start, follow and steer canary rollouts of Kubernetes Deployments on a steerer server.
+#[derive(Debug, Parser)]
+#[command(name = "steerer", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// Server address (http://HOST:PORT, https://HOST:PORT or HOST:PORT).
+    #[arg(
+        long,
+        global = true,
+        env = "STEERER_SERVER",
+        hide_env_values = true,
+        default_value = steerer_client::DEFAULT_ENDPOINT
+    )]
+    pub server: String,
+
+    /// Bearer token sent with every call.
+    #[arg(
+        long,
+        global = true,
+        env = "STEERER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+
+    /// File holding the bearer token (surrounding whitespace ignored).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// CA certificate (PEM) to verify the server with; needs an https:// server.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS; needs --client-key.
+    #[arg(long, global = true, value_name = "PATH", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+
+    /// Client private key (PEM) for mutual TLS; needs --client-cert.
+    #[arg(long, global = true, value_name = "PATH", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+
+    /// Name to verify the server's certificate against, instead of the host in --server.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+
+    /// Output: `text` (a progress bar on a terminal, timestamped lines otherwise) or `json`
+    /// (one JSON object per line).
+    #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// How long each call may take (for example 10s, 1m). Watching is not limited.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        default_value = "30s"
+    )]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a canary rollout of NAMESPACE/TARGET (the GA Deployment).
+    #[command(after_help = EXIT_CODES)]
+    Start(StartArgs),
+    /// Follow a rollout's events until it ends; exits 0 only if it was promoted.
+    #[command(after_help = EXIT_CODES)]
+    Watch(WatchArgs),
+    /// Show one rollout.
+    #[command(after_help = EXIT_CODES)]
+    Get(IdArgs),
+    /// List rollouts, newest first.
+    #[command(after_help = EXIT_CODES)]
+    List(ListArgs),
+    /// Abort a rollout: all traffic back on GA, the canary scaled down.
+    #[command(after_help = EXIT_CODES)]
+    Abort(ReasonArgs),
+    /// Hold a rollout at its current weight.
+    #[command(after_help = EXIT_CODES)]
+    Pause(ReasonArgs),
+    /// Continue a paused rollout.
+    #[command(after_help = EXIT_CODES)]
+    Resume(IdArgs),
+    /// Skip the remaining analysis and promote the canary now.
+    #[command(after_help = EXIT_CODES)]
+    Promote(IdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The GA Deployment, as NAMESPACE/NAME.
+    #[arg(value_name = "NAMESPACE/TARGET", value_parser = parse_target)]
+    pub target: Target,
+
+    /// Canary Deployment (default: TARGET-canary).
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub canary: Option<String>,
+
+    /// VirtualService that splits the traffic (default: the one routing to TARGET's Service).
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub virtual_service: Option<String>,
+
+    /// Set a canary container's image before the analysis starts; repeatable.
+    #[arg(long = "image", value_name = "CONTAINER=IMAGE", value_parser = parse_image)]
+    pub images: Vec<(String, String)>,
+
+    /// Canary weight added per step, 1..=100 (server default 10).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub step_weight: Option<u32>,
+
+    /// Weight at which the canary is promoted, 1..=100 (server default 100).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_weight: Option<u32>,
+
+    /// Time between analysis checks and weight steps, e.g. 30s, 1m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+
+    /// Minimum canary success rate in percent, 0..=100 (server default 99).
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub threshold: Option<f64>,
+
+    /// Failed checks that roll the rollout back (server default 5).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_failed_checks: Option<u32>,
+
+    /// Longest time the rollout may stay halted before it is rolled back, e.g. 10m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub progress_deadline: Option<Duration>,
+
+    /// Canary requests per second below which a check has no data (server default 1).
+    #[arg(long, value_name = "RPS", value_parser = parse_rate)]
+    pub min_request_rate: Option<f64>,
+
+    /// Replicas for a canary that sits at zero (default: GA's replica count).
+    #[arg(long, value_name = "N")]
+    pub canary_replicas: Option<u32>,
+
+    /// Idempotency key: starting again with the same key returns the same rollout.
+    #[arg(long, value_name = "KEY")]
+    pub request_id: Option<String>,
+
+    /// Follow the rollout to its end; exit 0 only if it was promoted.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Rollout id.
+    #[arg(value_parser = parse_id)]
+    pub id: String,
+
+    /// First event to show (1 = the first; default: all).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub from_sequence: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Rollout id.
+    #[arg(value_parser = parse_id)]
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReasonArgs {
+    /// Rollout id.
+    #[arg(value_parser = parse_id)]
+    pub id: String,
+
+    /// Why, recorded on the rollout.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub reason: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only rollouts in this namespace.
+    #[arg(short, long, value_name = "NAMESPACE", value_parser = parse_name)]
+    pub namespace: Option<String>,
+
+    /// Only rollouts that have not ended.
+    #[arg(long)]
+    pub active: bool,
+}
+
+/// A GA Deployment: namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Why `name` is not a DNS-1123 label (what Kubernetes requires of namespaces, Services and,
+/// here, Deployments), or `None` when it is one.
+pub fn dns1123_label_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if name.len() > 63 {
+        return Some(format!(
+            "is {} characters long; the limit is 63",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Some(format!(
+            "contains {bad:?}; only lower-case letters, digits and '-' are allowed"
+        ));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Some("must start and end with a letter or digit".into());
+    }
+    None
+}
+
+pub fn parse_name(value: &str) -> Result<String, String> {
+    match dns1123_label_problem(value) {
+        None => Ok(value.to_string()),
+        Some(problem) => Err(format!("{value:?} is not a valid name: it {problem}")),
+    }
+}
+
+pub fn parse_target(value: &str) -> Result<Target, String> {
+    let Some((namespace, name)) = value.split_once('/') else {
+        return Err(format!(
+            "expected NAMESPACE/TARGET (for example shop/checkout), got {value:?}"
+        ));
+    };
+    if let Some(problem) = dns1123_label_problem(namespace) {
+        return Err(format!(
+            "namespace {namespace:?} is not valid: it {problem}"
+        ));
+    }
+    if let Some(problem) = dns1123_label_problem(name) {
+        return Err(format!("target {name:?} is not valid: it {problem}"));
+    }
+    Ok(Target {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    })
+}
+
+pub fn parse_image(value: &str) -> Result<(String, String), String> {
+    let Some((container, image)) = value.split_once('=') else {
+        return Err(format!(
+            "expected CONTAINER=IMAGE (for example app=registry.example/app:1.2), got {value:?}"
+        ));
+    };
+    if let Some(problem) = dns1123_label_problem(container) {
+        return Err(format!(
+            "container name {container:?} is not valid: it {problem}"
+        ));
+    }
+    if image.is_empty() || image.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "image {image:?} for container {container:?} must be non-empty and without spaces"
+        ));
+    }
+    Ok((container.to_string(), image.to_string()))
+}
+
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value.trim())
+        .map_err(|e| format!("{value:?} is not a duration like 30s, 5m or 1h30m: {e}"))?;
+    if duration.is_zero() {
+        return Err("the duration must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+pub fn parse_percent(value: &str) -> Result<f64, String> {
+    let number = value.trim().trim_end_matches('%');
+    let pct: f64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a percentage like 99 or 99.5"))?;
+    if !pct.is_finite() || !(0.0..=100.0).contains(&pct) {
+        return Err(format!("{value:?} is outside 0..=100"));
+    }
+    Ok(pct)
+}
+
+pub fn parse_rate(value: &str) -> Result<f64, String> {
+    let rate: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of requests per second"))?;
+    if !rate.is_finite() || rate < 0.0 {
+        return Err(format!("{value:?} must be zero or more"));
+    }
+    Ok(rate)
+}
+
+pub fn parse_id(value: &str) -> Result<String, String> {
+    let id = value.trim();
+    if id.is_empty() {
+        return Err("the rollout id must not be empty".into());
+    }
+    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{value:?} is not a rollout id"));
+    }
+    Ok(id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_target_needs_a_namespace_and_a_valid_name() {
+        assert_eq!(
+            parse_target("shop/checkout"),
+            Ok(Target {
+                namespace: "shop".into(),
+                name: "checkout".into()
+            })
+        );
+        let err = parse_target("checkout").unwrap_err();
+        assert!(err.contains("NAMESPACE/TARGET"), "{err}");
+        let err = parse_target("shop/Bad_Name").unwrap_err();
+        assert!(err.contains("\"Bad_Name\""), "{err}");
+        assert!(parse_target("-shop/checkout").is_err());
+        assert!(parse_target("shop/").is_err());
+        assert!(parse_target("shop/a/b").is_err());
+        assert!(parse_target(&format!("shop/{}", "a".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn images_are_container_equals_image() {
+        assert_eq!(
+            parse_image("app=registry.example/app:1.2@sha256:ab"),
+            Ok(("app".into(), "registry.example/app:1.2@sha256:ab".into()))
+        );
+        assert!(parse_image("registry.example/app:1.2").is_err());
+        assert!(parse_image("app=").is_err());
+        assert!(parse_image("App=x").is_err());
+    }
+
+    #[test]
+    fn durations_percentages_and_rates_are_checked() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_percent("99.5"), Ok(99.5));
+        assert_eq!(parse_percent("99%"), Ok(99.0));
+        assert!(parse_percent("101").is_err());
+        assert!(parse_percent("NaN").is_err());
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        assert!(parse_rate("-1").is_err());
+    }
+
+    #[test]
+    fn start_parses_every_flag() {
+        let cli = Cli::try_parse_from([
+            "steerer",
+            "start",
+            "shop/checkout",
+            "--canary",
+            "checkout-next",
+            "--virtual-service",
+            "checkout",
+            "--image",
+            "app=img:2",
+            "--image",
+            "sidecar=side:1",
+            "--step-weight",
+            "20",
+            "--max-weight",
+            "60",
+            "--interval",
+            "1s",
+            "--threshold",
+            "99.5",
+            "--max-failed-checks",
+            "2",
+            "--progress-deadline",
+            "5m",
+            "--min-request-rate",
+            "0.5",
+            "--canary-replicas",
+            "3",
+            "--request-id",
+            "ci-42",
+            "--wait",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        let Command::Start(start) = cli.command else {
+            panic!("not start")
+        };
+        assert_eq!(start.target.name, "checkout");
+        assert_eq!(start.images.len(), 2);
+        assert_eq!(start.step_weight, Some(20));
+        assert_eq!(start.interval, Some(Duration::from_secs(1)));
+        assert_eq!(start.progress_deadline, Some(Duration::from_secs(300)));
+        assert_eq!(start.threshold, Some(99.5));
+        assert!(start.wait);
+    }
+
+    #[test]
+    fn out_of_range_weights_and_unknown_flags_are_usage_errors() {
+        for argv in [
+            vec!["steerer", "start", "shop/checkout", "--step-weight", "0"],
+            vec!["steerer", "start", "shop/checkout", "--max-weight", "101"],
+            vec!["steerer", "start", "shop/checkout", "--bogus"],
+            vec!["steerer", "start", "shop"],
+            vec!["steerer", "list", "-n", "Bad_NS"],
+            vec!["steerer", "get"],
+        ] {
+            let err = Cli::try_parse_from(&argv).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn token_and_token_file_are_exclusive() {
+        let err =
+            Cli::try_parse_from(["steerer", "--token", "a", "--token-file", "/tmp/t", "list"])
+                .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn help_documents_the_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit codes:"), "{help}");
+        assert!(help.contains("3  the server is unreachable"), "{help}");
+    }
+}

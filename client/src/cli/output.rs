@@ -1,0 +1,730 @@
+//! What the CLI prints: the stable JSON records, the timestamped text lines, and the live
+//! progress bar shown on a terminal.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use steerer_client::Outcome;
+use steerer_client::proto::{Analysis, AnalysisResult, EventType, Phase, Rollout, RolloutEvent};
+
+use super::exit::CliError;
+
+/// `PHASE_ROLLED_BACK` → `ROLLED_BACK`.
+pub fn phase_name(phase: Phase) -> &'static str {
+    let name = phase.as_str_name();
+    name.strip_prefix("PHASE_").unwrap_or(name)
+}
+
+/// `EVENT_TYPE_WEIGHT_CHANGED` → `WEIGHT_CHANGED`.
+pub fn event_type_name(event_type: EventType) -> &'static str {
+    let name = event_type.as_str_name();
+    name.strip_prefix("EVENT_TYPE_").unwrap_or(name)
+}
+
+/// RFC 3339 in UTC to the second (`2026-11-26T10:00:01Z`); `None` for a missing or
+/// out-of-range timestamp.
+pub fn format_time(time: Option<&prost_types::Timestamp>) -> Option<String> {
+    let time = time?;
+    let nanos = u32::try_from(time.nanos).ok()?;
+    DateTime::<Utc>::from_timestamp(time.seconds, nanos)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+fn seconds(duration: Option<&prost_types::Duration>) -> Option<f64> {
+    duration.map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+}
+
+fn human_seconds(duration: Option<&prost_types::Duration>) -> Option<String> {
+    let d = duration?;
+    let secs = u64::try_from(d.seconds).ok()?;
+    let nanos = u32::try_from(d.nanos).ok()?;
+    Some(humantime::format_duration(Duration::new(secs, nanos)).to_string())
+}
+
+/// One rollout, as `get`, `list`, `start` and the control commands print it with `-o json`.
+#[derive(Debug, Serialize)]
+pub struct JsonRollout {
+    pub kind: &'static str,
+    pub id: String,
+    pub namespace: String,
+    pub target: String,
+    pub canary: String,
+    pub virtual_service: String,
+    pub revision: String,
+    pub phase: &'static str,
+    pub canary_weight: u32,
+    pub failed_checks: u32,
+    pub analysis: Option<JsonAnalysis>,
+    pub last_analysis: Option<JsonAnalysisResult>,
+    pub message: String,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub last_sequence: u64,
+    pub request_id: String,
+    pub images: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonAnalysis {
+    pub step_weight: Option<u32>,
+    pub max_weight: Option<u32>,
+    pub interval_seconds: Option<f64>,
+    pub success_rate_threshold: Option<f64>,
+    pub max_failed_checks: Option<u32>,
+    pub progress_deadline_seconds: Option<f64>,
+    pub min_request_rate: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonAnalysisResult {
+    pub success_rate: Option<f64>,
+    pub request_rate: Option<f64>,
+    pub time: Option<String>,
+}
+
+/// One event, as `watch` and `start --wait` print it with `-o json`.
+#[derive(Debug, Serialize)]
+pub struct JsonEvent {
+    pub kind: &'static str,
+    pub rollout_id: String,
+    pub sequence: u64,
+    pub time: Option<String>,
+    #[serde(rename = "type")]
+    pub event_type: &'static str,
+    pub phase: &'static str,
+    pub canary_weight: u32,
+    pub success_rate: Option<f64>,
+    pub request_rate: Option<f64>,
+    pub failed_checks: u32,
+    pub message: String,
+}
+
+/// The last line of `watch` and `start --wait` with `-o json`.
+#[derive(Debug, Serialize)]
+pub struct JsonOutcome {
+    pub kind: &'static str,
+    pub rollout_id: String,
+    pub phase: &'static str,
+    pub succeeded: bool,
+    pub canary_weight: u32,
+    pub message: String,
+    pub exit_code: u8,
+}
+
+/// A failed command with `-o json`.
+#[derive(Debug, Serialize)]
+pub struct JsonError {
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub message: String,
+    pub exit_code: u8,
+}
+
+impl From<&Analysis> for JsonAnalysis {
+    fn from(a: &Analysis) -> Self {
+        Self {
+            step_weight: a.step_weight,
+            max_weight: a.max_weight,
+            interval_seconds: seconds(a.interval.as_ref()),
+            success_rate_threshold: a.success_rate_threshold,
+            max_failed_checks: a.max_failed_checks,
+            progress_deadline_seconds: seconds(a.progress_deadline.as_ref()),
+            min_request_rate: a.min_request_rate,
+        }
+    }
+}
+
+impl From<&AnalysisResult> for JsonAnalysisResult {
+    fn from(r: &AnalysisResult) -> Self {
+        Self {
+            success_rate: r.success_rate,
+            request_rate: r.request_rate,
+            time: format_time(r.time.as_ref()),
+        }
+    }
+}
+
+impl From<&Rollout> for JsonRollout {
+    fn from(r: &Rollout) -> Self {
+        Self {
+            kind: "rollout",
+            id: r.id.clone(),
+            namespace: r.namespace.clone(),
+            target: r.target.clone(),
+            canary: r.canary.clone(),
+            virtual_service: r.virtual_service.clone(),
+            revision: r.revision.clone(),
+            phase: phase_name(r.phase()),
+            canary_weight: r.canary_weight,
+            failed_checks: r.failed_checks,
+            analysis: r.analysis.as_ref().map(JsonAnalysis::from),
+            last_analysis: r.last_analysis.as_ref().map(JsonAnalysisResult::from),
+            message: r.message.clone(),
+            created_at: format_time(r.created_at.as_ref()),
+            updated_at: format_time(r.updated_at.as_ref()),
+            finished_at: format_time(r.finished_at.as_ref()),
+            last_sequence: r.last_sequence,
+            request_id: r.request_id.clone(),
+            images: r.images.clone().into_iter().collect(),
+        }
+    }
+}
+
+impl From<&RolloutEvent> for JsonEvent {
+    fn from(e: &RolloutEvent) -> Self {
+        Self {
+            kind: "event",
+            rollout_id: e.rollout_id.clone(),
+            sequence: e.sequence,
+            time: format_time(e.time.as_ref()),
+            event_type: event_type_name(e.r#type()),
+            phase: phase_name(e.phase()),
+            canary_weight: e.canary_weight,
+            success_rate: e.success_rate,
+            request_rate: e.request_rate,
+            failed_checks: e.failed_checks,
+            message: e.message.clone(),
+        }
+    }
+}
+
+impl JsonOutcome {
+    pub fn new(outcome: &Outcome, exit_code: u8) -> Self {
+        Self {
+            kind: "outcome",
+            rollout_id: outcome.rollout.id.clone(),
+            phase: phase_name(outcome.phase),
+            succeeded: outcome.succeeded(),
+            canary_weight: outcome.rollout.canary_weight,
+            message: outcome.message.clone(),
+            exit_code,
+        }
+    }
+}
+
+fn percent(value: f64) -> String {
+    // One decimal, without rounding 99.96 up to a misleading "100.0".
+    let truncated = (value * 10.0).floor() / 10.0;
+    format!("{truncated:.1}%")
+}
+
+/// One event as a plain line:
+/// `2026-11-26T10:00:01Z  WEIGHT_CHANGED  weight=20  success=99.9%  rate=12.5/s  failed=0  phase=PROGRESSING  message`.
+pub fn event_line(event: &RolloutEvent) -> String {
+    let time = format_time(event.time.as_ref())
+        .unwrap_or_else(|| Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true));
+    let mut line = format!(
+        "{time}  {}  weight={}",
+        event_type_name(event.r#type()),
+        event.canary_weight
+    );
+    if let Some(rate) = event.success_rate {
+        line.push_str(&format!("  success={}", percent(rate)));
+    }
+    if let Some(rate) = event.request_rate {
+        line.push_str(&format!("  rate={rate:.1}/s"));
+    }
+    line.push_str(&format!(
+        "  failed={}  phase={}",
+        event.failed_checks,
+        phase_name(event.phase())
+    ));
+    if !event.message.is_empty() {
+        line.push_str("  ");
+        line.push_str(&event.message);
+    }
+    line
+}
+
+/// A rollout as `key: value` lines for `get`.
+pub fn rollout_details(r: &Rollout) -> String {
+    let mut out = String::new();
+    let mut field = |key: &str, value: String| {
+        if !value.is_empty() {
+            out.push_str(&format!("{key:<16}{value}\n"));
+        }
+    };
+    field("id:", r.id.clone());
+    field("target:", format!("{}/{}", r.namespace, r.target));
+    field("canary:", r.canary.clone());
+    field("virtual service:", r.virtual_service.clone());
+    field("revision:", r.revision.clone());
+    field("phase:", phase_name(r.phase()).to_string());
+    field("canary weight:", format!("{}%", r.canary_weight));
+    let max_failed = r
+        .analysis
+        .as_ref()
+        .and_then(|a| a.max_failed_checks)
+        .map(|m| format!("/{m}"))
+        .unwrap_or_default();
+    field("failed checks:", format!("{}{max_failed}", r.failed_checks));
+    if let Some(a) = &r.analysis {
+        let mut parts = Vec::new();
+        if let Some(step) = a.step_weight {
+            parts.push(format!("step {step}%"));
+        }
+        if let Some(max) = a.max_weight {
+            parts.push(format!("max {max}%"));
+        }
+        if let Some(interval) = human_seconds(a.interval.as_ref()) {
+            parts.push(format!("every {interval}"));
+        }
+        if let Some(threshold) = a.success_rate_threshold {
+            parts.push(format!("success >= {threshold}%"));
+        }
+        if let Some(deadline) = human_seconds(a.progress_deadline.as_ref()) {
+            parts.push(format!("deadline {deadline}"));
+        }
+        if let Some(rate) = a.min_request_rate {
+            parts.push(format!("min {rate} req/s"));
+        }
+        field("analysis:", parts.join(", "));
+    }
+    if let Some(last) = &r.last_analysis {
+        let success = last
+            .success_rate
+            .map(percent)
+            .unwrap_or_else(|| "no data".into());
+        let rate = last
+            .request_rate
+            .map(|r| format!(" at {r:.1} req/s"))
+            .unwrap_or_default();
+        field("last check:", format!("{success}{rate}"));
+    }
+    let mut images: Vec<_> = r.images.iter().collect();
+    images.sort();
+    field(
+        "images:",
+        images
+            .iter()
+            .map(|(c, i)| format!("{c}={i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    field("message:", r.message.clone());
+    field(
+        "created:",
+        format_time(r.created_at.as_ref()).unwrap_or_default(),
+    );
+    field(
+        "updated:",
+        format_time(r.updated_at.as_ref()).unwrap_or_default(),
+    );
+    field(
+        "finished:",
+        format_time(r.finished_at.as_ref()).unwrap_or_default(),
+    );
+    field("request id:", r.request_id.clone());
+    field("last event:", r.last_sequence.to_string());
+    out
+}
+
+/// Rollouts as an aligned table for `list`.
+pub fn rollout_table(rollouts: &[Rollout]) -> String {
+    let header = [
+        "ID", "TARGET", "PHASE", "WEIGHT", "FAILED", "UPDATED", "MESSAGE",
+    ];
+    let rows: Vec<[String; 7]> = rollouts
+        .iter()
+        .map(|r| {
+            [
+                r.id.clone(),
+                format!("{}/{}", r.namespace, r.target),
+                phase_name(r.phase()).to_string(),
+                format!("{}%", r.canary_weight),
+                r.failed_checks.to_string(),
+                format_time(r.updated_at.as_ref()).unwrap_or_else(|| "-".into()),
+                r.message.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut push_row = |cells: &[String]| {
+        let last = cells.len() - 1;
+        let mut line = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i == last {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    };
+    push_row(&header.map(String::from));
+    for row in &rows {
+        push_row(row);
+    }
+    out
+}
+
+/// A one-line summary for the control commands and `start`.
+pub fn rollout_summary(verb: &str, r: &Rollout) -> String {
+    let mut line = format!(
+        "{verb} rollout {} of {}/{}: {} at {}% canary",
+        r.id,
+        r.namespace,
+        r.target,
+        phase_name(r.phase()),
+        r.canary_weight
+    );
+    if !r.message.is_empty() {
+        line.push_str(" — ");
+        line.push_str(&r.message);
+    }
+    line
+}
+
+/// The final line of a followed rollout.
+pub fn outcome_line(outcome: &Outcome) -> String {
+    let verdict = if outcome.succeeded() {
+        "promoted"
+    } else {
+        "not promoted"
+    };
+    let mut line = format!(
+        "rollout {} {} ({})",
+        outcome.rollout.id,
+        verdict,
+        phase_name(outcome.phase)
+    );
+    if !outcome.message.is_empty() {
+        line.push_str(": ");
+        line.push_str(&outcome.message);
+    }
+    line
+}
+
+/// Where results go: JSON lines, plain lines, or plain lines under a live progress bar.
+pub enum Printer {
+    Json,
+    Lines,
+    Progress(Box<ProgressView>),
+}
+
+impl Printer {
+    /// JSON for `-o json`; otherwise a progress bar when `progress` (stdout is a terminal)
+    /// and plain lines when not.
+    pub fn new(json: bool, progress: bool) -> Self {
+        if json {
+            Self::Json
+        } else if progress {
+            Self::Progress(Box::default())
+        } else {
+            Self::Lines
+        }
+    }
+
+    pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
+        let line =
+            serde_json::to_string(value).map_err(|e| CliError::Output(std::io::Error::other(e)))?;
+        write_line(&line)
+    }
+
+    pub fn rollout(&self, text: &str, rollout: &Rollout) -> Result<(), CliError> {
+        match self {
+            Self::Json => Self::json(&JsonRollout::from(rollout)),
+            Self::Lines | Self::Progress(_) => write_line(text.trim_end_matches('\n')),
+        }
+    }
+
+    /// Prepares the progress bar for `rollout` before its events arrive.
+    pub fn begin(&mut self, rollout: &Rollout) {
+        if let Self::Progress(view) = self {
+            view.begin(rollout);
+        }
+    }
+
+    pub fn event(&mut self, event: &RolloutEvent) -> Result<(), CliError> {
+        match self {
+            Self::Json => Self::json(&JsonEvent::from(event)),
+            Self::Lines => write_line(&event_line(event)),
+            Self::Progress(view) => {
+                view.event(event);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn outcome(&mut self, outcome: &Outcome, exit_code: u8) -> Result<(), CliError> {
+        match self {
+            Self::Json => Self::json(&JsonOutcome::new(outcome, exit_code)),
+            Self::Lines => write_line(&outcome_line(outcome)),
+            Self::Progress(view) => {
+                view.finish(outcome);
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes the progress bar off the screen before an error is printed.
+    pub fn abandon(&mut self) {
+        if let Self::Progress(view) = self {
+            view.bar.abandon();
+        }
+    }
+}
+
+/// Writes one line to stdout. A closed pipe (`steerer list | head -1`) is not an error worth
+/// a message, so it ends the process quietly with success.
+pub fn write_line(line: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}
+
+/// The live view on a terminal: a bar of the canary weight (0..100) with the step, phase,
+/// success rate, failed checks and the latest halt reason; every event is also printed above
+/// the bar so the history stays on screen.
+pub struct ProgressView {
+    bar: ProgressBar,
+    step_weight: Option<u32>,
+    max_weight: u32,
+    max_failed_checks: Option<u32>,
+    halts: u32,
+}
+
+impl Default for ProgressView {
+    fn default() -> Self {
+        let bar = ProgressBar::with_draw_target(Some(100), ProgressDrawTarget::stdout());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{prefix:.bold} [{bar:30.cyan/blue}] {pos:>3}%  {wide_msg}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.enable_steady_tick(Duration::from_millis(250));
+        Self {
+            bar,
+            step_weight: None,
+            max_weight: 100,
+            max_failed_checks: None,
+            halts: 0,
+        }
+    }
+}
+
+impl ProgressView {
+    fn begin(&mut self, rollout: &Rollout) {
+        if let Some(analysis) = &rollout.analysis {
+            self.step_weight = analysis.step_weight.filter(|s| *s > 0);
+            self.max_weight = analysis.max_weight.unwrap_or(100).max(1);
+            self.max_failed_checks = analysis.max_failed_checks;
+        }
+        self.bar.set_prefix(format!(
+            "{} {}/{}",
+            rollout.id, rollout.namespace, rollout.target
+        ));
+        self.bar
+            .set_position(bar_position(rollout.phase(), rollout.canary_weight));
+        self.bar.set_message(phase_name(rollout.phase()));
+    }
+
+    fn event(&mut self, event: &RolloutEvent) {
+        self.bar.println(event_line(event));
+        if event.r#type() == EventType::Halted {
+            self.halts += 1;
+        }
+        self.bar
+            .set_position(bar_position(event.phase(), event.canary_weight));
+        self.bar.set_message(self.status(event));
+    }
+
+    fn status(&self, event: &RolloutEvent) -> String {
+        let mut parts = Vec::new();
+        if let Some(step) = self.step_weight {
+            let total = self.max_weight.div_ceil(step);
+            let weight =
+                u32::try_from(bar_position(event.phase(), event.canary_weight)).unwrap_or(100);
+            let current = weight.div_ceil(step).min(total);
+            parts.push(format!("step {current}/{total}"));
+        }
+        parts.push(phase_name(event.phase()).to_string());
+        if let Some(rate) = event.success_rate {
+            parts.push(format!("success {}", percent(rate)));
+        }
+        let failed = match self.max_failed_checks {
+            Some(max) => format!("failed {}/{max}", event.failed_checks),
+            None => format!("failed {}", event.failed_checks),
+        };
+        parts.push(failed);
+        if self.halts > 0 {
+            parts.push(format!("halts {}", self.halts));
+        }
+        if matches!(event.r#type(), EventType::Halted | EventType::Paused)
+            && !event.message.is_empty()
+        {
+            parts.push(event.message.clone());
+        }
+        parts.join(" · ")
+    }
+
+    fn finish(&mut self, outcome: &Outcome) {
+        if outcome.succeeded() {
+            self.bar.finish_with_message(outcome_line(outcome));
+        } else {
+            // Leave the bar where the canary got to, not at a misleading 100%.
+            self.bar.abandon_with_message(outcome_line(outcome));
+        }
+    }
+}
+
+/// Where the bar stands: the canary weight while it is analysed; full once promotion starts,
+/// although the canary's own weight then falls back to zero as GA takes over its template.
+fn bar_position(phase: Phase, canary_weight: u32) -> u64 {
+    match phase {
+        Phase::Promoting | Phase::Succeeded => 100,
+        _ => u64::from(canary_weight.min(100)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> RolloutEvent {
+        RolloutEvent {
+            rollout_id: "r-1".into(),
+            sequence: 3,
+            time: Some(prost_types::Timestamp {
+                seconds: 1_795_687_201,
+                nanos: 0,
+            }),
+            r#type: EventType::WeightChanged as i32,
+            phase: Phase::Progressing as i32,
+            canary_weight: 20,
+            success_rate: Some(99.94),
+            request_rate: Some(12.5),
+            failed_checks: 0,
+            message: "weight 10% -> 20%".into(),
+        }
+    }
+
+    #[test]
+    fn enum_names_drop_their_prefix() {
+        assert_eq!(phase_name(Phase::RolledBack), "ROLLED_BACK");
+        assert_eq!(event_type_name(EventType::WeightChanged), "WEIGHT_CHANGED");
+        assert_eq!(event_type_name(EventType::CheckNoData), "CHECK_NO_DATA");
+    }
+
+    #[test]
+    fn an_event_line_is_timestamped_and_carries_the_numbers() {
+        assert_eq!(
+            event_line(&event()),
+            "2026-11-26T10:00:01Z  WEIGHT_CHANGED  weight=20  success=99.9%  rate=12.5/s  \
+             failed=0  phase=PROGRESSING  weight 10% -> 20%"
+        );
+    }
+
+    #[test]
+    fn a_success_rate_just_under_100_is_not_shown_as_100() {
+        assert_eq!(percent(99.96), "99.9%");
+        assert_eq!(percent(100.0), "100.0%");
+    }
+
+    #[test]
+    fn json_events_use_snake_case_fields_and_bare_enum_names() {
+        let value = serde_json::to_value(JsonEvent::from(&event())).unwrap();
+        assert_eq!(value["kind"], "event");
+        assert_eq!(value["type"], "WEIGHT_CHANGED");
+        assert_eq!(value["phase"], "PROGRESSING");
+        assert_eq!(value["canary_weight"], 20);
+        assert_eq!(value["sequence"], 3);
+        assert_eq!(value["time"], "2026-11-26T10:00:01Z");
+        assert_eq!(value["success_rate"], 99.94);
+    }
+
+    #[test]
+    fn json_rollouts_carry_settings_in_seconds() {
+        let rollout = Rollout {
+            id: "r-1".into(),
+            namespace: "shop".into(),
+            target: "checkout".into(),
+            phase: Phase::Succeeded as i32,
+            analysis: Some(Analysis {
+                step_weight: Some(10),
+                interval: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 500_000_000,
+                }),
+                ..Default::default()
+            }),
+            images: [("app".to_string(), "img:2".to_string())].into(),
+            ..Default::default()
+        };
+        let value = serde_json::to_value(JsonRollout::from(&rollout)).unwrap();
+        assert_eq!(value["kind"], "rollout");
+        assert_eq!(value["phase"], "SUCCEEDED");
+        assert_eq!(value["analysis"]["interval_seconds"], 1.5);
+        assert_eq!(value["images"]["app"], "img:2");
+        assert!(value["finished_at"].is_null());
+    }
+
+    #[test]
+    fn the_table_aligns_columns() {
+        let rollouts = [
+            Rollout {
+                id: "r-1".into(),
+                namespace: "shop".into(),
+                target: "checkout".into(),
+                phase: Phase::Progressing as i32,
+                canary_weight: 30,
+                ..Default::default()
+            },
+            Rollout {
+                id: "r-20".into(),
+                namespace: "shop".into(),
+                target: "cart".into(),
+                phase: Phase::Succeeded as i32,
+                ..Default::default()
+            },
+        ];
+        let table = rollout_table(&rollouts);
+        let lines: Vec<_> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let column = lines[0].find("PHASE").unwrap();
+        assert_eq!(lines[1].find("PROGRESSING"), Some(column));
+        assert_eq!(lines[2].find("SUCCEEDED"), Some(column));
+    }
+
+    #[test]
+    fn the_bar_is_full_once_promotion_starts() {
+        assert_eq!(bar_position(Phase::Progressing, 30), 30);
+        assert_eq!(bar_position(Phase::Promoting, 0), 100);
+        assert_eq!(bar_position(Phase::Succeeded, 0), 100);
+        assert_eq!(bar_position(Phase::RolledBack, 0), 0);
+    }
+
+    #[test]
+    fn the_progress_status_counts_steps_and_halts() {
+        let mut view = ProgressView {
+            bar: ProgressBar::hidden(),
+            step_weight: Some(10),
+            max_weight: 50,
+            max_failed_checks: Some(5),
+            halts: 0,
+        };
+        let mut halted = event();
+        halted.r#type = EventType::Halted as i32;
+        halted.message = "canary has unhealthy pods".into();
+        view.event(&halted);
+        let status = view.status(&halted);
+        assert!(status.starts_with("step 2/5 · PROGRESSING"), "{status}");
+        assert!(status.contains("failed 0/5"), "{status}");
+        assert!(status.contains("halts 1"), "{status}");
+        assert!(status.ends_with("canary has unhealthy pods"), "{status}");
+    }
+}
