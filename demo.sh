@@ -22,10 +22,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if ! command -v prometheus >/dev/null 2>&1; then
-  say "Installing Prometheus (Debian package)"
+missing=()
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "Installing ${missing[*]} (Debian packages)"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 say "Building steerer (server, CLI, simulator)"
@@ -60,16 +63,21 @@ wait_for_http() { # URL
   return 1
 }
 
-say "Starting the simulated cluster (namespace test: podinfo, podinfo-canary, HPA, VirtualService)"
+say "Starting the simulated cluster (with Istio's CRDs)"
 "$bin/steerer-sim" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
   --write-kubeconfig "$work/kubeconfig" --pod-startup 500ms --request-rate 100 \
-  --apply artifacts/istio --apply artifacts/namespace --apply artifacts/workloads \
-  >"$work/sim.out" 2>"$work/sim.log" &
+  --apply artifacts/istio >"$work/sim.out" 2>"$work/sim.log" &
 pids+=($!)
 metrics_url=$(wait_for_line "$work/sim.out" "metrics: ")
 export KUBECONFIG="$work/kubeconfig"
 wait_for_line "$work/sim.out" "kubeconfig: " >/dev/null
-kubectl get deployments,services,hpa,virtualservices -n test 2>/dev/null || true
+
+say "kubectl apply: namespace test, podinfo and podinfo-canary, their Services, an HPA, the VirtualService"
+kubectl apply -f ./artifacts/namespace/
+kubectl apply -f ./artifacts/workloads/
+kubectl -n test rollout status deployment/podinfo --timeout=60s
+kubectl -n test rollout status deployment/podinfo-canary --timeout=60s
+kubectl -n test get deployments,services,hpa,virtualservices
 
 say "Starting Prometheus (1 s scrape of the mesh's Istio metrics)"
 prom_port=$(free_port)
@@ -103,7 +111,7 @@ done
 
 say "Release 1: podinfo 6.0.1, a healthy canary -> promoted"
 set +e
-"$bin/steerer" start test/podinfo --image podinfod=ghcr.io/stefanprodan/podinfo:6.0.1 \
+"$bin/steerer" start test/podinfo --image podinfo=ghcr.io/stefanprodan/podinfo:6.0.1 \
   --step-weight 20 --interval 2s --threshold 99 --max-failed-checks 2 --wait
 first=$?
 set -e
@@ -113,7 +121,7 @@ say "Release 2: podinfo 6.0.2, a canary answering 30% 5xx -> rolled back"
 kubectl -n test patch deployment podinfo-canary --type=merge \
   -p '{"spec":{"template":{"metadata":{"annotations":{"sim.steerer.dev/error-rate":"0.3"}}}}}' >/dev/null
 set +e
-"$bin/steerer" start test/podinfo --image podinfod=ghcr.io/stefanprodan/podinfo:6.0.2 \
+"$bin/steerer" start test/podinfo --image podinfo=ghcr.io/stefanprodan/podinfo:6.0.2 \
   --step-weight 20 --interval 2s --threshold 99 --max-failed-checks 2 --wait
 second=$?
 set -e

@@ -169,6 +169,9 @@ pub async fn serve_with(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let supervisor = Arc::new(Supervisor::new(ports.clone(), config.engine()));
+    // If this future is dropped rather than shut down (its task aborted), drivers and the auto
+    // loop still stop between steps, even while a connection task keeps the supervisor alive.
+    let _stop_engine = supervisor.stopping().drop_guard();
     let resumed = supervisor
         .restore()
         .await

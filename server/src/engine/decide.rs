@@ -167,7 +167,9 @@ pub fn apply_command(
     let phase = state.phase;
     match command {
         Command::Abort { reason } => {
-            if phase.is_terminal() {
+            // A rollback already does what an abort asks (traffic on GA, canary scaled
+            // down): it carries on with its own reason, and nothing is written twice.
+            if phase.is_terminal() || phase == Phase::RollingBack {
                 return Ok(d);
             }
             let reason = if reason.trim().is_empty() {

@@ -541,6 +541,34 @@ fn abort_routes_to_ga_and_aborting_a_finished_rollout_changes_nothing() {
 }
 
 #[test]
+fn abort_during_a_rollback_changes_nothing() {
+    let state = Fixture::new()
+        .progressing(0, 0)
+        .with(|r| {
+            r.phase = Phase::RollingBack;
+            r.ending = Some(Ending {
+                phase: Phase::RolledBack,
+                reason: "3 failed checks: x".into(),
+            });
+        })
+        .done();
+    let d = apply_command(
+        &state,
+        &Command::Abort {
+            reason: "stop".into(),
+        },
+        &obs(),
+        t(1),
+    )
+    .unwrap();
+    assert!(d.actions.is_empty() && d.events.is_empty());
+    assert!(!d.changes(&state));
+    // The rollback still ends as the rollback it was.
+    let finished = decide(&d.next, &obs(), t(2));
+    assert_eq!(finished.next.phase, Phase::RolledBack);
+}
+
+#[test]
 fn pause_holds_and_resume_continues_from_the_same_weight() {
     let state = Fixture::new().progressing(30, 0).done();
     let paused = apply_command(

@@ -14,8 +14,31 @@ use crate::domain::{EventKind, Phase, Rollout, RolloutEvent};
 use crate::router::RouteRef;
 use crate::workloads::{promoted_template, template_hash};
 
-/// Retry delay after a failed action or write.
+/// Longest and shortest delay before a failed step is tried again.
 const RETRY: Duration = Duration::from_secs(1);
+const MIN_RETRY: Duration = Duration::from_millis(100);
+/// Times a half-applied step is replayed before the driver decides afresh from what it sees.
+const MAX_REPLAYS: u32 = 30;
+/// Attempts at committing a caller's command before answering UNAVAILABLE.
+const COMMAND_ATTEMPTS: u32 = 5;
+/// First pause between command attempts (doubling).
+const COMMAND_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A decision some of whose actions already changed the world but which is not persisted
+/// yet. It is replayed as it stands (its actions are absolute, so repeating them is
+/// harmless) rather than decided again, so the recorded step is the step that was applied.
+struct Unfinished {
+    decision: Decision,
+    at: DateTime<Utc>,
+    replays: u32,
+}
+
+/// A commit that failed, and whether it may have changed something already (an action went
+/// through, or the state write was attempted).
+struct CommitError {
+    message: String,
+    acted: bool,
+}
 
 /// A command with the channel its answer goes back on.
 pub(crate) struct Envelope {
@@ -30,9 +53,29 @@ pub(crate) struct Driver {
     pub view: watch::Sender<Rollout>,
     pub commands: mpsc::Receiver<Envelope>,
     pub shutdown: CancellationToken,
+    unfinished: Option<Unfinished>,
 }
 
 impl Driver {
+    pub fn new(
+        ports: Ports,
+        config: EngineConfig,
+        state: Rollout,
+        view: watch::Sender<Rollout>,
+        commands: mpsc::Receiver<Envelope>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            ports,
+            config,
+            state,
+            view,
+            commands,
+            shutdown,
+            unfinished: None,
+        }
+    }
+
     fn route(&self) -> RouteRef {
         RouteRef {
             namespace: self.state.namespace.clone(),
@@ -99,6 +142,10 @@ impl Driver {
         next.canary_weight = weight;
         next.message = message.clone();
         next.updated_at = now;
+        if next.phase == Phase::Progressing {
+            // The weight read back gets a whole interval of analysis of its own.
+            next.last_step_at = Some(now);
+        }
         let draft = decide::EventDraft {
             kind: EventKind::WeightChanged,
             phase: next.phase,
@@ -113,42 +160,124 @@ impl Driver {
             events: vec![draft],
             wake: Duration::ZERO,
         };
-        if let Err(error) = self.commit(decision, now).await {
-            tracing::warn!(rollout = %self.state.id, %error, "could not record the weight read back");
+        if let Err(error) = self.commit(&decision, now).await {
+            tracing::warn!(rollout = %self.state.id, error = %error.message, "could not record the weight read back");
+        }
+    }
+
+    /// A failed step is tried again soon (most API failures are transient), but never
+    /// faster than a quarter of the interval.
+    fn retry_delay(&self) -> Duration {
+        (self.state.analysis.interval / 4).clamp(MIN_RETRY, RETRY)
+    }
+
+    /// Replays a half-applied step. `Ok` when there was none or it is now recorded.
+    async fn finish_unfinished(&mut self) -> Result<(), String> {
+        let Some(mut unfinished) = self.unfinished.take() else {
+            return Ok(());
+        };
+        match self.commit(&unfinished.decision, unfinished.at).await {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                unfinished.replays += 1;
+                if unfinished.replays < MAX_REPLAYS {
+                    self.unfinished = Some(unfinished);
+                } else {
+                    tracing::error!(rollout = %self.state.id, error = %error.message, "a half-applied step keeps failing; deciding afresh");
+                    self.reconcile_weight().await;
+                }
+                Err(error.message)
+            }
         }
     }
 
     async fn tick(&mut self) -> Duration {
+        if self.unfinished.is_some() {
+            let wake = self
+                .unfinished
+                .as_ref()
+                .map_or(Duration::ZERO, |u| u.decision.wake);
+            return match self.finish_unfinished().await {
+                Ok(()) => wake,
+                Err(error) => {
+                    tracing::warn!(rollout = %self.state.id, %error, "recording the step failed; retrying");
+                    self.retry_delay()
+                }
+            };
+        }
         let now = Utc::now();
         let obs = self
             .observe(now, decide::wants_sample(&self.state, now))
             .await;
         let decision = decide::decide(&self.state, &obs, now);
         let wake = decision.wake;
-        match self.commit(decision, now).await {
+        match self.commit(&decision, now).await {
             Ok(()) => wake,
             Err(error) => {
-                tracing::warn!(rollout = %self.state.id, %error, "step failed; retrying");
-                RETRY.min(self.state.analysis.interval.max(Duration::from_millis(200)))
+                tracing::warn!(rollout = %self.state.id, error = %error.message, "step failed; retrying");
+                if error.acted {
+                    self.unfinished = Some(Unfinished {
+                        decision,
+                        at: now,
+                        replays: 0,
+                    });
+                }
+                self.retry_delay()
             }
         }
     }
 
     async fn command(&mut self, command: Command) -> Result<Rollout, EngineError> {
+        // A command is decided on the recorded state, so a half-applied step is recorded
+        // first. An abort does not wait for it: its weight write supersedes the step's.
+        if let Err(error) = self.finish_unfinished().await {
+            if !matches!(command, Command::Abort { .. }) {
+                return Err(EngineError::Unavailable(format!(
+                    "rollout {}: the last step is not recorded yet ({error}); try again",
+                    self.state.id
+                )));
+            }
+            self.unfinished = None;
+        }
         let now = Utc::now();
         let obs = self.observe(now, false).await;
         let decision = decide::apply_command(&self.state, &command, &obs, now)
             .map_err(|refused| EngineError::FailedPrecondition(refused.0))?;
-        self.commit(decision, now)
-            .await
-            .map_err(EngineError::Unavailable)?;
+        let mut backoff = COMMAND_BACKOFF;
+        let mut attempt = 1;
+        while let Err(error) = self.commit(&decision, now).await {
+            if attempt >= COMMAND_ATTEMPTS {
+                if error.acted {
+                    self.unfinished = Some(Unfinished {
+                        decision,
+                        at: now,
+                        replays: 0,
+                    });
+                }
+                return Err(EngineError::Unavailable(format!(
+                    "rollout {}: {}",
+                    self.state.id, error.message
+                )));
+            }
+            tracing::warn!(rollout = %self.state.id, error = %error.message, attempt, "command failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+            attempt += 1;
+        }
         // An abort finishes before answering: traffic on GA and the canary scaled down.
         if self.state.phase == Phase::RollingBack {
             let now = Utc::now();
             let obs = self.observe(now, false).await;
             let decision = decide::decide(&self.state, &obs, now);
-            if let Err(error) = self.commit(decision, now).await {
-                tracing::warn!(rollout = %self.state.id, %error, "scale-down after abort failed; retrying");
+            if let Err(error) = self.commit(&decision, now).await {
+                tracing::warn!(rollout = %self.state.id, error = %error.message, "scale-down after abort failed; retrying");
+                if error.acted {
+                    self.unfinished = Some(Unfinished {
+                        decision,
+                        at: now,
+                        replays: 0,
+                    });
+                }
             }
         }
         Ok(self.state.clone())
@@ -231,16 +360,19 @@ impl Driver {
     }
 
     /// Acts, then persists the state with its new events in one write, then publishes.
-    async fn commit(&mut self, decision: Decision, now: DateTime<Utc>) -> Result<(), String> {
-        for action in &decision.actions {
-            self.act(action).await?;
+    async fn commit(&mut self, decision: &Decision, now: DateTime<Utc>) -> Result<(), CommitError> {
+        for (done, action) in decision.actions.iter().enumerate() {
+            self.act(action).await.map_err(|message| CommitError {
+                message,
+                acted: done > 0,
+            })?;
         }
         if !decision.changes(&self.state) {
             return Ok(());
         }
-        let mut next = decision.next;
+        let mut next = decision.next.clone();
         let mut events = Vec::with_capacity(decision.events.len());
-        for draft in decision.events {
+        for draft in decision.events.iter().cloned() {
             next.last_sequence += 1;
             events.push(RolloutEvent {
                 rollout_id: next.id.clone(),
@@ -259,7 +391,12 @@ impl Driver {
             .store
             .append(&next, &events)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| CommitError {
+                message: e.to_string(),
+                // A failed write may still have landed (its answer lost), so the step is
+                // replayed as it stands rather than decided again with other events.
+                acted: true,
+            })?;
         self.state = next;
         self.view.send_replace(self.state.clone());
         if let Err(error) = self.ports.hub.publish(&events) {

@@ -86,14 +86,14 @@ impl Supervisor {
             None
         } else {
             let (tx, rx) = mpsc::channel(16);
-            let driver = Driver {
-                ports: self.ports.clone(),
-                config: self.config.clone(),
-                state: rollout.clone(),
-                view: view_tx,
-                commands: rx,
-                shutdown: self.shutdown.child_token(),
-            };
+            let driver = Driver::new(
+                self.ports.clone(),
+                self.config.clone(),
+                rollout.clone(),
+                view_tx,
+                rx,
+                self.shutdown.child_token(),
+            );
             if let Ok(mut drivers) = self.drivers.lock() {
                 drivers.spawn(driver.run());
             }

@@ -193,6 +193,48 @@ async fn restarted_supervisor_resumes_at_its_weight_and_keeps_the_sequence() {
 }
 
 #[tokio::test]
+async fn a_step_applied_but_not_recorded_is_recorded_as_it_was_applied() {
+    let w = World::new();
+    let s = w.supervisor();
+    let mut req = request();
+    req.analysis.interval = Duration::from_millis(100);
+    let r = s.start(req).await.unwrap();
+    let before = wait_for(&s, &r.id, |r| r.canary_weight >= 20).await;
+    w.store.fail_writes(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let applied = loop {
+        let weight = w.router.weight("test", "podinfo").unwrap();
+        if weight > before.canary_weight {
+            break weight;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no step was applied"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // The evidence turns bad: deciding the step again would record a failed check at the
+    // old weight while traffic sits at the new one.
+    w.metrics
+        .set("test", "podinfo-canary", FakeMetrics::healthy(50.0, 50.0));
+    w.store.fail_writes(false);
+    let done = wait_for(&s, &r.id, |r| r.phase.is_terminal()).await;
+    assert_eq!(done.phase, Phase::RolledBack);
+    let (_, events) = w.store.get(&r.id).unwrap();
+    let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..=done.last_sequence).collect::<Vec<_>>());
+    let steps: Vec<u32> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::WeightChanged)
+        .map(|e| e.canary_weight)
+        .collect();
+    assert_eq!(steps.last(), Some(&applied), "{steps:?}");
+    let writes = w.router.writes();
+    assert_eq!(writes[writes.len() - 2..], [applied, 0], "{writes:?}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn rejected_starts_change_nothing() {
     let w = World::new();
     let s = w.supervisor();

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
@@ -72,10 +72,13 @@ impl PrometheusMetrics {
         let timeout = self.timeout;
         let ok = grouped_query(window_secs, &self.namespaces, true);
         let total = grouped_query(window_secs, &self.namespaces, false);
+        // Both queries are evaluated at the same instant: evaluated apart, a scrape landing in
+        // between could make the non-5xx rate exceed the total (a success rate over 100%).
+        let at = evaluation_time(SystemTime::now());
         async move {
             let (ok, total) = futures::try_join!(
-                query(&http, &url, &ok, timeout),
-                query(&http, &url, &total, timeout)
+                query(&http, &url, &ok, &at, timeout),
+                query(&http, &url, &total, &at, timeout)
             )?;
             Ok(Arc::new((ok, total)))
         }
@@ -101,6 +104,12 @@ impl Metrics for PrometheusMetrics {
             ))
         })
     }
+}
+
+/// A Prometheus `time` parameter: Unix seconds with millisecond precision.
+pub fn evaluation_time(at: SystemTime) -> String {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    format!("{}.{:03}", since.as_secs(), since.subsec_millis())
 }
 
 /// Whole seconds of a query window, at least 1.
@@ -235,11 +244,12 @@ async fn query(
     http: &reqwest::Client,
     url: &str,
     promql: &str,
+    at: &str,
     timeout: Duration,
 ) -> Result<Table, MetricsError> {
     let response = http
         .get(url)
-        .query(&[("query", promql)])
+        .query(&[("query", promql), ("time", at)])
         .send()
         .await
         .map_err(|e| {
@@ -284,6 +294,12 @@ mod tests {
         assert!(q.contains("destination_workload=\"podinfo-canary\""));
         assert!(q.contains("destination_workload_namespace=\"test\""));
         assert_eq!(promql_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
+
+    #[test]
+    fn evaluation_time_is_unix_seconds_with_millis() {
+        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_042);
+        assert_eq!(evaluation_time(at), "1700000000.042");
     }
 
     #[test]

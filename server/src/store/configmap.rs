@@ -92,6 +92,16 @@ impl ConfigMapStore {
                     // Our resourceVersion is stale; carry on only if nobody appended since.
                     let fresh = api.get(&name).await.map_err(|e| api_error("read", e))?;
                     let (stored, fresh_log) = decode(&fresh)?;
+                    if stored == *rollout && fresh_log == new_log {
+                        // An earlier attempt whose answer was lost (a timeout, a 5xx after
+                        // the write) did land: this write is already done.
+                        self.remember(
+                            &rollout.id,
+                            fresh.resource_version().unwrap_or_default(),
+                            fresh_log,
+                        );
+                        return Ok(());
+                    }
                     if stored.last_sequence != expected {
                         return Err(StoreError::Conflict {
                             id: rollout.id.clone(),
