@@ -1,6 +1,7 @@
 //! What kube-apiserver does to an object between decoding and storage: defaulting of built-in
 //! kinds (replicas, strategy, Service cluster IPs, Namespace phase, ...) and the validation
-//! worth having (names, Deployment selectors and replicas, HPA bounds, immutable fields).
+//! worth having (names, Deployment selectors and replicas, HPA bounds, RBAC binding role
+//! references, immutable fields).
 
 use serde_json::{Map, Value, json};
 
@@ -250,6 +251,9 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
     match (def.group.as_str(), def.plural.as_str()) {
         ("apps", "deployments") => validate_deployment(obj, old).map_err(invalid),
         ("autoscaling", "horizontalpodautoscalers") => validate_hpa(obj).map_err(invalid),
+        ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
+            validate_binding(obj, old).map_err(invalid)
+        }
         _ => Ok(()),
     }
 }
@@ -318,6 +322,29 @@ fn validate_deployment(obj: &Value, old: Option<&Value>) -> Result<(), String> {
     {
         return Err(format!(
             "spec.selector: Invalid value: {selector}: field is immutable"
+        ));
+    }
+    Ok(())
+}
+
+/// A binding must name the role it grants, and cannot be moved to another role afterwards
+/// (kube-apiserver requires deleting and recreating it).
+fn validate_binding(obj: &Value, old: Option<&Value>) -> Result<(), String> {
+    for field in ["kind", "name"] {
+        if obj
+            .pointer(&format!("/roleRef/{field}"))
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(format!("roleRef.{field}: Required value"));
+        }
+    }
+    if let Some(old_ref) = old.and_then(|o| o.get("roleRef"))
+        && obj.get("roleRef") != Some(old_ref)
+    {
+        return Err(format!(
+            "roleRef: Invalid value: {}: cannot change roleRef",
+            obj.get("roleRef").unwrap_or(&Value::Null)
         ));
     }
     Ok(())
@@ -418,5 +445,37 @@ mod tests {
         );
         assert!(is_dns1123_subdomain("a.b-c"));
         assert!(!is_dns1123_label("a.b"));
+    }
+
+    #[test]
+    fn a_binding_needs_a_role_and_cannot_move_to_another() {
+        let def = Registry::with_builtins()
+            .lookup("rbac.authorization.k8s.io", "v1", "clusterrolebindings")
+            .unwrap();
+        assert!(!def.namespaced);
+        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1",
+               "kind": "ClusterRoleBinding", "metadata": {"name": "steerer"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                           "name": "steerer"},
+               "subjects": [{"kind": "ServiceAccount", "name": "steerer",
+                             "namespace": "steerer-system"}]});
+        assert!(validate(&def, &binding, None).is_ok());
+        let mut moved = binding.clone();
+        moved["roleRef"]["name"] = json!("cluster-admin");
+        let err = validate(&def, &moved, Some(&binding)).unwrap_err();
+        assert_eq!(err.code, 422);
+        assert!(
+            err.message.contains("cannot change roleRef"),
+            "{}",
+            err.message
+        );
+        let mut unnamed = binding;
+        unnamed["roleRef"] = json!({"kind": "ClusterRole"});
+        assert!(
+            validate(&def, &unnamed, None)
+                .unwrap_err()
+                .message
+                .contains("roleRef.name: Required value")
+        );
     }
 }

@@ -20,6 +20,8 @@ pub const VERBS: [&str; 8] = [
     "watch",
 ];
 
+const RBAC: &str = "rbac.authorization.k8s.io";
+
 /// A column of `kubectl get` output (a CRD's `additionalPrinterColumns`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PrinterColumn {
@@ -227,10 +229,11 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The built-in resources: core/v1 namespaces, services, configmaps, secrets, events and
-    /// pods; apps/v1 deployments; autoscaling/v2 horizontalpodautoscalers;
-    /// coordination.k8s.io/v1 leases; events.k8s.io/v1 events; and
-    /// apiextensions.k8s.io/v1 customresourcedefinitions.
+    /// The built-in resources: core/v1 namespaces, services, configmaps, secrets, events,
+    /// pods and serviceaccounts; apps/v1 deployments and replicasets; autoscaling/v2
+    /// horizontalpodautoscalers; coordination.k8s.io/v1 leases; events.k8s.io/v1 events;
+    /// rbac.authorization.k8s.io/v1 roles, rolebindings, clusterroles and clusterrolebindings
+    /// (stored, never enforced); and apiextensions.k8s.io/v1 customresourcedefinitions.
     pub fn with_builtins() -> Self {
         let defs = vec![
             ResourceDef::builtin("", "v1", "namespaces", "Namespace", false)
@@ -247,6 +250,8 @@ impl Registry {
                 .short(&["po"])
                 .in_all()
                 .with_status(),
+            ResourceDef::builtin("", "v1", "serviceaccounts", "ServiceAccount", true)
+                .short(&["sa"]),
             ResourceDef::builtin("apps", "v1", "deployments", "Deployment", true)
                 .short(&["deploy"])
                 .in_all()
@@ -268,6 +273,18 @@ impl Registry {
             .with_status(),
             ResourceDef::builtin("coordination.k8s.io", "v1", "leases", "Lease", true),
             ResourceDef::builtin("events.k8s.io", "v1", "events", "Event", true).short(&["ev"]),
+            // RBAC objects are stored so that installation manifests apply; the simulator does
+            // not authorize requests, so their rules have no effect.
+            ResourceDef::builtin(RBAC, "v1", "roles", "Role", true),
+            ResourceDef::builtin(RBAC, "v1", "rolebindings", "RoleBinding", true),
+            ResourceDef::builtin(RBAC, "v1", "clusterroles", "ClusterRole", false),
+            ResourceDef::builtin(
+                RBAC,
+                "v1",
+                "clusterrolebindings",
+                "ClusterRoleBinding",
+                false,
+            ),
             ResourceDef::builtin(
                 "apiextensions.k8s.io",
                 "v1",

@@ -67,6 +67,38 @@ async fn kubectl_creates_reads_patches_scales_and_deletes_the_artifacts() {
     let deployments = GroupResource::new("apps", "deployments");
     let virtualservices = GroupResource::new("networking.istio.io", "virtualservices");
 
+    // api-resources: discovery names every built-in with its scope and short names.
+    let out = kubectl.run(&["api-resources", "--no-headers"]).await;
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    for expected in [
+        vec!["serviceaccounts", "sa", "v1", "true", "ServiceAccount"],
+        vec!["deployments", "deploy", "apps/v1", "true", "Deployment"],
+        vec!["roles", "rbac.authorization.k8s.io/v1", "true", "Role"],
+        vec![
+            "rolebindings",
+            "rbac.authorization.k8s.io/v1",
+            "true",
+            "RoleBinding",
+        ],
+        vec![
+            "clusterroles",
+            "rbac.authorization.k8s.io/v1",
+            "false",
+            "ClusterRole",
+        ],
+        vec![
+            "clusterrolebindings",
+            "rbac.authorization.k8s.io/v1",
+            "false",
+            "ClusterRoleBinding",
+        ],
+    ] {
+        assert!(rows.contains(&expected), "{expected:?} missing from\n{out}");
+    }
+
     // create -f, with kubectl's client-side validation on (the default).
     let out = kubectl
         .run(&["create", "-f", &path(artifacts().join("istio"))])

@@ -95,6 +95,24 @@ fn containers(obj: &Value, field: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A binding's subjects of one kind, comma-separated; service accounts as `namespace/name`.
+fn subjects(obj: &Value, kind: &str) -> String {
+    obj.get("subjects")
+        .and_then(Value::as_array)
+        .map(|subjects| {
+            subjects
+                .iter()
+                .filter(|sub| s(sub, "/kind") == kind)
+                .map(|sub| match s(sub, "/namespace") {
+                    "" => s(sub, "/name").to_owned(),
+                    ns => format!("{ns}/{}", s(sub, "/name")),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
 fn builtin_columns(def: &ResourceDef) -> Option<Vec<Column>> {
     if !def.builtin {
         return None;
@@ -143,9 +161,18 @@ fn builtin_columns(def: &ResourceDef) -> Option<Vec<Column>> {
             col("Reason", "string"),
             col("Age", "string"),
         ],
-        ("apiextensions.k8s.io", "customresourcedefinitions") => {
+        ("", "serviceaccounts") => vec![col("Secrets", "integer"), col("Age", "string")],
+        ("rbac.authorization.k8s.io", "roles" | "clusterroles")
+        | ("apiextensions.k8s.io", "customresourcedefinitions") => {
             vec![col("Created At", "date")]
         }
+        ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => vec![
+            col("Role", "string"),
+            col("Age", "string"),
+            wide("Users", "string"),
+            wide("Groups", "string"),
+            wide("ServiceAccounts", "string"),
+        ],
         _ => vec![col("Age", "string")],
     })
 }
@@ -232,6 +259,21 @@ fn builtin_cell(def: &ResourceDef, column: &str, obj: &Value) -> Value {
         ("horizontalpodautoscalers", "MaxPods") => json!(n(obj, "/spec/maxReplicas")),
         ("horizontalpodautoscalers", "Replicas") => json!(n(obj, "/status/currentReplicas")),
         ("leases", "Holder") => json!(s(obj, "/spec/holderIdentity")),
+        ("serviceaccounts", "Secrets") => json!(
+            obj.get("secrets")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len)
+        ),
+        ("rolebindings" | "clusterrolebindings", "Role") => json!(format!(
+            "{}/{}",
+            s(obj, "/roleRef/kind"),
+            s(obj, "/roleRef/name")
+        )),
+        ("rolebindings" | "clusterrolebindings", "Users") => json!(subjects(obj, "User")),
+        ("rolebindings" | "clusterrolebindings", "Groups") => json!(subjects(obj, "Group")),
+        ("rolebindings" | "clusterrolebindings", "ServiceAccounts") => {
+            json!(subjects(obj, "ServiceAccount"))
+        }
         ("events", "Type") => json!(s(obj, "/type")),
         ("events", "Reason") => json!(s(obj, "/reason")),
         _ => json!(""),
