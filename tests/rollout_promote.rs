@@ -110,3 +110,62 @@ async fn healthy_canary_with_new_image_is_promoted_step_by_step() {
         );
     }
 }
+
+/// GA's rolling update never finishes (GA is paused, so its new pods never come): past the
+/// progress deadline the promotion ends FAILED and leaves traffic where it was, since GA's new
+/// pods are not ready while the canary's are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_whose_ga_never_becomes_ready_fails_at_the_deadline_leaving_traffic_alone() {
+    let mut h = Harness::start().await;
+    let mut request = h.request(Analysis {
+        step_weight: Some(20),
+        progress_deadline: Some(prost_types::Duration {
+            seconds: 4,
+            nanos: 0,
+        }),
+        ..Default::default()
+    });
+    request.images = HashMap::from([("podinfo".to_owned(), NEW_IMAGE.to_owned())]);
+    let started = h.start_rollout(request).await;
+    let progressing = h
+        .wait_until(&started.id, Duration::from_secs(30), |r| {
+            r.phase() == Phase::Progressing && r.canary_weight >= 20
+        })
+        .await;
+    h.patch_deployment(GA, serde_json::json!({"spec": {"paused": true}}))
+        .await;
+    let promoting = h
+        .client
+        .promote_rollout(steerer::v1::PromoteRolloutRequest {
+            id: started.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(promoting.phase(), Phase::Promoting);
+    let weight = u64::from(promoting.canary_weight);
+    assert!(weight >= u64::from(progressing.canary_weight));
+
+    let done = h.wait_for_end(&started.id, Duration::from_secs(20)).await;
+    assert_eq!(done.phase(), Phase::Failed, "{}", done.message);
+    assert!(
+        done.message.contains("progress deadline"),
+        "{}",
+        done.message
+    );
+    assert!(
+        done.message.contains(&format!("{weight}% on the canary")),
+        "{}",
+        done.message
+    );
+    assert_eq!(h.weights().await, (100 - weight, weight));
+    assert!(replicas(&h.deployment(CANARY).await) > 0);
+    assert_eq!(image(&h.deployment(GA).await), NEW_IMAGE);
+    let events = h.watch_to_end(&started.id, 0, Duration::from_secs(5)).await;
+    assert_eq!(events.last().unwrap().r#type(), EventType::Failed);
+    assert!(
+        !events.iter().any(|e| e.r#type() == EventType::Promoted),
+        "{:?}",
+        common::types(&events)
+    );
+}

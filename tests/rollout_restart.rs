@@ -107,3 +107,37 @@ async fn graceful_stop_ends_open_watches_and_a_new_server_carries_on() {
     let done = h.get(&started.id).await;
     assert_eq!(done.phase(), Phase::Succeeded, "{}", done.message);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_open_on_a_killed_server_breaks_instead_of_hanging() {
+    let mut h = Harness::start().await;
+    let started = h
+        .start_rollout(h.request(Analysis {
+            step_weight: Some(10),
+            ..Default::default()
+        }))
+        .await;
+    let mut stream = h
+        .client
+        .watch_rollout(steerer::v1::WatchRolloutRequest {
+            id: started.id.clone(),
+            from_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.sequence, 1);
+
+    h.server.take().unwrap().kill().await;
+    // A dead process closes its sockets: the stream fails (or ends) instead of waiting for
+    // events that will never come.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) | Ok(Err(_)) => break,
+            Err(_) => panic!("the watch on a killed server is still open after 5 s"),
+        }
+    }
+}

@@ -55,6 +55,20 @@ impl Phase {
     }
 }
 
+/// Consecutive "no data" checks with the same reason at the same weight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuietRepeats {
+    /// The kind of reason (not its text, whose numbers change from check to check).
+    pub key: String,
+    pub weight: u32,
+    /// When the last of them was recorded as an event.
+    pub recorded_at: DateTime<Utc>,
+    /// Checks in a row with this reason, recorded or not.
+    pub in_a_row: u32,
+    /// Of those, how many since `recorded_at` were not recorded.
+    pub unrecorded: u32,
+}
+
 /// What happened in one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventKind {
@@ -218,6 +232,13 @@ pub struct Rollout {
     /// Terminal phase and reason of a rollback under way.
     #[serde(default)]
     pub ending: Option<Ending>,
+    /// When the current promotion began; the progress deadline bounds it too.
+    #[serde(default)]
+    pub promoting_since: Option<DateTime<Utc>>,
+    /// The no-data reason last recorded as an event, so that its repeats are recorded
+    /// sparingly rather than once per interval.
+    #[serde(default)]
+    pub quiet: Option<QuietRepeats>,
 }
 
 /// One step of a rollout, as stored and streamed.

@@ -17,6 +17,7 @@ pub mod workloads;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +51,45 @@ pub struct ServerConfig {
     pub istio_api_version: String,
     /// How long start-up waits for the watch caches.
     pub sync_timeout: Duration,
+    /// Accepted bearer tokens, one a line. Set (or `read_only_token_file` set): every
+    /// `RolloutService` call needs a valid token; health and reflection stay open.
+    pub token_file: Option<PathBuf>,
+    /// Tokens that may only get, list and watch rollouts.
+    pub read_only_token_file: Option<PathBuf>,
+    /// Serve TLS (and require client certificates when `client_ca` is set).
+    pub tls: Option<TlsFiles>,
+    /// Re-read the token files on SIGHUP (the binary; tests leave the signal alone).
+    pub reload_on_sighup: bool,
+}
+
+/// PEM files of the server's TLS identity and, for mutual TLS, the CA of client certificates.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates must chain to this CA; `None` = no client certificate asked for.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    fn server_config(&self) -> Result<tonic::transport::ServerTlsConfig, ServerError> {
+        let read = |what: &str, path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| ServerError::Config(format!("{what} {}: {e}", path.display())))
+        };
+        let identity = tonic::transport::Identity::from_pem(
+            read("TLS certificate", &self.cert)?,
+            read("TLS key", &self.key)?,
+        );
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
+                "client CA",
+                ca,
+            )?));
+        }
+        Ok(tls)
+    }
 }
 
 impl Default for ServerConfig {
@@ -65,6 +105,10 @@ impl Default for ServerConfig {
             auto_interval: Duration::from_secs(2),
             istio_api_version: "v1".into(),
             sync_timeout: Duration::from_secs(30),
+            token_file: None,
+            read_only_token_file: None,
+            tls: None,
+            reload_on_sighup: false,
         }
     }
 }
@@ -91,6 +135,13 @@ impl ServerConfig {
             api::validate::dns1123_label("namespace", ns).map_err(|e| ServerError::Config(e.0))?;
         }
         api::validate::check_analysis(&self.defaults).map_err(|e| ServerError::Config(e.0))?;
+        if let Some(tls) = &self.tls
+            && (tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty())
+        {
+            return Err(ServerError::Config(
+                "TLS needs both a certificate and a key".into(),
+            ));
+        }
         if self.prometheus_url.is_empty() {
             return Err(ServerError::Config("prometheus url is required".into()));
         }
@@ -197,17 +248,35 @@ pub async fn serve_with(
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
+    let auth = Arc::new(
+        api::auth::Auth::from_files(
+            config.token_file.as_deref(),
+            config.read_only_token_file.as_deref(),
+        )
+        .map_err(|e| ServerError::Config(e.to_string()))?,
+    );
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config()?)?;
+    }
     let draining = CancellationToken::new();
+    if config.reload_on_sighup {
+        reload_on_sighup(auth.clone(), draining.clone());
+    }
     let service = api::Api::new(
         supervisor.clone(),
         config.namespaces.clone(),
         draining.clone(),
+        auth.clone(),
     );
     let addr = listener.local_addr().ok();
     tracing::info!(
         ?addr,
         resumed,
         auto = config.auto,
+        tls = config.tls.is_some(),
+        mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        tokens = auth.enabled(),
         "steerer server listening"
     );
     let signal = {
@@ -222,7 +291,7 @@ pub async fn serve_with(
             draining.cancel();
         }
     };
-    let result = tonic::transport::Server::builder()
+    let result = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -236,4 +305,37 @@ pub async fn serve_with(
     supervisor.shutdown().await;
     tracing::info!("steerer server stopped");
     result.map_err(ServerError::from)
+}
+
+/// Re-reads the token files on every SIGHUP until the server drains.
+fn reload_on_sighup(auth: Arc<api::auth::Auth>, draining: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(hup) => hup,
+            Err(error) => {
+                tracing::warn!(%error, "no SIGHUP handler; token files are still re-read when they change");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = draining.cancelled() => break,
+                    received = hup.recv() => {
+                        if received.is_none() {
+                            break;
+                        }
+                        tracing::info!("SIGHUP: re-reading token files");
+                        auth.reload();
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (auth, draining);
+    }
 }

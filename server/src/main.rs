@@ -3,12 +3,13 @@
 //! until SIGTERM or SIGINT, then drains within a grace period.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use steerer_server::ServerConfig;
 use steerer_server::domain::AnalysisSettings;
+use steerer_server::{ServerConfig, TlsFiles};
 
 /// Progressive delivery for Kubernetes Deployments over Istio and Prometheus.
 #[derive(Debug, Parser)]
@@ -68,6 +69,24 @@ struct Flags {
     /// Time allowed to drain after SIGTERM before exiting anyway.
     #[arg(long, env = "STEERER_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// File of accepted bearer tokens, one a line (`#` starts a comment). When set, every
+    /// RolloutService call needs `authorization: Bearer TOKEN`; health and reflection stay
+    /// open. Re-read when it changes and on SIGHUP.
+    #[arg(long, env = "STEERER_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// File of read-only tokens: they may get, list and watch rollouts, not change them.
+    #[arg(long, env = "STEERER_READ_ONLY_TOKEN_FILE")]
+    read_only_token_file: Option<PathBuf>,
+    /// PEM certificate chain of the server; with --tls-key, serves TLS.
+    #[arg(long, env = "STEERER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the server certificate.
+    #[arg(long, env = "STEERER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle of client certificates: every client must present a certificate it
+    /// signed (mutual TLS). Needs --tls-cert and --tls-key.
+    #[arg(long, env = "STEERER_CLIENT_CA", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "STEERER_LOG_JSON")]
     log_json: bool,
@@ -105,6 +124,17 @@ async fn main() -> anyhow::Result<()> {
         auto: flags.auto,
         auto_interval: flags.auto_interval,
         istio_api_version: flags.istio_api_version,
+        token_file: flags.token_file,
+        read_only_token_file: flags.read_only_token_file,
+        tls: match (flags.tls_cert, flags.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: flags.client_ca,
+            }),
+            _ => None,
+        },
+        reload_on_sighup: true,
         ..ServerConfig::default()
     };
     config.validate()?;

@@ -22,7 +22,6 @@ use steerer_sim::prometheus::{Prometheus, PrometheusConfig};
 use steerer_sim::{Sim, SimConfig, Timing};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 /// Namespace of the example workloads.
@@ -84,11 +83,16 @@ pub fn test_server_config() -> ServerConfig {
     }
 }
 
-/// A running server task.
+/// A server running on a runtime of its own, on a thread of its own, so that `kill()` can
+/// look like the death of a process: dropping that runtime ends every task it ran (the
+/// accept loop, each connection, open watches, drivers, watch caches) and closes every socket,
+/// where aborting one task would leave the connections it had accepted alive.
 pub struct ServerHandle {
     pub addr: SocketAddr,
-    task: JoinHandle<Result<(), ServerError>>,
     stop: Option<oneshot::Sender<()>>,
+    kill: Option<oneshot::Sender<()>>,
+    /// The serve result (`None` when killed), sent once the runtime is gone.
+    done: Option<oneshot::Receiver<Option<Result<(), ServerError>>>>,
 }
 
 impl ServerHandle {
@@ -97,19 +101,27 @@ impl ServerHandle {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.task).await.unwrap()
+        match self.done.take().unwrap().await.unwrap() {
+            Some(result) => result,
+            None => panic!("the server was killed while stopping"),
+        }
     }
 
-    /// A crash: the task is aborted wherever it is.
+    /// A crash: the server's runtime is dropped wherever its tasks are, so every connection
+    /// it had accepted breaks as if the process had died.
     pub async fn kill(mut self) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        let _ = self.done.take().unwrap().await;
     }
 }
 
 impl Drop for ServerHandle {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
     }
 }
 
@@ -118,6 +130,9 @@ pub struct Harness {
     pub sim: Sim,
     pub prometheus: Prometheus,
     pub kube: Client,
+    /// How the server reaches the simulator (each server builds its own client from it, on
+    /// its own runtime).
+    pub kube_config: kube::Config,
     pub config: ServerConfig,
     pub server: Option<ServerHandle>,
     pub client: RolloutServiceClient<Channel>,
@@ -145,22 +160,25 @@ impl Harness {
         ))
         .await
         .unwrap();
-        let kube = Client::try_from(sim.kube_config().await.unwrap()).unwrap();
+        let kube_config = sim.kube_config().await.unwrap();
+        let kube = Client::try_from(kube_config.clone()).unwrap();
         let mut config = options.server.clone();
         config.prometheus_url = prometheus.url();
-        let server = start_server(config.clone(), kube.clone()).await;
-        let client = connect(server.addr).await;
+        let server = start_server(config.clone(), kube_config.clone()).await;
+        let client = connect_for(&config, server.addr).await;
         Harness {
             sim,
             prometheus,
             kube,
+            kube_config,
             config,
             server: Some(server),
             client,
         }
     }
 
-    /// Kills the server task (a crash), starts a new one on a new port and reconnects.
+    /// Kills the server (a crash: its runtime and every connection die), starts a new one on
+    /// a new port and reconnects.
     pub async fn crash_and_restart(&mut self) {
         if let Some(server) = self.server.take() {
             server.kill().await;
@@ -177,8 +195,8 @@ impl Harness {
     }
 
     async fn restart(&mut self) {
-        let server = start_server(self.config.clone(), self.kube.clone()).await;
-        self.client = connect(server.addr).await;
+        let server = start_server(self.config.clone(), self.kube_config.clone()).await;
+        self.client = connect_for(&self.config, server.addr).await;
         self.server = Some(server);
     }
 
@@ -336,19 +354,57 @@ pub fn is_terminal(phase: Phase) -> bool {
     )
 }
 
-/// Starts the server in-process on `127.0.0.1:0`.
-pub async fn start_server(config: ServerConfig, kube: Client) -> ServerHandle {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// Starts the server in-process on `127.0.0.1:0`, on a runtime and thread of its own (see
+/// [`ServerHandle`]), with a Kubernetes client of its own built from `kube_config`.
+pub async fn start_server(config: ServerConfig, kube_config: kube::Config) -> ServerHandle {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(steerer_server::serve(config, listener, kube, async move {
-        let _ = stopped.await;
-    }));
+    let (kill, killed) = oneshot::channel::<()>();
+    let (done_tx, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("steerer-server-{}", addr.port()))
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let result = runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener).unwrap();
+                let kube = Client::try_from(kube_config).unwrap();
+                let serve = steerer_server::serve(config, listener, kube, async move {
+                    let _ = stopped.await;
+                });
+                tokio::select! {
+                    result = serve => Some(result),
+                    _ = killed => None,
+                }
+            });
+            // Every task still on the runtime (connections, watches, drivers) dies here.
+            runtime.shutdown_timeout(Duration::from_secs(2));
+            let _ = done_tx.send(result);
+        })
+        .unwrap();
     ServerHandle {
         addr,
-        task,
         stop: Some(stop),
+        kill: Some(kill),
+        done: Some(done),
     }
+}
+
+/// The harness client for a server: connected now, or, for a TLS server (which this plain
+/// client cannot talk to), a lazy channel that tests replace with their own TLS client.
+pub async fn connect_for(config: &ServerConfig, addr: SocketAddr) -> RolloutServiceClient<Channel> {
+    if config.tls.is_some() {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        return RolloutServiceClient::new(channel);
+    }
+    connect(addr).await
 }
 
 /// Connects the generated client.

@@ -1,6 +1,7 @@
 //! The gRPC surface: the `steerer.v1.RolloutService` implementation, validation and
 //! conversion. The only module that knows tonic and the generated types.
 
+pub mod auth;
 pub mod convert;
 pub mod validate;
 
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Command, StartRequest, Supervisor};
+use auth::{Access, Auth};
 use validate::Invalid;
 
 /// Events buffered per WatchRollout stream before the producer waits for the client.
@@ -25,6 +27,7 @@ pub struct Api {
     namespaces: Vec<String>,
     /// Cancelled at shutdown: open watches end cleanly.
     draining: CancellationToken,
+    auth: Arc<Auth>,
 }
 
 impl Api {
@@ -33,11 +36,13 @@ impl Api {
         supervisor: Arc<Supervisor>,
         namespaces: Vec<String>,
         draining: CancellationToken,
+        auth: Arc<Auth>,
     ) -> Self {
         Self {
             supervisor,
             namespaces,
             draining,
+            auth,
         }
     }
 
@@ -66,6 +71,7 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::StartRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        self.auth.check(&request, Access::Write)?;
         let r = request.into_inner();
         validate::dns1123_label("namespace", &r.namespace).map_err(invalid)?;
         validate::dns1123_label("target", &r.target).map_err(invalid)?;
@@ -102,6 +108,7 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        self.auth.check(&request, Access::Read)?;
         let r = request.into_inner();
         id(&r.id)?;
         let rollout = self.supervisor.get(&r.id).map_err(convert::status)?;
@@ -112,6 +119,7 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        self.auth.check(&request, Access::Read)?;
         let r = request.into_inner();
         validate::optional_label("namespace", &r.namespace).map_err(invalid)?;
         if !r.namespace.is_empty() {
@@ -133,6 +141,7 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::WatchRolloutRequest>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        self.auth.check(&request, Access::Read)?;
         let r = request.into_inner();
         id(&r.id)?;
         let mut subscription = self
@@ -162,6 +171,7 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::AbortRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        self.auth.check(&request, Access::Write)?;
         let r = request.into_inner();
         id(&r.id)?;
         validate::reason(&r.reason).map_err(invalid)?;
@@ -177,6 +187,7 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::PauseRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        self.auth.check(&request, Access::Write)?;
         let r = request.into_inner();
         id(&r.id)?;
         validate::reason(&r.reason).map_err(invalid)?;
@@ -192,6 +203,7 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::ResumeRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        self.auth.check(&request, Access::Write)?;
         let r = request.into_inner();
         id(&r.id)?;
         let rollout = self
@@ -206,6 +218,7 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::PromoteRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        self.auth.check(&request, Access::Write)?;
         let r = request.into_inner();
         id(&r.id)?;
         let rollout = self

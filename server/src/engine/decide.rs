@@ -7,13 +7,24 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{AnalysisRecord, Ending, EventKind, Phase, Rollout, Sample};
+use crate::domain::{AnalysisRecord, Ending, EventKind, Phase, QuietRepeats, Rollout, Sample};
 use crate::workloads::{DeploymentView, HpaView, halt_reason};
 
 /// How often a rollout that waits on Kubernetes (readiness, GA's rollout) looks again.
 pub const POLL: Duration = Duration::from_millis(500);
 /// How long a rollout with nothing to do sleeps (commands wake it).
 pub const IDLE: Duration = Duration::from_secs(3600);
+/// Consecutive "no data" checks with the same reason recorded in full before their repeats
+/// are recorded only once per `quiet_window`.
+pub const REPEATS_IN_FULL: u32 = 3;
+/// Shortest time between two recorded repeats of the same "no data" reason.
+pub const MIN_QUIET: Duration = Duration::from_secs(60);
+
+/// Time between two recorded repeats of the same "no data" reason: ten intervals, at least a
+/// minute. A long outage then adds a few events an hour, not one per interval.
+pub fn quiet_window(state: &Rollout) -> Duration {
+    (state.analysis.interval * 10).max(MIN_QUIET)
+}
 
 /// What the driver saw just before deciding.
 #[derive(Debug, Clone, Default)]
@@ -239,7 +250,7 @@ pub fn apply_command(
                 d.next.paused_from = None;
                 d.next.halted_since = None;
                 d.next.halt_reason = None;
-                begin_promotion(&mut d, ga, canary, obs, "promoted by request");
+                begin_promotion(&mut d, ga, canary, obs, "promoted by request", now);
             }
             Phase::Pending | Phase::Paused => {
                 return Err(Refused(format!(
@@ -367,6 +378,7 @@ fn step_up(d: &mut Decision, state: &Rollout, now: DateTime<Utc>, why: String) {
     d.actions.push(Action::SetCanaryWeight(to));
     d.next.canary_weight = to;
     d.next.last_step_at = Some(now);
+    d.next.quiet = None;
     d.wake = settings.interval;
     d.emit(
         EventKind::WeightChanged,
@@ -410,6 +422,8 @@ fn restart(d: &mut Decision, state: &Rollout, revision: &str) {
     d.next.halt_reason = None;
     d.next.last_step_at = None;
     d.next.promotion_min_ready = None;
+    d.next.promoting_since = None;
+    d.next.quiet = None;
     d.wake = poll(state);
     d.emit(
         EventKind::Restarted,
@@ -457,7 +471,10 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
                 d,
                 state,
                 Sample::default(),
-                format!("metrics unavailable: {error}"),
+                (
+                    "metrics unavailable",
+                    format!("metrics unavailable: {error}"),
+                ),
                 now,
             );
             return;
@@ -467,7 +484,7 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
                 d,
                 state,
                 Sample::default(),
-                "no measurement".to_owned(),
+                ("no measurement", "no measurement".to_owned()),
                 now,
             );
             return;
@@ -484,9 +501,12 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
                 d,
                 state,
                 sample,
-                format!(
-                    "canary request rate {rate:.2}/s below the minimum {}/s",
-                    settings.min_request_rate
+                (
+                    "request rate below the minimum",
+                    format!(
+                        "canary request rate {rate:.2}/s below the minimum {}/s",
+                        settings.min_request_rate
+                    ),
                 ),
                 now,
             );
@@ -498,13 +518,17 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
                 d,
                 state,
                 sample,
-                "no canary traffic in the metrics".to_owned(),
+                (
+                    "no canary traffic",
+                    "no canary traffic in the metrics".to_owned(),
+                ),
                 now,
             );
             return;
         }
     };
     d.next.halted_since = None;
+    d.next.quiet = None;
     let threshold = settings.success_rate_threshold;
     let failure = if !(0.0..=100.0).contains(&success) {
         Some(format!("success rate {success} is out of range"))
@@ -545,7 +569,14 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
                 Some(sample),
             );
             if state.canary_weight >= settings.max_weight {
-                begin_promotion(d, ga, canary, obs, "analysis passed at the maximum weight");
+                begin_promotion(
+                    d,
+                    ga,
+                    canary,
+                    obs,
+                    "analysis passed at the maximum weight",
+                    now,
+                );
             } else {
                 step_up(d, state, now, "check passed".to_owned());
             }
@@ -553,17 +584,67 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
     }
 }
 
-fn no_data(d: &mut Decision, state: &Rollout, sample: Sample, why: String, now: DateTime<Utc>) {
+/// A check without evidence: never a pass. Repeats of one reason are recorded in full a few
+/// times, then once per `quiet_window` (the state still records every check), so a long
+/// outage cannot grow the event log without bound.
+fn no_data(
+    d: &mut Decision,
+    state: &Rollout,
+    sample: Sample,
+    (key, why): (&str, String),
+    now: DateTime<Utc>,
+) {
     let since = state.halted_since.unwrap_or(now);
     d.next.halted_since = Some(since);
     let elapsed = (now - since).to_std().unwrap_or(Duration::ZERO);
     let deadline = state.analysis.progress_deadline;
-    d.emit_with(
-        EventKind::CheckNoData,
-        format!("no data at weight {}%: {why}", state.canary_weight),
-        Some(sample),
-    );
-    if elapsed >= deadline {
+    let message = format!("no data at weight {}%: {why}", state.canary_weight);
+    let repeat = state
+        .quiet
+        .as_ref()
+        .filter(|q| q.key == key && q.weight == state.canary_weight);
+    let in_a_row = repeat.map_or(1, |q| q.in_a_row + 1);
+    let past_deadline = elapsed >= deadline;
+    let record = match repeat {
+        None => true,
+        Some(q) => {
+            past_deadline
+                || in_a_row <= REPEATS_IN_FULL
+                || (now - q.recorded_at).to_std().unwrap_or(Duration::ZERO) >= quiet_window(state)
+        }
+    };
+    if record {
+        let note = repeat
+            .filter(|q| q.unrecorded > 0)
+            .map(|q| {
+                format!(
+                    " ({} more checks like this since {} not recorded; {in_a_row} in a row)",
+                    q.unrecorded,
+                    q.recorded_at.format("%H:%M:%S UTC")
+                )
+            })
+            .unwrap_or_default();
+        d.emit_with(
+            EventKind::CheckNoData,
+            format!("{message}{note}"),
+            Some(sample),
+        );
+        d.next.quiet = Some(QuietRepeats {
+            key: key.to_owned(),
+            weight: state.canary_weight,
+            recorded_at: now,
+            in_a_row,
+            unrecorded: 0,
+        });
+    } else if let Some(q) = repeat {
+        d.next.message = format!("{message} ({in_a_row} checks in a row)");
+        d.next.quiet = Some(QuietRepeats {
+            in_a_row,
+            unrecorded: q.unrecorded + 1,
+            ..q.clone()
+        });
+    }
+    if past_deadline {
         begin_rollback(
             d,
             Phase::RolledBack,
@@ -578,6 +659,7 @@ fn begin_promotion(
     canary: &DeploymentView,
     obs: &Observation,
     why: &str,
+    now: DateTime<Utc>,
 ) {
     let mut need = ga.spec_replicas.max(canary.ready_replicas).max(1);
     if let Some(hpa) = &obs.ga_hpa {
@@ -585,6 +667,8 @@ fn begin_promotion(
     }
     d.next.phase = Phase::Promoting;
     d.next.promotion_min_ready = Some(need);
+    d.next.promoting_since = Some(now);
+    d.next.quiet = None;
     d.wake = Duration::ZERO;
     if !obs.ga_runs_canary {
         d.actions.push(Action::PromoteTemplate);
@@ -606,32 +690,52 @@ fn promoting(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime
         return;
     };
     d.wake = poll(state);
+    // A promotion resumed from a state written before promotions had a deadline gets a
+    // whole one from now.
+    let since = state.promoting_since.unwrap_or(now);
+    d.next.promoting_since = Some(since);
     if !obs.ga_runs_canary {
         let revision = canary.revision();
         if revision != state.revision {
             restart(d, state, &revision);
             return;
         }
-        d.actions.push(Action::PromoteTemplate);
+        if !promotion_overdue(
+            d,
+            state,
+            since,
+            now,
+            "GA does not run the canary's pod template yet".to_owned(),
+        ) {
+            d.actions.push(Action::PromoteTemplate);
+        }
         return;
     }
     let need = state.promotion_min_ready.unwrap_or(1);
     if ga.spec_replicas < need {
-        d.actions.push(Action::ScaleGa(need));
-        d.next.message = format!(
-            "promoting: scaling GA from {} to {need} replicas before traffic returns to it",
+        let waiting = format!(
+            "scaling GA from {} to {need} replicas before traffic returns to it",
             ga.spec_replicas
         );
+        if !promotion_overdue(d, state, since, now, waiting) {
+            d.actions.push(Action::ScaleGa(need));
+        }
         return;
     }
     if let Some(reason) = halt_reason("GA", ga, obs.ga_hpa.as_ref()) {
-        d.next.message = format!("promoting: waiting for GA: {reason}");
+        promotion_overdue(d, state, since, now, format!("waiting for GA: {reason}"));
         return;
     }
     if ga.ready_replicas < need {
-        d.next.message = format!(
-            "promoting: waiting for GA: {} of {need} replicas ready",
-            ga.ready_replicas
+        promotion_overdue(
+            d,
+            state,
+            since,
+            now,
+            format!(
+                "waiting for GA: {} of {need} replicas ready",
+                ga.ready_replicas
+            ),
         );
         return;
     }
@@ -650,6 +754,7 @@ fn promoting(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime
     d.next.phase = Phase::Succeeded;
     d.next.finished_at = Some(now);
     d.next.promotion_min_ready = None;
+    d.next.promoting_since = None;
     d.wake = IDLE;
     d.emit(
         EventKind::Succeeded,
@@ -658,6 +763,44 @@ fn promoting(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime
             state.revision, state.canary
         ),
     );
+}
+
+/// A promotion still waiting on GA: says what it waits for, and past the progress deadline
+/// ends the rollout FAILED. Traffic stays where it is: GA's new pods are not ready, so moving
+/// traffic onto GA could drop requests, while the canary's pods are ready and GA's old pods
+/// still serve their share. Returns whether the rollout failed.
+fn promotion_overdue(
+    d: &mut Decision,
+    state: &Rollout,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+    waiting: String,
+) -> bool {
+    let elapsed = (now - since).to_std().unwrap_or(Duration::ZERO);
+    let deadline = state.analysis.progress_deadline;
+    if elapsed < deadline {
+        d.next.message = format!("promoting: {waiting}");
+        return false;
+    }
+    d.next.phase = Phase::Failed;
+    d.next.finished_at = Some(now);
+    d.next.promotion_min_ready = None;
+    d.next.promoting_since = None;
+    d.wake = IDLE;
+    d.emit(
+        EventKind::Failed,
+        format!(
+            "failed: promotion of revision {} did not finish within the progress deadline of {} ({waiting}); traffic left as it is, {}% on the canary (ready) and {}% on GA, canary {} keeps its replicas; fix GA {}/{}, then move traffic or start a new rollout",
+            state.revision,
+            human(deadline),
+            state.canary_weight,
+            100 - state.canary_weight.min(100),
+            state.canary,
+            state.namespace,
+            state.target
+        ),
+    );
+    true
 }
 
 /// Sends all traffic to GA in one write; the canary is scaled down on the next decision.

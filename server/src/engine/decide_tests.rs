@@ -67,6 +67,8 @@ impl Fixture {
             paused_from: None,
             promotion_min_ready: None,
             ending: None,
+            promoting_since: None,
+            quiet: None,
         })
     }
     fn prepared(mut self) -> Self {
@@ -625,5 +627,159 @@ fn ga_template_hash_matches_after_promotion() {
     assert_eq!(
         template_hash(&promoted_template(&c.template, &c.selector, &g.selector)),
         template_hash(&g.template)
+    );
+}
+
+#[test]
+fn promotion_past_the_deadline_fails_and_leaves_traffic_where_it_is() {
+    let state = Fixture::new()
+        .progressing(40, 0)
+        .with(|r| {
+            r.phase = Phase::Promoting;
+            r.promotion_min_ready = Some(3);
+            r.promoting_since = Some(t(0));
+        })
+        .done();
+    let mut o = Observation {
+        ga: Some(promoted_ga()),
+        ga_runs_canary: true,
+        ..obs()
+    };
+    // GA's new pods never become ready.
+    o.ga.as_mut().unwrap().updated_replicas = 1;
+    let waiting = decide(&state, &o, t(9));
+    assert_eq!(waiting.next.phase, Phase::Promoting);
+    assert!(waiting.events.is_empty());
+
+    let d = decide(&state, &o, t(10));
+    assert_eq!(d.next.phase, Phase::Failed);
+    assert!(
+        d.actions.is_empty(),
+        "no weight write, no scaling: {:?}",
+        d.actions
+    );
+    assert_eq!(d.next.canary_weight, 40);
+    assert_eq!(d.next.finished_at, Some(t(10)));
+    assert_eq!(kinds(&d), vec![EventKind::Failed]);
+    let message = &d.events[0].message;
+    assert!(message.contains("progress deadline"), "{message}");
+    assert!(message.contains("40% on the canary"), "{message}");
+    assert!(message.contains("rolling update"), "{message}");
+}
+
+#[test]
+fn promotion_that_cannot_copy_the_template_fails_at_the_deadline_too() {
+    let state = Fixture::new()
+        .progressing(100, 0)
+        .with(|r| {
+            r.phase = Phase::Promoting;
+            r.promoting_since = Some(t(0));
+        })
+        .done();
+    assert_eq!(
+        decide(&state, &obs(), t(5)).actions,
+        vec![Action::PromoteTemplate]
+    );
+    let d = decide(&state, &obs(), t(11));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.next.phase, Phase::Failed);
+}
+
+#[test]
+fn a_promotion_restored_without_a_start_time_gets_a_whole_deadline() {
+    let state = Fixture::new()
+        .progressing(100, 0)
+        .with(|r| r.phase = Phase::Promoting)
+        .done();
+    let mut o = Observation {
+        ga: Some(promoted_ga()),
+        ga_runs_canary: true,
+        ..obs()
+    };
+    o.ga.as_mut().unwrap().updated_replicas = 1;
+    let d = decide(&state, &o, t(1000));
+    assert_eq!(d.next.phase, Phase::Promoting);
+    assert_eq!(d.next.promoting_since, Some(t(1000)));
+}
+
+#[test]
+fn passing_at_max_weight_starts_the_promotion_clock() {
+    let state = Fixture::new().progressing(100, 0).done();
+    let d = decide(&state, &measured(100.0, 10.0), t(1));
+    assert_eq!(d.next.promoting_since, Some(t(1)));
+}
+
+/// Runs `decide` once a second from `from` with too little traffic, carrying the state on.
+fn quiet_run(mut state: Rollout, from: i64, to: i64) -> (Rollout, Vec<EventDraft>) {
+    let mut events = Vec::new();
+    for second in from..=to {
+        let d = decide(&state, &measured(100.0, 0.1), t(second));
+        events.extend(d.events.iter().cloned());
+        state = d.next;
+    }
+    (state, events)
+}
+
+#[test]
+fn repeated_no_data_is_recorded_a_few_times_then_once_per_quiet_window() {
+    let state = Fixture::new()
+        .progressing(10, 0)
+        .with(|r| r.analysis.progress_deadline = Duration::from_secs(3600))
+        .done();
+    let window = quiet_window(&state).as_secs() as i64;
+    assert_eq!(window, 60);
+    let (state, events) = quiet_run(state, 1, 10);
+    assert_eq!(events.len(), REPEATS_IN_FULL as usize);
+    assert!(events.iter().all(|e| e.kind == EventKind::CheckNoData));
+    let quiet = state.quiet.clone().unwrap();
+    assert_eq!((quiet.in_a_row, quiet.unrecorded), (10, 7));
+    assert!(
+        state.message.contains("10 checks in a row"),
+        "{}",
+        state.message
+    );
+    // Every check still moves the state on (persisted, but no event).
+    assert_eq!(state.last_step_at, Some(t(10)));
+
+    let (state, events) = quiet_run(state, 11, 3 + window);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0].message.contains("more checks like this since"),
+        "{}",
+        events[0].message
+    );
+    assert_eq!(state.quiet.as_ref().unwrap().unrecorded, 0);
+
+    // Evidence ends the quiet spell.
+    let d = decide(&state, &measured(100.0, 10.0), t(4 + window));
+    assert_eq!(d.next.quiet, None);
+}
+
+#[test]
+fn a_different_no_data_reason_is_recorded_at_once() {
+    let state = Fixture::new()
+        .progressing(10, 0)
+        .with(|r| r.analysis.progress_deadline = Duration::from_secs(3600))
+        .done();
+    let (state, _) = quiet_run(state, 1, 10);
+    let o = Observation {
+        sample: Some(Err("timeout".into())),
+        ..obs()
+    };
+    let d = decide(&state, &o, t(11));
+    assert_eq!(kinds(&d), vec![EventKind::CheckNoData]);
+    assert!(d.events[0].message.contains("metrics unavailable"));
+}
+
+#[test]
+fn quiet_no_data_still_rolls_back_at_the_deadline_with_an_event() {
+    let state = Fixture::new().progressing(10, 0).done();
+    // Deadline 10 s: checks 1..=9 are quiet after the third, the tenth rolls back.
+    let (state, events) = quiet_run(state, 1, 9);
+    assert_eq!(events.len(), REPEATS_IN_FULL as usize);
+    let d = decide(&state, &measured(100.0, 0.1), t(11));
+    assert_eq!(
+        kinds(&d),
+        vec![EventKind::CheckNoData, EventKind::RollingBack]
     );
 }

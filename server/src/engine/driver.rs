@@ -12,6 +12,7 @@ use super::decide::{self, Action, Command, Decision, Observation};
 use super::{EngineConfig, EngineError, Ports};
 use crate::domain::{EventKind, Phase, Rollout, RolloutEvent};
 use crate::router::RouteRef;
+use crate::store::StoreError;
 use crate::workloads::{promoted_template, template_hash};
 
 /// Longest and shortest delay before a failed step is tried again.
@@ -23,6 +24,9 @@ const MAX_REPLAYS: u32 = 30;
 const COMMAND_ATTEMPTS: u32 = 5;
 /// First pause between command attempts (doubling).
 const COMMAND_BACKOFF: Duration = Duration::from_millis(100);
+/// Write conflicts in a row (each followed by a reload) after which the driver gives the
+/// rollout up to whoever else keeps writing it.
+const MAX_CONFLICTS: u32 = 5;
 
 /// A decision some of whose actions already changed the world but which is not persisted
 /// yet. It is replayed as it stands (its actions are absolute, so repeating them is
@@ -54,6 +58,10 @@ pub(crate) struct Driver {
     pub commands: mpsc::Receiver<Envelope>,
     pub shutdown: CancellationToken,
     unfinished: Option<Unfinished>,
+    /// Write conflicts in a row.
+    conflicts: u32,
+    /// Set when another writer keeps changing the rollout: this driver stops.
+    given_up: bool,
 }
 
 impl Driver {
@@ -73,6 +81,8 @@ impl Driver {
             commands,
             shutdown,
             unfinished: None,
+            conflicts: 0,
+            given_up: false,
         }
     }
 
@@ -90,7 +100,7 @@ impl Driver {
             self.reconcile_weight().await;
         }
         let mut wake = Instant::now();
-        while !self.state.phase.is_terminal() {
+        while !self.state.phase.is_terminal() && !self.given_up {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
@@ -387,16 +397,30 @@ impl Driver {
                 message: draft.message,
             });
         }
-        self.ports
-            .store
-            .append(&next, &events)
-            .await
-            .map_err(|e| CommitError {
-                message: e.to_string(),
-                // A failed write may still have landed (its answer lost), so the step is
-                // replayed as it stands rather than decided again with other events.
-                acted: true,
-            })?;
+        match self.ports.store.append(&next, &events).await {
+            Ok(()) => self.conflicts = 0,
+            Err(StoreError::Conflict { .. }) => {
+                // Someone else wrote the rollout: what this step decided rests on a state
+                // that is gone. Take the stored one and decide again from it.
+                let message = format!(
+                    "rollout {} was changed by another writer; reloaded the stored state",
+                    self.state.id
+                );
+                self.reload_after_conflict().await;
+                return Err(CommitError {
+                    message,
+                    acted: false,
+                });
+            }
+            Err(e) => {
+                return Err(CommitError {
+                    message: e.to_string(),
+                    // A failed write may still have landed (its answer lost), so the step is
+                    // replayed as it stands rather than decided again with other events.
+                    acted: true,
+                });
+            }
+        }
         self.state = next;
         self.view.send_replace(self.state.clone());
         if let Err(error) = self.ports.hub.publish(&events) {
@@ -404,6 +428,66 @@ impl Driver {
         }
         announce(&self.ports, &self.state, &events);
         Ok(())
+    }
+}
+
+impl Driver {
+    /// After a write conflict: adopts the stored state and publishes the events the other
+    /// writer added, so watchers see them in order. Past `MAX_CONFLICTS` in a row the driver
+    /// stops and says so, in the log and as a Kubernetes Event on GA.
+    async fn reload_after_conflict(&mut self) {
+        self.conflicts += 1;
+        self.unfinished = None;
+        let id = self.state.id.clone();
+        match self.ports.store.get(&self.state.namespace, &id).await {
+            Ok(Some((stored, events))) => {
+                tracing::warn!(rollout = %id, stored_sequence = stored.last_sequence, our_sequence = self.state.last_sequence, phase = stored.phase.name(), "state write conflict: another writer changed the rollout; continuing from the stored state");
+                let fresh: Vec<RolloutEvent> = events
+                    .into_iter()
+                    .filter(|e| e.sequence > self.state.last_sequence.min(stored.last_sequence))
+                    .collect();
+                if let Err(error) = self.ports.hub.publish(&fresh) {
+                    tracing::error!(rollout = %id, %error, "stored event log does not follow the published one");
+                }
+                self.state = stored;
+                self.view.send_replace(self.state.clone());
+            }
+            Ok(None) => {
+                tracing::error!(rollout = %id, "state write conflict and the stored rollout is gone; stopping its driver");
+                self.give_up("its stored state was deleted").await;
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(rollout = %id, %error, "state write conflict; reading the stored state failed");
+            }
+        }
+        if self.conflicts >= MAX_CONFLICTS && !self.state.phase.is_terminal() {
+            tracing::error!(rollout = %id, conflicts = self.conflicts, "another writer keeps changing this rollout; stopping its driver (is a second steerer server running it?)");
+            self.give_up(&format!(
+                "another writer changed its state {} times in a row (a second steerer server?)",
+                self.conflicts
+            ))
+            .await;
+        }
+    }
+
+    async fn give_up(&mut self, why: &str) {
+        self.given_up = true;
+        let ns = &self.state.namespace;
+        if let Some(ga) = self.ports.workloads.deployment(ns, &self.state.target) {
+            self.ports
+                .workloads
+                .record_event(
+                    &ga,
+                    "RolloutDriverStopped",
+                    &format!(
+                        "rollout {}: this server stopped driving it: {why}; restart the server to take it over again",
+                        self.state.id
+                    ),
+                    true,
+                )
+                .await;
+        }
     }
 }
 

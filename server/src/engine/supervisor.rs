@@ -15,6 +15,25 @@ use super::driver::{Driver, Envelope, announce};
 use super::{EngineConfig, EngineError, Ports, StartRequest};
 use crate::domain::{EventKind, Phase, Rollout, RolloutEvent};
 use crate::router::RouterError;
+use crate::store::StoreError;
+
+/// The id of the rollout a `request_id` starts: derived from the namespace and the key, so
+/// a retried start whose first answer was lost lands on the rollout (and the stored object)
+/// the first attempt created. Formatted as a UUID like random ids.
+pub fn rollout_id_for_request(namespace: &str, request_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"steerer.dev/request-id\0");
+    hash.update(namespace.as_bytes());
+    hash.update(b"\0");
+    hash.update(request_id.as_bytes());
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
 
 struct Entry {
     view: watch::Receiver<Rollout>,
@@ -217,7 +236,11 @@ impl Supervisor {
             })?;
 
         let now = Utc::now();
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = if request.request_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            rollout_id_for_request(ns, &request.request_id)
+        };
         let settings = &request.analysis;
         let message = format!(
             "rollout of {ns}/{} started: canary {canary_name} via VirtualService {virtual_service}, {}% steps up to {}% every {}, success rate >= {}%",
@@ -254,6 +277,8 @@ impl Supervisor {
             paused_from: None,
             promotion_min_ready: None,
             ending: None,
+            promoting_since: None,
+            quiet: None,
         };
         let started = RolloutEvent {
             rollout_id: id.clone(),
@@ -267,17 +292,50 @@ impl Supervisor {
             failed_checks: 0,
             message,
         };
-        self.ports
+        match self
+            .ports
             .store
             .create(&rollout, std::slice::from_ref(&started))
             .await
-            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        {
+            Ok(()) => {}
+            // The same request_id started it before and the answer was lost on the way: the
+            // retry gets that rollout, not a second one.
+            Err(StoreError::AlreadyExists { .. }) => return self.adopt(ns, &id).await,
+            Err(e) => return Err(EngineError::Unavailable(e.to_string())),
+        }
         self.ports.hub.register(&id);
         if let Err(error) = self.ports.hub.publish(std::slice::from_ref(&started)) {
             tracing::error!(rollout = %id, %error, "event log out of order");
         }
         announce(&self.ports, &rollout, std::slice::from_ref(&started));
         let _ = ga;
+        self.spawn(rollout.clone());
+        Ok(rollout)
+    }
+
+    /// Takes over a rollout found in the store (created by an earlier attempt of the same
+    /// request whose answer was lost): its events go to the hub and its driver starts.
+    async fn adopt(&self, namespace: &str, id: &str) -> Result<Rollout, EngineError> {
+        let (rollout, events) = self
+            .ports
+            .store
+            .get(namespace, id)
+            .await
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?
+            .ok_or_else(|| {
+                EngineError::Unavailable(format!(
+                    "rollout {id} was reported stored but cannot be read back; try again"
+                ))
+            })?;
+        if let Ok(existing) = self.get(id) {
+            return Ok(existing);
+        }
+        tracing::info!(rollout = %id, "a retried start found the rollout its first attempt stored");
+        self.ports.hub.register(id);
+        if let Err(error) = self.ports.hub.publish(&events) {
+            tracing::error!(rollout = %id, %error, "stored event log has a gap");
+        }
         self.spawn(rollout.clone());
         Ok(rollout)
     }

@@ -344,3 +344,81 @@ async fn store_failure_retries_the_step_without_moving_traffic_twice() {
     assert!(stuck.canary_weight >= 20);
     s.shutdown().await;
 }
+
+#[test]
+fn request_ids_map_to_stable_distinct_rollout_ids() {
+    let a = supervisor::rollout_id_for_request("test", "pipeline-1");
+    assert_eq!(a, supervisor::rollout_id_for_request("test", "pipeline-1"));
+    assert_ne!(a, supervisor::rollout_id_for_request("test", "pipeline-2"));
+    assert_ne!(a, supervisor::rollout_id_for_request("prod", "pipeline-1"));
+    assert!(uuid::Uuid::parse_str(&a).is_ok(), "{a}");
+    assert!(crate::store::configmap::configmap_name(&a).len() <= 63);
+}
+
+#[tokio::test]
+async fn a_retried_start_whose_first_answer_was_lost_returns_the_stored_rollout() {
+    let w = World::new();
+    let s = w.supervisor();
+    let mut req = request();
+    req.request_id = "pipeline-4711".into();
+    w.store.lose_create_answers(true);
+    let lost = s.start(req.clone()).await.unwrap_err();
+    assert!(matches!(lost, EngineError::Unavailable(_)), "{lost:?}");
+    assert_eq!(w.store.len(), 1, "the first create landed");
+    assert!(
+        s.list(None, false).is_empty(),
+        "but the caller heard nothing"
+    );
+
+    w.store.lose_create_answers(false);
+    let retried = s.start(req.clone()).await.unwrap();
+    assert_eq!(
+        retried.id,
+        supervisor::rollout_id_for_request("test", "pipeline-4711")
+    );
+    assert_eq!(w.store.len(), 1, "no second rollout");
+    assert_eq!(s.start(req).await.unwrap().id, retried.id);
+    let done = wait_for(&s, &retried.id, |r| r.phase.is_terminal()).await;
+    assert_eq!(done.phase, Phase::Succeeded, "{}", done.message);
+    let (_, events) = w.store.get(&retried.id).unwrap();
+    let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..=done.last_sequence).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_write_conflict_from_another_writer_reloads_the_stored_state_and_carries_on_from_it() {
+    let w = World::new();
+    let s = w.supervisor();
+    let mut req = request();
+    req.analysis.interval = Duration::from_millis(200);
+    let r = s.start(req).await.unwrap();
+    let running = wait_for(&s, &r.id, |r| r.phase == Phase::Progressing).await;
+
+    // Another writer pauses the rollout behind this server's back.
+    let (mut stored, mut events) = w.store.get(&r.id).unwrap();
+    stored.last_sequence += 1;
+    stored.phase = Phase::Paused;
+    stored.paused_from = Some(Phase::Progressing);
+    stored.message = "paused by another writer".into();
+    let mut paused = events.last().unwrap().clone();
+    paused.sequence = stored.last_sequence;
+    paused.kind = EventKind::Paused;
+    paused.phase = Phase::Paused;
+    paused.message = "paused by another writer".into();
+    events.push(paused);
+    w.store.overwrite(&stored, &events);
+    assert!(running.last_sequence < stored.last_sequence);
+
+    let adopted = wait_for(&s, &r.id, |r| r.phase == Phase::Paused).await;
+    assert_eq!(adopted.message, "paused by another writer");
+    let seen: Vec<u64> = s.hub().since(&r.id, 0).iter().map(|e| e.sequence).collect();
+    assert_eq!(seen, (1..=adopted.last_sequence).collect::<Vec<_>>());
+
+    // It is still driven: a resume goes through and the rollout finishes.
+    s.command(&r.id, Command::Resume).await.unwrap();
+    let done = wait_for(&s, &r.id, |r| r.phase.is_terminal()).await;
+    assert_eq!(done.phase, Phase::Succeeded, "{}", done.message);
+    let (_, stored_events) = w.store.get(&r.id).unwrap();
+    let sequences: Vec<u64> = stored_events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..=done.last_sequence).collect::<Vec<_>>());
+}

@@ -15,6 +15,29 @@ use super::{RouteRef, Router, RouterError, find_splits, routes_to, weight_patch}
 use crate::cache::Cache;
 
 const WRITE_ATTEMPTS: usize = 4;
+/// Pause before the second attempt at a weight patch; doubles with each attempt.
+const RETRY_BASE: Duration = Duration::from_millis(50);
+/// Longest pause between two attempts.
+const RETRY_CAP: Duration = Duration::from_millis(800);
+/// Pause after a 429 (the API server shedding load) before anything else is tried.
+const THROTTLED_MIN: Duration = Duration::from_millis(250);
+
+/// The pause before attempt `attempt` (1 = the first retry): exponential, capped, with "equal
+/// jitter" (half fixed, half random) so that drivers that failed together do not retry
+/// together. `unit` in [0, 1) supplies the randomness; a throttled attempt waits longer.
+fn retry_delay(attempt: usize, throttled: bool, unit: f64) -> Duration {
+    let exp = u32::try_from(attempt.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(16);
+    let ceiling = RETRY_BASE.saturating_mul(1 << exp).min(RETRY_CAP);
+    let half = ceiling / 2;
+    let delay = half + half.mul_f64(unit.clamp(0.0, 1.0));
+    if throttled {
+        delay.max(THROTTLED_MIN)
+    } else {
+        delay
+    }
+}
 
 /// Per (namespace, name): the resourceVersion our last write replaced and the object it
 /// returned.
@@ -174,8 +197,11 @@ impl Router for IstioRouter {
             let (ns, name) = (&route.namespace, &route.virtual_service);
             let mut vs = self.current(ns, name).await?;
             let mut last_error = String::new();
+            let mut throttled = false;
             for attempt in 0..WRITE_ATTEMPTS {
                 if attempt > 0 {
+                    let unit: f64 = rand::random();
+                    tokio::time::sleep(retry_delay(attempt, throttled, unit)).await;
                     vs = self.fetch(ns, name).await?;
                 }
                 let spec = spec(&vs);
@@ -210,6 +236,8 @@ impl Router for IstioRouter {
                         });
                     }
                     Err(error) => {
+                        throttled =
+                            matches!(&error, kube::Error::Api(status) if status.code == 429);
                         // A conflict or a failed `test` op: someone wrote in between, so read
                         // fresh and recompute the patch.
                         tracing::debug!(%error, vs = %name, attempt, "weight patch rejected; retrying with a fresh read");
@@ -224,5 +252,28 @@ impl Router for IstioRouter {
                 message: last_error,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn weight_patch_retries_back_off_exponentially_with_jitter_up_to_a_cap() {
+        assert_eq!(retry_delay(1, false, 0.0), Duration::from_millis(25));
+        assert_eq!(retry_delay(1, false, 0.999_999).as_millis(), 49);
+        assert_eq!(retry_delay(2, false, 0.0), Duration::from_millis(50));
+        assert_eq!(retry_delay(3, false, 0.0), Duration::from_millis(100));
+        assert_eq!(retry_delay(30, false, 0.0), RETRY_CAP / 2);
+        assert!(retry_delay(30, false, 0.999) < RETRY_CAP);
+        // Two drivers with different luck do not retry in lockstep.
+        assert_ne!(retry_delay(2, false, 0.1), retry_delay(2, false, 0.9));
+    }
+
+    #[test]
+    fn a_throttled_patch_waits_longer() {
+        assert!(retry_delay(1, true, 0.0) >= THROTTLED_MIN);
+        assert!(retry_delay(1, true, 0.0) > retry_delay(1, false, 0.0));
     }
 }

@@ -227,6 +227,32 @@ impl Store for ConfigMapStore {
         })
     }
 
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        Box::pin(async move {
+            let name = configmap_name(id);
+            let Some(cm) =
+                self.api(namespace)
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| StoreError::Api {
+                        action: "read",
+                        id: id.to_owned(),
+                        message: e.to_string(),
+                    })?
+            else {
+                return Ok(None);
+            };
+            let (rollout, log) = decode(&cm)?;
+            let events = parse_events(&name, &log)?;
+            self.remember(&rollout.id, cm.resource_version().unwrap_or_default(), log);
+            Ok(Some((rollout, events)))
+        })
+    }
+
     fn create<'a>(
         &'a self,
         rollout: &'a Rollout,
@@ -239,10 +265,17 @@ impl Store for ConfigMapStore {
                 .api(&rollout.namespace)
                 .create(&PostParams::default(), &cm)
                 .await
-                .map_err(|e| StoreError::Api {
-                    action: "create",
-                    id: rollout.id.clone(),
-                    message: e.to_string(),
+                .map_err(|e| match e {
+                    kube::Error::Api(status) if status.is_already_exists() => {
+                        StoreError::AlreadyExists {
+                            id: rollout.id.clone(),
+                        }
+                    }
+                    e => StoreError::Api {
+                        action: "create",
+                        id: rollout.id.clone(),
+                        message: e.to_string(),
+                    },
                 })?;
             self.remember(
                 &rollout.id,

@@ -19,6 +19,7 @@ struct MemoryState {
     rollouts: BTreeMap<String, Stored>,
     writes: usize,
     fail: bool,
+    lose_create_answers: bool,
 }
 
 impl MemoryStore {
@@ -36,6 +37,31 @@ impl MemoryStore {
     pub fn fail_writes(&self, fail: bool) {
         if let Ok(mut s) = self.state.lock() {
             s.fail = fail;
+        }
+    }
+
+    /// Makes creates land but answer with an error, as when the answer is lost on the way.
+    pub fn lose_create_answers(&self, lose: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            s.lose_create_answers = lose;
+        }
+    }
+
+    /// Rollouts stored.
+    pub fn len(&self) -> usize {
+        self.state.lock().map(|s| s.rollouts.len()).unwrap_or(0)
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Replaces a stored rollout behind the engine's back, as another writer would.
+    pub fn overwrite(&self, rollout: &Rollout, events: &[RolloutEvent]) {
+        if let Ok(mut s) = self.state.lock() {
+            s.rollouts
+                .insert(rollout.id.clone(), (rollout.clone(), events.to_vec()));
         }
     }
 
@@ -59,8 +85,20 @@ impl MemoryStore {
         }
         s.writes += 1;
         if create {
+            if s.rollouts.contains_key(&rollout.id) {
+                return Err(StoreError::AlreadyExists {
+                    id: rollout.id.clone(),
+                });
+            }
             s.rollouts
                 .insert(rollout.id.clone(), (rollout.clone(), events.to_vec()));
+            if s.lose_create_answers {
+                return Err(StoreError::Api {
+                    action: "create",
+                    id: rollout.id.clone(),
+                    message: "connection reset before the answer".into(),
+                });
+            }
             return Ok(());
         }
         let entry = s
@@ -93,6 +131,15 @@ impl Store for MemoryStore {
             .map(|s| s.rollouts.values().cloned().collect())
             .unwrap_or_default();
         Box::pin(async move { Ok(all) })
+    }
+
+    fn get<'a>(
+        &'a self,
+        _namespace: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        let found = self.get(id);
+        Box::pin(async move { Ok(found) })
     }
 
     fn create<'a>(

@@ -26,6 +26,9 @@ pub enum StoreError {
         stored: u64,
         expected: u64,
     },
+    /// A rollout with this id is stored already (an earlier create landed).
+    #[error("rollout {id} is stored already")]
+    AlreadyExists { id: String },
     #[error("stored rollout {name} is unreadable: {message}")]
     Corrupt { name: String, message: String },
 }
@@ -38,7 +41,23 @@ pub trait Store: Send + Sync {
     /// Every stored rollout with its full event log.
     fn load(&self) -> BoxFuture<'_, Result<Vec<Stored>, StoreError>>;
 
-    /// Stores a new rollout with its first events.
+    /// One stored rollout with its full event log; `None` when it is not stored. The default
+    /// loads everything; stores override it with a single read.
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .load()
+                .await?
+                .into_iter()
+                .find(|(r, _)| r.namespace == namespace && r.id == id))
+        })
+    }
+
+    /// Stores a new rollout with its first events; `AlreadyExists` when its id is taken.
     fn create<'a>(
         &'a self,
         rollout: &'a Rollout,

@@ -1,0 +1,318 @@
+//! Bearer-token authentication of `RolloutService` calls: token files (one accepted token a
+//! line, re-read when they change), constant-time comparison, and read-only tokens that may
+//! call Get/List/Watch but nothing that changes a rollout.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tonic::{Request, Status};
+
+/// How often a token file is looked at again for changes (a `stat`, not a read).
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// A file's (modified, length): a change of either means a reload.
+type Stamp = (SystemTime, u64);
+
+/// What a call needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Get, List, Watch.
+    Read,
+    /// Start, Abort, Pause, Resume, Promote.
+    Write,
+}
+
+/// Errors loading a token file.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("failed to read token file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("token file {0} holds no token")]
+    Empty(PathBuf),
+}
+
+/// One token file and the digests of the tokens it held when last read.
+struct TokenFile {
+    path: PathBuf,
+    digests: Vec<[u8; 32]>,
+    stamp: Option<Stamp>,
+    checked: Instant,
+}
+
+impl TokenFile {
+    fn load(path: &Path) -> Result<Self, AuthError> {
+        let (digests, stamp) = read_tokens(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            digests,
+            stamp,
+            checked: Instant::now(),
+        })
+    }
+
+    /// Re-reads the file when it changed. A file that became unreadable or empty keeps the
+    /// tokens it had: a half-written file must not lock every caller out (or let anyone in).
+    fn refresh(&mut self, force: bool) {
+        if !force && self.checked.elapsed() < RECHECK {
+            return;
+        }
+        self.checked = Instant::now();
+        if !force && stamp(&self.path) == self.stamp {
+            return;
+        }
+        match read_tokens(&self.path) {
+            Ok((digests, stamp)) => {
+                if digests != self.digests {
+                    tracing::info!(path = %self.path.display(), tokens = digests.len(), "token file reloaded");
+                }
+                self.digests = digests;
+                self.stamp = stamp;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "keeping the tokens read before");
+            }
+        }
+    }
+
+    fn accepts(&self, presented: &[u8; 32]) -> bool {
+        // Every stored digest is compared in full, whatever matched earlier.
+        self.digests
+            .iter()
+            .fold(false, |found, d| found | constant_time_eq(d, presented))
+    }
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn read_tokens(path: &Path) -> Result<(Vec<[u8; 32]>, Option<Stamp>), AuthError> {
+    let stamp = stamp(path);
+    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let digests: Vec<[u8; 32]> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(digest)
+        .collect();
+    if digests.is_empty() {
+        return Err(AuthError::Empty(path.to_owned()));
+    }
+    Ok((digests, stamp))
+}
+
+/// Tokens are compared as SHA-256 digests, so the comparison takes the same time whatever
+/// their lengths and wherever they differ.
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Who may call what. With no token file every call is allowed.
+pub struct Auth {
+    write: Option<Mutex<TokenFile>>,
+    read_only: Option<Mutex<TokenFile>>,
+}
+
+impl Auth {
+    /// No authentication.
+    pub fn open() -> Self {
+        Self {
+            write: None,
+            read_only: None,
+        }
+    }
+
+    /// Reads the token files. Either set turns authentication on; with only read-only tokens,
+    /// nobody can change a rollout.
+    pub fn from_files(
+        tokens: Option<&Path>,
+        read_only_tokens: Option<&Path>,
+    ) -> Result<Self, AuthError> {
+        Ok(Self {
+            write: tokens.map(TokenFile::load).transpose()?.map(Mutex::new),
+            read_only: read_only_tokens
+                .map(TokenFile::load)
+                .transpose()?
+                .map(Mutex::new),
+        })
+    }
+
+    /// Whether calls need a token.
+    pub fn enabled(&self) -> bool {
+        self.write.is_some() || self.read_only.is_some()
+    }
+
+    /// Re-reads both files now (on SIGHUP).
+    pub fn reload(&self) {
+        for file in [&self.write, &self.read_only].into_iter().flatten() {
+            if let Ok(mut f) = file.lock() {
+                f.refresh(true);
+            }
+        }
+    }
+
+    fn accepts(file: &Option<Mutex<TokenFile>>, presented: &[u8; 32]) -> bool {
+        let Some(file) = file else { return false };
+        let Ok(mut f) = file.lock() else { return false };
+        f.refresh(false);
+        f.accepts(presented)
+    }
+
+    /// Checks a call's `authorization: Bearer TOKEN` header for `access`.
+    pub fn check<T>(&self, request: &Request<T>, access: Access) -> Result<(), Status> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let header = request
+            .metadata()
+            .get("authorization")
+            .ok_or_else(|| Status::unauthenticated("a bearer token is required"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization header must be `Bearer TOKEN`")
+            })?;
+        let presented = digest(token);
+        if Self::accepts(&self.write, &presented) {
+            return Ok(());
+        }
+        if Self::accepts(&self.read_only, &presented) {
+            return match access {
+                Access::Read => Ok(()),
+                Access::Write => Err(Status::permission_denied(
+                    "this token is read-only: it may get, list and watch rollouts, not change them",
+                )),
+            };
+        }
+        Err(Status::unauthenticated("the bearer token is not valid"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::Write;
+
+    fn file(lines: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(lines.as_bytes()).unwrap();
+        f
+    }
+
+    fn call(header: Option<&str>) -> Request<()> {
+        let mut r = Request::new(());
+        if let Some(h) = header {
+            r.metadata_mut().insert("authorization", h.parse().unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn open_auth_lets_every_call_through() {
+        assert!(Auth::open().check(&call(None), Access::Write).is_ok());
+    }
+
+    #[test]
+    fn tokens_are_checked_line_by_line_ignoring_comments_and_blanks() {
+        let tokens = file("# ci\nalpha\n\n  beta  \n");
+        let auth = Auth::from_files(Some(tokens.path()), None).unwrap();
+        assert!(
+            auth.check(&call(Some("Bearer alpha")), Access::Write)
+                .is_ok()
+        );
+        assert!(
+            auth.check(&call(Some("Bearer beta")), Access::Write)
+                .is_ok()
+        );
+        for bad in [
+            None,
+            Some("Bearer gamma"),
+            Some("Basic alpha"),
+            Some("Bearer "),
+        ] {
+            let status = auth.check(&call(bad), Access::Read).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{bad:?}");
+        }
+        let status = auth
+            .check(&call(Some("Bearer # ci")), Access::Read)
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn read_only_tokens_may_read_but_not_write() {
+        let rw = file("writer\n");
+        let ro = file("reader\n");
+        let auth = Auth::from_files(Some(rw.path()), Some(ro.path())).unwrap();
+        assert!(
+            auth.check(&call(Some("Bearer reader")), Access::Read)
+                .is_ok()
+        );
+        let status = auth
+            .check(&call(Some("Bearer reader")), Access::Write)
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(
+            auth.check(&call(Some("Bearer writer")), Access::Write)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_empty_token_file_is_refused_at_start() {
+        let empty = file("# nothing yet\n\n");
+        assert!(matches!(
+            Auth::from_files(Some(empty.path()), None),
+            Err(AuthError::Empty(_))
+        ));
+    }
+
+    #[test]
+    fn a_changed_file_is_reloaded_and_a_broken_one_keeps_the_old_tokens() {
+        let tokens = file("old\n");
+        let auth = Auth::from_files(Some(tokens.path()), None).unwrap();
+        std::fs::write(tokens.path(), "new-token\n").unwrap();
+        auth.reload();
+        assert!(
+            auth.check(&call(Some("Bearer new-token")), Access::Write)
+                .is_ok()
+        );
+        assert!(
+            auth.check(&call(Some("Bearer old")), Access::Write)
+                .is_err()
+        );
+        std::fs::write(tokens.path(), "").unwrap();
+        auth.reload();
+        assert!(
+            auth.check(&call(Some("Bearer new-token")), Access::Write)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn digests_compare_equal_only_when_identical() {
+        assert!(constant_time_eq(&digest("a"), &digest("a")));
+        assert!(!constant_time_eq(&digest("a"), &digest("b")));
+    }
+}
