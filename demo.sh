@@ -100,7 +100,7 @@ wait_for_http "http://127.0.0.1:$prom_port/-/ready"
 say "Starting the steerer server"
 grpc_port=$(free_port)
 "$bin/steerer-server" --listen "127.0.0.1:$grpc_port" \
-  --prometheus-url "http://127.0.0.1:$prom_port" --metrics-window 10s \
+  --prometheus-url "http://127.0.0.1:$prom_port" --metrics-window 5s \
   >"$work/server.log" 2>&1 &
 pids+=($!)
 export STEERER_SERVER="http://127.0.0.1:$grpc_port"

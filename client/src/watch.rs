@@ -121,6 +121,16 @@ impl std::fmt::Debug for WatchStream {
     }
 }
 
+/// The `from_sequence` that resumes after `last_delivered`: 0 (the oldest event the server
+/// keeps) when nothing was delivered yet, so a server that trimmed a long log still answers.
+fn resume_from(last_delivered: u64) -> u64 {
+    if last_delivered == 0 {
+        0
+    } else {
+        last_delivered + 1
+    }
+}
+
 impl WatchStream {
     pub(crate) fn new(client: Client, id: String, from_sequence: u64) -> Self {
         let state = Follower {
@@ -194,7 +204,9 @@ impl Follower {
                         );
                         continue;
                     }
-                    if event.sequence != self.last_delivered + 1 {
+                    // A server keeps a bounded log: the first event of a fresh watch may be
+                    // later than 1.
+                    if self.last_delivered > 0 && event.sequence != self.last_delivered + 1 {
                         tracing::warn!(
                             rollout = %self.id,
                             expected = self.last_delivered + 1,
@@ -283,7 +295,7 @@ impl Follower {
         }
         match self
             .client
-            .open_watch(&self.id, self.last_delivered + 1)
+            .open_watch(&self.id, resume_from(self.last_delivered))
             .await
         {
             Ok(stream) => {
@@ -465,5 +477,11 @@ mod tests {
         assert!(is_terminal_event(EventType::RolledBack));
         assert!(!is_terminal_event(EventType::Promoted));
         assert!(!is_terminal_event(EventType::RollingBack));
+    }
+
+    #[test]
+    fn a_fresh_watch_asks_for_the_oldest_kept_event_and_a_resumed_one_for_the_next() {
+        assert_eq!(resume_from(0), 0);
+        assert_eq!(resume_from(7), 8);
     }
 }

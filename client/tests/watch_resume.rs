@@ -62,7 +62,7 @@ async fn every_event_arrives_once_across_unavailable_and_internal_failures() {
     let got = sequences(collect(&client, "r-1").await);
 
     assert_eq!(got, (1..=12).collect::<Vec<_>>());
-    assert_eq!(state.watch_froms(), [1, 4, 8]);
+    assert_eq!(state.watch_froms(), [0, 4, 8]);
 }
 
 #[tokio::test]
@@ -79,7 +79,7 @@ async fn events_the_server_sends_again_are_dropped() {
     let got = sequences(collect(&client, "r-1").await);
 
     assert_eq!(got, (1..=12).collect::<Vec<_>>());
-    assert_eq!(state.watch_froms(), [1, 6]);
+    assert_eq!(state.watch_froms(), [0, 6]);
     // The server really did resend 3, 4 and 5: 5 + 10 events went out for 12 delivered.
     assert_eq!(state.events_sent(), 15);
 }
@@ -114,7 +114,7 @@ async fn a_watch_resumes_after_a_server_restart_on_the_same_port() {
     got.extend(rest);
 
     assert_eq!(got, (1..=12).collect::<Vec<_>>());
-    assert_eq!(state.watch_froms(), [1, 5]);
+    assert_eq!(state.watch_froms(), [0, 5]);
 }
 
 #[tokio::test]
@@ -128,7 +128,7 @@ async fn a_stream_closed_before_the_end_is_resumed() {
     let got = sequences(collect(&client, "r-2").await);
 
     assert_eq!(got, (1..=7).collect::<Vec<_>>());
-    assert_eq!(state.watch_froms(), [1, 3, 3]);
+    assert_eq!(state.watch_froms(), [0, 3, 3]);
 }
 
 #[tokio::test]
@@ -147,7 +147,7 @@ async fn a_missing_rollout_ends_the_stream_with_not_found() {
             message: "rollout \"nope\" not found".into()
         }
     );
-    assert_eq!(state.watch_froms(), [1], "NOT_FOUND must not be retried");
+    assert_eq!(state.watch_froms(), [0], "NOT_FOUND must not be retried");
 }
 
 #[tokio::test]

@@ -239,6 +239,11 @@ pub struct Rollout {
     /// sparingly rather than once per interval.
     #[serde(default)]
     pub quiet: Option<QuietRepeats>,
+    /// When the revision under analysis first got traffic (the commit time of the step that
+    /// first gave it a weight above zero; the time of resumption when a restarted server
+    /// does not know it). Metrics older than this belong to another revision.
+    #[serde(default)]
+    pub traffic_since: Option<DateTime<Utc>>,
 }
 
 /// One step of a rollout, as stored and streamed.

@@ -28,6 +28,10 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::AnalysisSettings;
 use crate::engine::{EngineConfig, Ports, Supervisor};
 
+/// Most events a rollout may keep: at up to 700 bytes each, they fill most of a 1 MiB
+/// ConfigMap.
+pub const MAX_EVENT_LIMIT: usize = 1400;
+
 /// Everything the server needs besides a listener and a Kubernetes client.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -39,8 +43,14 @@ pub struct ServerConfig {
     pub namespaces: Vec<String>,
     /// Analysis settings for fields a request leaves out.
     pub defaults: AnalysisSettings,
-    /// Shortest metrics window; the window of a check is max(interval, this).
+    /// Shortest metrics window; the window of a check is max(interval, this), cut at the time
+    /// the revision under analysis got its first traffic, and no check runs before the
+    /// revision has had traffic this long.
     pub metrics_window: Duration,
+    /// Events kept per rollout, newest first; older ones are dropped from the store and the
+    /// events hub (a rollout's record lives in one ConfigMap of at most 1 MiB, and an event
+    /// takes 300 to 700 bytes of it).
+    pub event_limit: usize,
     /// Timeout of one Prometheus query.
     pub metrics_timeout: Duration,
     /// Start rollouts by themselves for labelled GA Deployments whose canary changes.
@@ -100,6 +110,7 @@ impl Default for ServerConfig {
             namespaces: Vec::new(),
             defaults: AnalysisSettings::default(),
             metrics_window: Duration::from_secs(60),
+            event_limit: events::DEFAULT_EVENT_LIMIT,
             metrics_timeout: Duration::from_secs(5),
             auto: false,
             auto_interval: Duration::from_secs(2),
@@ -141,6 +152,12 @@ impl ServerConfig {
             return Err(ServerError::Config(
                 "TLS needs both a certificate and a key".into(),
             ));
+        }
+        if !(1..=MAX_EVENT_LIMIT).contains(&self.event_limit) {
+            return Err(ServerError::Config(format!(
+                "events per rollout must be between 1 and {MAX_EVENT_LIMIT} (a rollout's events share one ConfigMap of at most 1 MiB), got {}",
+                self.event_limit
+            )));
         }
         if self.prometheus_url.is_empty() {
             return Err(ServerError::Config("prometheus url is required".into()));
@@ -197,16 +214,16 @@ pub async fn serve(
         )
         .map_err(|e| ServerError::Config(e.to_string()))?,
     );
-    let store = Arc::new(store::configmap::ConfigMapStore::new(
-        client,
-        config.namespaces.clone(),
-    ));
+    let store = Arc::new(
+        store::configmap::ConfigMapStore::new(client, config.namespaces.clone())
+            .with_event_limit(config.event_limit),
+    );
     let ports = Ports {
         workloads,
         router,
         metrics,
         store,
-        hub: events::Hub::new(),
+        hub: events::Hub::with_limit(config.event_limit),
     };
     serve_with(config, listener, ports, shutdown).await
 }

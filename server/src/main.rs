@@ -50,9 +50,15 @@ struct Flags {
     /// Default canary requests per second below which a check has no data.
     #[arg(long, env = "STEERER_MIN_REQUEST_RATE", default_value_t = 1.0)]
     min_request_rate: f64,
-    /// Shortest Prometheus rate() window; a check uses max(interval, this).
+    /// Shortest Prometheus rate() window; a check uses max(interval, this), never reaching
+    /// back before the revision under analysis got traffic, and none runs before it has had
+    /// traffic this long.
     #[arg(long, env = "STEERER_METRICS_WINDOW", default_value = "1m", value_parser = humantime::parse_duration)]
     metrics_window: Duration,
+    /// Events kept per rollout (1 to 1400); older ones are dropped, and watching from a
+    /// dropped sequence answers OUT_OF_RANGE naming the oldest kept.
+    #[arg(long, env = "STEERER_EVENT_LIMIT", default_value_t = steerer_server::events::DEFAULT_EVENT_LIMIT)]
+    event_limit: usize,
     /// Timeout of one Prometheus query.
     #[arg(long, env = "STEERER_METRICS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     metrics_timeout: Duration,
@@ -120,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
             min_request_rate: flags.min_request_rate,
         },
         metrics_window: flags.metrics_window,
+        event_limit: flags.event_limit,
         metrics_timeout: flags.metrics_timeout,
         auto: flags.auto,
         auto_interval: flags.auto_interval,

@@ -470,6 +470,9 @@ impl Server {
         let config = ServerConfig {
             // Not used: metrics come from the in-memory adapter.
             prometheus_url: "http://127.0.0.1:9".into(),
+            // The in-memory metrics need no rate() window: checks start one interval after
+            // each rollout's first step, as with a window no longer than the interval.
+            metrics_window: Duration::from_secs(1),
             ..ServerConfig::default()
         };
         let task = tokio::spawn(steerer_server::serve_with(

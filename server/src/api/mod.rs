@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Command, StartRequest, Supervisor};
+use crate::events::WatchError;
 use auth::{Access, Auth};
 use validate::Invalid;
 
@@ -59,6 +60,15 @@ impl Api {
 
 fn invalid(e: Invalid) -> Status {
     Status::invalid_argument(e.0)
+}
+
+/// A watch that cannot start or go on: an unknown rollout is `NOT_FOUND`; events older than
+/// the oldest kept are `OUT_OF_RANGE`, whose message names the oldest available sequence.
+fn watch_status(e: WatchError) -> Status {
+    match e {
+        WatchError::NotFound(_) => Status::not_found(e.to_string()),
+        WatchError::Dropped { .. } => Status::out_of_range(e.to_string()),
+    }
 }
 
 fn id(value: &str) -> Result<(), Status> {
@@ -148,7 +158,7 @@ impl RolloutService for Api {
             .supervisor
             .hub()
             .subscribe(&r.id, r.from_sequence)
-            .ok_or_else(|| Status::not_found(format!("rollout {} not found", r.id)))?;
+            .map_err(watch_status)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let draining = self.draining.clone();
         tokio::spawn(async move {
@@ -158,8 +168,12 @@ impl RolloutService for Api {
                     _ = tx.closed() => break,
                     event = subscription.next() => event,
                 };
-                let Some(event) = event else { break };
-                if tx.send(Ok(convert::event(&event))).await.is_err() {
+                let answer = match event {
+                    None => break,
+                    Some(event) => event.map(|e| convert::event(&e)).map_err(watch_status),
+                };
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
                     break;
                 }
             }

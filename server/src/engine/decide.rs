@@ -38,6 +38,9 @@ pub struct Observation {
     pub sample: Option<Result<Sample, String>>,
     /// GA's pod template equals the canary's with GA's selector labels.
     pub ga_runs_canary: bool,
+    /// The shortest window the metrics provider measures over (the engine's
+    /// `metrics_window`): a revision is checked only once it has had traffic that long.
+    pub metrics_window: Duration,
 }
 
 /// A side effect the driver carries out, in order, before persisting.
@@ -123,11 +126,47 @@ pub enum Command {
 #[error("{0}")]
 pub struct Refused(pub String);
 
-/// Whether the next decision needs a canary measurement.
-pub fn wants_sample(state: &Rollout, now: DateTime<Utc>) -> bool {
-    state.phase == Phase::Progressing
-        && state.canary_weight > 0
-        && interval_elapsed(state, now).is_none()
+/// The window to measure the canary over when the next decision needs a measurement,
+/// `None` when it does not.
+pub fn sample_window(
+    state: &Rollout,
+    now: DateTime<Utc>,
+    metrics_window: Duration,
+) -> Option<Duration> {
+    if state.phase != Phase::Progressing
+        || state.canary_weight == 0
+        || interval_elapsed(state, now).is_some()
+    {
+        return None;
+    }
+    evidence_window(state, now, metrics_window).ok()
+}
+
+/// The metrics window of a check, or `Err(time left)` while the revision under analysis has
+/// had traffic for less than `metrics_window`.
+///
+/// The canary workload keeps its name across revisions, so a window reaching back before
+/// `traffic_since` would count requests another revision served (a bad revision could pass
+/// on a good one's evidence). The window is `max(interval, metrics_window)`, cut at
+/// `traffic_since`; a cut window is rounded down to whole seconds because the provider
+/// rounds windows up to whole seconds, which would reach back before the cut. A rollout
+/// resumed without a recorded `traffic_since` counts from now: conservative.
+pub fn evidence_window(
+    state: &Rollout,
+    now: DateTime<Utc>,
+    metrics_window: Duration,
+) -> Result<Duration, Duration> {
+    let since = state.traffic_since.unwrap_or(now);
+    let age = (now - since).to_std().unwrap_or(Duration::ZERO);
+    if let Some(left) = metrics_window.checked_sub(age).filter(|l| !l.is_zero()) {
+        return Err(left);
+    }
+    let wanted = state.analysis.interval.max(metrics_window);
+    if wanted <= age {
+        return Ok(wanted);
+    }
+    let whole = Duration::from_secs(age.as_secs());
+    Ok(if whole.is_zero() { age } else { whole })
 }
 
 /// `None` when an interval has passed since the last step, else the time left.
@@ -379,6 +418,9 @@ fn step_up(d: &mut Decision, state: &Rollout, now: DateTime<Utc>, why: String) {
     d.next.canary_weight = to;
     d.next.last_step_at = Some(now);
     d.next.quiet = None;
+    if d.next.traffic_since.is_none() && to > 0 {
+        d.next.traffic_since = Some(now);
+    }
     d.wake = settings.interval;
     d.emit(
         EventKind::WeightChanged,
@@ -424,6 +466,8 @@ fn restart(d: &mut Decision, state: &Rollout, revision: &str) {
     d.next.promotion_min_ready = None;
     d.next.promoting_since = None;
     d.next.quiet = None;
+    // The new revision's evidence starts with its own first step.
+    d.next.traffic_since = None;
     d.wake = poll(state);
     d.emit(
         EventKind::Restarted,
@@ -459,6 +503,18 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
     }
     if state.canary_weight == 0 {
         step_up(d, state, now, "canary ready".to_owned());
+        return;
+    }
+    if state.traffic_since.is_none() {
+        // Resumed from a state that does not say when this revision got traffic: count
+        // from now rather than risk another revision's requests.
+        d.next.traffic_since = Some(now);
+    }
+    // Too little of this revision's own traffic yet: no check is due. This is waiting, not
+    // halting: no event, no failed check, and the progress deadline does not start.
+    if let Err(left) = evidence_window(&d.next, now, obs.metrics_window) {
+        // Still looked at once an interval, so the health gate halts a waiting rollout too.
+        d.wake = left.min(state.analysis.interval);
         return;
     }
     let settings = &state.analysis;

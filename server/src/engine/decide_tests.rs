@@ -69,6 +69,7 @@ impl Fixture {
             ending: None,
             promoting_since: None,
             quiet: None,
+            traffic_since: None,
         })
     }
     fn prepared(mut self) -> Self {
@@ -81,6 +82,8 @@ impl Fixture {
         self.0.revision = canary().revision();
         self.0.canary_weight = weight;
         self.0.last_step_at = Some(t(last_step));
+        // The revision has had traffic for long enough that its checks are due.
+        self.0.traffic_since = Some(t(-3600));
         self
     }
     fn with(mut self, f: impl FnOnce(&mut Rollout)) -> Self {
@@ -171,7 +174,7 @@ fn ready_canary_gets_the_first_step() {
 fn nothing_happens_before_the_interval_elapses() {
     let state = Fixture::new().progressing(10, 0).done();
     let now = t(0) + chrono::Duration::milliseconds(400);
-    assert!(!wants_sample(&state, now));
+    assert_eq!(sample_window(&state, now, Duration::from_secs(4)), None);
     let d = decide(&state, &obs(), now);
     assert!(d.actions.is_empty() && d.events.is_empty());
     assert_eq!(d.wake, Duration::from_millis(600));
@@ -180,7 +183,10 @@ fn nothing_happens_before_the_interval_elapses() {
 #[test]
 fn passing_check_steps_up_by_step_weight() {
     let state = Fixture::new().progressing(10, 0).done();
-    assert!(wants_sample(&state, t(1)));
+    assert_eq!(
+        sample_window(&state, t(1), Duration::from_secs(4)),
+        Some(Duration::from_secs(4))
+    );
     let d = decide(&state, &measured(100.0, 20.0), t(1));
     assert_eq!(d.actions, vec![Action::SetCanaryWeight(20)]);
     assert_eq!(
@@ -782,4 +788,139 @@ fn quiet_no_data_still_rolls_back_at_the_deadline_with_an_event() {
         kinds(&d),
         vec![EventKind::CheckNoData, EventKind::RollingBack]
     );
+}
+
+/// The minimum metrics window of the evidence tests.
+const WINDOW: Duration = Duration::from_secs(4);
+
+fn windowed(mut o: Observation) -> Observation {
+    o.metrics_window = WINDOW;
+    o
+}
+
+fn ms(millis: i64) -> chrono::Duration {
+    chrono::Duration::milliseconds(millis)
+}
+
+#[test]
+fn the_first_step_of_a_revision_records_when_it_got_traffic() {
+    let state = Fixture::new().prepared().done();
+    let d = decide(&state, &windowed(obs()), t(7));
+    assert_eq!(d.actions, vec![Action::SetCanaryWeight(10)]);
+    assert_eq!(d.next.traffic_since, Some(t(7)));
+    // Later steps of the same revision keep it.
+    let next = decide(&d.next, &windowed(measured(100.0, 20.0)), t(12));
+    assert_eq!(next.actions, vec![Action::SetCanaryWeight(20)]);
+    assert_eq!(next.next.traffic_since, Some(t(7)));
+}
+
+#[test]
+fn no_check_is_due_before_the_revision_has_had_one_metrics_window_of_traffic() {
+    let state = Fixture::new()
+        .progressing(20, 0)
+        .with(|r| r.traffic_since = Some(t(0)))
+        .done();
+    let now = t(1) + ms(500);
+    assert_eq!(sample_window(&state, now, WINDOW), None);
+    let d = decide(&state, &windowed(obs()), now);
+    assert!(
+        d.actions.is_empty() && d.events.is_empty(),
+        "{:?}",
+        d.events
+    );
+    assert!(!d.changes(&state), "waiting writes nothing");
+    // Waiting for evidence is not a halt: the progress deadline does not run.
+    assert_eq!(d.next.halted_since, None);
+    assert_eq!(d.next.failed_checks, 0);
+    // Looked at again after an interval (1 s): the health gate still applies.
+    assert_eq!(d.wake, Duration::from_secs(1));
+    let mut rolling = windowed(obs());
+    rolling.canary.as_mut().unwrap().updated_replicas = 1;
+    let halted = decide(&state, &rolling, now);
+    assert_eq!(kinds(&halted), vec![EventKind::Halted]);
+
+    // Far past the progress deadline (10 s) yet still within the window of a longer
+    // metrics window: still just waiting.
+    let long = Duration::from_secs(60);
+    let o = Observation {
+        metrics_window: long,
+        ..obs()
+    };
+    let d = decide(&state, &o, t(30));
+    assert!(d.events.is_empty() && d.actions.is_empty());
+    assert_eq!(d.next.phase, Phase::Progressing);
+    assert_eq!(d.next.halted_since, None);
+}
+
+#[test]
+fn the_first_check_measures_only_the_revisions_own_traffic() {
+    let state = Fixture::new()
+        .progressing(20, 0)
+        .with(|r| {
+            r.analysis.interval = Duration::from_secs(10);
+            r.last_step_at = Some(t(-20));
+            r.traffic_since = Some(t(0));
+        })
+        .done();
+    // max(interval, window) = 10 s, cut at the revision's first traffic and rounded down to
+    // whole seconds (the provider rounds up).
+    assert_eq!(
+        sample_window(&state, t(6) + ms(700), WINDOW),
+        Some(Duration::from_secs(6))
+    );
+    assert_eq!(
+        evidence_window(&state, t(25), WINDOW),
+        Ok(Duration::from_secs(10))
+    );
+    assert_eq!(
+        evidence_window(&state, t(3), WINDOW),
+        Err(Duration::from_secs(1))
+    );
+    let d = decide(&state, &windowed(measured(70.0, 20.0)), t(6) + ms(700));
+    assert_eq!(kinds(&d), vec![EventKind::CheckFailed]);
+}
+
+#[test]
+fn a_new_revision_starts_its_evidence_from_its_own_first_step() {
+    let state = Fixture::new()
+        .progressing(40, 0)
+        .with(|r| r.traffic_since = Some(t(-100)))
+        .done();
+    let mut o = windowed(measured(100.0, 10.0));
+    o.canary.as_mut().unwrap().template["spec"]["containers"][0]["image"] = json!("podinfo:9");
+    let restarted = decide(&state, &o, t(1)).next;
+    assert_eq!(restarted.traffic_since, None);
+    let stepped = decide(&restarted, &o, t(2)).next;
+    assert_eq!(stepped.canary_weight, 10);
+    assert_eq!(stepped.traffic_since, Some(t(2)));
+    assert_eq!(sample_window(&stepped, t(5), WINDOW), None);
+    assert_eq!(sample_window(&stepped, t(6), WINDOW), Some(WINDOW));
+}
+
+#[test]
+fn a_resumed_rollout_that_does_not_know_when_traffic_began_counts_from_resumption() {
+    let state = Fixture::new()
+        .progressing(30, 0)
+        .with(|r| r.traffic_since = None)
+        .done();
+    assert_eq!(sample_window(&state, t(10), WINDOW), None);
+    let d = decide(&state, &windowed(measured(100.0, 20.0)), t(10));
+    assert!(d.events.is_empty() && d.actions.is_empty());
+    assert_eq!(d.next.traffic_since, Some(t(10)));
+    assert!(d.changes(&state), "the resumption time is persisted");
+    let d = decide(&d.next, &windowed(measured(100.0, 20.0)), t(14));
+    assert_eq!(
+        kinds(&d),
+        vec![EventKind::CheckPassed, EventKind::WeightChanged]
+    );
+}
+
+#[test]
+fn state_stored_before_traffic_since_existed_still_loads() {
+    let state = Fixture::new().progressing(30, 0).done();
+    let mut stored = serde_json::to_value(&state).unwrap();
+    stored.as_object_mut().unwrap().remove("traffic_since");
+    let loaded: Rollout = serde_json::from_value(stored).unwrap();
+    assert_eq!(loaded.traffic_since, None);
+    assert_eq!(loaded.canary_weight, 30);
 }

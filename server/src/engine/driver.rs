@@ -216,9 +216,8 @@ impl Driver {
             };
         }
         let now = Utc::now();
-        let obs = self
-            .observe(now, decide::wants_sample(&self.state, now))
-            .await;
+        let window = decide::sample_window(&self.state, now, self.config.metrics_window);
+        let obs = self.observe(window).await;
         let decision = decide::decide(&self.state, &obs, now);
         let wake = decision.wake;
         match self.commit(&decision, now).await {
@@ -250,7 +249,7 @@ impl Driver {
             self.unfinished = None;
         }
         let now = Utc::now();
-        let obs = self.observe(now, false).await;
+        let obs = self.observe(None).await;
         let decision = decide::apply_command(&self.state, &command, &obs, now)
             .map_err(|refused| EngineError::FailedPrecondition(refused.0))?;
         let mut backoff = COMMAND_BACKOFF;
@@ -277,7 +276,7 @@ impl Driver {
         // An abort finishes before answering: traffic on GA and the canary scaled down.
         if self.state.phase == Phase::RollingBack {
             let now = Utc::now();
-            let obs = self.observe(now, false).await;
+            let obs = self.observe(None).await;
             let decision = decide::decide(&self.state, &obs, now);
             if let Err(error) = self.commit(&decision, now).await {
                 tracing::warn!(rollout = %self.state.id, error = %error.message, "scale-down after abort failed; retrying");
@@ -293,7 +292,9 @@ impl Driver {
         Ok(self.state.clone())
     }
 
-    async fn observe(&self, now: DateTime<Utc>, measure: bool) -> Observation {
+    /// Reads the workloads from the caches and, when `window` is given, measures the canary
+    /// over it.
+    async fn observe(&self, window: Option<Duration>) -> Observation {
         let w = &self.ports.workloads;
         let ns = &self.state.namespace;
         let ga = w.deployment(ns, &self.state.target);
@@ -308,19 +309,16 @@ impl Driver {
             }
             _ => false,
         };
-        let sample = if measure && canary.is_some() {
-            let window = self.state.analysis.interval.max(self.config.metrics_window);
-            Some(
+        let sample = match window.filter(|_| canary.is_some()) {
+            Some(window) => Some(
                 self.ports
                     .metrics
                     .sample(ns, &self.state.canary, window)
                     .await
                     .map_err(|e| e.to_string()),
-            )
-        } else {
-            None
+            ),
+            None => None,
         };
-        let _ = now;
         Observation {
             ga_hpa: w.hpa_for(ns, &self.state.target),
             canary_hpa: w.hpa_for(ns, &self.state.canary),
@@ -328,6 +326,7 @@ impl Driver {
             canary,
             sample,
             ga_runs_canary,
+            metrics_window: self.config.metrics_window,
         }
     }
 

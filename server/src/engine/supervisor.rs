@@ -279,6 +279,7 @@ impl Supervisor {
             ending: None,
             promoting_since: None,
             quiet: None,
+            traffic_since: None,
         };
         let started = RolloutEvent {
             rollout_id: id.clone(),

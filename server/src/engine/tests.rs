@@ -46,7 +46,15 @@ impl World {
             store: self.store.clone(),
             hub: Hub::new(),
         };
-        Supervisor::new(ports, EngineConfig::default())
+        Supervisor::new(
+            ports,
+            EngineConfig {
+                // As long as the interval: a revision is checked one interval after its
+                // first step, as in production with the window at its minimum.
+                metrics_window: Duration::from_millis(20),
+                ..EngineConfig::default()
+            },
+        )
     }
 }
 
@@ -179,7 +187,7 @@ async fn restarted_supervisor_resumes_at_its_weight_and_keeps_the_sequence() {
     assert_eq!(done.phase, Phase::Succeeded);
     let mut expected = stopped.last_sequence + 1;
     while let Some(e) = watch.next().await {
-        assert_eq!(e.sequence, expected);
+        assert_eq!(e.unwrap().sequence, expected);
         expected += 1;
     }
     assert_eq!(expected, done.last_sequence + 1);
@@ -411,7 +419,13 @@ async fn a_write_conflict_from_another_writer_reloads_the_stored_state_and_carri
 
     let adopted = wait_for(&s, &r.id, |r| r.phase == Phase::Paused).await;
     assert_eq!(adopted.message, "paused by another writer");
-    let seen: Vec<u64> = s.hub().since(&r.id, 0).iter().map(|e| e.sequence).collect();
+    let seen: Vec<u64> = s
+        .hub()
+        .since(&r.id, 0)
+        .unwrap()
+        .iter()
+        .map(|e| e.sequence)
+        .collect();
     assert_eq!(seen, (1..=adopted.last_sequence).collect::<Vec<_>>());
 
     // It is still driven: a resume goes through and the rollout finishes.

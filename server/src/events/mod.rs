@@ -1,6 +1,8 @@
 //! The events hub: each rollout's event log (sequence 1, 2, 3 … with no gaps) and live fan-out
 //! to watchers. A subscription replays the log from a sequence, then follows live, with no gap
-//! and no duplicate, and ends after the terminal event.
+//! and no duplicate, and ends after the terminal event. Only the newest events of a rollout
+//! are kept (as in the store, whose ConfigMaps hold at most 1 MiB): asking for an older one
+//! is an error naming the oldest kept, never a silent gap.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -11,6 +13,8 @@ use crate::domain::RolloutEvent;
 
 /// Live events buffered per rollout before a slow watcher falls back to the log.
 const LIVE_BUFFER: usize = 256;
+/// Events kept per rollout unless configured otherwise.
+pub const DEFAULT_EVENT_LIMIT: usize = 1000;
 
 /// Errors publishing events.
 #[derive(Debug, thiserror::Error)]
@@ -19,43 +23,94 @@ pub enum HubError {
     OutOfOrder { id: String, last: u64, got: u64 },
 }
 
+/// Why a rollout's events cannot be followed from a sequence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WatchError {
+    /// The hub has never seen the rollout.
+    #[error("rollout {0} not found")]
+    NotFound(String),
+    /// The events asked for are older than the oldest kept.
+    #[error(
+        "rollout {id}: event {requested} is no longer kept; the oldest available is sequence {oldest} (ask for {oldest}, or 0 for the oldest kept)"
+    )]
+    Dropped {
+        id: String,
+        requested: u64,
+        oldest: u64,
+    },
+}
+
 struct Topic {
-    log: Vec<RolloutEvent>,
+    /// The newest events, in sequence order with no gaps.
+    log: VecDeque<RolloutEvent>,
     live: broadcast::Sender<RolloutEvent>,
 }
 
 impl Topic {
     fn new() -> Self {
         Self {
-            log: Vec::new(),
+            log: VecDeque::new(),
             live: broadcast::channel(LIVE_BUFFER).0,
         }
     }
 
     fn last_sequence(&self) -> u64 {
-        self.log.last().map(|e| e.sequence).unwrap_or(0)
+        self.log.back().map(|e| e.sequence).unwrap_or(0)
     }
 
-    fn since(&self, from: u64) -> VecDeque<RolloutEvent> {
-        // Sequences start at 1 with no gaps, so the event with sequence n sits at index n - 1.
-        let start = usize::try_from(from.max(1) - 1).unwrap_or(usize::MAX);
-        self.log.iter().skip(start).cloned().collect()
+    /// The oldest sequence a watcher can still get (the next one when nothing is kept yet).
+    fn oldest(&self) -> u64 {
+        self.log.front().map_or(1, |e| e.sequence)
+    }
+
+    /// The kept events from `from` (0 = the oldest kept); `Err(oldest)` when `from` is older.
+    fn since(&self, from: u64) -> Result<VecDeque<RolloutEvent>, u64> {
+        let oldest = self.oldest();
+        if from != 0 && from < oldest {
+            return Err(oldest);
+        }
+        // No gaps: the event with sequence n sits at index n - oldest.
+        let start = usize::try_from(from.max(oldest) - oldest).unwrap_or(usize::MAX);
+        Ok(self.log.iter().skip(start).cloned().collect())
     }
 }
 
 /// Every rollout's events.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct Hub {
     topics: Arc<Mutex<HashMap<String, Topic>>>,
+    /// Events kept per rollout.
+    limit: usize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::with_limit(DEFAULT_EVENT_LIMIT)
+    }
 }
 
 impl Hub {
-    /// An empty hub.
+    /// An empty hub keeping `DEFAULT_EVENT_LIMIT` events per rollout.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Publishes events already persisted. Each must carry the next sequence of its rollout.
+    /// An empty hub keeping the newest `limit` events of each rollout (at least one).
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            topics: Arc::default(),
+            limit: limit.max(1),
+        }
+    }
+
+    /// Events kept per rollout.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Publishes events already persisted. Each must carry the next sequence of its rollout;
+    /// the first one of a rollout the hub holds no events of may start anywhere (a log
+    /// restored from a store that already dropped its oldest events).
     pub fn publish(&self, events: &[RolloutEvent]) -> Result<(), HubError> {
         let Ok(mut topics) = self.topics.lock() else {
             return Ok(());
@@ -68,44 +123,62 @@ impl Hub {
             if event.sequence <= last {
                 continue;
             }
-            if event.sequence != last + 1 {
+            if last != 0 && event.sequence != last + 1 {
                 return Err(HubError::OutOfOrder {
                     id: event.rollout_id.clone(),
                     last,
                     got: event.sequence,
                 });
             }
-            topic.log.push(event.clone());
+            topic.log.push_back(event.clone());
+            while topic.log.len() > self.limit {
+                topic.log.pop_front();
+            }
             // No receivers is fine: nobody is watching.
             let _ = topic.live.send(event.clone());
         }
         Ok(())
     }
 
-    /// Follows a rollout's events from `from` (0 or 1 = the start). `None` when the hub has
-    /// never seen the rollout.
-    pub fn subscribe(&self, id: &str, from: u64) -> Option<Subscription> {
-        let topics = self.topics.lock().ok()?;
-        let topic = topics.get(id)?;
+    /// Follows a rollout's events from `from` (0 = the oldest kept).
+    pub fn subscribe(&self, id: &str, from: u64) -> Result<Subscription, WatchError> {
+        let not_found = || WatchError::NotFound(id.to_owned());
+        let topics = self.topics.lock().map_err(|_| not_found())?;
+        let topic = topics.get(id).ok_or_else(not_found)?;
         // Subscribing and copying the backlog under one lock: nothing published in between
         // can be missed.
-        Some(Subscription {
+        let backlog = topic.since(from).map_err(|oldest| WatchError::Dropped {
+            id: id.to_owned(),
+            requested: from,
+            oldest,
+        })?;
+        Ok(Subscription {
             id: id.to_owned(),
             hub: self.clone(),
             live: topic.live.subscribe(),
-            backlog: topic.since(from),
-            next: from.max(1),
+            next: from.max(topic.oldest()),
+            backlog,
             done: false,
         })
     }
 
-    /// The rollout's events from `from`.
-    pub fn since(&self, id: &str, from: u64) -> Vec<RolloutEvent> {
-        self.topics
+    /// The rollout's kept events from `from` (0 = the oldest kept).
+    pub fn since(&self, id: &str, from: u64) -> Result<Vec<RolloutEvent>, WatchError> {
+        let topics = self
+            .topics
             .lock()
-            .ok()
-            .and_then(|t| t.get(id).map(|t| t.since(from).into()))
-            .unwrap_or_default()
+            .map_err(|_| WatchError::NotFound(id.to_owned()))?;
+        let topic = topics
+            .get(id)
+            .ok_or_else(|| WatchError::NotFound(id.to_owned()))?;
+        topic
+            .since(from)
+            .map(Vec::from)
+            .map_err(|oldest| WatchError::Dropped {
+                id: id.to_owned(),
+                requested: from,
+                oldest,
+            })
     }
 
     /// Registers a rollout with no events yet (so it can be watched before its first event).
@@ -127,8 +200,10 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// The next event in sequence order; `None` after the terminal event.
-    pub async fn next(&mut self) -> Option<RolloutEvent> {
+    /// The next event in sequence order; `None` after the terminal event. An error (then
+    /// `None`) when the watcher fell so far behind that the events it needs next were
+    /// dropped from the log.
+    pub async fn next(&mut self) -> Option<Result<RolloutEvent, WatchError>> {
         loop {
             if self.done {
                 return None;
@@ -139,7 +214,13 @@ impl Subscription {
                     Ok(event) => event,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Too slow for the live buffer: catch up from the log.
-                        self.backlog = self.hub.since(&self.id, self.next).into();
+                        match self.hub.since(&self.id, self.next) {
+                            Ok(backlog) => self.backlog = backlog.into(),
+                            Err(error) => {
+                                self.done = true;
+                                return Some(Err(error));
+                            }
+                        }
                         continue;
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
@@ -152,7 +233,7 @@ impl Subscription {
             if event.phase.is_terminal() {
                 self.done = true;
             }
-            return Some(event);
+            return Some(Ok(event));
         }
     }
 }
@@ -188,7 +269,7 @@ mod tests {
         hub.publish(&[event(4, Phase::Succeeded)]).unwrap();
         let mut seen = Vec::new();
         while let Some(e) = sub.next().await {
-            seen.push(e.sequence);
+            seen.push(e.unwrap().sequence);
         }
         assert_eq!(seen, vec![2, 3, 4]);
     }
@@ -198,7 +279,7 @@ mod tests {
         let hub = Hub::new();
         hub.publish(&[event(1, Phase::Pending)]).unwrap();
         assert!(hub.publish(&[event(3, Phase::Pending)]).is_err());
-        assert_eq!(hub.since("r1", 0).len(), 1);
+        assert_eq!(hub.since("r1", 0).unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -214,7 +295,7 @@ mod tests {
         hub.publish(&[event(last, Phase::Aborted)]).unwrap();
         let mut expected = 1;
         while let Some(e) = sub.next().await {
-            assert_eq!(e.sequence, expected);
+            assert_eq!(e.unwrap().sequence, expected);
             expected += 1;
         }
         assert_eq!(expected, last + 1);
@@ -222,6 +303,89 @@ mod tests {
 
     #[test]
     fn unknown_rollout_has_no_subscription() {
-        assert!(Hub::new().subscribe("nope", 0).is_none());
+        assert_eq!(
+            Hub::new().subscribe("nope", 0).err(),
+            Some(WatchError::NotFound("nope".into()))
+        );
+    }
+
+    fn run(from: u64, to: u64) -> Vec<RolloutEvent> {
+        (from..=to).map(|s| event(s, Phase::Progressing)).collect()
+    }
+
+    fn sequences(events: &[RolloutEvent]) -> Vec<u64> {
+        events.iter().map(|e| e.sequence).collect()
+    }
+
+    #[test]
+    fn only_the_newest_events_are_kept_and_sequences_do_not_change() {
+        let hub = Hub::with_limit(5);
+        hub.publish(&run(1, 8)).unwrap();
+        assert_eq!(sequences(&hub.since("r1", 0).unwrap()), vec![4, 5, 6, 7, 8]);
+        assert_eq!(sequences(&hub.since("r1", 6).unwrap()), vec![6, 7, 8]);
+        hub.publish(&run(9, 9)).unwrap();
+        assert_eq!(sequences(&hub.since("r1", 0).unwrap()), vec![5, 6, 7, 8, 9]);
+        // The next sequence still has to follow the last, dropped events or not.
+        assert!(hub.publish(&[event(11, Phase::Progressing)]).is_err());
+    }
+
+    #[test]
+    fn asking_for_a_dropped_event_names_the_oldest_kept() {
+        let hub = Hub::with_limit(3);
+        hub.publish(&run(1, 10)).unwrap();
+        let error = hub.subscribe("r1", 7).err().unwrap();
+        assert_eq!(
+            error,
+            WatchError::Dropped {
+                id: "r1".into(),
+                requested: 7,
+                oldest: 8
+            }
+        );
+        assert!(error.to_string().contains("oldest available is sequence 8"));
+        assert!(hub.subscribe("r1", 1).is_err());
+        assert!(hub.subscribe("r1", 8).is_ok());
+        assert!(hub.subscribe("r1", 0).is_ok());
+    }
+
+    #[tokio::test]
+    async fn from_zero_replays_from_the_oldest_kept_then_follows_live() {
+        let hub = Hub::with_limit(3);
+        hub.publish(&run(1, 10)).unwrap();
+        let mut sub = hub.subscribe("r1", 0).unwrap();
+        hub.publish(&[event(11, Phase::Succeeded)]).unwrap();
+        let mut seen = Vec::new();
+        while let Some(e) = sub.next().await {
+            seen.push(e.unwrap().sequence);
+        }
+        assert_eq!(seen, vec![8, 9, 10, 11]);
+    }
+
+    #[test]
+    fn a_log_restored_without_its_oldest_events_starts_where_it_starts() {
+        let hub = Hub::with_limit(100);
+        hub.register("r1");
+        hub.publish(&run(41, 45)).unwrap();
+        assert_eq!(
+            sequences(&hub.since("r1", 0).unwrap()),
+            vec![41, 42, 43, 44, 45]
+        );
+        assert!(matches!(
+            hub.subscribe("r1", 40),
+            Err(WatchError::Dropped { oldest: 41, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_the_kept_log_gets_an_error_not_a_gap() {
+        let hub = Hub::with_limit(10);
+        hub.publish(&run(1, 1)).unwrap();
+        let mut sub = hub.subscribe("r1", 0).unwrap();
+        assert_eq!(sub.next().await.unwrap().unwrap().sequence, 1);
+        // More than the live buffer and the kept log while the watcher reads nothing.
+        hub.publish(&run(2, LIVE_BUFFER as u64 + 20)).unwrap();
+        let error = sub.next().await.unwrap().err().unwrap();
+        assert!(matches!(error, WatchError::Dropped { requested: 2, .. }));
+        assert!(sub.next().await.is_none());
     }
 }

@@ -1,7 +1,7 @@
 //! Rollout state in ConfigMaps: one per rollout in the rollout's namespace, labelled
 //! `app.kubernetes.io/managed-by=steerer`, holding the state (`rollout.json`) and the event
-//! log (`events.jsonl`, one event per line). Every write is a replace guarded by the
-//! resourceVersion.
+//! log (`events.jsonl`, one event per line, the newest `event_limit` only: a ConfigMap holds
+//! at most 1 MiB). Every write is a replace guarded by the resourceVersion.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -12,8 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 
-use super::{Store, StoreError, Stored};
+use super::{Store, StoreError, Stored, newest_lines};
 use crate::domain::{Rollout, RolloutEvent};
+use crate::events::DEFAULT_EVENT_LIMIT;
 
 /// Label every stored rollout carries.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "steerer");
@@ -31,6 +32,8 @@ pub struct ConfigMapStore {
     namespaces: Vec<String>,
     /// Per rollout id: the resourceVersion last written or read and the serialized log.
     known: Mutex<HashMap<String, (String, String)>>,
+    /// Events kept per rollout.
+    event_limit: usize,
 }
 
 impl ConfigMapStore {
@@ -40,7 +43,15 @@ impl ConfigMapStore {
             client,
             namespaces,
             known: Mutex::new(HashMap::new()),
+            event_limit: DEFAULT_EVENT_LIMIT,
         }
+    }
+
+    /// Keeps the newest `limit` events of each rollout (at least one) instead of
+    /// `DEFAULT_EVENT_LIMIT`.
+    pub fn with_event_limit(mut self, limit: usize) -> Self {
+        self.event_limit = limit.max(1);
+        self
     }
 
     fn api(&self, namespace: &str) -> Api<ConfigMap> {
@@ -77,6 +88,7 @@ impl ConfigMapStore {
         for attempt in 0..2 {
             let mut new_log = log.clone();
             new_log.push_str(&encode_events(events, &rollout.id)?);
+            let new_log = newest_lines(&new_log, self.event_limit).to_owned();
             let mut cm = configmap(rollout, new_log.clone())?;
             cm.metadata.resource_version = Some(rv.clone());
             match api.replace(&name, &PostParams::default(), &cm).await {
@@ -260,6 +272,7 @@ impl Store for ConfigMapStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let log = encode_events(events, &rollout.id)?;
+            let log = newest_lines(&log, self.event_limit).to_owned();
             let cm = configmap(rollout, log.clone())?;
             let written = self
                 .api(&rollout.namespace)

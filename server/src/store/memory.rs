@@ -7,6 +7,7 @@ use futures::future::BoxFuture;
 
 use super::{Store, StoreError, Stored};
 use crate::domain::{Rollout, RolloutEvent};
+use crate::events::DEFAULT_EVENT_LIMIT;
 
 /// Rollouts held in memory.
 #[derive(Default)]
@@ -20,9 +21,20 @@ struct MemoryState {
     writes: usize,
     fail: bool,
     lose_create_answers: bool,
+    /// Events kept per rollout (`None` = `DEFAULT_EVENT_LIMIT`).
+    limit: Option<usize>,
 }
 
 impl MemoryStore {
+    /// A store keeping the newest `limit` events of each rollout.
+    pub fn with_event_limit(limit: usize) -> Self {
+        let store = Self::default();
+        if let Ok(mut s) = store.state.lock() {
+            s.limit = Some(limit.max(1));
+        }
+        store
+    }
+
     /// Writes made so far.
     pub fn writes(&self) -> usize {
         self.state.lock().map(|s| s.writes).unwrap_or(0)
@@ -84,14 +96,16 @@ impl MemoryStore {
             });
         }
         s.writes += 1;
+        let limit = s.limit.unwrap_or(DEFAULT_EVENT_LIMIT);
         if create {
             if s.rollouts.contains_key(&rollout.id) {
                 return Err(StoreError::AlreadyExists {
                     id: rollout.id.clone(),
                 });
             }
+            let kept = &events[events.len().saturating_sub(limit)..];
             s.rollouts
-                .insert(rollout.id.clone(), (rollout.clone(), events.to_vec()));
+                .insert(rollout.id.clone(), (rollout.clone(), kept.to_vec()));
             if s.lose_create_answers {
                 return Err(StoreError::Api {
                     action: "create",
@@ -119,6 +133,8 @@ impl MemoryStore {
         }
         entry.0 = rollout.clone();
         entry.1.extend_from_slice(events);
+        let excess = entry.1.len().saturating_sub(limit);
+        entry.1.drain(..excess);
         Ok(())
     }
 }

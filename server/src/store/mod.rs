@@ -1,5 +1,7 @@
 //! Durable rollout state: the trait the engine persists through (one write per step carrying
-//! the state and its new events), a ConfigMap implementation and an in-memory one.
+//! the state and its new events), a ConfigMap implementation and an in-memory one. Stores
+//! keep only the newest events of each rollout (`events::DEFAULT_EVENT_LIMIT` unless
+//! configured): a rollout's whole record must fit in one ConfigMap (1 MiB).
 
 pub mod configmap;
 pub mod memory;
@@ -33,15 +35,33 @@ pub enum StoreError {
     Corrupt { name: String, message: String },
 }
 
-/// A stored rollout with its full event log.
+/// A stored rollout with its kept event log (the newest events, in sequence order).
 pub type Stored = (Rollout, Vec<RolloutEvent>);
+
+/// The part of a JSON-lines event log holding its newest `limit` lines.
+pub fn newest_lines(log: &str, limit: usize) -> &str {
+    let lines = log.lines().filter(|l| !l.trim().is_empty()).count();
+    let mut drop = lines.saturating_sub(limit);
+    let mut start = 0;
+    for line in log.split_inclusive('\n') {
+        let blank = line.trim().is_empty();
+        if drop == 0 && !blank {
+            break;
+        }
+        start += line.len();
+        if !blank {
+            drop -= 1;
+        }
+    }
+    &log[start..]
+}
 
 /// Rollout state and event logs.
 pub trait Store: Send + Sync {
-    /// Every stored rollout with its full event log.
+    /// Every stored rollout with its kept event log.
     fn load(&self) -> BoxFuture<'_, Result<Vec<Stored>, StoreError>>;
 
-    /// One stored rollout with its full event log; `None` when it is not stored. The default
+    /// One stored rollout with its kept event log; `None` when it is not stored. The default
     /// loads everything; stores override it with a single read.
     fn get<'a>(
         &'a self,
@@ -64,10 +84,114 @@ pub trait Store: Send + Sync {
         events: &'a [RolloutEvent],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Stores the rollout's new state and appends its new events, in one write.
+    /// Stores the rollout's new state and appends its new events, in one write, dropping the
+    /// oldest events past the store's limit.
     fn append<'a>(
         &'a self,
         rollout: &'a Rollout,
         events: &'a [RolloutEvent],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AnalysisSettings, EventKind, Phase};
+    use crate::store::memory::MemoryStore;
+    use chrono::Utc;
+
+    #[test]
+    fn newest_lines_keeps_the_last_lines_whole() {
+        let log = "{\"s\":1}\n{\"s\":2}\n{\"s\":3}\n";
+        assert_eq!(newest_lines(log, 2), "{\"s\":2}\n{\"s\":3}\n");
+        assert_eq!(newest_lines(log, 3), log);
+        assert_eq!(newest_lines(log, 10), log);
+        assert_eq!(newest_lines(log, 1), "{\"s\":3}\n");
+        assert_eq!(newest_lines("", 1), "");
+        // Blank lines do not count as events.
+        assert_eq!(newest_lines("a\n\nb\nc\n", 2), "b\nc\n");
+    }
+
+    fn rollout(last_sequence: u64) -> Rollout {
+        let now = Utc::now();
+        Rollout {
+            id: "r1".into(),
+            namespace: "test".into(),
+            target: "podinfo".into(),
+            canary: "podinfo-canary".into(),
+            virtual_service: "podinfo".into(),
+            revision: String::new(),
+            phase: Phase::Progressing,
+            canary_weight: 10,
+            failed_checks: 0,
+            analysis: AnalysisSettings::default(),
+            last_analysis: None,
+            message: String::new(),
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            last_sequence,
+            request_id: String::new(),
+            images: Default::default(),
+            canary_replicas: None,
+            prepared: true,
+            last_step_at: None,
+            halted_since: None,
+            halt_reason: None,
+            paused_from: None,
+            promotion_min_ready: None,
+            ending: None,
+            promoting_since: None,
+            quiet: None,
+            traffic_since: None,
+        }
+    }
+
+    fn events(from: u64, to: u64) -> Vec<RolloutEvent> {
+        (from..=to)
+            .map(|sequence| RolloutEvent {
+                rollout_id: "r1".into(),
+                sequence,
+                time: Utc::now(),
+                kind: EventKind::CheckNoData,
+                phase: Phase::Progressing,
+                canary_weight: 10,
+                success_rate: None,
+                request_rate: None,
+                failed_checks: 0,
+                message: format!("event {sequence}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_store_keeps_the_newest_events_with_their_sequences() {
+        let store = MemoryStore::with_event_limit(4);
+        store.create(&rollout(3), &events(1, 3)).await.unwrap();
+        store.append(&rollout(6), &events(4, 6)).await.unwrap();
+        let (stored, kept) = store.get("r1").unwrap();
+        assert_eq!(stored.last_sequence, 6);
+        let sequences: Vec<u64> = kept.iter().map(|e| e.sequence).collect();
+        assert_eq!(sequences, vec![3, 4, 5, 6]);
+        // Appends still follow the last sequence, not the number of events kept.
+        store.append(&rollout(7), &events(7, 7)).await.unwrap();
+        let (_, kept) = store.get("r1").unwrap();
+        assert_eq!(kept.first().unwrap().sequence, 4);
+        assert_eq!(kept.last().unwrap().message, "event 7");
+        assert!(matches!(
+            store.append(&rollout(9), &events(9, 9)).await,
+            Err(StoreError::Conflict { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_first_write_longer_than_the_limit_keeps_its_newest_events() {
+        let store = MemoryStore::with_event_limit(2);
+        store.create(&rollout(5), &events(1, 5)).await.unwrap();
+        let (_, kept) = store.get("r1").unwrap();
+        assert_eq!(
+            kept.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+    }
 }
