@@ -85,7 +85,7 @@ impl RolloutService for Api {
         let r = request.into_inner();
         validate::dns1123_label("namespace", &r.namespace).map_err(invalid)?;
         validate::dns1123_label("target", &r.target).map_err(invalid)?;
-        validate::optional_label("canary", &r.canary).map_err(invalid)?;
+        validate::canary(&r.target, &r.canary).map_err(invalid)?;
         validate::optional_label("virtual_service", &r.virtual_service).map_err(invalid)?;
         validate::token("request_id", &r.request_id, false).map_err(invalid)?;
         let images = validate::images(&r.images).map_err(invalid)?;

@@ -60,6 +60,19 @@ pub fn optional_label(field: &str, value: &str) -> Result<(), Invalid> {
     }
 }
 
+/// The canary's name: the one given, else the default `TARGET-canary`, which must itself be a
+/// DNS-1123 label (a target of more than 56 characters has no valid default).
+pub fn canary(target: &str, canary: &str) -> Result<(), Invalid> {
+    if canary.is_empty() {
+        dns1123_label(
+            "canary (default TARGET-canary; name it explicitly)",
+            &format!("{target}-canary"),
+        )
+    } else {
+        dns1123_label("canary", canary)
+    }
+}
+
 /// A container image reference: registry/path:tag@digest characters only.
 pub fn image(container: &str, value: &str) -> Result<(), Invalid> {
     let ok = !value.is_empty()
@@ -222,6 +235,14 @@ pub fn check_analysis(s: &AnalysisSettings) -> Result<(), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_target_too_long_for_its_default_canary_name_needs_an_explicit_one() {
+        let target = "a".repeat(57);
+        assert!(canary(&target, "").is_err());
+        assert_eq!(canary(&target, "short-canary"), Ok(()));
+        assert_eq!(canary(&"a".repeat(56), ""), Ok(()));
+    }
 
     #[test]
     fn good_labels_pass() {
