@@ -24,11 +24,14 @@ trap 'exit 130' INT TERM
 
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
-command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+# The demo (like the tests) uses Debian's kubectl, from kubernetes-client; another kubectl
+# build on the machine is replaced by it.
+kubectl version --client 2>/dev/null | grep -q 'GitVersion:"v1.20' || missing+=(kubernetes-client)
 if [ ${#missing[@]} -gt 0 ]; then
   say "Installing ${missing[*]} (Debian packages)"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+  apt-get update -qq
+  apt-get install -y -qq -o Dpkg::Options::=--force-overwrite "${missing[@]}" >/dev/null
 fi
 
 say "Building steerer (server, CLI, simulator)"
