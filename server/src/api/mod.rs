@@ -56,6 +56,22 @@ impl Api {
             )))
         }
     }
+
+    /// Validates the id, hands an operator's command to the rollout's driver and answers with
+    /// the rollout as the command left it.
+    async fn run_command(
+        &self,
+        rollout: &str,
+        command: Command,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        id(rollout)?;
+        let rollout = self
+            .supervisor
+            .command(rollout, command)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(convert::rollout(&rollout)))
+    }
 }
 
 fn invalid(e: Invalid) -> Status {
@@ -187,14 +203,9 @@ impl RolloutService for Api {
     ) -> Result<Response<pb::Rollout>, Status> {
         self.auth.check(&request, Access::Write)?;
         let r = request.into_inner();
-        id(&r.id)?;
         validate::reason(&r.reason).map_err(invalid)?;
-        let rollout = self
-            .supervisor
-            .command(&r.id, Command::Abort { reason: r.reason })
+        self.run_command(&r.id, Command::Abort { reason: r.reason })
             .await
-            .map_err(convert::status)?;
-        Ok(Response::new(convert::rollout(&rollout)))
     }
 
     async fn pause_rollout(
@@ -203,14 +214,9 @@ impl RolloutService for Api {
     ) -> Result<Response<pb::Rollout>, Status> {
         self.auth.check(&request, Access::Write)?;
         let r = request.into_inner();
-        id(&r.id)?;
         validate::reason(&r.reason).map_err(invalid)?;
-        let rollout = self
-            .supervisor
-            .command(&r.id, Command::Pause { reason: r.reason })
+        self.run_command(&r.id, Command::Pause { reason: r.reason })
             .await
-            .map_err(convert::status)?;
-        Ok(Response::new(convert::rollout(&rollout)))
     }
 
     async fn resume_rollout(
@@ -219,13 +225,7 @@ impl RolloutService for Api {
     ) -> Result<Response<pb::Rollout>, Status> {
         self.auth.check(&request, Access::Write)?;
         let r = request.into_inner();
-        id(&r.id)?;
-        let rollout = self
-            .supervisor
-            .command(&r.id, Command::Resume)
-            .await
-            .map_err(convert::status)?;
-        Ok(Response::new(convert::rollout(&rollout)))
+        self.run_command(&r.id, Command::Resume).await
     }
 
     async fn promote_rollout(
@@ -234,12 +234,6 @@ impl RolloutService for Api {
     ) -> Result<Response<pb::Rollout>, Status> {
         self.auth.check(&request, Access::Write)?;
         let r = request.into_inner();
-        id(&r.id)?;
-        let rollout = self
-            .supervisor
-            .command(&r.id, Command::Promote)
-            .await
-            .map_err(convert::status)?;
-        Ok(Response::new(convert::rollout(&rollout)))
+        self.run_command(&r.id, Command::Promote).await
     }
 }
