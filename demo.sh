@@ -132,7 +132,7 @@ wait_for_http "http://127.0.0.1:$prom_port/-/ready" "$prom_pid" "Prometheus" "$w
 say "Starting the steerer server"
 grpc_port=$(free_port)
 "$bin/steerer-server" --listen "127.0.0.1:$grpc_port" \
-  --prometheus-url "http://127.0.0.1:$prom_port" --metrics-window 5s \
+  --prometheus-url "http://127.0.0.1:$prom_port" --metrics-window 5s --scale-down-delay 3s \
   >"$work/server.log" 2>&1 &
 server_pid=$!
 pids+=("$server_pid")

@@ -458,25 +458,87 @@ async fn assert_no_data_rolls_back(h: &mut Harness, analysis: Analysis, why: &[&
     );
 }
 
+/// A start that could only run on "no data" until its deadline is answered at once instead,
+/// and changes nothing: Prometheus without a single request series for the target's
+/// workloads (the mesh sends no traffic here) is FAILED_PRECONDITION, Prometheus unreachable
+/// is UNAVAILABLE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn canary_without_any_traffic_is_never_promoted() {
+async fn a_start_without_metrics_for_the_target_is_refused_at_once_and_changes_nothing() {
     let mut h = Harness::start_with(Options {
         request_rate: 0.0,
         ..Options::default()
     })
     .await;
-    let analysis = Analysis {
+    let canary_before = h.deployment(CANARY).await;
+    let mut request = h.request(Analysis {
         step_weight: Some(10),
         interval: Some(seconds(1)),
         progress_deadline: Some(seconds(4)),
         ..Default::default()
-    };
-    assert_no_data_rolls_back(
-        &mut h,
-        analysis,
-        &["no canary traffic", "request rate 0.00/s below the minimum"],
-    )
-    .await;
+    });
+    request.images = [("podinfo".to_owned(), NEW_IMAGE.to_owned())].into();
+    request.request_id = "no-metrics-1".into();
+
+    let refused = h.client.start_rollout(request.clone()).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    for part in [
+        "no istio_requests_total series",
+        "test/podinfo or its canary test/podinfo-canary",
+        "nothing was changed",
+    ] {
+        assert!(
+            refused.message().contains(part),
+            "{part:?}: {}",
+            refused.message()
+        );
+    }
+
+    // Prometheus gone: a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    h.config.prometheus_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    h.stop_and_restart().await;
+    let refused = h.client.start_rollout(request).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("cannot be reached"),
+        "{}",
+        refused.message()
+    );
+
+    let listed = h
+        .client
+        .list_rollouts(ListRolloutsRequest {
+            namespace: NS.into(),
+            active_only: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.rollouts.is_empty(), "{listed:?}");
+    let stored = Api::<ConfigMap>::namespaced(h.kube.clone(), NS)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert!(
+        !stored.items.iter().any(|cm| cm
+            .metadata
+            .name
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("steerer-rollout-")),
+        "a rollout was stored"
+    );
+    let canary_after = h.deployment(CANARY).await;
+    assert_eq!(
+        canary_after.spec, canary_before.spec,
+        "the canary was changed"
+    );
+    assert_eq!(h.weights().await, (100, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,6 +180,8 @@ async fn run(k: usize, interval: Duration) -> anyhow::Result<()> {
         metrics_window: Duration::from_secs(4).max(interval),
         metrics_timeout: Duration::from_secs(3),
         sync_timeout: Duration::from_secs(10),
+        // The budget is per step; the scale-down after the last one needs no wait here.
+        scale_down_delay: Duration::ZERO,
         ..ServerConfig::default()
     };
     let listener = TcpListener::bind("127.0.0.1:0").await?;

@@ -22,9 +22,9 @@ pub enum Phase {
     Succeeded,
     /// Traffic is on GA; the canary is being scaled down.
     RollingBack,
-    /// Terminal: analysis failed or the deadline passed.
+    /// Terminal: analysis failed or the deadline passed; GA runs the old release.
     RolledBack,
-    /// Terminal: aborted by a caller.
+    /// Terminal: aborted by a caller; GA runs the old release.
     Aborted,
     /// Terminal: the rollout could not be carried out.
     Failed,
@@ -244,6 +244,20 @@ pub struct Rollout {
     /// does not know it). Metrics older than this belong to another revision.
     #[serde(default)]
     pub traffic_since: Option<DateTime<Utc>>,
+    /// Fingerprint of the VirtualService's split routes (destinations and match conditions,
+    /// weights left out) as the rollout found or last adopted them: a different one means
+    /// someone edited the routes by hand.
+    #[serde(default)]
+    pub route_fingerprint: Option<String>,
+    /// Hash of the pod template written over GA when the promotion began: from then on GA is
+    /// rolling out the canary's release, whatever happens to the canary.
+    #[serde(default)]
+    pub promoted_template: Option<String>,
+    /// When all traffic left the canary for good (the promotion's or the rollback's route to
+    /// GA). The canary is scaled down a scale-down delay later; a restarted server waits out
+    /// the rest of the delay.
+    #[serde(default)]
+    pub traffic_off_canary_at: Option<DateTime<Utc>>,
 }
 
 /// One step of a rollout, as stored and streamed.

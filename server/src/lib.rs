@@ -11,6 +11,7 @@ pub mod domain;
 pub mod engine;
 pub mod events;
 pub mod metrics;
+pub mod retry;
 pub mod router;
 pub mod store;
 pub mod workloads;
@@ -31,6 +32,9 @@ use crate::engine::{EngineConfig, Ports, Supervisor};
 /// Most events a rollout may keep: at up to 700 bytes each, they fill most of a 1 MiB
 /// ConfigMap.
 pub const MAX_EVENT_LIMIT: usize = 1400;
+
+/// Longest scale-down delay: a rollout's end waits for it.
+pub const MAX_SCALE_DOWN_DELAY: Duration = Duration::from_secs(3600);
 
 /// Everything the server needs besides a listener and a Kubernetes client.
 #[derive(Debug, Clone)]
@@ -57,6 +61,9 @@ pub struct ServerConfig {
     pub auto: bool,
     /// How often auto mode looks for new canary revisions.
     pub auto_interval: Duration,
+    /// Time between moving all traffic off the canary (promotion, rollback, abort) and
+    /// scaling it to zero: mesh proxies take a while to get a new route.
+    pub scale_down_delay: Duration,
     /// Served version of `networking.istio.io` VirtualServices.
     pub istio_api_version: String,
     /// How long start-up waits for the watch caches.
@@ -114,6 +121,7 @@ impl Default for ServerConfig {
             metrics_timeout: Duration::from_secs(5),
             auto: false,
             auto_interval: Duration::from_secs(2),
+            scale_down_delay: engine::DEFAULT_SCALE_DOWN_DELAY,
             istio_api_version: "v1".into(),
             sync_timeout: Duration::from_secs(30),
             token_file: None,
@@ -159,6 +167,13 @@ impl ServerConfig {
                 self.event_limit
             )));
         }
+        if self.scale_down_delay > MAX_SCALE_DOWN_DELAY {
+            return Err(ServerError::Config(format!(
+                "scale-down delay must be at most {}, got {}",
+                humantime::format_duration(MAX_SCALE_DOWN_DELAY),
+                humantime::format_duration(self.scale_down_delay)
+            )));
+        }
         if self.prometheus_url.is_empty() {
             return Err(ServerError::Config("prometheus url is required".into()));
         }
@@ -171,6 +186,7 @@ impl ServerConfig {
             metrics_window: self.metrics_window,
             auto: self.auto,
             auto_interval: self.auto_interval,
+            scale_down_delay: self.scale_down_delay,
         }
     }
 }

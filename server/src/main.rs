@@ -69,6 +69,10 @@ struct Flags {
     /// How often auto mode looks for new canary revisions.
     #[arg(long, env = "STEERER_AUTO_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     auto_interval: Duration,
+    /// Time between moving all traffic off the canary (promotion, rollback, abort) and scaling
+    /// it to zero, so mesh proxies get the new route before the canary's pods go (at most 1h).
+    #[arg(long, env = "STEERER_SCALE_DOWN_DELAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    scale_down_delay: Duration,
     /// Served version of networking.istio.io VirtualServices.
     #[arg(long, env = "STEERER_ISTIO_API_VERSION", default_value = "v1")]
     istio_api_version: String,
@@ -130,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         metrics_timeout: flags.metrics_timeout,
         auto: flags.auto,
         auto_interval: flags.auto_interval,
+        scale_down_delay: flags.scale_down_delay,
         istio_api_version: flags.istio_api_version,
         token_file: flags.token_file,
         read_only_token_file: flags.read_only_token_file,

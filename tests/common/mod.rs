@@ -63,7 +63,8 @@ impl Default for Options {
 }
 
 /// Server settings for fast tests: 1 s intervals, a 4 s metrics window (a rate() needs two
-/// scrapes at Prometheus's 1 s interval), low minimum traffic.
+/// scrapes at Prometheus's 1 s interval), low minimum traffic, and no scale-down delay (the
+/// canary goes to zero as soon as traffic is off it; the tests of the delay set one).
 pub fn test_server_config() -> ServerConfig {
     ServerConfig {
         defaults: AnalysisSettings {
@@ -79,6 +80,7 @@ pub fn test_server_config() -> ServerConfig {
         metrics_timeout: Duration::from_secs(3),
         auto_interval: Duration::from_millis(500),
         sync_timeout: Duration::from_secs(10),
+        scale_down_delay: Duration::ZERO,
         ..ServerConfig::default()
     }
 }
@@ -160,6 +162,9 @@ impl Harness {
         ))
         .await
         .unwrap();
+        if options.request_rate > 0.0 {
+            wait_for_series(&prometheus, GA).await;
+        }
         let kube_config = sim.kube_config().await.unwrap();
         let kube = Client::try_from(kube_config.clone()).unwrap();
         let mut config = options.server.clone();
@@ -316,6 +321,23 @@ impl Harness {
     /// The example VirtualService as stored.
     pub async fn virtual_service(&self) -> DynamicObject {
         virtual_services(&self.kube).get(GA).await.unwrap()
+    }
+}
+
+/// Waits until Prometheus has scraped requests served by `workload`: a start checks that
+/// the target's workloads are in the metrics, and the mesh needs a moment after the
+/// simulator starts before its first requests are scraped.
+pub async fn wait_for_series(prometheus: &Prometheus, workload: &str) {
+    let query = format!(
+        "count(istio_requests_total{{reporter=\"destination\",destination_workload_namespace=\"{NS}\",destination_workload=\"{workload}\"}})"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while prometheus.query(&query).await.unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Prometheus has no series for {workload} after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -17,8 +17,8 @@ use steerer_server::ServerConfig;
 use steerer_server::domain::{Rollout, RolloutEvent, Sample};
 use steerer_server::engine::Ports;
 use steerer_server::events::Hub;
-use steerer_server::metrics::{Metrics, MetricsError};
-use steerer_server::router::{RouteRef, Router, RouterError};
+use steerer_server::metrics::{Coverage, Metrics, MetricsError};
+use steerer_server::router::{Resolved, RouteRef, RouteView, Router, RouterError};
 use steerer_server::store::{Store, StoreError, Stored};
 use steerer_server::workloads::fake::FakeWorkloads;
 use steerer_server::workloads::{DeploymentView, HpaView, WorkloadError, Workloads};
@@ -249,13 +249,17 @@ impl Router for BenchRouter {
         virtual_service: Option<&'a str>,
         ga_service: &'a str,
         canary_service: &'a str,
-    ) -> BoxFuture<'a, Result<(String, u32), RouterError>> {
+    ) -> BoxFuture<'a, Result<Resolved, RouterError>> {
         self.reads.fetch_add(1, Ordering::Relaxed);
         let name = virtual_service.unwrap_or(ga_service).to_owned();
         let result = match self.routes.lock() {
             Ok(routes) => match routes.get(&name) {
                 Some(r) if namespace == NS && r.ga == ga_service && r.canary == canary_service => {
-                    Ok((name, r.weight))
+                    Ok(Resolved {
+                        name,
+                        canary_weight: r.weight,
+                        fingerprint: "bench".to_owned(),
+                    })
                 }
                 _ => Err(RouterError::NotFound {
                     namespace: namespace.to_owned(),
@@ -279,6 +283,21 @@ impl Router for BenchRouter {
                 name: route.virtual_service.clone(),
             });
         Box::pin(async move { result })
+    }
+
+    /// A watch-cache read in the real router: not counted as an API read.
+    fn observe<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, RouteView> {
+        let view = match self.routes.lock() {
+            Ok(routes) => match routes.get(&route.virtual_service) {
+                Some(r) => RouteView::Split {
+                    canary_weight: r.weight,
+                    fingerprint: "bench".to_owned(),
+                },
+                None => RouteView::Missing,
+            },
+            Err(_) => RouteView::Unknown,
+        };
+        Box::pin(async move { view })
     }
 
     fn set_canary_weight<'a>(
@@ -356,6 +375,20 @@ impl BenchMetrics {
 }
 
 impl Metrics for BenchMetrics {
+    /// Every workload is reported (the check a start makes; not counted as an analysis query).
+    fn coverage<'a>(
+        &'a self,
+        _namespace: &'a str,
+        workloads: &'a [String],
+        _lookback: Duration,
+    ) -> BoxFuture<'a, Result<Coverage, MetricsError>> {
+        let coverage = Coverage {
+            reported: workloads.to_vec(),
+            scraping: true,
+        };
+        Box::pin(async move { Ok(coverage) })
+    }
+
     fn sample<'a>(
         &'a self,
         _namespace: &'a str,
@@ -473,6 +506,8 @@ impl Server {
             // The in-memory metrics need no rate() window: checks start one interval after
             // each rollout's first step, as with a window no longer than the interval.
             metrics_window: Duration::from_secs(1),
+            // What is measured ends when traffic leaves the canary; the scale-down follows.
+            scale_down_delay: Duration::ZERO,
             ..ServerConfig::default()
         };
         let task = tokio::spawn(steerer_server::serve_with(

@@ -8,7 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{AnalysisRecord, Ending, EventKind, Phase, QuietRepeats, Rollout, Sample};
-use crate::workloads::{DeploymentView, HpaView, halt_reason};
+use crate::router::RouteView;
+use crate::workloads::{DeploymentView, HpaView, halt_reason, promoted_template, template_hash};
 
 /// How often a rollout that waits on Kubernetes (readiness, GA's rollout) looks again.
 pub const POLL: Duration = Duration::from_millis(500);
@@ -41,6 +42,23 @@ pub struct Observation {
     /// The shortest window the metrics provider measures over (the engine's
     /// `metrics_window`): a revision is checked only once it has had traffic that long.
     pub metrics_window: Duration,
+    /// The VirtualService as last seen.
+    pub route: RouteView,
+    /// A canary weight the driver wrote (or tried to) that the state does not record yet:
+    /// seeing it in the VirtualService is not someone else's edit.
+    pub unrecorded_weight: Option<u32>,
+    /// The engine's scale-down delay: how long the canary keeps its pods after all traffic
+    /// left it.
+    pub scale_down_delay: Duration,
+    /// An action of the last decision failed in a way retrying cannot fix.
+    pub failure: Option<ActionFailure>,
+}
+
+/// An action that failed with an error retrying cannot fix (a missing object, a 403, a 422).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionFailure {
+    pub action: Action,
+    pub error: String,
 }
 
 /// A side effect the driver carries out, in order, before persisting.
@@ -188,9 +206,45 @@ fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
 }
 
+/// When the canary is scaled down, from the moment traffic leaves it.
+fn scaled_down_in(delay: Duration) -> String {
+    if delay.is_zero() {
+        "now".to_owned()
+    } else {
+        format!("in {}", human(delay))
+    }
+}
+
+/// The weight the next step of a rollout moves to.
+fn next_step(state: &Rollout) -> u32 {
+    (state.canary_weight + state.analysis.step_weight)
+        .min(state.analysis.max_weight)
+        .min(100)
+}
+
+/// Whether a canary weight read back from the VirtualService (after a restart) is one this
+/// rollout may have written without recording it: its next step, or 0 (a rollback, a
+/// promotion's route to GA, a restart of the analysis). Any other weight was set by someone
+/// else, and is treated as a hand edit.
+pub fn written_unrecorded(state: &Rollout, weight: u32) -> bool {
+    weight == 0 || weight == next_step(state)
+}
+
 /// Decides the next step of a rollout.
 pub fn decide(state: &Rollout, obs: &Observation, now: DateTime<Utc>) -> Decision {
     let mut d = Decision::new(state);
+    if !state.phase.is_terminal() {
+        if let Some(failure) = &obs.failure {
+            cannot_act(&mut d, state, obs, failure, now);
+            d.next.updated_at = now;
+            return d;
+        }
+        if obs.route == RouteView::Missing && state.phase != Phase::Paused {
+            route_missing(&mut d, state, obs, now);
+            d.next.updated_at = now;
+            return d;
+        }
+    }
     match state.phase {
         Phase::Pending => pending(&mut d, state, obs, now),
         Phase::Progressing => progressing(&mut d, state, obs, now),
@@ -222,12 +276,20 @@ pub fn apply_command(
             if phase.is_terminal() || phase == Phase::RollingBack {
                 return Ok(d);
             }
+            if phase == Phase::Promoting {
+                return Err(Refused(promotion_cannot_be_aborted(state)));
+            }
             let reason = if reason.trim().is_empty() {
                 "aborted by request".to_owned()
             } else {
                 format!("aborted: {}", reason.trim())
             };
-            begin_rollback(&mut d, Phase::Aborted, reason);
+            match &obs.route {
+                RouteView::Missing | RouteView::Broken(_) => {
+                    abort_unroutable(&mut d, state, obs, &reason, now);
+                }
+                _ => begin_rollback(&mut d, Phase::Aborted, reason, now, obs.scale_down_delay),
+            }
         }
         Command::Pause { reason } => match phase {
             Phase::Paused => return Ok(d),
@@ -255,16 +317,35 @@ pub fn apply_command(
         },
         Command::Resume => match phase {
             Phase::Paused => {
+                match &obs.route {
+                    RouteView::Missing => {
+                        return Err(Refused(format!(
+                            "rollout {}: VirtualService {}/{} no longer exists; recreate it and resume, or abort",
+                            state.id, state.namespace, state.virtual_service
+                        )));
+                    }
+                    RouteView::Broken(why) => {
+                        return Err(Refused(format!(
+                            "rollout {}: VirtualService {}/{} no longer splits traffic between GA and canary ({why}); fix it and resume, or abort",
+                            state.id, state.namespace, state.virtual_service
+                        )));
+                    }
+                    _ => {}
+                }
                 d.next.phase = state.paused_from.unwrap_or(Phase::Progressing);
                 d.next.paused_from = None;
                 // Time spent paused is not time spent halted.
                 d.next.halted_since = None;
                 d.next.halt_reason = None;
                 d.next.last_step_at = Some(now);
-                d.emit(
-                    EventKind::Resumed,
-                    format!("resumed at canary weight {}%", state.canary_weight),
-                );
+                let adopted = adopt_route(&mut d, state, obs, now);
+                let mut message = format!("resumed at canary weight {}%", d.next.canary_weight);
+                if let Some(what) = adopted {
+                    message.push_str(&format!(
+                        "; the VirtualService as changed outside steerer is adopted ({what})"
+                    ));
+                }
+                d.emit(EventKind::Resumed, message);
             }
             p if p.is_terminal() => {
                 return Err(Refused(format!(
@@ -338,8 +419,241 @@ fn objects_missing(
     true
 }
 
+/// The refusal of an abort once the promotion began: GA already has the canary's pod
+/// template, and an abort could not put the old release back.
+fn promotion_cannot_be_aborted(state: &Rollout) -> String {
+    if state.traffic_off_canary_at.is_some() {
+        return format!(
+            "rollout {} cannot be aborted: revision {} is promoted and GA {}/{} serves all the traffic; the canary is being scaled down",
+            state.id, state.revision, state.namespace, state.target
+        );
+    }
+    format!(
+        "rollout {} cannot be aborted while it is promoting: GA {}/{} is already rolling out the canary's pod template (revision {}), so an abort could not put the old release back; the rollout will finish promoting (or fail at its progress deadline, leaving traffic as it is)",
+        state.id, state.namespace, state.target, state.revision
+    )
+}
+
+/// What a rollout that ends without finishing leaves behind, for the person who must clean up.
+fn left_as_is(state: &Rollout, obs: &Observation) -> String {
+    let traffic = match &obs.route {
+        _ if state.traffic_off_canary_at.is_some() || state.phase == Phase::RollingBack => {
+            "all traffic had been routed to GA".to_owned()
+        }
+        RouteView::Split { canary_weight, .. } => {
+            format!("the VirtualService routes {canary_weight}% of the traffic to the canary")
+        }
+        _ => format!(
+            "traffic stays where steerer last routed it ({}% to the canary)",
+            state.canary_weight
+        ),
+    };
+    let canary = match obs.canary.as_ref().map(|c| c.spec_replicas) {
+        Some(n) if n > 0 => format!("canary {} keeps its {n} replicas", state.canary),
+        Some(_) => format!("canary {} has no replicas", state.canary),
+        None => format!("canary {} no longer exists", state.canary),
+    };
+    let ga = if state.phase == Phase::Promoting || state.promoted_template.is_some() {
+        format!(
+            "GA {} has the pod template of revision {} (the promotion had begun)",
+            state.target, state.revision
+        )
+    } else {
+        format!("GA {} is unchanged", state.target)
+    };
+    let doing = match (&state.ending, state.phase) {
+        (Some(ending), Phase::RollingBack) => format!("it was rolling back ({}): ", ending.reason),
+        _ => String::new(),
+    };
+    format!("{doing}{traffic}; {canary}; {ga}")
+}
+
+fn fail(d: &mut Decision, now: DateTime<Utc>, message: String) {
+    d.next.phase = Phase::Failed;
+    d.next.finished_at = Some(now);
+    d.next.promotion_min_ready = None;
+    d.next.promoting_since = None;
+    d.next.paused_from = None;
+    d.wake = IDLE;
+    d.emit(EventKind::Failed, message);
+}
+
+/// What an action does, as the object of "could not …".
+fn describe(action: &Action) -> String {
+    match action {
+        Action::SetCanaryWeight(0) => "route all traffic to GA".to_owned(),
+        Action::SetCanaryWeight(w) => format!("set the canary weight to {w}%"),
+        Action::ScaleCanary(0) => "scale the canary down".to_owned(),
+        Action::ScaleCanary(n) => format!("scale the canary to {n} replicas"),
+        Action::ScaleGa(n) => format!("scale GA to {n} replicas"),
+        Action::ApplyImages => "apply the requested images to the canary".to_owned(),
+        Action::PromoteTemplate => "copy the canary's pod template over GA".to_owned(),
+    }
+}
+
+/// An action failed with an error retrying cannot fix: the rollout ends FAILED, saying what
+/// it could not do and what it leaves behind.
+fn cannot_act(
+    d: &mut Decision,
+    state: &Rollout,
+    obs: &Observation,
+    failure: &ActionFailure,
+    now: DateTime<Utc>,
+) {
+    fail(
+        d,
+        now,
+        format!(
+            "failed: could not {}: {} (retrying cannot fix this); {}",
+            describe(&failure.action),
+            failure.error,
+            left_as_is(state, obs)
+        ),
+    );
+}
+
+/// The VirtualService is gone: traffic can neither be moved nor verified, so the rollout
+/// ends FAILED, leaving the canary's pods in place.
+fn route_missing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime<Utc>) {
+    fail(
+        d,
+        now,
+        format!(
+            "failed: VirtualService {}/{} no longer exists, so steerer can neither move traffic nor tell where it goes; {}; recreate the VirtualService or route the traffic yourself before scaling the canary down",
+            state.namespace,
+            state.virtual_service,
+            left_as_is(state, obs)
+        ),
+    );
+}
+
+/// An abort whose VirtualService is gone or no longer splits traffic: nothing can be routed
+/// back to GA, so the rollout ends FAILED at once, saying what it could not undo.
+fn abort_unroutable(
+    d: &mut Decision,
+    state: &Rollout,
+    obs: &Observation,
+    reason: &str,
+    now: DateTime<Utc>,
+) {
+    let why = match &obs.route {
+        RouteView::Broken(why) => format!(
+            "VirtualService {}/{} no longer splits traffic between GA and canary ({why})",
+            state.namespace, state.virtual_service
+        ),
+        _ => format!(
+            "VirtualService {}/{} no longer exists",
+            state.namespace, state.virtual_service
+        ),
+    };
+    fail(
+        d,
+        now,
+        format!(
+            "failed: {reason}, but {why}, so traffic could not be routed back to GA; {}",
+            left_as_is(state, obs)
+        ),
+    );
+}
+
+/// What someone else changed in the VirtualService since steerer last wrote it, as a phrase;
+/// `None` when it is as steerer left it (or cannot be read).
+fn route_edit(state: &Rollout, obs: &Observation) -> Option<String> {
+    match &obs.route {
+        RouteView::Split {
+            canary_weight,
+            fingerprint,
+        } => {
+            let mut changes = Vec::new();
+            if *canary_weight != state.canary_weight
+                && obs.unrecorded_weight != Some(*canary_weight)
+            {
+                changes.push(format!(
+                    "canary weight {}% -> {canary_weight}%",
+                    state.canary_weight
+                ));
+            }
+            if state
+                .route_fingerprint
+                .as_ref()
+                .is_some_and(|f| f != fingerprint)
+            {
+                changes.push(
+                    "the destinations or match conditions of its routes to GA and canary changed"
+                        .to_owned(),
+                );
+            }
+            (!changes.is_empty()).then(|| changes.join(", "))
+        }
+        RouteView::Broken(why) => Some(format!(
+            "it no longer splits traffic between GA and canary: {why}"
+        )),
+        RouteView::Missing | RouteView::Unknown => None,
+    }
+}
+
+/// Takes the VirtualService as it is (a resume after a hand edit): its canary weight and
+/// routes become the rollout's. Returns what changed, if anything.
+fn adopt_route(
+    d: &mut Decision,
+    state: &Rollout,
+    obs: &Observation,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let RouteView::Split {
+        canary_weight,
+        fingerprint,
+    } = &obs.route
+    else {
+        return None;
+    };
+    let edit = route_edit(state, obs);
+    d.next.canary_weight = *canary_weight;
+    d.next.route_fingerprint = Some(fingerprint.clone());
+    if *canary_weight > 0 && d.next.traffic_since.is_none() {
+        d.next.traffic_since = Some(now);
+    }
+    edit
+}
+
+/// Halts a rollout whose VirtualService was changed by hand: it is paused, leaving the
+/// VirtualService as it is, until an operator resumes (adopting the change) or aborts.
+/// Returns whether it paused.
+fn paused_for_edit(d: &mut Decision, state: &Rollout, obs: &Observation) -> bool {
+    let Some(what) = route_edit(state, obs) else {
+        if let RouteView::Split { fingerprint, .. } = &obs.route
+            && state.route_fingerprint.is_none()
+        {
+            // A state stored before routes were fingerprinted: take them as they are.
+            d.next.route_fingerprint = Some(fingerprint.clone());
+        }
+        return false;
+    };
+    let next = if matches!(obs.route, RouteView::Broken(_)) {
+        "fix it, then resume; an abort cannot route traffic back to GA while it is broken"
+    } else {
+        "resume to carry on from it as it is now, or abort to route all traffic back to GA"
+    };
+    d.next.paused_from = Some(state.phase);
+    d.next.phase = Phase::Paused;
+    d.next.halted_since = None;
+    d.next.halt_reason = None;
+    d.wake = IDLE;
+    d.emit(
+        EventKind::Paused,
+        format!(
+            "paused: VirtualService {}/{} was changed outside steerer ({what}); steerer leaves it as it is: {next}",
+            state.namespace, state.virtual_service
+        ),
+    );
+    true
+}
+
 fn pending(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime<Utc>) {
     if objects_missing(d, state, obs, now) {
+        return;
+    }
+    if state.prepared && paused_for_edit(d, state, obs) {
         return;
     }
     let (Some(ga), Some(canary)) = (&obs.ga, &obs.canary) else {
@@ -388,7 +702,7 @@ fn pending(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime<U
     let halt = halt_reason("canary", canary, obs.canary_hpa.as_ref())
         .or_else(|| halt_reason("GA", ga, obs.ga_hpa.as_ref()));
     if let Some(reason) = halt {
-        halted(d, state, reason, now);
+        halted(d, state, reason, now, obs.scale_down_delay);
         return;
     }
     let revision = canary.revision();
@@ -411,9 +725,7 @@ fn pending(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime<U
 fn step_up(d: &mut Decision, state: &Rollout, now: DateTime<Utc>, why: String) {
     let settings = &state.analysis;
     let from = state.canary_weight;
-    let to = (from + settings.step_weight)
-        .min(settings.max_weight)
-        .min(100);
+    let to = next_step(state);
     d.actions.push(Action::SetCanaryWeight(to));
     d.next.canary_weight = to;
     d.next.last_step_at = Some(now);
@@ -429,7 +741,7 @@ fn step_up(d: &mut Decision, state: &Rollout, now: DateTime<Utc>, why: String) {
 }
 
 /// The rollout cannot progress for `reason`: say so once, and roll back past the deadline.
-fn halted(d: &mut Decision, state: &Rollout, reason: String, now: DateTime<Utc>) {
+fn halted(d: &mut Decision, state: &Rollout, reason: String, now: DateTime<Utc>, delay: Duration) {
     let since = state.halted_since.unwrap_or(now);
     d.next.halted_since = Some(since);
     let elapsed = (now - since).to_std().unwrap_or(Duration::ZERO);
@@ -442,6 +754,8 @@ fn halted(d: &mut Decision, state: &Rollout, reason: String, now: DateTime<Utc>)
                 "progress deadline of {} exceeded: {reason}",
                 human(deadline)
             ),
+            now,
+            delay,
         );
         return;
     }
@@ -465,6 +779,7 @@ fn restart(d: &mut Decision, state: &Rollout, revision: &str) {
     d.next.last_step_at = None;
     d.next.promotion_min_ready = None;
     d.next.promoting_since = None;
+    d.next.promoted_template = None;
     d.next.quiet = None;
     // The new revision's evidence starts with its own first step.
     d.next.traffic_since = None;
@@ -482,6 +797,9 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
     if objects_missing(d, state, obs, now) {
         return;
     }
+    if paused_for_edit(d, state, obs) {
+        return;
+    }
     let (Some(ga), Some(canary)) = (&obs.ga, &obs.canary) else {
         return;
     };
@@ -493,7 +811,7 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
     let halt = halt_reason("canary", canary, obs.canary_hpa.as_ref())
         .or_else(|| halt_reason("GA", ga, obs.ga_hpa.as_ref()));
     if let Some(reason) = halt {
-        halted(d, state, reason, now);
+        halted(d, state, reason, now, obs.scale_down_delay);
         return;
     }
     d.next.halt_reason = None;
@@ -531,7 +849,7 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
                     "metrics unavailable",
                     format!("metrics unavailable: {error}"),
                 ),
-                now,
+                (now, obs.scale_down_delay),
             );
             return;
         }
@@ -541,7 +859,7 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
                 state,
                 Sample::default(),
                 ("no measurement", "no measurement".to_owned()),
-                now,
+                (now, obs.scale_down_delay),
             );
             return;
         }
@@ -564,7 +882,7 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
                         settings.min_request_rate
                     ),
                 ),
-                now,
+                (now, obs.scale_down_delay),
             );
             return;
         }
@@ -578,7 +896,7 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
                     "no canary traffic",
                     "no canary traffic in the metrics".to_owned(),
                 ),
-                now,
+                (now, obs.scale_down_delay),
             );
             return;
         }
@@ -612,6 +930,8 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
                     d,
                     Phase::RolledBack,
                     format!("{failed} failed checks: {why}"),
+                    now,
+                    obs.scale_down_delay,
                 );
             }
         }
@@ -648,7 +968,7 @@ fn no_data(
     state: &Rollout,
     sample: Sample,
     (key, why): (&str, String),
-    now: DateTime<Utc>,
+    (now, delay): (DateTime<Utc>, Duration),
 ) {
     let since = state.halted_since.unwrap_or(now);
     d.next.halted_since = Some(since);
@@ -705,6 +1025,8 @@ fn no_data(
             d,
             Phase::RolledBack,
             format!("progress deadline of {} exceeded: {why}", human(deadline)),
+            now,
+            delay,
         );
     }
 }
@@ -724,6 +1046,11 @@ fn begin_promotion(
     d.next.phase = Phase::Promoting;
     d.next.promotion_min_ready = Some(need);
     d.next.promoting_since = Some(now);
+    d.next.promoted_template = Some(template_hash(&promoted_template(
+        &canary.template,
+        &canary.selector,
+        &ga.selector,
+    )));
     d.next.quiet = None;
     d.wake = Duration::ZERO;
     if !obs.ga_runs_canary {
@@ -739,6 +1066,14 @@ fn begin_promotion(
 }
 
 fn promoting(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime<Utc>) {
+    if state.traffic_off_canary_at.is_some() {
+        // Promoted and all traffic on GA: the canary waits out the scale-down delay (a
+        // canary deleted meanwhile has nothing left to scale down).
+        if drained(d, state, obs, now) {
+            succeeded(d, state, obs.canary.as_ref(), now);
+        }
+        return;
+    }
     if objects_missing(d, state, obs, now) {
         return;
     }
@@ -750,10 +1085,69 @@ fn promoting(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime
     // whole one from now.
     let since = state.promoting_since.unwrap_or(now);
     d.next.promoting_since = Some(since);
-    if !obs.ga_runs_canary {
+    match (&obs.route, route_edit(state, obs)) {
+        (RouteView::Broken(why), _) => {
+            promotion_overdue(
+                d,
+                state,
+                since,
+                now,
+                format!(
+                    "waiting for VirtualService {} to split traffic between GA and canary again ({why})",
+                    state.virtual_service
+                ),
+            );
+            return;
+        }
+        (
+            RouteView::Split {
+                canary_weight,
+                fingerprint,
+            },
+            Some(what),
+        ) => {
+            // GA already has the canary's template: the promotion goes on, and its last step
+            // routes all traffic to GA whatever the weights are now.
+            d.next.canary_weight = *canary_weight;
+            d.next.route_fingerprint = Some(fingerprint.clone());
+            d.emit(
+                EventKind::WeightChanged,
+                format!(
+                    "VirtualService {} was changed outside steerer during the promotion ({what}); the promotion carries on and routes all traffic to GA once GA is ready",
+                    state.virtual_service
+                ),
+            );
+        }
+        (RouteView::Split { fingerprint, .. }, None) if state.route_fingerprint.is_none() => {
+            d.next.route_fingerprint = Some(fingerprint.clone());
+        }
+        _ => {}
+    }
+    // Since the promotion began GA has been given the promoted revision's template, so that
+    // is what GA must run; a state from before that was recorded compares with the canary.
+    let ga_runs_it = match &state.promoted_template {
+        Some(hash) => template_hash(&ga.template) == *hash,
+        None => obs.ga_runs_canary,
+    };
+    if !ga_runs_it {
         let revision = canary.revision();
         if revision != state.revision {
-            restart(d, state, &revision);
+            if state.promoted_template.is_none() {
+                restart(d, state, &revision);
+                return;
+            }
+            // GA was given revision R; the canary has moved on since. Never copy the new
+            // revision over GA (nobody analysed it); wait for GA to show R.
+            promotion_overdue(
+                d,
+                state,
+                since,
+                now,
+                format!(
+                    "GA does not run revision {}'s pod template yet (the canary has moved on to revision {revision}, which this rollout does not promote)",
+                    state.revision
+                ),
+            );
             return;
         }
         if !promotion_overdue(
@@ -797,28 +1191,111 @@ fn promoting(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime
     }
     d.actions.push(Action::SetCanaryWeight(0));
     d.next.canary_weight = 0;
+    d.next.traffic_off_canary_at = Some(now);
+    d.next.promotion_min_ready = None;
+    d.wake = obs.scale_down_delay;
     d.emit(
         EventKind::Promoted,
         format!(
-            "GA runs revision {} with {} ready replicas; all traffic on GA",
-            state.revision, ga.ready_replicas
+            "GA runs revision {} with {} ready replicas; all traffic on GA; canary {} scaled down {}",
+            state.revision,
+            ga.ready_replicas,
+            state.canary,
+            scaled_down_in(obs.scale_down_delay)
         ),
     );
-    if canary.spec_replicas > 0 {
-        d.actions.push(Action::ScaleCanary(0));
-    }
+}
+
+/// The end of a promotion: traffic on GA for a whole scale-down delay, canary scaled down.
+fn succeeded(
+    d: &mut Decision,
+    state: &Rollout,
+    canary: Option<&DeploymentView>,
+    now: DateTime<Utc>,
+) {
     d.next.phase = Phase::Succeeded;
     d.next.finished_at = Some(now);
     d.next.promotion_min_ready = None;
     d.next.promoting_since = None;
     d.wake = IDLE;
+    let moved_on = match canary.map(DeploymentView::revision) {
+        Some(revision) if revision != state.revision => format!(
+            " (it has since moved on to revision {revision}, which this rollout did not analyse)"
+        ),
+        _ => String::new(),
+    };
     d.emit(
         EventKind::Succeeded,
         format!(
-            "succeeded: revision {} promoted; canary {} scaled to 0",
+            "succeeded: revision {} promoted; canary {}{moved_on} scaled to 0",
             state.revision, state.canary
         ),
     );
+}
+
+/// All traffic left the canary at `traffic_off_canary_at`. Once the scale-down delay has
+/// passed and the VirtualService still sends the canary nothing, scales it down and returns
+/// true (the caller ends the rollout). Traffic found on the canary again (someone routed it
+/// there) goes back to GA and the delay starts over: the canary is never scaled down while
+/// the VirtualService still sends it requests.
+fn drained(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime<Utc>) -> bool {
+    let delay = obs.scale_down_delay;
+    let since = match state.traffic_off_canary_at {
+        Some(since) => since,
+        None => {
+            // A state from before the delay was recorded: a whole delay from now.
+            d.next.traffic_off_canary_at = Some(now);
+            now
+        }
+    };
+    match &obs.route {
+        RouteView::Split {
+            canary_weight: 0, ..
+        } => {}
+        RouteView::Split { canary_weight, .. } => {
+            d.actions.push(Action::SetCanaryWeight(0));
+            d.next.canary_weight = 0;
+            d.next.traffic_off_canary_at = Some(now);
+            d.wake = delay;
+            d.emit(
+                EventKind::WeightChanged,
+                format!(
+                    "VirtualService {} routed {canary_weight}% to the canary again (changed outside steerer); all traffic back on GA, canary {} scaled down {}",
+                    state.virtual_service,
+                    state.canary,
+                    scaled_down_in(delay)
+                ),
+            );
+            return false;
+        }
+        RouteView::Broken(why) => {
+            fail(
+                d,
+                now,
+                format!(
+                    "failed: VirtualService {}/{} no longer splits traffic between GA and canary ({why}), so steerer cannot tell whether the canary still gets traffic and does not scale it down; {}",
+                    state.namespace,
+                    state.virtual_service,
+                    left_as_is(state, obs)
+                ),
+            );
+            return false;
+        }
+        RouteView::Missing | RouteView::Unknown => {
+            // Missing ends the rollout before this; unknown: look again.
+            d.wake = poll(state);
+            return false;
+        }
+    }
+    let elapsed = (now - since).to_std().unwrap_or(Duration::ZERO);
+    if let Some(left) = delay.checked_sub(elapsed).filter(|l| !l.is_zero()) {
+        d.wake = left;
+        return false;
+    }
+    if obs.canary.as_ref().is_some_and(|c| c.spec_replicas > 0) {
+        d.actions.push(Action::ScaleCanary(0));
+    }
+    true
 }
 
 /// A promotion still waiting on GA: says what it waits for, and past the progress deadline
@@ -859,27 +1336,36 @@ fn promotion_overdue(
     true
 }
 
-/// Sends all traffic to GA in one write; the canary is scaled down on the next decision.
-fn begin_rollback(d: &mut Decision, phase: Phase, reason: String) {
+/// Sends all traffic to GA in one write; the canary is scaled down a scale-down delay later.
+fn begin_rollback(
+    d: &mut Decision,
+    phase: Phase,
+    reason: String,
+    now: DateTime<Utc>,
+    delay: Duration,
+) {
     d.actions.push(Action::SetCanaryWeight(0));
     d.next.canary_weight = 0;
     d.next.phase = Phase::RollingBack;
+    d.next.paused_from = None;
+    d.next.traffic_off_canary_at = Some(now);
     d.next.ending = Some(Ending {
         phase,
         reason: reason.clone(),
     });
-    d.wake = Duration::ZERO;
+    d.wake = delay;
     d.emit(
         EventKind::RollingBack,
-        format!("rolling back: {reason}; all traffic on GA"),
+        format!(
+            "rolling back: {reason}; all traffic on GA, canary scaled down {}",
+            scaled_down_in(delay)
+        ),
     );
 }
 
 fn rolling_back(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime<Utc>) {
-    d.actions.push(Action::SetCanaryWeight(0));
-    d.next.canary_weight = 0;
-    if obs.canary.as_ref().is_some_and(|c| c.spec_replicas > 0) {
-        d.actions.push(Action::ScaleCanary(0));
+    if !drained(d, state, obs, now) {
+        return;
     }
     let ending = state.ending.clone().unwrap_or(Ending {
         phase: Phase::RolledBack,

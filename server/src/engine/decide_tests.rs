@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::*;
 use crate::domain::{AnalysisSettings, Ending, EventKind, Phase, Rollout, Sample};
+use crate::router::RouteView;
 use crate::workloads::fake::FakeWorkloads;
 use crate::workloads::{DeploymentView, HpaView, promoted_template, template_hash};
 
@@ -70,6 +71,9 @@ impl Fixture {
             promoting_since: None,
             quiet: None,
             traffic_since: None,
+            route_fingerprint: Some("routes".into()),
+            promoted_template: None,
+            traffic_off_canary_at: None,
         })
     }
     fn prepared(mut self) -> Self {
@@ -110,6 +114,22 @@ fn measured(success: f64, rate: f64) -> Observation {
             request_rate: Some(rate),
         })),
         ..obs()
+    }
+}
+
+/// The VirtualService routing `weight` percent to the canary, its routes as the fixture has them.
+fn routed(weight: u32) -> RouteView {
+    RouteView::Split {
+        canary_weight: weight,
+        fingerprint: "routes".into(),
+    }
+}
+
+/// `o` with the VirtualService routing `weight` percent to the canary.
+fn at(weight: u32, o: Observation) -> Observation {
+    Observation {
+        route: routed(weight),
+        ..o
     }
 }
 
@@ -403,18 +423,25 @@ fn promotion_waits_for_ga_then_routes_to_ga_and_scales_the_canary_down() {
     assert!(d.actions.is_empty());
     assert!(d.next.message.contains("waiting for GA"));
 
-    // GA ready: one weight write, then the canary goes to zero.
-    let o = Observation {
-        ga: Some(promoted_ga()),
-        ga_runs_canary: true,
-        ..obs()
-    };
-    let d = decide(&state, &o, t(3));
-    assert_eq!(
-        d.actions,
-        vec![Action::SetCanaryWeight(0), Action::ScaleCanary(0)]
+    // GA ready: one weight write, all traffic on GA.
+    let o = at(
+        100,
+        Observation {
+            ga: Some(promoted_ga()),
+            ga_runs_canary: true,
+            ..obs()
+        },
     );
-    assert_eq!(kinds(&d), vec![EventKind::Promoted, EventKind::Succeeded]);
+    let d = decide(&state, &o, t(3));
+    assert_eq!(d.actions, vec![Action::SetCanaryWeight(0)]);
+    assert_eq!(kinds(&d), vec![EventKind::Promoted]);
+    assert_eq!(d.next.phase, Phase::Promoting);
+    assert_eq!(d.next.traffic_off_canary_at, Some(t(3)));
+
+    // Then (no scale-down delay here) the canary goes to zero and the rollout succeeds.
+    let d = decide(&d.next, &at(0, o), t(3));
+    assert_eq!(d.actions, vec![Action::ScaleCanary(0)]);
+    assert_eq!(kinds(&d), vec![EventKind::Succeeded]);
     assert_eq!(d.next.phase, Phase::Succeeded);
     assert_eq!(d.next.finished_at, Some(t(3)));
 }
@@ -449,7 +476,7 @@ fn promotion_never_routes_to_a_ga_smaller_than_the_canary() {
 }
 
 #[test]
-fn promotion_of_a_changed_canary_restarts_instead() {
+fn a_promotion_stored_without_its_template_restarts_for_a_changed_canary() {
     let state = Fixture::new()
         .progressing(100, 0)
         .with(|r| r.phase = Phase::Promoting)
@@ -459,6 +486,49 @@ fn promotion_of_a_changed_canary_restarts_instead() {
     let d = decide(&state, &o, t(1));
     assert_eq!(kinds(&d), vec![EventKind::Restarted]);
     assert!(!d.actions.contains(&Action::PromoteTemplate));
+}
+
+#[test]
+fn starting_a_promotion_records_the_template_ga_gets() {
+    let state = Fixture::new().progressing(100, 0).done();
+    let d = decide(&state, &at(100, measured(100.0, 10.0)), t(1));
+    assert_eq!(d.next.phase, Phase::Promoting);
+    assert_eq!(
+        d.next.promoted_template,
+        Some(template_hash(&promoted_ga().template))
+    );
+}
+
+#[test]
+fn once_ga_has_the_promoted_template_a_changed_canary_never_restarts_or_reaches_ga() {
+    let state = Fixture::new()
+        .progressing(100, 0)
+        .with(|r| {
+            r.phase = Phase::Promoting;
+            r.promotion_min_ready = Some(3);
+            r.promoted_template = Some(template_hash(&promoted_ga().template));
+        })
+        .done();
+    let mut changed = at(100, obs());
+    changed.canary.as_mut().unwrap().template["spec"]["containers"][0]["image"] =
+        json!("podinfo:9");
+    // GA does not show the promoted template yet: wait, never copy the new revision.
+    let d = decide(&state, &changed, t(1));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(d.next.phase, Phase::Promoting);
+    assert!(d.next.message.contains("moved on"), "{}", d.next.message);
+    // GA runs the promoted revision: the promotion finishes as usual.
+    changed.ga = Some(promoted_ga());
+    let d = decide(&state, &changed, t(2));
+    assert_eq!(d.actions, vec![Action::SetCanaryWeight(0)]);
+    assert_eq!(kinds(&d), vec![EventKind::Promoted]);
+    let done = decide(&d.next, &at(0, changed), t(2));
+    assert_eq!(done.next.phase, Phase::Succeeded);
+    assert!(
+        done.events[0].message.contains("did not analyse"),
+        "{}",
+        done.events[0].message
+    );
 }
 
 #[test]
@@ -473,11 +543,8 @@ fn rolling_back_scales_the_canary_down_and_ends_with_the_reason() {
             });
         })
         .done();
-    let d = decide(&state, &obs(), t(1));
-    assert_eq!(
-        d.actions,
-        vec![Action::SetCanaryWeight(0), Action::ScaleCanary(0)]
-    );
+    let d = decide(&state, &at(0, obs()), t(1));
+    assert_eq!(d.actions, vec![Action::ScaleCanary(0)]);
     assert_eq!(d.next.phase, Phase::RolledBack);
     assert_eq!(kinds(&d), vec![EventKind::RolledBack]);
     assert!(
@@ -527,7 +594,7 @@ fn abort_routes_to_ga_and_aborting_a_finished_rollout_changes_nothing() {
     .unwrap();
     assert_eq!(d.actions, vec![Action::SetCanaryWeight(0)]);
     assert_eq!(d.next.phase, Phase::RollingBack);
-    let finished = decide(&d.next, &obs(), t(2));
+    let finished = decide(&d.next, &at(0, obs()), t(2));
     assert_eq!(finished.next.phase, Phase::Aborted);
     assert!(
         finished.events[0]
@@ -572,7 +639,7 @@ fn abort_during_a_rollback_changes_nothing() {
     assert!(d.actions.is_empty() && d.events.is_empty());
     assert!(!d.changes(&state));
     // The rollback still ends as the rollback it was.
-    let finished = decide(&d.next, &obs(), t(2));
+    let finished = decide(&d.next, &at(0, obs()), t(2));
     assert_eq!(finished.next.phase, Phase::RolledBack);
 }
 
@@ -923,4 +990,339 @@ fn state_stored_before_traffic_since_existed_still_loads() {
     let loaded: Rollout = serde_json::from_value(stored).unwrap();
     assert_eq!(loaded.traffic_since, None);
     assert_eq!(loaded.canary_weight, 30);
+}
+
+// Endings that tell the truth: aborts during promotion, vanished VirtualServices, refused
+// writes, hand edits, and the scale-down delay.
+
+fn promoting() -> Rollout {
+    Fixture::new()
+        .progressing(100, 0)
+        .with(|r| {
+            r.phase = Phase::Promoting;
+            r.promotion_min_ready = Some(3);
+            r.promoting_since = Some(t(0));
+            r.promoted_template = Some(template_hash(&promoted_ga().template));
+        })
+        .done()
+}
+
+fn rolling_back(traffic_off: Option<i64>) -> Rollout {
+    Fixture::new()
+        .progressing(0, 0)
+        .with(|r| {
+            r.phase = Phase::RollingBack;
+            r.traffic_off_canary_at = traffic_off.map(t);
+            r.ending = Some(Ending {
+                phase: Phase::Aborted,
+                reason: "aborted: bad".into(),
+            });
+        })
+        .done()
+}
+
+fn abort(reason: &str) -> Command {
+    Command::Abort {
+        reason: reason.into(),
+    }
+}
+
+fn delayed(o: Observation) -> Observation {
+    Observation {
+        scale_down_delay: Duration::from_secs(30),
+        ..o
+    }
+}
+
+#[test]
+fn abort_during_promotion_is_refused_saying_ga_already_rolls_out_the_canary() {
+    let refused = apply_command(&promoting(), &abort("too late"), &at(100, obs()), t(1));
+    let Err(Refused(why)) = refused else {
+        panic!("abort during promotion was accepted: {refused:?}");
+    };
+    assert!(
+        why.contains("already rolling out the canary's pod template")
+            && why.contains("will finish promoting"),
+        "{why}"
+    );
+    // Also once traffic is on GA and the canary waits to be scaled down.
+    let draining = Fixture(promoting())
+        .with(|r| {
+            r.canary_weight = 0;
+            r.traffic_off_canary_at = Some(t(1));
+        })
+        .done();
+    let refused = apply_command(&draining, &abort("too late"), &at(0, obs()), t(2));
+    assert!(
+        matches!(&refused, Err(Refused(why)) if why.contains("is promoted")),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn abort_with_a_vanished_virtual_service_ends_failed_at_once_saying_what_stays() {
+    let state = Fixture::new().progressing(30, 0).done();
+    let o = Observation {
+        route: RouteView::Missing,
+        ..obs()
+    };
+    let d = apply_command(&state, &abort("stop"), &o, t(1)).unwrap();
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(d.next.phase, Phase::Failed);
+    assert_eq!(kinds(&d), vec![EventKind::Failed]);
+    let message = &d.events[0].message;
+    for part in [
+        "aborted: stop",
+        "VirtualService test/podinfo no longer exists",
+        "could not be routed back to GA",
+        "30% to the canary",
+        "canary podinfo-canary keeps its 3 replicas",
+        "GA podinfo is unchanged",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from {message}");
+    }
+    let o = Observation {
+        route: RouteView::Broken("weights sum to 70".into()),
+        ..obs()
+    };
+    let d = apply_command(&state, &abort("stop"), &o, t(1)).unwrap();
+    assert_eq!(d.next.phase, Phase::Failed);
+    assert!(d.events[0].message.contains("weights sum to 70"));
+}
+
+#[test]
+fn a_vanished_virtual_service_fails_the_rollout_and_leaves_the_canary_alone() {
+    let missing = |o: Observation| Observation {
+        route: RouteView::Missing,
+        ..o
+    };
+    for state in [
+        Fixture::new().progressing(25, 0).done(),
+        promoting(),
+        rolling_back(Some(0)),
+    ] {
+        let d = decide(&state, &missing(measured(100.0, 10.0)), t(100));
+        assert!(d.actions.is_empty(), "{:?}: {:?}", state.phase, d.actions);
+        assert_eq!(d.next.phase, Phase::Failed, "{:?}", state.phase);
+        assert!(
+            d.events[0]
+                .message
+                .contains("VirtualService test/podinfo no longer exists"),
+            "{}",
+            d.events[0].message
+        );
+    }
+    // A paused rollout is ended by the operator's abort (or resumed once it is back).
+    let paused = Fixture::new()
+        .progressing(25, 0)
+        .with(|r| {
+            r.phase = Phase::Paused;
+            r.paused_from = Some(Phase::Progressing);
+        })
+        .done();
+    assert!(!decide(&paused, &missing(obs()), t(1)).changes(&paused));
+    assert!(apply_command(&paused, &Command::Resume, &missing(obs()), t(1)).is_err());
+}
+
+#[test]
+fn an_action_retrying_cannot_fix_ends_the_rollout_failed_naming_it() {
+    let o = Observation {
+        failure: Some(ActionFailure {
+            action: Action::ScaleCanary(0),
+            error: "deployments.apps \"podinfo-canary\" is forbidden".into(),
+        }),
+        ..at(0, obs())
+    };
+    let d = decide(&rolling_back(Some(0)), &o, t(100));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.next.phase, Phase::Failed);
+    let message = &d.events[0].message;
+    for part in [
+        "could not scale the canary down",
+        "is forbidden",
+        "it was rolling back (aborted: bad)",
+        "all traffic had been routed to GA",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from {message}");
+    }
+}
+
+#[test]
+fn a_hand_edited_weight_pauses_the_rollout_and_resume_adopts_it() {
+    let state = Fixture::new().progressing(20, 0).done();
+    let edited = at(50, measured(100.0, 10.0));
+    let d = decide(&state, &edited, t(5));
+    assert!(
+        d.actions.is_empty(),
+        "steerer overwrote the edit: {:?}",
+        d.actions
+    );
+    assert_eq!(d.next.phase, Phase::Paused);
+    assert_eq!(d.next.paused_from, Some(Phase::Progressing));
+    assert_eq!(kinds(&d), vec![EventKind::Paused]);
+    assert!(
+        d.events[0].message.contains("canary weight 20% -> 50%"),
+        "{}",
+        d.events[0].message
+    );
+    // Held: nothing is written while it waits for the operator.
+    let held = decide(&d.next, &edited, t(100));
+    assert!(held.actions.is_empty() && !held.changes(&d.next));
+
+    let resumed = apply_command(&d.next, &Command::Resume, &edited, t(101)).unwrap();
+    assert_eq!(resumed.next.phase, Phase::Progressing);
+    assert_eq!(resumed.next.canary_weight, 50);
+    assert!(
+        resumed.events[0].message.contains("is adopted"),
+        "{}",
+        resumed.events[0].message
+    );
+    // It carries on from the adopted weight.
+    let next = decide(&resumed.next, &edited, t(103));
+    assert_eq!(next.actions, vec![Action::SetCanaryWeight(60)]);
+}
+
+#[test]
+fn edited_routes_pause_too_and_a_broken_virtual_service_cannot_be_resumed() {
+    let state = Fixture::new().progressing(20, 0).done();
+    let rerouted = Observation {
+        route: RouteView::Split {
+            canary_weight: 20,
+            fingerprint: "someone else's".into(),
+        },
+        ..measured(100.0, 10.0)
+    };
+    let d = decide(&state, &rerouted, t(5));
+    assert_eq!(d.next.phase, Phase::Paused);
+    assert!(
+        d.events[0]
+            .message
+            .contains("destinations or match conditions")
+    );
+    let resumed = apply_command(&d.next, &Command::Resume, &rerouted, t(6)).unwrap();
+    assert_eq!(
+        resumed.next.route_fingerprint.as_deref(),
+        Some("someone else's")
+    );
+
+    let broken = Observation {
+        route: RouteView::Broken("http route 0 weights sum to 70".into()),
+        ..measured(100.0, 10.0)
+    };
+    let d = decide(&state, &broken, t(5));
+    assert_eq!(d.next.phase, Phase::Paused);
+    assert!(d.events[0].message.contains("fix it, then resume"));
+    let refused = apply_command(&d.next, &Command::Resume, &broken, t(6));
+    assert!(
+        matches!(&refused, Err(Refused(why)) if why.contains("weights sum to 70")),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn a_weight_steerer_wrote_but_did_not_record_is_not_a_hand_edit() {
+    let state = Fixture::new().progressing(20, 0).done();
+    let o = Observation {
+        unrecorded_weight: Some(30),
+        ..at(30, measured(100.0, 10.0))
+    };
+    let d = decide(&state, &o, t(5));
+    assert_ne!(d.next.phase, Phase::Paused);
+    assert_eq!(d.actions, vec![Action::SetCanaryWeight(30)]);
+}
+
+#[test]
+fn only_the_next_step_or_zero_can_be_a_write_that_missed_its_state() {
+    let state = Fixture::new().progressing(20, 0).done();
+    assert!(written_unrecorded(&state, 30));
+    assert!(written_unrecorded(&state, 0));
+    assert!(!written_unrecorded(&state, 50));
+    assert!(!written_unrecorded(&state, 10));
+}
+
+#[test]
+fn a_hand_edit_during_promotion_is_recorded_and_the_promotion_goes_on() {
+    let o = Observation {
+        ga: Some(promoted_ga()),
+        ..at(40, obs())
+    };
+    let d = decide(&promoting(), &o, t(1));
+    assert_eq!(d.next.phase, Phase::Promoting);
+    assert_eq!(
+        kinds(&d),
+        vec![EventKind::WeightChanged, EventKind::Promoted]
+    );
+    assert_eq!(d.events[0].canary_weight, 40);
+    assert!(d.events[0].message.contains("during the promotion"));
+    // GA is ready: the promotion's own last step routes all traffic to GA.
+    assert_eq!(d.actions, vec![Action::SetCanaryWeight(0)]);
+    assert_eq!(d.next.canary_weight, 0);
+}
+
+#[test]
+fn a_rollback_records_when_traffic_left_the_canary() {
+    let state = Fixture::new().progressing(20, 0).done();
+    let d = apply_command(&state, &abort("stop"), &delayed(at(20, obs())), t(7)).unwrap();
+    assert_eq!(d.actions, vec![Action::SetCanaryWeight(0)]);
+    assert_eq!(d.next.traffic_off_canary_at, Some(t(7)));
+    assert_eq!(d.wake, Duration::from_secs(30));
+    assert!(d.events[0].message.contains("canary scaled down in 30s"));
+}
+
+#[test]
+fn the_canary_is_scaled_down_only_a_delay_after_traffic_left_it() {
+    let state = rolling_back(Some(0));
+    let d = decide(&state, &delayed(at(0, obs())), t(10));
+    assert!(d.actions.is_empty() && !d.changes(&state));
+    assert_eq!(d.wake, Duration::from_secs(20));
+    // Not while the VirtualService cannot be read.
+    let d = decide(&state, &delayed(obs()), t(40));
+    assert!(d.actions.is_empty() && !d.changes(&state));
+    let d = decide(&state, &delayed(at(0, obs())), t(30));
+    assert_eq!(d.actions, vec![Action::ScaleCanary(0)]);
+    assert_eq!(d.next.phase, Phase::Aborted);
+}
+
+#[test]
+fn traffic_found_on_the_canary_again_goes_back_to_ga_and_the_delay_starts_over() {
+    let state = rolling_back(Some(0));
+    let d = decide(&state, &delayed(at(20, obs())), t(29));
+    assert_eq!(d.actions, vec![Action::SetCanaryWeight(0)]);
+    assert_eq!(d.next.phase, Phase::RollingBack);
+    assert_eq!(d.next.traffic_off_canary_at, Some(t(29)));
+    assert_eq!(kinds(&d), vec![EventKind::WeightChanged]);
+    let d = decide(&d.next, &delayed(at(0, obs())), t(31));
+    assert!(d.actions.is_empty());
+    let d = decide(&d.next, &delayed(at(0, obs())), t(59));
+    assert_eq!(d.actions, vec![Action::ScaleCanary(0)]);
+}
+
+#[test]
+fn a_rollback_stored_without_its_traffic_time_waits_a_whole_delay() {
+    let state = rolling_back(None);
+    let d = decide(&state, &delayed(at(0, obs())), t(100));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.next.traffic_off_canary_at, Some(t(100)));
+    assert!(d.changes(&state), "the start of the wait is persisted");
+}
+
+#[test]
+fn a_promotion_waits_out_the_delay_after_routing_to_ga() {
+    let o = delayed(Observation {
+        ga: Some(promoted_ga()),
+        ..at(100, obs())
+    });
+    let routed = decide(&promoting(), &o, t(1));
+    assert_eq!(routed.actions, vec![Action::SetCanaryWeight(0)]);
+    assert!(routed.events[0].message.contains("scaled down in 30s"));
+    let o = delayed(Observation {
+        ga: Some(promoted_ga()),
+        ..at(0, obs())
+    });
+    let waiting = decide(&routed.next, &o, t(20));
+    assert!(waiting.actions.is_empty());
+    assert_eq!(waiting.next.phase, Phase::Promoting);
+    let done = decide(&routed.next, &o, t(31));
+    assert_eq!(done.actions, vec![Action::ScaleCanary(0)]);
+    assert_eq!(done.next.phase, Phase::Succeeded);
 }

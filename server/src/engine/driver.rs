@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::decide::{self, Action, Command, Decision, Observation};
+use super::decide::{self, Action, ActionFailure, Command, Decision, Observation};
 use super::{EngineConfig, EngineError, Ports};
 use crate::domain::{EventKind, Phase, Rollout, RolloutEvent};
 use crate::router::RouteRef;
@@ -42,6 +42,30 @@ struct Unfinished {
 struct CommitError {
     message: String,
     acted: bool,
+    /// The action failed in a way retrying cannot fix.
+    permanent: Option<ActionFailure>,
+}
+
+/// A failed action, and whether retrying it can help.
+struct ActError {
+    message: String,
+    permanent: bool,
+}
+
+impl ActError {
+    fn from_router(error: crate::router::RouterError) -> Self {
+        Self {
+            permanent: error.is_permanent(),
+            message: error.to_string(),
+        }
+    }
+
+    fn from_workloads(error: crate::workloads::WorkloadError) -> Self {
+        Self {
+            permanent: error.is_permanent(),
+            message: error.to_string(),
+        }
+    }
 }
 
 /// A command with the channel its answer goes back on.
@@ -62,6 +86,10 @@ pub(crate) struct Driver {
     conflicts: u32,
     /// Set when another writer keeps changing the rollout: this driver stops.
     given_up: bool,
+    /// The last canary weight written (or tried) that the state does not record yet.
+    unrecorded_weight: Option<u32>,
+    /// An action that failed in a way retrying cannot fix, for the next decision.
+    failure: Option<ActionFailure>,
 }
 
 impl Driver {
@@ -83,6 +111,8 @@ impl Driver {
             unfinished: None,
             conflicts: 0,
             given_up: false,
+            unrecorded_weight: None,
+            failure: None,
         }
     }
 
@@ -143,6 +173,12 @@ impl Driver {
         if weight == self.state.canary_weight {
             return;
         }
+        if !decide::written_unrecorded(&self.state, weight) {
+            // Not a step of ours that missed its state write: someone else set it. The next
+            // decision sees the edit and pauses the rollout.
+            tracing::warn!(rollout = %self.state.id, weight, recorded = self.state.canary_weight, "the VirtualService was changed while the server was down");
+            return;
+        }
         let now = Utc::now();
         let mut next = self.state.clone();
         let message = format!(
@@ -188,6 +224,11 @@ impl Driver {
         };
         match self.commit(&unfinished.decision, unfinished.at).await {
             Ok(()) => Ok(()),
+            Err(error) if error.permanent.is_some() => {
+                // Replaying cannot finish it: decide afresh, knowing why.
+                self.failure = error.permanent;
+                Err(error.message)
+            }
             Err(error) => {
                 unfinished.replays += 1;
                 if unfinished.replays < MAX_REPLAYS {
@@ -209,6 +250,7 @@ impl Driver {
                 .map_or(Duration::ZERO, |u| u.decision.wake);
             return match self.finish_unfinished().await {
                 Ok(()) => wake,
+                Err(_) if self.failure.is_some() => Duration::ZERO,
                 Err(error) => {
                     tracing::warn!(rollout = %self.state.id, %error, "recording the step failed; retrying");
                     self.retry_delay()
@@ -222,6 +264,15 @@ impl Driver {
         let wake = decision.wake;
         match self.commit(&decision, now).await {
             Ok(()) => wake,
+            Err(CommitError {
+                message,
+                permanent: Some(failure),
+                ..
+            }) => {
+                tracing::warn!(rollout = %self.state.id, error = %message, "step failed and retrying cannot fix it");
+                self.failure = Some(failure);
+                Duration::ZERO
+            }
             Err(error) => {
                 tracing::warn!(rollout = %self.state.id, error = %error.message, "step failed; retrying");
                 if error.acted {
@@ -255,6 +306,24 @@ impl Driver {
         let mut backoff = COMMAND_BACKOFF;
         let mut attempt = 1;
         while let Err(error) = self.commit(&decision, now).await {
+            if let Some(failure) = error.permanent {
+                // Retrying cannot carry the command out: the rollout ends FAILED at once,
+                // saying what it could not do, and that is the answer.
+                tracing::warn!(rollout = %self.state.id, error = %error.message, "command failed and retrying cannot fix it");
+                self.failure = Some(failure);
+                let now = Utc::now();
+                let obs = self.observe(None).await;
+                let ended = decide::decide(&self.state, &obs, now);
+                return match self.commit(&ended, now).await {
+                    Ok(()) => Ok(self.state.clone()),
+                    Err(error) => Err(EngineError::Unavailable(format!(
+                        "rollout {}: {}; recording that failed too: {}",
+                        self.state.id,
+                        obs.failure.map(|f| f.error).unwrap_or_default(),
+                        error.message
+                    ))),
+                };
+            }
             if attempt >= COMMAND_ATTEMPTS {
                 if error.acted {
                     self.unfinished = Some(Unfinished {
@@ -273,7 +342,8 @@ impl Driver {
             backoff *= 2;
             attempt += 1;
         }
-        // An abort finishes before answering: traffic on GA and the canary scaled down.
+        // An abort answers once traffic is on GA; with no scale-down delay the canary is
+        // scaled down before the answer too.
         if self.state.phase == Phase::RollingBack {
             let now = Utc::now();
             let obs = self.observe(None).await;
@@ -319,6 +389,7 @@ impl Driver {
             ),
             None => None,
         };
+        let route = self.ports.router.observe(&self.route()).await;
         Observation {
             ga_hpa: w.hpa_for(ns, &self.state.target),
             canary_hpa: w.hpa_for(ns, &self.state.canary),
@@ -327,43 +398,63 @@ impl Driver {
             sample,
             ga_runs_canary,
             metrics_window: self.config.metrics_window,
+            route,
+            unrecorded_weight: self.unrecorded_weight,
+            scale_down_delay: self.config.scale_down_delay,
+            failure: self.failure.clone(),
         }
     }
 
-    async fn act(&self, action: &Action) -> Result<(), String> {
+    async fn act(&mut self, action: &Action) -> Result<(), ActError> {
         let ns = &self.state.namespace;
         let w = &self.ports.workloads;
         match action {
-            Action::SetCanaryWeight(weight) => self
-                .ports
-                .router
-                .set_canary_weight(&self.route(), *weight)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            Action::SetCanaryWeight(weight) => {
+                self.unrecorded_weight = Some(*weight);
+                self.ports
+                    .router
+                    .set_canary_weight(&self.route(), *weight)
+                    .await
+                    .map(|_| ())
+                    .map_err(ActError::from_router)
+            }
             Action::ScaleCanary(n) => w
                 .scale(ns, &self.state.canary, *n)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(ActError::from_workloads),
             Action::ScaleGa(n) => w
                 .scale(ns, &self.state.target, *n)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(ActError::from_workloads),
             Action::ApplyImages => w
                 .set_images(ns, &self.state.canary, &self.state.images)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(ActError::from_workloads),
             Action::PromoteTemplate => {
                 let (Some(ga), Some(canary)) = (
                     w.deployment(ns, &self.state.target),
                     w.deployment(ns, &self.state.canary),
                 ) else {
-                    return Err("GA or canary deployment disappeared".into());
+                    return Err(ActError {
+                        message: "GA or canary deployment disappeared".into(),
+                        permanent: false,
+                    });
                 };
+                // Only the revision under analysis is ever copied over GA.
+                if canary.revision() != self.state.revision {
+                    return Err(ActError {
+                        message: format!(
+                            "the canary moved on from revision {} to {}",
+                            self.state.revision,
+                            canary.revision()
+                        ),
+                        permanent: false,
+                    });
+                }
                 let template = promoted_template(&canary.template, &canary.selector, &ga.selector);
                 w.replace_template(ns, &self.state.target, &template)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(ActError::from_workloads)
             }
         }
     }
@@ -371,12 +462,17 @@ impl Driver {
     /// Acts, then persists the state with its new events in one write, then publishes.
     async fn commit(&mut self, decision: &Decision, now: DateTime<Utc>) -> Result<(), CommitError> {
         for (done, action) in decision.actions.iter().enumerate() {
-            self.act(action).await.map_err(|message| CommitError {
-                message,
+            self.act(action).await.map_err(|error| CommitError {
+                permanent: error.permanent.then(|| ActionFailure {
+                    action: action.clone(),
+                    error: error.message.clone(),
+                }),
+                message: error.message,
                 acted: done > 0,
             })?;
         }
         if !decision.changes(&self.state) {
+            self.unrecorded_weight = None;
             return Ok(());
         }
         let mut next = decision.next.clone();
@@ -409,6 +505,7 @@ impl Driver {
                 return Err(CommitError {
                     message,
                     acted: false,
+                    permanent: None,
                 });
             }
             Err(e) => {
@@ -417,10 +514,15 @@ impl Driver {
                     // A failed write may still have landed (its answer lost), so the step is
                     // replayed as it stands rather than decided again with other events.
                     acted: true,
+                    permanent: None,
                 });
             }
         }
         self.state = next;
+        self.unrecorded_weight = None;
+        if self.state.phase.is_terminal() {
+            self.failure = None;
+        }
         self.view.send_replace(self.state.clone());
         if let Err(error) = self.ports.hub.publish(&events) {
             tracing::error!(rollout = %self.state.id, %error, "event log out of order");

@@ -42,6 +42,9 @@ pub struct EngineConfig {
     pub auto: bool,
     /// How often auto mode looks for new revisions.
     pub auto_interval: Duration,
+    /// Time between moving all traffic off the canary and scaling it down, so mesh proxies
+    /// holding the old route have the new one before the canary's pods go.
+    pub scale_down_delay: Duration,
 }
 
 impl Default for EngineConfig {
@@ -51,9 +54,13 @@ impl Default for EngineConfig {
             metrics_window: Duration::from_secs(60),
             auto: false,
             auto_interval: Duration::from_secs(2),
+            scale_down_delay: DEFAULT_SCALE_DOWN_DELAY,
         }
     }
 }
+
+/// Default of [`EngineConfig::scale_down_delay`], as Flagger and Argo Rollouts wait.
+pub const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(30);
 
 /// A validated request to start a rollout.
 #[derive(Debug, Clone, Default)]

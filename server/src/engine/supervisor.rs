@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -34,6 +35,10 @@ pub fn rollout_id_for_request(namespace: &str, request_id: &str) -> String {
         .into_uuid()
         .to_string()
 }
+
+/// How far back a start looks for the target's request metrics: a workload that served no
+/// request in this long is not reported by the mesh (or not scraped).
+pub const METRICS_LOOKBACK: Duration = Duration::from_secs(3600);
 
 struct Entry {
     view: watch::Receiver<Rollout>,
@@ -224,7 +229,7 @@ impl Supervisor {
             }
         }
         let vs = (!request.virtual_service.is_empty()).then_some(request.virtual_service.as_str());
-        let (virtual_service, weight) = self
+        let resolved = self
             .ports
             .router
             .resolve(ns, vs, &request.target, &canary_name)
@@ -234,6 +239,8 @@ impl Supervisor {
                 RouterError::Topology(m) => EngineError::FailedPrecondition(m),
                 RouterError::Api { .. } => EngineError::Unavailable(e.to_string()),
             })?;
+        self.preflight(ns, &request.target, &canary_name).await?;
+        let (virtual_service, weight) = (resolved.name, resolved.canary_weight);
 
         let now = Utc::now();
         let id = if request.request_id.is_empty() {
@@ -280,6 +287,9 @@ impl Supervisor {
             promoting_since: None,
             quiet: None,
             traffic_since: None,
+            route_fingerprint: Some(resolved.fingerprint),
+            promoted_template: None,
+            traffic_off_canary_at: None,
         };
         let started = RolloutEvent {
             rollout_id: id.clone(),
@@ -313,6 +323,33 @@ impl Supervisor {
         let _ = ga;
         self.spawn(rollout.clone());
         Ok(rollout)
+    }
+
+    /// Checks that the rollout's analysis can have data before anything changes: the metrics
+    /// provider must answer, and must have request series for GA or the canary. A canary that
+    /// never served has none (it gets traffic only at the first step), but GA serves all the
+    /// traffic, so when neither has any the mesh does not report them or Prometheus does not
+    /// scrape it, and every check would be "no data" until the progress deadline. A provider
+    /// that has scraped nothing at all yet (just started) is not judged.
+    async fn preflight(&self, ns: &str, target: &str, canary: &str) -> Result<(), EngineError> {
+        let workloads = [target.to_owned(), canary.to_owned()];
+        let coverage = self
+            .ports
+            .metrics
+            .coverage(ns, &workloads, METRICS_LOOKBACK)
+            .await
+            .map_err(|e| {
+                EngineError::Unavailable(format!(
+                    "the metrics provider cannot be reached, so the canary could not be analysed ({e}); nothing was changed"
+                ))
+            })?;
+        if coverage.reported.is_empty() && coverage.scraping {
+            return Err(EngineError::FailedPrecondition(format!(
+                "Prometheus has no istio_requests_total series (reporter=\"destination\") for deployment {ns}/{target} or its canary {ns}/{canary} in the last {}: the mesh does not report these workloads or Prometheus does not scrape it, so every check would have no data; nothing was changed",
+                humantime::format_duration(METRICS_LOOKBACK)
+            )));
+        }
+        Ok(())
     }
 
     /// Takes over a rollout found in the store (created by an earlier attempt of the same

@@ -52,6 +52,7 @@ impl World {
                 // As long as the interval: a revision is checked one interval after its
                 // first step, as in production with the window at its minimum.
                 metrics_window: Duration::from_millis(20),
+                scale_down_delay: Duration::ZERO,
                 ..EngineConfig::default()
             },
         )
@@ -435,4 +436,183 @@ async fn a_write_conflict_from_another_writer_reloads_the_stored_state_and_carri
     let (_, stored_events) = w.store.get(&r.id).unwrap();
     let sequences: Vec<u64> = stored_events.iter().map(|e| e.sequence).collect();
     assert_eq!(sequences, (1..=done.last_sequence).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_deleted_virtual_service_ends_the_rollout_failed_and_frees_the_target() {
+    let w = World::new();
+    let s = w.supervisor();
+    let mut req = request();
+    req.analysis.interval = Duration::from_millis(50);
+    req.analysis.progress_deadline = Duration::from_millis(200);
+    let r = s.start(req).await.unwrap();
+    wait_for(&s, &r.id, |r| r.canary_weight >= 20).await;
+    w.router.remove("test", "podinfo");
+    let writes = w.router.writes();
+    let done = wait_for(&s, &r.id, |r| r.phase.is_terminal()).await;
+    assert_eq!(done.phase, Phase::Failed, "{}", done.message);
+    assert!(
+        done.message
+            .contains("VirtualService test/podinfo no longer exists"),
+        "{}",
+        done.message
+    );
+    assert_eq!(w.router.writes(), writes, "no write to a missing object");
+    // The canary keeps its pods: steerer cannot tell whether it still gets traffic.
+    assert!(
+        w.workloads
+            .deployment_view("test", "podinfo-canary")
+            .spec_replicas
+            > 0
+    );
+    // The target is free again: a new start is judged on its own (no VirtualService now).
+    assert!(matches!(
+        s.start(request()).await,
+        Err(EngineError::FailedPrecondition(_))
+    ));
+    // An abort of the ended rollout changes nothing.
+    let again = s
+        .command(&r.id, Command::Abort { reason: "x".into() })
+        .await
+        .unwrap();
+    assert_eq!(again, done);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_weight_write_is_not_retried_and_an_abort_ends_failed_saying_so() {
+    let w = World::new();
+    let s = w.supervisor();
+    let mut req = request();
+    req.analysis.interval = Duration::from_millis(50);
+    let r = s.start(req).await.unwrap();
+    wait_for(&s, &r.id, |r| r.canary_weight >= 20).await;
+    s.command(
+        &r.id,
+        Command::Pause {
+            reason: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    w.router
+        .refuse_writes(Some(crate::router::RouterError::Api {
+            action: "patch weights of",
+            namespace: "test".into(),
+            name: "podinfo".into(),
+            code: Some(403),
+            message: "virtualservices.networking.istio.io \"podinfo\" is forbidden".into(),
+        }));
+    let writes_before = w.router.writes().len();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        s.command(
+            &r.id,
+            Command::Abort {
+                reason: "release cancelled".into(),
+            },
+        ),
+    )
+    .await
+    .expect("the abort answered in bounded time")
+    .unwrap();
+    assert_eq!(answer.phase, Phase::Failed, "{}", answer.message);
+    for part in [
+        "could not route all traffic to GA",
+        "is forbidden",
+        "keeps its 2 replicas",
+    ] {
+        assert!(
+            answer.message.contains(part),
+            "{part:?}: {}",
+            answer.message
+        );
+    }
+    assert_eq!(w.router.writes().len(), writes_before);
+    let (stored, _) = w.store.get(&r.id).unwrap();
+    assert_eq!(stored.phase, Phase::Failed);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn starts_are_refused_when_metrics_cannot_be_reached_or_know_neither_workload() {
+    use crate::metrics::{Coverage, MetricsError};
+    let w = World::new();
+    let s = w.supervisor();
+    w.metrics
+        .set_coverage(Some(Err(MetricsError::Query("connection refused".into()))));
+    let unreachable = s.start(request()).await.unwrap_err();
+    assert!(
+        matches!(&unreachable, EngineError::Unavailable(m) if m.contains("connection refused")),
+        "{unreachable:?}"
+    );
+    w.metrics.set_coverage(Some(Ok(Coverage {
+        reported: Vec::new(),
+        scraping: true,
+    })));
+    let unreported = s.start(request()).await.unwrap_err();
+    assert!(
+        matches!(&unreported, EngineError::FailedPrecondition(m) if m.contains("no istio_requests_total series")),
+        "{unreported:?}"
+    );
+    assert_eq!(w.store.writes(), 0);
+    assert_eq!(w.store.len(), 0);
+    assert!(w.router.writes().is_empty());
+    assert!(w.workloads.calls().is_empty());
+    assert!(s.list(None, false).is_empty());
+
+    // A provider that has scraped nothing yet is not judged; GA alone being reported (a
+    // canary that never served) is enough.
+    w.metrics.set_coverage(Some(Ok(Coverage {
+        reported: Vec::new(),
+        scraping: false,
+    })));
+    let r = s.start(request()).await.unwrap();
+    s.command(
+        &r.id,
+        Command::Abort {
+            reason: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    w.metrics.set_coverage(Some(Ok(Coverage {
+        reported: vec!["podinfo".into()],
+        scraping: true,
+    })));
+    s.start(request()).await.unwrap();
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hand_edited_weight_pauses_the_rollout_until_resume_adopts_it() {
+    let w = World::new();
+    let s = w.supervisor();
+    let mut req = request();
+    req.analysis.interval = Duration::from_millis(300);
+    let r = s.start(req).await.unwrap();
+    wait_for(&s, &r.id, |r| r.canary_weight == 10).await;
+    w.router.edit_weight("test", "podinfo", 55);
+    let paused = wait_for(&s, &r.id, |r| r.phase == Phase::Paused).await;
+    assert!(
+        paused.message.contains("canary weight 10% -> 55%"),
+        "{}",
+        paused.message
+    );
+    assert_eq!(
+        w.router.weight("test", "podinfo"),
+        Some(55),
+        "left as edited"
+    );
+    assert_eq!(w.router.writes(), vec![10]);
+
+    let resumed = s.command(&r.id, Command::Resume).await.unwrap();
+    assert_eq!(
+        (resumed.phase, resumed.canary_weight),
+        (Phase::Progressing, 55)
+    );
+    let done = wait_for(&s, &r.id, |r| r.phase.is_terminal()).await;
+    assert_eq!(done.phase, Phase::Succeeded, "{}", done.message);
+    assert_eq!(w.router.writes(), vec![10, 65, 75, 85, 95, 100, 0]);
+    s.shutdown().await;
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::{Metrics, MetricsError};
+use super::{Coverage, Metrics, MetricsError};
 use crate::domain::Sample;
 
 /// Samples set by the test.
@@ -14,6 +14,8 @@ use crate::domain::Sample;
 pub struct FakeMetrics {
     samples: Mutex<HashMap<(String, String), Result<Sample, MetricsError>>>,
     queries: Mutex<usize>,
+    /// What `coverage` answers; `None`: every workload asked about is reported.
+    coverage: Mutex<Option<Result<Coverage, MetricsError>>>,
 }
 
 impl FakeMetrics {
@@ -32,6 +34,13 @@ impl FakeMetrics {
         })
     }
 
+    /// Sets what `coverage` answers (`None`: every workload is reported).
+    pub fn set_coverage(&self, coverage: Option<Result<Coverage, MetricsError>>) {
+        if let Ok(mut c) = self.coverage.lock() {
+            *c = coverage;
+        }
+    }
+
     /// Queries made so far.
     pub fn queries(&self) -> usize {
         self.queries.lock().map(|q| *q).unwrap_or(0)
@@ -39,6 +48,22 @@ impl FakeMetrics {
 }
 
 impl Metrics for FakeMetrics {
+    fn coverage<'a>(
+        &'a self,
+        _namespace: &'a str,
+        workloads: &'a [String],
+        _lookback: Duration,
+    ) -> BoxFuture<'a, Result<Coverage, MetricsError>> {
+        let set = self.coverage.lock().ok().and_then(|c| c.clone());
+        let answer = set.unwrap_or_else(|| {
+            Ok(Coverage {
+                reported: workloads.to_vec(),
+                scraping: true,
+            })
+        });
+        Box::pin(async move { answer })
+    }
+
     fn sample<'a>(
         &'a self,
         namespace: &'a str,

@@ -21,8 +21,27 @@ pub enum MetricsError {
     Response(String),
 }
 
+/// What a metrics provider has on a target's workloads, looked at before a rollout starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Coverage {
+    /// Of the workloads asked about, those with at least one series in the lookback.
+    pub reported: Vec<String>,
+    /// Whether the provider has scraped anything at all; `false` means too early to judge
+    /// (a Prometheus that just started), not that the workloads are unreported.
+    pub scraping: bool,
+}
+
 /// Measures a canary workload over a window.
 pub trait Metrics: Send + Sync {
+    /// Which of `workloads` in `namespace` the provider has any request series for over the
+    /// trailing `lookback`. `Err` when the provider cannot be reached or fails the query.
+    fn coverage<'a>(
+        &'a self,
+        namespace: &'a str,
+        workloads: &'a [String],
+        lookback: Duration,
+    ) -> BoxFuture<'a, Result<Coverage, MetricsError>>;
+
     /// Success rate (percent) and request rate (per second) of `workload` in `namespace`
     /// over the trailing `window`. Both are `None` when the provider has no data.
     fn sample<'a>(

@@ -10,7 +10,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use serde::Deserialize;
 
-use super::{Metrics, MetricsError};
+use super::{Coverage, Metrics, MetricsError};
 use crate::domain::Sample;
 
 type Table = HashMap<(String, String), f64>;
@@ -88,6 +88,37 @@ impl PrometheusMetrics {
 }
 
 impl Metrics for PrometheusMetrics {
+    fn coverage<'a>(
+        &'a self,
+        namespace: &'a str,
+        workloads: &'a [String],
+        lookback: Duration,
+    ) -> BoxFuture<'a, Result<Coverage, MetricsError>> {
+        Box::pin(async move {
+            let url = format!("{}/api/v1/query", self.base);
+            let at = evaluation_time(SystemTime::now());
+            let promql = coverage_query(namespace, workloads, window_secs(lookback));
+            let found = query(&self.http, &url, &promql, &at, self.timeout).await?;
+            let reported: Vec<String> = workloads
+                .iter()
+                .filter(|w| found.contains_key(&(namespace.to_owned(), (*w).clone())))
+                .cloned()
+                .collect();
+            if !reported.is_empty() {
+                return Ok(Coverage {
+                    reported,
+                    scraping: true,
+                });
+            }
+            // Nothing for these workloads: is that because Prometheus has scraped nothing yet?
+            let body = query_body(&self.http, &url, "count(up)", &at, self.timeout).await?;
+            Ok(Coverage {
+                reported,
+                scraping: result_count(&body)? > 0,
+            })
+        })
+    }
+
     fn sample<'a>(
         &'a self,
         namespace: &'a str,
@@ -147,6 +178,29 @@ pub fn grouped_query(window_secs: u64, namespaces: &[String], ok_only: bool) -> 
     format!(
         "sum by (destination_workload_namespace, destination_workload) (rate(istio_requests_total{{{selector}}}[{window_secs}s]))"
     )
+}
+
+/// Whether each of `workloads` of `namespace` had any destination-reported request series
+/// over the trailing `lookback_secs`, one result per workload that had. The names must be
+/// validated DNS-1123 labels; regex characters are escaped all the same.
+pub fn coverage_query(namespace: &str, workloads: &[String], lookback_secs: u64) -> String {
+    let alternatives: Vec<String> = workloads.iter().map(|w| regex_escape(w)).collect();
+    format!(
+        "group by (destination_workload_namespace, destination_workload) (last_over_time(istio_requests_total{{reporter=\"destination\",destination_workload_namespace={},destination_workload=~{}}}[{lookback_secs}s]))",
+        promql_string(namespace),
+        promql_string(&alternatives.join("|"))
+    )
+}
+
+fn regex_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The success-rate query of one workload (the original design's), for people checking a
@@ -240,6 +294,18 @@ pub fn parse_vector(body: &str) -> Result<Table, MetricsError> {
     Ok(table)
 }
 
+/// The number of results of an instant query.
+fn result_count(body: &str) -> Result<usize, MetricsError> {
+    let response: Response =
+        serde_json::from_str(body).map_err(|e| MetricsError::Response(e.to_string()))?;
+    if response.status != "success" {
+        return Err(MetricsError::Query(
+            response.error.unwrap_or_else(|| response.status.clone()),
+        ));
+    }
+    Ok(response.data.map_or(0, |d| d.result.len()))
+}
+
 async fn query(
     http: &reqwest::Client,
     url: &str,
@@ -247,6 +313,17 @@ async fn query(
     at: &str,
     timeout: Duration,
 ) -> Result<Table, MetricsError> {
+    parse_vector(&query_body(http, url, promql, at, timeout).await?)
+}
+
+/// Runs an instant query and returns the answer's body (a Prometheus error answer included).
+async fn query_body(
+    http: &reqwest::Client,
+    url: &str,
+    promql: &str,
+    at: &str,
+    timeout: Duration,
+) -> Result<String, MetricsError> {
     let response = http
         .get(url)
         .query(&[("query", promql), ("time", at)])
@@ -270,7 +347,7 @@ async fn query(
     if !status.is_success() && !body.contains("\"status\"") {
         return Err(MetricsError::Query(format!("HTTP {status}")));
     }
-    parse_vector(&body)
+    Ok(body)
 }
 
 #[cfg(test)]
@@ -294,6 +371,28 @@ mod tests {
         assert!(q.contains("destination_workload=\"podinfo-canary\""));
         assert!(q.contains("destination_workload_namespace=\"test\""));
         assert_eq!(promql_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
+
+    #[test]
+    fn coverage_query_asks_for_the_workloads_by_exact_name_over_the_lookback() {
+        let q = coverage_query("test", &["podinfo".into(), "podinfo-canary".into()], 3600);
+        assert_eq!(
+            q,
+            "group by (destination_workload_namespace, destination_workload) (last_over_time(istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"test\",destination_workload=~\"podinfo|podinfo-canary\"}[3600s]))"
+        );
+        // Never valid names, but escaped all the same: a regex cannot widen the match.
+        let q = coverage_query("test", &["a.b|c".into()], 60);
+        assert!(q.contains(r#"destination_workload=~"a\\.b\\|c""#), "{q}");
+    }
+
+    #[test]
+    fn result_count_counts_results_and_reports_errors() {
+        let empty = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+        assert_eq!(result_count(empty).unwrap(), 0);
+        let one = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"3"]}]}}"#;
+        assert_eq!(result_count(one).unwrap(), 1);
+        let error = r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
+        assert!(result_count(error).is_err());
     }
 
     #[test]

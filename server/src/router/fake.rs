@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 
-use super::{RouteRef, Router, RouterError};
+use super::{Resolved, RouteRef, RouteView, Router, RouterError};
 
 /// Weights held in memory.
 #[derive(Default)]
@@ -19,8 +19,12 @@ struct FakeState {
     weights: HashMap<(String, String), u32>,
     /// virtual service -> (ga service, canary service)
     routes: HashMap<(String, String), (String, String)>,
+    /// virtual service -> fingerprint of its split routes
+    fingerprints: HashMap<(String, String), String>,
     writes: Vec<u32>,
     fail_writes: bool,
+    /// Every write fails with this error (a refusal retrying cannot fix).
+    refuse_writes: Option<RouterError>,
 }
 
 impl FakeRouter {
@@ -57,6 +61,48 @@ impl FakeRouter {
             s.fail_writes = fail;
         }
     }
+
+    /// Makes every write fail with `error` (for example a 403), or stop failing (`None`).
+    pub fn refuse_writes(&self, error: Option<RouterError>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.refuse_writes = error;
+        }
+    }
+
+    /// Deletes a VirtualService.
+    pub fn remove(&self, namespace: &str, vs: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            let key = (namespace.to_owned(), vs.to_owned());
+            s.weights.remove(&key);
+            s.routes.remove(&key);
+            s.fingerprints.remove(&key);
+        }
+    }
+
+    /// Someone else sets the canary weight (not recorded as our write).
+    pub fn edit_weight(&self, namespace: &str, vs: &str, canary_weight: u32) {
+        if let Ok(mut s) = self.state.lock() {
+            s.weights
+                .insert((namespace.to_owned(), vs.to_owned()), canary_weight);
+        }
+    }
+
+    /// Someone else changes the routes' destinations or match conditions.
+    pub fn edit_routes(&self, namespace: &str, vs: &str, fingerprint: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.fingerprints.insert(
+                (namespace.to_owned(), vs.to_owned()),
+                fingerprint.to_owned(),
+            );
+        }
+    }
+}
+
+fn fingerprint(s: &FakeState, key: &(String, String)) -> String {
+    s.fingerprints
+        .get(key)
+        .cloned()
+        .unwrap_or_else(|| "routes".to_owned())
 }
 
 impl Router for FakeRouter {
@@ -66,7 +112,7 @@ impl Router for FakeRouter {
         virtual_service: Option<&'a str>,
         ga_service: &'a str,
         canary_service: &'a str,
-    ) -> BoxFuture<'a, Result<(String, u32), RouterError>> {
+    ) -> BoxFuture<'a, Result<Resolved, RouterError>> {
         let result = (|| {
             let s = self
                 .state
@@ -77,12 +123,12 @@ impl Router for FakeRouter {
             });
             match found {
                 Some(((_, name), (_, canary))) if canary == canary_service => {
-                    let w = s
-                        .weights
-                        .get(&(namespace.to_owned(), name.clone()))
-                        .copied()
-                        .unwrap_or(0);
-                    Ok((name.clone(), w))
+                    let key = (namespace.to_owned(), name.clone());
+                    Ok(Resolved {
+                        name: name.clone(),
+                        canary_weight: s.weights.get(&key).copied().unwrap_or(0),
+                        fingerprint: fingerprint(&s, &key),
+                    })
                 }
                 Some(((_, name), _)) => Err(RouterError::Topology(format!(
                     "VirtualService {namespace}/{name} has no destination for the canary Service {canary_service}"
@@ -111,6 +157,24 @@ impl Router for FakeRouter {
         Box::pin(async move { result })
     }
 
+    fn observe<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, RouteView> {
+        let view = self
+            .state
+            .lock()
+            .map(|s| {
+                let key = (route.namespace.clone(), route.virtual_service.clone());
+                match s.weights.get(&key) {
+                    Some(w) => RouteView::Split {
+                        canary_weight: *w,
+                        fingerprint: fingerprint(&s, &key),
+                    },
+                    None => RouteView::Missing,
+                }
+            })
+            .unwrap_or_default();
+        Box::pin(async move { view })
+    }
+
     fn set_canary_weight<'a>(
         &'a self,
         route: &'a RouteRef,
@@ -121,15 +185,25 @@ impl Router for FakeRouter {
                 .state
                 .lock()
                 .map_err(|_| RouterError::Topology("poisoned".into()))?;
+            if let Some(error) = &s.refuse_writes {
+                return Err(error.clone());
+            }
             if s.fail_writes {
                 return Err(RouterError::Api {
                     action: "patch weights of",
                     namespace: route.namespace.clone(),
                     name: route.virtual_service.clone(),
+                    code: None,
                     message: "connection refused".into(),
                 });
             }
             let key = (route.namespace.clone(), route.virtual_service.clone());
+            if !s.weights.contains_key(&key) {
+                return Err(RouterError::NotFound {
+                    namespace: route.namespace.clone(),
+                    name: route.virtual_service.clone(),
+                });
+            }
             if s.weights.get(&key) == Some(&weight) {
                 return Ok(false);
             }

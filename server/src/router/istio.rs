@@ -11,7 +11,10 @@ use kube::{Client, ResourceExt};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{RouteRef, Router, RouterError, find_splits, routes_to, weight_patch};
+use super::{
+    Resolved, RouteRef, RouteView, Router, RouterError, find_splits, route_fingerprint, routes_to,
+    weight_patch,
+};
 use crate::cache::Cache;
 
 const WRITE_ATTEMPTS: usize = 4;
@@ -39,18 +42,16 @@ fn retry_delay(attempt: usize, throttled: bool, unit: f64) -> Duration {
     }
 }
 
-/// Per (namespace, name): the resourceVersion our last write replaced and the object it
-/// returned.
-type Written = HashMap<(String, String), (String, Arc<DynamicObject>)>;
+/// Per (namespace, name): the object our last write returned.
+type Written = HashMap<(String, String), Arc<DynamicObject>>;
 
 /// Routes traffic by rewriting Istio VirtualService weights.
 pub struct IstioRouter {
     client: Client,
     resource: ApiResource,
     cache: Cache<DynamicObject>,
-    /// The object our last write returned, keyed by (namespace, name), with the
-    /// resourceVersion it replaced: while the cache still shows that older version, the write's
-    /// result is the fresher view.
+    /// The object our last write returned, keyed by (namespace, name): while the cache still
+    /// shows an older generation of the same object, the write's result is the fresher view.
     written: Mutex<Written>,
 }
 
@@ -82,33 +83,42 @@ impl IstioRouter {
         Api::namespaced_with(self.client.clone(), namespace, &self.resource)
     }
 
+    /// The object as the cache has it, or as our last write returned it while the cache
+    /// still shows an older generation of the same object (`generation` only grows with each
+    /// spec change, where resourceVersions must not be compared). `None` when the cache does
+    /// not have it.
     fn cached(&self, namespace: &str, name: &str) -> Option<Arc<DynamicObject>> {
-        let cached = self.cache.get(namespace, name, &self.resource);
+        let cached = self.cache.get(namespace, name, &self.resource)?;
         let key = (namespace.to_owned(), name.to_owned());
-        let written = self.written.lock().ok()?.get(&key).cloned();
-        match (cached, written) {
-            (Some(c), Some((replaced, ours)))
-                if c.resource_version().as_deref() == Some(&replaced) =>
+        let ours = self.written.lock().ok()?.get(&key).cloned();
+        match ours {
+            Some(ours)
+                if ours.uid() == cached.uid()
+                    && ours.metadata.generation > cached.metadata.generation =>
             {
                 Some(ours)
             }
-            (Some(c), _) => Some(c),
-            (None, Some((_, ours))) => Some(ours),
-            (None, None) => None,
+            _ => Some(cached),
         }
     }
 
     async fn fetch(&self, namespace: &str, name: &str) -> Result<Arc<DynamicObject>, RouterError> {
         match self.api(namespace).get_opt(name).await {
             Ok(Some(vs)) => Ok(Arc::new(vs)),
-            Ok(None) => Err(RouterError::NotFound {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            }),
+            Ok(None) => {
+                if let Ok(mut written) = self.written.lock() {
+                    written.remove(&(namespace.to_owned(), name.to_owned()));
+                }
+                Err(RouterError::NotFound {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
             Err(error) => Err(RouterError::Api {
                 action: "read",
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
+                code: crate::retry::status_code(&error),
                 message: error.to_string(),
             }),
         }
@@ -137,7 +147,7 @@ impl Router for IstioRouter {
         virtual_service: Option<&'a str>,
         ga_service: &'a str,
         canary_service: &'a str,
-    ) -> BoxFuture<'a, Result<(String, u32), RouterError>> {
+    ) -> BoxFuture<'a, Result<Resolved, RouterError>> {
         Box::pin(async move {
             let vs = match virtual_service {
                 Some(name) => self.current(namespace, name).await?,
@@ -169,8 +179,35 @@ impl Router for IstioRouter {
                 }
             };
             let name = vs.name_any();
-            let splits = find_splits(&name, &spec(&vs), namespace, ga_service, canary_service)?;
-            Ok((name, splits[0].canary_weight))
+            let spec = spec(&vs);
+            let splits = find_splits(&name, &spec, namespace, ga_service, canary_service)?;
+            Ok(Resolved {
+                name,
+                canary_weight: splits[0].canary_weight,
+                fingerprint: route_fingerprint(&spec, &splits),
+            })
+        })
+    }
+
+    fn observe<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, RouteView> {
+        Box::pin(async move {
+            let (ns, name) = (&route.namespace, &route.virtual_service);
+            let vs = match self.cached(ns, name) {
+                Some(vs) => vs,
+                // Not in the cache: deleted, or the cache is behind. Only the API can tell.
+                None => match self.fetch(ns, name).await {
+                    Ok(vs) => vs,
+                    Err(RouterError::NotFound { .. }) => return RouteView::Missing,
+                    Err(error) if error.is_permanent() => {
+                        return RouteView::Broken(error.to_string());
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, vs = %name, "could not read the VirtualService");
+                        return RouteView::Unknown;
+                    }
+                },
+            };
+            RouteView::of(&spec(&vs), route)
         })
     }
 
@@ -197,6 +234,7 @@ impl Router for IstioRouter {
             let (ns, name) = (&route.namespace, &route.virtual_service);
             let mut vs = self.current(ns, name).await?;
             let mut last_error = String::new();
+            let mut last_code = None;
             let mut throttled = false;
             for attempt in 0..WRITE_ATTEMPTS {
                 if attempt > 0 {
@@ -216,6 +254,7 @@ impl Router for IstioRouter {
                         action: "build a patch for",
                         namespace: ns.clone(),
                         name: name.clone(),
+                        code: None,
                         message: e.to_string(),
                     })?;
                 match self
@@ -224,24 +263,33 @@ impl Router for IstioRouter {
                     .await
                 {
                     Ok(written) => {
-                        if let (Some(replaced), Ok(mut map)) = (rv, self.written.lock()) {
-                            map.insert((ns.clone(), name.clone()), (replaced, Arc::new(written)));
+                        if let Ok(mut map) = self.written.lock() {
+                            map.insert((ns.clone(), name.clone()), Arc::new(written));
                         }
                         return Ok(true);
                     }
                     Err(kube::Error::Api(status)) if status.is_not_found() => {
+                        if let Ok(mut map) = self.written.lock() {
+                            map.remove(&(ns.clone(), name.clone()));
+                        }
                         return Err(RouterError::NotFound {
                             namespace: ns.clone(),
                             name: name.clone(),
                         });
                     }
                     Err(error) => {
-                        throttled =
-                            matches!(&error, kube::Error::Api(status) if status.code == 429);
-                        // A conflict or a failed `test` op: someone wrote in between, so read
-                        // fresh and recompute the patch.
-                        tracing::debug!(%error, vs = %name, attempt, "weight patch rejected; retrying with a fresh read");
+                        last_code = crate::retry::status_code(&error);
                         last_error = error.to_string();
+                        // A conflict (409) or a failed `test` op (422): someone wrote in
+                        // between, so read fresh and recompute the patch. Other refusals
+                        // (403, 400…) will be the same next time: give up at once.
+                        let refused =
+                            last_code.is_some_and(|c| c != 422 && crate::retry::is_permanent(c));
+                        if refused {
+                            break;
+                        }
+                        throttled = last_code == Some(429);
+                        tracing::debug!(%error, vs = %name, attempt, "weight patch rejected; retrying with a fresh read");
                     }
                 }
             }
@@ -249,6 +297,7 @@ impl Router for IstioRouter {
                 action: "patch weights of",
                 namespace: ns.clone(),
                 name: name.clone(),
+                code: last_code,
                 message: last_error,
             })
         })

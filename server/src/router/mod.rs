@@ -29,22 +29,87 @@ pub enum RouterError {
         action: &'static str,
         namespace: String,
         name: String,
+        /// The API server's HTTP status, when it answered one.
+        code: Option<u16>,
         message: String,
     },
+}
+
+impl RouterError {
+    /// Whether trying again cannot help: the object is gone, no longer splits traffic, or
+    /// the API server refuses the request itself (403, 422 and the like).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            RouterError::NotFound { .. } | RouterError::Topology(_) => true,
+            RouterError::Api { code, .. } => code.is_some_and(crate::retry::is_permanent),
+        }
+    }
+}
+
+/// The VirtualService a start request resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub name: String,
+    /// The canary weight it routes now.
+    pub canary_weight: u32,
+    /// Fingerprint of the routes a rollout manages (see [`route_fingerprint`]).
+    pub fingerprint: String,
+}
+
+/// What a VirtualService says about a rollout's split, as last seen.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RouteView {
+    /// Not looked at, or it could not be read (a transient failure): nothing is known.
+    #[default]
+    Unknown,
+    /// The VirtualService does not exist.
+    Missing,
+    /// It exists but no longer splits traffic between the two Services as a rollout needs;
+    /// the sentence says why.
+    Broken(String),
+    /// It splits traffic: the canary weight, and the fingerprint of the split routes with
+    /// their weights left out.
+    Split {
+        canary_weight: u32,
+        fingerprint: String,
+    },
+}
+
+impl RouteView {
+    /// The view of a VirtualService's spec.
+    pub fn of(spec: &Value, route: &RouteRef) -> RouteView {
+        match find_splits(
+            &route.virtual_service,
+            spec,
+            &route.namespace,
+            &route.ga_service,
+            &route.canary_service,
+        ) {
+            Ok(splits) => RouteView::Split {
+                canary_weight: splits[0].canary_weight,
+                fingerprint: route_fingerprint(spec, &splits),
+            },
+            Err(error) => RouteView::Broken(error.to_string()),
+        }
+    }
 }
 
 /// Reads and writes canary weights.
 pub trait Router: Send + Sync {
     /// Finds and validates the VirtualService splitting traffic between the two Services
     /// (`virtual_service` None = the one in the namespace that routes to the GA Service).
-    /// Returns its name and the canary weight it routes now.
+    /// Returns its name, the canary weight it routes now and the fingerprint of its split.
     fn resolve<'a>(
         &'a self,
         namespace: &'a str,
         virtual_service: Option<&'a str>,
         ga_service: &'a str,
         canary_service: &'a str,
-    ) -> BoxFuture<'a, Result<(String, u32), RouterError>>;
+    ) -> BoxFuture<'a, Result<Resolved, RouterError>>;
+
+    /// The route as last seen, from the watch cache when it has it (no API call on a step);
+    /// an object the cache lacks is looked up in the API before it is called missing.
+    fn observe<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, RouteView>;
 
     /// The canary weight, read fresh from the API (used when resuming).
     fn canary_weight<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, Result<u32, RouterError>>;
@@ -196,6 +261,39 @@ pub fn find_splits(
         )));
     }
     Ok(splits)
+}
+
+/// A fingerprint of what a rollout does not change but relies on: which HTTP routes split the
+/// traffic, their match conditions, and their destinations (host, subset, port) without the
+/// weights. It changes when someone edits those routes by hand; steerer's own weight writes
+/// leave it as it is.
+pub fn route_fingerprint(spec: &Value, splits: &[Split]) -> String {
+    let managed: Vec<Value> = splits
+        .iter()
+        .map(|split| {
+            let route = spec
+                .pointer(&format!("/http/{}", split.http_index))
+                .cloned()
+                .unwrap_or(Value::Null);
+            let destinations: Vec<Value> = route
+                .get("route")
+                .and_then(Value::as_array)
+                .map(|dests| {
+                    dests
+                        .iter()
+                        .map(|d| d.get("destination").cloned().unwrap_or(Value::Null))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "http": split.http_index,
+                "match": route.get("match").cloned().unwrap_or(Value::Null),
+                "destinations": destinations,
+            })
+        })
+        .collect();
+    // Any JSON hashes the same way as a pod template: stable, independent of key order.
+    crate::workloads::template_hash(&Value::Array(managed))
 }
 
 /// The JSON patch that sets the canary weight on every split and nothing else. It tests the
@@ -355,6 +453,69 @@ mod tests {
         json_patch::patch(&mut doc, &patch).unwrap();
         let after = find_splits("vs", &doc["spec"], "test", "podinfo", "podinfo-canary").unwrap();
         assert_eq!((after[0].ga_weight, after[0].canary_weight), (0, 100));
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_weights_but_sees_destinations_and_matches() {
+        let at = |ga, canary| {
+            let s = spec("podinfo", "podinfo-canary", ga, canary);
+            let splits = find_splits("vs", &s, "test", "podinfo", "podinfo-canary").unwrap();
+            route_fingerprint(&s, &splits)
+        };
+        assert_eq!(at(100, 0), at(30, 70));
+        let mut subset = spec("podinfo", "podinfo-canary", 100, 0);
+        subset["http"][0]["route"][1]["destination"]["subset"] = json!("v2");
+        let splits = find_splits("vs", &subset, "test", "podinfo", "podinfo-canary").unwrap();
+        assert_ne!(route_fingerprint(&subset, &splits), at(100, 0));
+        let mut matched = spec("podinfo", "podinfo-canary", 100, 0);
+        matched["http"][0]["match"] = json!([{"headers": {"x-canary": {"exact": "1"}}}]);
+        let splits = find_splits("vs", &matched, "test", "podinfo", "podinfo-canary").unwrap();
+        assert_ne!(route_fingerprint(&matched, &splits), at(100, 0));
+    }
+
+    #[test]
+    fn a_route_view_says_why_a_virtual_service_no_longer_splits() {
+        let route = RouteRef {
+            namespace: "test".into(),
+            virtual_service: "vs".into(),
+            ga_service: "podinfo".into(),
+            canary_service: "podinfo-canary".into(),
+        };
+        assert!(matches!(
+            RouteView::of(&spec("podinfo", "podinfo-canary", 70, 30), &route),
+            RouteView::Split {
+                canary_weight: 30,
+                ..
+            }
+        ));
+        let lone = json!({"http": [{"route": [{"destination": {"host": "podinfo"}}]}]});
+        assert!(matches!(
+            RouteView::of(&lone, &route),
+            RouteView::Broken(why) if why.contains("no destination for the canary Service")
+        ));
+    }
+
+    #[test]
+    fn missing_and_invalid_objects_are_permanent_errors_and_throttling_is_not() {
+        let api = |code| RouterError::Api {
+            action: "patch weights of",
+            namespace: "test".into(),
+            name: "vs".into(),
+            code,
+            message: String::new(),
+        };
+        assert!(api(Some(403)).is_permanent());
+        assert!(api(Some(422)).is_permanent());
+        assert!(!api(Some(429)).is_permanent());
+        assert!(!api(Some(500)).is_permanent());
+        assert!(!api(None).is_permanent());
+        assert!(
+            RouterError::NotFound {
+                namespace: "test".into(),
+                name: "vs".into()
+            }
+            .is_permanent()
+        );
     }
 
     #[test]

@@ -144,6 +144,9 @@ mod tests {
             promoting_since: None,
             quiet: None,
             traffic_since: None,
+            route_fingerprint: None,
+            promoted_template: None,
+            traffic_off_canary_at: None,
         }
     }
 

@@ -71,6 +71,7 @@ impl KubeWorkloads {
                     action,
                     namespace: namespace.to_owned(),
                     name: name.to_owned(),
+                    code: crate::retry::status_code(&other),
                     message: other.to_string(),
                 },
             })

@@ -83,6 +83,8 @@ pub enum WorkloadError {
         action: &'static str,
         namespace: String,
         name: String,
+        /// The API server's HTTP status, when it answered one.
+        code: Option<u16>,
         message: String,
     },
     #[error("deployment {namespace}/{name} has no container named {container}")]
@@ -95,6 +97,20 @@ pub enum WorkloadError {
     Patch(String),
     #[error("workload caches failed to sync: {0}")]
     Sync(String),
+}
+
+impl WorkloadError {
+    /// Whether trying again cannot help: the Deployment or container is gone, the patch is
+    /// malformed, or the API server refuses the request itself (403, 422 and the like).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            WorkloadError::NotFound { .. }
+            | WorkloadError::NoSuchContainer { .. }
+            | WorkloadError::Patch(_) => true,
+            WorkloadError::Write { code, .. } => code.is_some_and(crate::retry::is_permanent),
+            WorkloadError::Sync(_) => false,
+        }
+    }
 }
 
 /// Reads (from watch caches) and writes of Deployments and HPAs.
