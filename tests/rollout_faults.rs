@@ -129,7 +129,7 @@ async fn stored_sequences(h: &Harness, id: &str) -> Vec<u64> {
 
 /// Write requests the simulated API served (failed ones included).
 fn writes(h: &Harness) -> u64 {
-    h.sim
+    h.sim()
         .faults()
         .counts()
         .iter()
@@ -158,7 +158,7 @@ async fn rollout_succeeds_while_30_percent_of_api_writes_fail_with_500_and_429()
     request.images = [("podinfo".to_owned(), NEW_IMAGE.to_owned())].into();
     let started = h.start_rollout(request).await;
 
-    let world = h.sim.world().clone();
+    let world = h.sim().world().clone();
     let faults = &world.faults;
     for verb in [Verb::Patch, Verb::Update, Verb::Create] {
         // The rules apply in turn: 20% answer 500, then 12.5% of the rest 429, 30% in all.
@@ -166,7 +166,7 @@ async fn rollout_succeeds_while_30_percent_of_api_writes_fail_with_500_and_429()
         faults.fail_requests(0.125, Failure::TooManyRequests, Scope::verb(verb));
     }
     let done = h.wait_for_end(&started.id, Duration::from_secs(28)).await;
-    h.sim.faults().clear();
+    h.sim().faults().clear();
 
     assert_eq!(done.phase(), Phase::Succeeded, "{}", done.message);
     assert_eq!(weights.canary_weights(), PROMOTION_WEIGHTS);
@@ -198,7 +198,7 @@ async fn conflicts_on_the_virtual_service_and_the_state_are_retried_without_losi
         r.canary_weight >= 40
     })
     .await;
-    let world = h.sim.world().clone();
+    let world = h.sim().world().clone();
     let faults = &world.faults;
     faults.reset_counts();
     faults.conflict_next_write("virtualservices", NS, GA);
@@ -229,16 +229,16 @@ async fn rollout_finishes_after_every_watch_is_dropped_over_a_compacted_store() 
         r.canary_weight >= 20
     })
     .await;
-    let world = h.sim.world().clone();
+    let world = h.sim().world().clone();
     let faults = &world.faults;
     faults.reset_counts();
-    h.sim.world().store.compact();
+    h.sim().world().store.compact();
     faults.drop_watches();
     h.wait_until(&started.id, Duration::from_secs(10), |r| {
         r.canary_weight >= 60
     })
     .await;
-    h.sim.world().store.compact();
+    h.sim().world().store.compact();
     faults.drop_watches();
     let done = h.wait_for_end(&started.id, Duration::from_secs(20)).await;
     assert_eq!(done.phase(), Phase::Succeeded, "{}", done.message);
@@ -312,7 +312,7 @@ async fn prometheus_killed_mid_rollout_halts_the_rollout_then_rolls_back_at_the_
     let mut h = Harness::start().await;
     // A Prometheus of this test's own, so that dropping it kills the one the server queries.
     let prometheus = Prometheus::start(PrometheusConfig::new(
-        vec![h.sim.metrics_addr()],
+        vec![h.sim().metrics_addr()],
         Duration::from_secs(1),
     ))
     .await
@@ -588,18 +588,18 @@ async fn abort_during_a_rollback_changes_nothing_and_the_rollback_finishes() {
     .await;
     // The canary starts failing, and scaling it down fails too: the rollback stays in
     // ROLLING_BACK, traffic already on GA.
-    h.sim.faults().fail_requests(
+    h.sim().faults().fail_requests(
         1.0,
         Failure::InternalError,
         Scope::verb(Verb::Patch).resource("deployments"),
     );
-    h.sim.set_error_rate(NS, CANARY, Some(0.5));
+    h.sim().set_error_rate(NS, CANARY, Some(0.5));
     let rolling_back = h
         .wait_for_phase(&started.id, Phase::RollingBack, Duration::from_secs(10))
         .await;
     assert_eq!(h.weights().await, (100, 0));
 
-    let world = h.sim.world().clone();
+    let world = h.sim().world().clone();
     let faults = &world.faults;
     faults.reset_counts();
     let answer = abort(&mut h, &started.id, "cancel the release").await;
@@ -650,7 +650,7 @@ async fn concurrent_and_repeated_aborts_roll_back_once_and_then_touch_nothing() 
     assert_eq!(h.weights().await, (100, 0));
     assert_eq!(replicas(&h.deployment(CANARY).await), 0);
 
-    let world = h.sim.world().clone();
+    let world = h.sim().world().clone();
     let faults = &world.faults;
     faults.reset_counts();
     for reason in ["again", ""] {
@@ -680,7 +680,7 @@ async fn aborting_a_succeeded_rollout_touches_nothing_and_a_failed_start_leaves_
     let mut h = Harness::start().await;
 
     // Storing the new rollout fails: the start is refused as unavailable and nothing moved.
-    h.sim.faults().fail_requests(
+    h.sim().faults().fail_requests(
         1.0,
         Failure::InternalError,
         Scope::verb(Verb::Create).resource("configmaps"),
@@ -706,7 +706,7 @@ async fn aborting_a_succeeded_rollout_touches_nothing_and_a_failed_start_leaves_
     assert!(listed.rollouts.is_empty(), "{listed:?}");
     assert_ne!(image(&h.deployment(CANARY).await), NEW_IMAGE);
     assert_eq!(h.weights().await, (100, 0));
-    h.sim.faults().clear();
+    h.sim().faults().clear();
 
     // The same request again starts it, and it is promoted.
     let started = h.start_rollout(request.clone()).await;
@@ -714,7 +714,7 @@ async fn aborting_a_succeeded_rollout_touches_nothing_and_a_failed_start_leaves_
     assert_eq!(done.phase(), Phase::Succeeded, "{}", done.message);
     let ga_after = h.deployment(GA).await;
 
-    let world = h.sim.world().clone();
+    let world = h.sim().world().clone();
     let faults = &world.faults;
     faults.reset_counts();
     let answer = abort(&mut h, &started.id, "too late").await;

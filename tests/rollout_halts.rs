@@ -87,7 +87,7 @@ async fn rollout_halts_while_an_hpa_scales_the_canary_then_continues() {
     )
     .await;
     let scaled_at = before.last().unwrap().canary_weight;
-    h.sim.set_load(NS, CANARY, 2.0);
+    h.set_load(NS, CANARY, 2.0).await;
     let after = h
         .watch_to_end(
             &started.id,

@@ -1,13 +1,29 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace (unit, integration, end-to-end and interop). The real
-# programs the tests drive (kubectl, Prometheus, grpcurl, Python's grpcio) come from the
-# project's tool cache, which tests/tools.sh fills on first use; nothing on the machine's PATH
-# is installed or replaced. Arguments go to `cargo test`.
+# Runs every test of the workspace (unit, integration, end-to-end and interop) on the
+# simulator, then the end-to-end suites that do not drive the simulator's own faults again on
+# a real control plane (kube-apiserver, etcd, controller-manager, scheduler and kwok, built from
+# their Go modules by tests/cluster/build.sh; each test starts its own with tests/cluster/up.sh).
+#
+# The real programs the tests drive come from the project's caches, never from replacing
+# anything on the machine: kubectl 1.37 from the control-plane build, Prometheus, grpcurl and
+# Python's grpcio from tests/tools.sh. The first run on a machine builds the control plane
+# (about 13 minutes on 2 cores); later runs reuse it. Arguments go to both `cargo test` runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # shellcheck source=tests/tools.sh
 source tests/tools.sh
 steerer_tools
+eval "$(tests/cluster/build.sh)"
+export KUBECTL="$K8S_BIN/kubectl"
 
-exec cargo test --workspace --no-fail-fast "$@"
+# Suites that run on both substrates: everything they do, a real cluster can do too.
+BOTH=(rollout_promote rollout_rollback rollout_halts rollout_control rollout_endings
+  cli_rollout grpcurl python_client)
+
+status=0
+echo "== tests on the simulator"
+cargo test --workspace --no-fail-fast "$@" || status=$?
+echo "== end-to-end tests on a real control plane (STEERER_SUBSTRATE=real)"
+STEERER_SUBSTRATE=real cargo test -p steerer --no-fail-fast "${BOTH[@]/#/--test=}" "$@" || status=$?
+exit "$status"

@@ -1,9 +1,11 @@
 //! steerer-sim: a Kubernetes API server with Deployment and HPA controllers and an Istio data
 //! plane, all simulated in one process, for tests and demos. Clients reach it through an
-//! ordinary kubeconfig and cannot tell it from a cluster.
+//! ordinary kubeconfig and cannot tell it from a cluster. The mesh also runs alone against any
+//! API server, a real kube-apiserver included ([`mesh::standalone`], `steerer-sim mesh`).
 
 pub mod admission;
 pub mod api;
+pub mod control_plane;
 pub mod controllers;
 pub mod error;
 pub mod faults;

@@ -8,6 +8,9 @@
 //! metrics: http://127.0.0.1:PORT/metrics
 //! kubeconfig: FILE            (only with --write-kubeconfig)
 //! ```
+//!
+//! `steerer-sim mesh --kubeconfig FILE` runs the Istio data plane alone against any API
+//! server; it prints `metrics: http://127.0.0.1:PORT/metrics` the same way once serving.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -15,13 +18,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use steerer_sim::mesh::cluster::{DEFAULT_VIRTUAL_SERVICE_VERSION, Scope};
+use steerer_sim::mesh::standalone::{MeshConfig, StandaloneMesh};
 use steerer_sim::{Sim, SimConfig, Timing};
 
 /// A simulated Kubernetes API server with Deployment/HPA controllers and an Istio data plane.
 #[derive(Debug, Parser)]
-#[command(name = "steerer-sim", version)]
+#[command(name = "steerer-sim", version, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Kubernetes API address (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -46,6 +53,37 @@ struct Args {
     /// Test timing: rolling updates and HPA reactions in about a second.
     #[arg(long)]
     fast: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run only the Istio data plane, against any API server (a real kube-apiserver or a
+    /// simulator): it watches VirtualServices, Services and ReplicaSets, sends synthetic
+    /// traffic by the route weights to ready pods and serves `/metrics`, `/sim/error-rate`
+    /// and `/sim/load` on --metrics-listen.
+    Mesh(MeshArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MeshArgs {
+    /// Kubeconfig of the API server (default: $KUBECONFIG, ~/.kube/config or in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Address of `/metrics` and `/sim/*` (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics_listen: SocketAddr,
+    /// Synthetic requests per second per VirtualService host.
+    #[arg(long, default_value_t = 50.0)]
+    request_rate: f64,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// The networking.istio.io API version of VirtualServices to watch.
+    #[arg(long, alias = "vs-version", default_value = DEFAULT_VIRTUAL_SERVICE_VERSION)]
+    virtual_service_version: String,
+    /// How often HPAs given a load with `/sim/load` are synced (e.g. `2s`).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    hpa_sync: Duration,
 }
 
 /// Parses `250ms`, `2s`, `1.5s`, `1m` (a bare number is seconds).
@@ -87,6 +125,50 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    match args.command {
+        Some(Command::Mesh(mesh)) => run_mesh(mesh).await,
+        None => run_sim(args).await,
+    }
+}
+
+/// `steerer-sim mesh`: the data plane alone, until SIGINT or SIGTERM.
+async fn run_mesh(args: MeshArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.request_rate.is_finite() && args.request_rate >= 0.0,
+        "--request-rate must be a number >= 0"
+    );
+    anyhow::ensure!(!args.hpa_sync.is_zero(), "--hpa-sync must be above zero");
+    let config = MeshConfig {
+        kubeconfig: args.kubeconfig,
+        metrics_listen: args.metrics_listen,
+        request_rate: args.request_rate,
+        scope: Scope {
+            namespace: args.namespace,
+            virtual_service_version: args.virtual_service_version,
+        },
+        hpa_sync: args.hpa_sync,
+        ..MeshConfig::default()
+    };
+    let mesh = StandaloneMesh::start(config)
+        .await
+        .context("starting the mesh")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "metrics: http://{}/metrics", mesh.metrics_addr())?;
+    out.flush()?;
+    drop(out);
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    if tokio::time::timeout(Duration::from_secs(5), mesh.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("tasks did not stop within 5 s");
+    }
+    Ok(())
+}
+
+/// `steerer-sim` with no subcommand: the whole simulated cluster.
+async fn run_sim(args: Args) -> anyhow::Result<()> {
     let mut timing = if args.fast {
         Timing::fast()
     } else {

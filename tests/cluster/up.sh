@@ -21,6 +21,12 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 NODES=${STEERER_CLUSTER_NODES:-3}
 WAIT_SECS=${STEERER_CLUSTER_WAIT:-90}
+# How long a pod takes from being bound to a node to being Ready, in milliseconds.
+POD_STARTUP_MS=${STEERER_CLUSTER_POD_STARTUP_MS:-0}
+[[ $POD_STARTUP_MS =~ ^[0-9]+$ ]] || { echo "up.sh: STEERER_CLUSTER_POD_STARTUP_MS must be a whole number" >&2; exit 2; }
+# Extra kube-apiserver flags, split on spaces (the conformance test turns the watch cache off
+# and compacts etcd every few seconds, to see watches from compacted versions answered 410).
+read -r -a APISERVER_ARGS <<<"${STEERER_CLUSTER_APISERVER_ARGS:-}"
 SERVICE_CIDR=10.96.0.0/16 # only stored in Service objects: nothing routes to it
 POD_CIDR=10.0.0.0/16      # kwok writes pod IPs from it: nothing routes to it either
 CONTROLLERS=deployment-controller,replicaset-controller,namespace-controller
@@ -129,9 +135,14 @@ write_kwok_config() {
     for f in node/fast/node-initialize pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
         [[ -f $s/$f.yaml ]] || fail "kwok stage $s/$f.yaml is missing (rerun build.sh)"
     done
-    python3 - "$s/pod/fast/pod-ready.yaml" >"$DIR/pod-ready.yaml" <<'PY' || fail "cannot narrow kwok's pod-ready stage"
+    python3 - "$s/pod/fast/pod-ready.yaml" "$POD_STARTUP_MS" >"$DIR/pod-ready.yaml" <<'PY' || fail "cannot narrow kwok's pod-ready stage"
 import sys
 text = open(sys.argv[1]).read()
+startup_ms = int(sys.argv[2])
+if startup_ms > 0:
+    if text.count("\n  next:\n") != 1:
+        sys.exit("pod-ready.yaml has an unexpected layout: cannot add a delay")
+    text = text.replace("\n  next:\n", f"\n  delay:\n    durationMilliseconds: {startup_ms}\n  next:\n")
 if text.count("    matchExpressions:\n") != 1:
     sys.exit("pod-ready.yaml has an unexpected layout: cannot narrow its selector")
 text = text.replace("    matchExpressions:\n", """    matchExpressions:
@@ -221,7 +232,8 @@ start_apiserver() {
         --service-account-issuer=https://kubernetes.default.svc \
         --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
         --service-cluster-ip-range="$SERVICE_CIDR" --endpoint-reconciler-type=none \
-        --disable-admission-plugins=TaintNodesByCondition --profiling=false
+        --disable-admission-plugins=TaintNodesByCondition --profiling=false \
+        ${APISERVER_ARGS[@]+"${APISERVER_ARGS[@]}"}
     wait_for "kube-apiserver /readyz" apiserver_ready
 }
 

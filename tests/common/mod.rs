@@ -1,7 +1,9 @@
-//! The end-to-end harness: a simulated cluster (`steerer-sim`) with the example workloads, a
-//! real Prometheus scraping its mesh, and the whole steerer server in-process on
-//! `127.0.0.1:0`, reached through the generated client. Also helpers to read the cluster and to
-//! wait for a rollout's phase. Every rollout test, and the CLI/interop tests, start from here.
+//! The end-to-end harness: a cluster with the example workloads (the simulator, or with
+//! `STEERER_SUBSTRATE=real` a real control plane from `tests/cluster/up.sh` with the
+//! simulator's mesh running against it), a real Prometheus scraping the mesh, and the whole
+//! steerer server in-process on `127.0.0.1:0`, reached through the generated client. Also
+//! helpers to read the cluster and to wait for a rollout's phase. Every rollout test, and the
+//! CLI/interop tests, start from here.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -18,6 +20,8 @@ use steerer::v1::{
 };
 use steerer_server::domain::AnalysisSettings;
 use steerer_server::{ServerConfig, ServerError};
+use steerer_sim::control_plane::{self, ControlPlane};
+use steerer_sim::mesh::standalone::{MeshConfig, StandaloneMesh};
 use steerer_sim::prometheus::{Prometheus, PrometheusConfig};
 use steerer_sim::{Sim, SimConfig, Timing};
 use tokio::net::TcpListener;
@@ -127,9 +131,99 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Simulator + Prometheus + server + client.
+/// Where the tests run: `STEERER_SUBSTRATE=real` picks a real control plane, anything else
+/// (or nothing) the simulator.
+pub fn real_substrate() -> bool {
+    std::env::var("STEERER_SUBSTRATE").is_ok_and(|s| s == "real")
+}
+
+/// The cluster under a harness.
+pub enum Cluster {
+    Sim(Sim),
+    /// A real control plane, and the simulator's mesh sending traffic by its VirtualServices.
+    Real {
+        mesh: StandaloneMesh,
+        plane: ControlPlane,
+    },
+}
+
+impl Cluster {
+    /// Starts the substrate `STEERER_SUBSTRATE` names, with `options.apply` applied and its
+    /// Deployments rolled out.
+    pub async fn start(options: &Options) -> Cluster {
+        if !real_substrate() {
+            let sim = Sim::start(SimConfig {
+                timing: options.timing.clone(),
+                apply: options.apply.clone(),
+                request_rate: options.request_rate,
+                ..SimConfig::default()
+            })
+            .await
+            .unwrap();
+            return Cluster::Sim(sim);
+        }
+        let apply = options.apply.clone();
+        let plane_options = control_plane::Options {
+            pod_startup: options.timing.pod_startup,
+            ..Default::default()
+        };
+        let plane = tokio::task::spawn_blocking(move || {
+            let plane = ControlPlane::start(&plane_options).unwrap_or_else(|e| panic!("{e}"));
+            for path in &apply {
+                plane
+                    .kubectl_run(&["apply", "-f", path.to_str().unwrap()])
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            let deployments = plane
+                .kubectl_run(&["get", "deployments", "-A", "-o", "name"])
+                .unwrap();
+            if !deployments.trim().is_empty() {
+                plane
+                    .kubectl_run(&[
+                        "wait",
+                        "--for=condition=Available",
+                        "deployments",
+                        "--all",
+                        "-A",
+                        "--timeout=60s",
+                    ])
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            plane
+        })
+        .await
+        .unwrap();
+        let mesh = StandaloneMesh::start(MeshConfig {
+            kubeconfig: Some(plane.kubeconfig_path().to_owned()),
+            request_rate: options.request_rate,
+            hpa_sync: options.timing.hpa_sync,
+            ..MeshConfig::default()
+        })
+        .await
+        .unwrap();
+        Cluster::Real { mesh, plane }
+    }
+
+    /// The address Prometheus scrapes for the mesh's Istio metrics.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        match self {
+            Cluster::Sim(sim) => sim.metrics_addr(),
+            Cluster::Real { mesh, .. } => mesh.metrics_addr(),
+        }
+    }
+
+    /// How a client reaches the cluster's API.
+    pub async fn kube_config(&self) -> kube::Config {
+        match self {
+            Cluster::Sim(sim) => sim.kube_config().await.unwrap(),
+            Cluster::Real { plane, .. } => plane.kube_config().await.unwrap(),
+        }
+    }
+}
+
+/// Simulator (or real cluster) + Prometheus + server + client.
 pub struct Harness {
-    pub sim: Sim,
+    pub cluster: Cluster,
     pub prometheus: Prometheus,
     pub kube: Client,
     /// How the server reaches the simulator (each server builds its own client from it, on
@@ -148,16 +242,9 @@ impl Harness {
 
     /// Starts everything.
     pub async fn start_with(options: Options) -> Harness {
-        let sim = Sim::start(SimConfig {
-            timing: options.timing.clone(),
-            apply: options.apply.clone(),
-            request_rate: options.request_rate,
-            ..SimConfig::default()
-        })
-        .await
-        .unwrap();
+        let cluster = Cluster::start(&options).await;
         let prometheus = Prometheus::start(PrometheusConfig::new(
-            vec![sim.metrics_addr()],
+            vec![cluster.metrics_addr()],
             Duration::from_secs(1),
         ))
         .await
@@ -165,14 +252,14 @@ impl Harness {
         if options.request_rate > 0.0 {
             wait_for_series(&prometheus, GA).await;
         }
-        let kube_config = sim.kube_config().await.unwrap();
+        let kube_config = cluster.kube_config().await;
         let kube = Client::try_from(kube_config.clone()).unwrap();
         let mut config = options.server.clone();
         config.prometheus_url = prometheus.url();
         let server = start_server(config.clone(), kube_config.clone()).await;
         let client = connect_for(&config, server.addr).await;
         Harness {
-            sim,
+            cluster,
             prometheus,
             kube,
             kube_config,
@@ -203,6 +290,34 @@ impl Harness {
         let server = start_server(self.config.clone(), self.kube_config.clone()).await;
         self.client = connect_for(&self.config, server.addr).await;
         self.server = Some(server);
+    }
+
+    /// The simulator, for a test that drives what only it can (API faults, holds, counts).
+    /// Such tests run on the simulator only: tests/run.sh leaves them out on the real control
+    /// plane.
+    pub fn sim(&self) -> &Sim {
+        match &self.cluster {
+            Cluster::Sim(sim) => sim,
+            Cluster::Real { .. } => {
+                panic!("this test drives the simulator itself and cannot run on a real cluster")
+            }
+        }
+    }
+
+    /// Sets the load an HPA follows (1.0 = at target), on either substrate.
+    pub async fn set_load(&self, namespace: &str, hpa: &str, load: f64) {
+        match &self.cluster {
+            Cluster::Sim(sim) => sim.set_load(namespace, hpa, load),
+            Cluster::Real { mesh, .. } => mesh.loads().set(namespace, hpa, load),
+        }
+    }
+
+    /// Overrides a workload's 5xx share (`None` restores its annotation), on either substrate.
+    pub async fn set_error_rate(&self, namespace: &str, deployment: &str, rate: Option<f64>) {
+        match &self.cluster {
+            Cluster::Sim(sim) => sim.set_error_rate(namespace, deployment, rate),
+            Cluster::Real { mesh, .. } => mesh.mesh().set_error_rate(namespace, deployment, rate),
+        }
     }
 
     /// Address of the running server.

@@ -124,6 +124,13 @@ fn hpa_view(h: &HorizontalPodAutoscaler) -> Option<HpaView> {
         max_replicas: count(Some(spec.max_replicas)),
         current_replicas: count(status.and_then(|s| s.current_replicas)),
         desired_replicas: count(status.map(|s| s.desired_replicas)),
+        scaling_inactive: status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|conditions| {
+                conditions
+                    .iter()
+                    .any(|c| c.type_ == "ScalingActive" && c.status == "False")
+            }),
     })
 }
 

@@ -71,6 +71,10 @@ pub struct HpaView {
     pub max_replicas: u32,
     pub current_replicas: u32,
     pub desired_replicas: u32,
+    /// Its `ScalingActive` condition is `False`: it cannot compute a replica count (its
+    /// metrics are unavailable, or it is disabled) and changes nothing, whatever its stale
+    /// `desiredReplicas` says.
+    pub scaling_inactive: bool,
 }
 
 /// Errors writing Deployments.
@@ -173,7 +177,7 @@ pub fn halt_reason(role: &str, d: &DeploymentView, hpa: Option<&HpaView>) -> Opt
         ));
     }
     if let Some(hpa) = hpa {
-        if hpa.desired_replicas != hpa.current_replicas {
+        if !hpa.scaling_inactive && hpa.desired_replicas != hpa.current_replicas {
             return Some(format!(
                 "HPA {} is scaling the {role} from {} to {} replicas",
                 hpa.name, hpa.current_replicas, hpa.desired_replicas
@@ -353,6 +357,22 @@ mod tests {
             halt_reason("canary", &d, Some(&hpa)).as_deref(),
             Some("HPA podinfo-canary is scaling the canary from 2 to 4 replicas")
         );
+    }
+
+    #[test]
+    fn an_hpa_that_cannot_compute_replicas_is_not_scaling() {
+        // kube-apiserver's HPA controller without metrics: ScalingActive=False, and the
+        // desiredReplicas it never computed left at 0.
+        let d = settled(2);
+        let hpa = HpaView {
+            name: "podinfo-canary".into(),
+            target: "podinfo-canary".into(),
+            current_replicas: 2,
+            desired_replicas: 0,
+            scaling_inactive: true,
+            ..Default::default()
+        };
+        assert_eq!(halt_reason("canary", &d, Some(&hpa)), None);
     }
 
     #[test]

@@ -57,18 +57,38 @@ struct HoldBody {
     ms: u64,
 }
 
+/// The body of `POST /sim/error-rate`.
 #[derive(Deserialize)]
-struct ErrorRateBody {
-    namespace: String,
-    deployment: String,
-    rate: Option<f64>,
+pub(crate) struct ErrorRateBody {
+    pub(crate) namespace: String,
+    pub(crate) deployment: String,
+    pub(crate) rate: Option<f64>,
 }
 
+/// The body of `POST /sim/load`.
 #[derive(Deserialize)]
-struct LoadBody {
-    namespace: String,
-    hpa: String,
-    load: f64,
+pub(crate) struct LoadBody {
+    pub(crate) namespace: String,
+    pub(crate) hpa: String,
+    pub(crate) load: f64,
+}
+
+/// Parses and checks a `POST /sim/error-rate` body (shared with the standalone mesh).
+pub(crate) fn parse_error_rate(body: &[u8]) -> Result<ErrorRateBody, ApiError> {
+    let e: ErrorRateBody = parse(body)?;
+    if e.rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+        return Err(ApiError::bad_request("rate must be between 0 and 1"));
+    }
+    Ok(e)
+}
+
+/// Parses and checks a `POST /sim/load` body (shared with the standalone mesh).
+pub(crate) fn parse_load(body: &[u8]) -> Result<LoadBody, ApiError> {
+    let l: LoadBody = parse(body)?;
+    if !l.load.is_finite() || l.load < 0.0 {
+        return Err(ApiError::bad_request("load must be a finite number >= 0"));
+    }
+    Ok(l)
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -156,20 +176,14 @@ fn run(
             ok(&json!({}))
         }
         (&Method::POST, ["error-rate"]) => {
-            let e: ErrorRateBody = parse(body)?;
-            if e.rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
-                return Err(ApiError::bad_request("rate must be between 0 and 1"));
-            }
+            let e = parse_error_rate(body)?;
             world
                 .mesh
                 .set_error_rate(&e.namespace, &e.deployment, e.rate);
             ok(&json!({}))
         }
         (&Method::POST, ["load"]) => {
-            let l: LoadBody = parse(body)?;
-            if !l.load.is_finite() || l.load < 0.0 {
-                return Err(ApiError::bad_request("load must be a finite number >= 0"));
-            }
+            let l = parse_load(body)?;
             world.loads.set(&l.namespace, &l.hpa, l.load);
             ok(&json!({}))
         }

@@ -6,7 +6,7 @@
 //! subresources, and the legacy `/watch/` prefix. Every failure is a `Status` object with the
 //! code and reason the real server uses.
 
-mod admin;
+pub(crate) mod admin;
 mod discovery;
 pub mod encode;
 pub(crate) mod objects;

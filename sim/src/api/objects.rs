@@ -272,22 +272,47 @@ fn json_type(v: &Value) -> &'static str {
 }
 
 /// The body's `apiVersion` and `kind` must be those of the URL (missing ones are filled in).
-fn check_type(obj: &mut Value, api_version: &str, kind: &str) -> Result<(), ApiError> {
+/// kube-apiserver answers a mismatch with 400 for built-in kinds and, like any other invalid
+/// field, with 422 for custom resources (`custom` holds the resource and the object's name).
+fn check_type(
+    obj: &mut Value,
+    api_version: &str,
+    kind: &str,
+    custom: Option<&GroupResource>,
+) -> Result<(), ApiError> {
+    let mismatch = |field: &str, got: &str, want: &str, obj: &Value| match custom {
+        Some(gr) => {
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            ApiError::invalid(
+                gr,
+                name,
+                format!("{field}: Invalid value: {got:?}: must be {want}"),
+            )
+        }
+        None if field == "kind" => ApiError::bad_request(format!(
+            "the kind in the data ({got}) does not match the expected kind ({want}) for this resource"
+        )),
+        None => ApiError::bad_request(format!(
+            "the API version in the data ({got}) does not match the expected API version ({want})"
+        )),
+    };
     if let Some(v) = obj.get("apiVersion").filter(|v| !v.is_null())
         && v.as_str() != Some(api_version)
     {
-        return Err(ApiError::bad_request(format!(
-            "the API version in the data ({}) does not match the expected API version ({api_version})",
-            v.as_str().unwrap_or("")
-        )));
+        return Err(mismatch(
+            "apiVersion",
+            v.as_str().unwrap_or(""),
+            api_version,
+            obj,
+        ));
     }
     if let Some(k) = obj.get("kind").filter(|k| !k.is_null())
         && k.as_str() != Some(kind)
     {
-        return Err(ApiError::bad_request(format!(
-            "the kind in the data ({}) does not match the expected kind ({kind}) for this resource",
-            k.as_str().unwrap_or("")
-        )));
+        return Err(mismatch("kind", k.as_str().unwrap_or(""), kind, obj));
     }
     if let Some(map) = obj.as_object_mut() {
         map.insert("apiVersion".into(), json!(api_version));
@@ -330,7 +355,8 @@ pub fn create_object(
     dry_run: bool,
 ) -> Result<Value, ApiError> {
     let api_version = def.api_version(version);
-    check_type(&mut obj, &api_version, &def.kind)?;
+    let custom = (!def.builtin).then(|| def.group_resource());
+    check_type(&mut obj, &api_version, &def.kind, custom.as_ref())?;
     if def.namespaced {
         check_namespace(&obj, namespace)?;
         let namespaces = GroupResource::new("", "namespaces");
@@ -467,7 +493,8 @@ fn admit(req: &ResourceRequest, new: &mut Value, old: &Value) -> Result<(), ApiE
 
 fn update(world: &World, req: &ResourceRequest) -> Result<Response, ApiError> {
     let mut obj = decode_body(req)?;
-    check_type(&mut obj, &req.api_version, &req.def.kind)?;
+    let custom = (!req.def.builtin).then(|| req.def.group_resource());
+    check_type(&mut obj, &req.api_version, &req.def.kind, custom.as_ref())?;
     if req.def.namespaced {
         check_namespace(&obj, req.ns())?;
     }
@@ -708,7 +735,7 @@ fn apply_scale(req: &ResourceRequest, old: &Value, scale: &Value) -> Result<Valu
 
 fn update_scale(world: &World, req: &ResourceRequest) -> Result<Response, ApiError> {
     let mut scale = decode_body(req)?;
-    check_type(&mut scale, "autoscaling/v1", "Scale")?;
+    check_type(&mut scale, "autoscaling/v1", "Scale", None)?;
     forced_conflict(world, req)?;
     let updated = write(world, req, UpdateScope::Spec, |old| {
         apply_scale(req, old, &scale)

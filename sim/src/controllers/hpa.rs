@@ -106,15 +106,54 @@ fn sync_one(store: &Store, loads: &Loads, hpa: &Value) -> Result<(), crate::ApiE
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    let (kind, target) = scale_target(hpa);
+    let current = if kind == "Deployment" {
+        store.get(&deployments(), ns, target).ok().map(|d| {
+            d.pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1)
+        })
+    } else {
+        None
+    };
+    let plan = plan(hpa, current, loads.get(ns, name), &now_rfc3339());
+    if let Some(replicas) = plan.scale_to {
+        store.update(&deployments(), ns, target, UpdateScope::Spec, |old| {
+            let mut new = old.clone();
+            new["spec"]["replicas"] = json!(replicas);
+            Ok(new)
+        })?;
+    }
+    write_status(store, ns, name, hpa, plan.status)
+}
+
+/// The kind and name of an HPA's `spec.scaleTargetRef` (empty when missing).
+pub fn scale_target(hpa: &Value) -> (&str, &str) {
+    let field = |f: &str| {
+        hpa.pointer(&format!("/spec/scaleTargetRef/{f}"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    (field("kind"), field("name"))
+}
+
+/// What one HPA sync does: the replicas to write to the target (if they change) and the
+/// HPA's new status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Replicas to give the target, when they change.
+    pub scale_to: Option<i64>,
+    /// The whole new `status` of the HPA.
+    pub status: Value,
+}
+
+/// Plans one sync of `hpa` from its target's replicas (`None`: the target was not found or
+/// is not a Deployment) and its load figure, with `stamp` as the time of any transition. Pure,
+/// so the simulator's controller and the standalone mesh (through a real API server) scale
+/// HPAs the same way.
+pub fn plan(hpa: &Value, target_replicas: Option<i64>, load: f64, stamp: &str) -> Plan {
     let spec = hpa.get("spec").cloned().unwrap_or_else(|| json!({}));
-    let kind = spec
-        .pointer("/scaleTargetRef/kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let target = spec
-        .pointer("/scaleTargetRef/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let (kind, target) = scale_target(hpa);
     let min = spec.get("minReplicas").and_then(Value::as_i64).unwrap_or(1);
     let max = spec
         .get("maxReplicas")
@@ -140,17 +179,11 @@ fn sync_one(store: &Store, loads: &Loads, hpa: &Value) -> Result<(), crate::ApiE
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let stamp = now_rfc3339();
     let mut set = |type_: &str, status: &str, reason: &str, message: String| {
-        set_condition(&mut conditions, type_, status, reason, message, &stamp);
+        set_condition(&mut conditions, type_, status, reason, message, stamp);
     };
 
-    let deployment = if kind == "Deployment" {
-        store.get(&deployments(), ns, target).ok()
-    } else {
-        None
-    };
-    let Some(deployment) = deployment else {
+    let Some(current) = target_replicas else {
         set(
             "AbleToScale",
             "False",
@@ -168,13 +201,11 @@ fn sync_one(store: &Store, loads: &Loads, hpa: &Value) -> Result<(), crate::ApiE
         status["conditions"] = json!(conditions);
         status["currentReplicas"] = status.get("currentReplicas").cloned().unwrap_or(json!(0));
         status["desiredReplicas"] = status.get("desiredReplicas").cloned().unwrap_or(json!(0));
-        return write_status(store, ns, name, hpa, status);
+        return Plan {
+            scale_to: None,
+            status,
+        };
     };
-    let current = deployment
-        .pointer("/spec/replicas")
-        .and_then(Value::as_i64)
-        .unwrap_or(1);
-    let load = loads.get(ns, name);
     let decision = decide(current, load, min, max);
 
     let mut status = json!({
@@ -187,6 +218,7 @@ fn sync_one(store: &Store, loads: &Loads, hpa: &Value) -> Result<(), crate::ApiE
     if let Some(last) = old_status.get("lastScaleTime") {
         status["lastScaleTime"] = last.clone();
     }
+    let mut scale_to = None;
     if decision.disabled {
         set(
             "AbleToScale",
@@ -207,11 +239,7 @@ fn sync_one(store: &Store, loads: &Loads, hpa: &Value) -> Result<(), crate::ApiE
             "resource": {"name": "cpu", "current": {"averageUtilization": utilization}},
         }]);
         if decision.rescale {
-            store.update(&deployments(), ns, target, UpdateScope::Spec, |old| {
-                let mut new = old.clone();
-                new["spec"]["replicas"] = json!(decision.desired);
-                Ok(new)
-            })?;
+            scale_to = Some(decision.desired);
             status["lastScaleTime"] = json!(stamp);
             set(
                 "AbleToScale",
@@ -240,7 +268,7 @@ fn sync_one(store: &Store, loads: &Loads, hpa: &Value) -> Result<(), crate::ApiE
         set("ScalingLimited", status_, reason, message.into());
     }
     status["conditions"] = json!(conditions);
-    write_status(store, ns, name, hpa, status)
+    Plan { scale_to, status }
 }
 
 fn write_status(
@@ -319,6 +347,24 @@ mod tests {
         let d = decide(3, 1.05, 1, 10);
         assert_eq!((d.desired, d.rescale), (3, false));
         assert_eq!(d.limited.0, "False");
+    }
+
+    #[test]
+    fn plan_of_a_doubled_load_rescales_and_reports_the_new_desired_count() {
+        let hpa = json!({
+            "metadata": {"name": "web", "namespace": "default", "generation": 3},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"},
+                     "minReplicas": 2, "maxReplicas": 4},
+        });
+        let plan = plan(&hpa, Some(2), 2.0, "2025-01-01T00:00:00Z");
+        assert_eq!(plan.scale_to, Some(4));
+        assert_eq!(plan.status["currentReplicas"], 2);
+        assert_eq!(plan.status["desiredReplicas"], 4);
+        assert_eq!(plan.status["observedGeneration"], 3);
+        assert_eq!(plan.status["lastScaleTime"], "2025-01-01T00:00:00Z");
+        let missing = super::plan(&hpa, None, 2.0, "2025-01-01T00:00:00Z");
+        assert_eq!(missing.scale_to, None);
+        assert_eq!(missing.status["conditions"][0]["reason"], "FailedGetScale");
     }
 
     #[test]

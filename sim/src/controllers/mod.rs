@@ -38,6 +38,14 @@ impl Loads {
             .unwrap_or(1.0)
     }
 
+    /// Every figure set so far, as `((namespace, hpa), load)`.
+    pub fn entries(&self) -> Vec<((String, String), f64)> {
+        self.lock()
+            .iter()
+            .map(|(key, load)| (key.clone(), *load))
+            .collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), f64>> {
         self.inner
             .lock()

@@ -7,12 +7,20 @@
 //! whatever headers and query parameters the routes' match conditions ask for, so header-based
 //! routes get traffic too. Splits are deterministic (smooth weighted round-robin), so tests see
 //! exact proportions.
+//!
+//! One traffic engine ([`drive`]) runs over a [`ClusterView`]: the simulator's own store
+//! ([`run`]), or watch caches of any API server ([`cluster::KubeView`], used by
+//! [`standalone`], the `steerer-sim mesh` command).
 
+pub mod autoscale;
+pub mod cluster;
 pub mod labels;
 pub mod metrics;
 pub mod routing;
+pub mod standalone;
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,11 +28,13 @@ use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use serde_json::Value;
 use tokio::net::TcpListener;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::MissedTickBehavior;
 
-use crate::store::GroupResource;
+use crate::store::{Change, GroupResource, Store};
 use crate::{Shutdown, World};
 use metrics::{Metrics, Reporter};
 use routing::{ErrorState, HostState, Table};
@@ -115,15 +125,15 @@ struct Traffic {
 }
 
 impl Traffic {
-    fn rebuild(&mut self, world: &World) {
-        let (vss, _) = world.store.list(&virtual_services(), None);
-        let (svcs, _) = world.store.list(&services(), None);
-        let (rss, _) = world
-            .store
-            .list(&crate::controllers::deployment::replicasets(), None);
-        self.table = routing::build(&vss, &svcs, &rss, DEFAULT_HEADER_SHARE);
+    fn rebuild(&mut self, snapshot: &Snapshot, mesh: &Mesh) {
+        self.table = routing::build(
+            &snapshot.virtual_services,
+            &snapshot.services,
+            &snapshot.replicasets,
+            DEFAULT_HEADER_SHARE,
+        );
         {
-            let mut metrics = lock(&world.mesh.metrics);
+            let mut metrics = lock(&mesh.metrics);
             self.table
                 .assign_series(&mut |labels| metrics.intern(labels));
         }
@@ -234,59 +244,157 @@ fn sample_latency(rng: &mut impl rand::Rng, mean_ms: f64) -> f64 {
     (mu + SIGMA * normal).exp()
 }
 
+/// The objects the routing table is computed from, as JSON.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// Every VirtualService.
+    pub virtual_services: Vec<Arc<Value>>,
+    /// Every Service.
+    pub services: Vec<Arc<Value>>,
+    /// Every ReplicaSet: pod-template labels and annotations, `status.readyReplicas`.
+    pub replicasets: Vec<Arc<Value>>,
+}
+
+/// Where the traffic engine reads the cluster from: the simulator's store, or an API server
+/// through watch caches.
+pub trait ClusterView {
+    /// The current VirtualServices, Services and ReplicaSets.
+    fn snapshot(&self) -> Snapshot;
+
+    /// Resolves when one of them may have changed since the last call; `false` when the view
+    /// ended and will never change again. Cancel-safe.
+    fn changed(&mut self) -> impl Future<Output = bool> + Send;
+}
+
+/// The simulator's own store as the mesh sees it.
+pub struct StoreView<'a> {
+    store: &'a Store,
+    changes: broadcast::Receiver<Arc<Change>>,
+}
+
+impl<'a> StoreView<'a> {
+    /// A view of `store` that reports its changes from now on.
+    pub fn new(store: &'a Store) -> Self {
+        Self {
+            store,
+            changes: store.subscribe(),
+        }
+    }
+}
+
+impl ClusterView for StoreView<'_> {
+    fn snapshot(&self) -> Snapshot {
+        let list = |gr: &GroupResource| self.store.list(gr, None).0;
+        Snapshot {
+            virtual_services: list(&virtual_services()),
+            services: list(&services()),
+            replicasets: list(&crate::controllers::deployment::replicasets()),
+        }
+    }
+
+    async fn changed(&mut self) -> bool {
+        loop {
+            match self.changes.recv().await {
+                Ok(change) if relevant(&change.gr) => return true,
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => return true,
+                Err(RecvError::Closed) => return false,
+            }
+        }
+    }
+}
+
 fn relevant(gr: &GroupResource) -> bool {
     *gr == virtual_services()
         || *gr == services()
         || *gr == crate::controllers::deployment::replicasets()
 }
 
-/// Sends traffic until `shutdown` is cancelled. The routing table is rebuilt only after a
-/// VirtualService, Service or ReplicaSet changed; a tick only walks the table.
-pub async fn run(world: Arc<World>, shutdown: Shutdown) {
-    let mut changes = world.store.subscribe();
+/// The traffic engine: sends `mesh`'s requests every `traffic_tick` over what `view` shows,
+/// until `shutdown` is cancelled or the view ends. The routing table is rebuilt only after
+/// the view changed; a tick only walks the table.
+pub async fn drive(
+    mut view: impl ClusterView,
+    mesh: &Mesh,
+    traffic_tick: Duration,
+    shutdown: &Shutdown,
+) {
     let mut traffic = Traffic::default();
     let mut dirty = true;
-    let mut tick = tokio::time::interval(world.config.timing.traffic_tick);
+    let mut tick = tokio::time::interval(traffic_tick);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last = Instant::now();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            received = changes.recv() => match received {
-                Ok(change) => dirty |= relevant(&change.gr),
-                Err(RecvError::Lagged(_)) => dirty = true,
-                Err(RecvError::Closed) => break,
-            },
+            changed = view.changed() => {
+                if !changed {
+                    break;
+                }
+                dirty = true;
+            }
             _ = tick.tick() => {
                 if dirty {
-                    traffic.rebuild(&world);
+                    traffic.rebuild(&view.snapshot(), mesh);
                     dirty = false;
                 }
                 let now = Instant::now();
                 // A stalled tick does not turn into a burst larger than a second of traffic.
                 let elapsed = now.duration_since(last).min(Duration::from_secs(1));
                 last = now;
-                traffic.tick(&world.mesh, elapsed);
+                traffic.tick(mesh, elapsed);
             }
         }
     }
 }
 
-/// Serves `GET /metrics` until `shutdown` is cancelled.
-pub async fn serve_metrics(listener: TcpListener, world: Arc<World>, shutdown: Shutdown) {
-    let app = Router::new().route(
+/// Sends the simulator's traffic over its own store until `shutdown` is cancelled.
+pub async fn run(world: Arc<World>, shutdown: Shutdown) {
+    drive(
+        StoreView::new(&world.store),
+        &world.mesh,
+        world.config.timing.traffic_tick,
+        &shutdown,
+    )
+    .await;
+}
+
+impl AsRef<Mesh> for Mesh {
+    fn as_ref(&self) -> &Mesh {
+        self
+    }
+}
+
+impl AsRef<Mesh> for World {
+    fn as_ref(&self) -> &Mesh {
+        &self.mesh
+    }
+}
+
+/// The `GET /metrics` route of `owner`'s mesh.
+pub fn metrics_router<M>(owner: Arc<M>) -> Router
+where
+    M: AsRef<Mesh> + Send + Sync + 'static,
+{
+    Router::new().route(
         "/metrics",
         get(move || {
-            let world = Arc::clone(&world);
+            let owner = Arc::clone(&owner);
             async move {
-                let body = tokio::task::spawn_blocking(move || world.mesh.render_metrics())
-                    .await
-                    .unwrap_or_default();
+                let body = tokio::task::spawn_blocking(move || {
+                    AsRef::<Mesh>::as_ref(&*owner).render_metrics()
+                })
+                .await
+                .unwrap_or_default();
                 ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body).into_response()
             }
         }),
-    );
-    if let Err(err) = axum::serve(listener, app)
+    )
+}
+
+/// Serves `GET /metrics` until `shutdown` is cancelled.
+pub async fn serve_metrics(listener: TcpListener, world: Arc<World>, shutdown: Shutdown) {
+    if let Err(err) = axum::serve(listener, metrics_router(world))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
     {
