@@ -8,9 +8,24 @@
 # Works as the first command on a fresh clone: it builds the workspace's binaries and takes
 # kubectl, Prometheus and grpcurl from the project's tool cache (tests/tools.sh), installing
 # nothing over the machine's own programs.
+#
+#   ./demo.sh          on the simulated cluster (sim/)
+#   ./demo.sh --real   on a real control plane (tests/cluster/up.sh: kube-apiserver, etcd,
+#                      controller-manager, scheduler, kwok), with the simulator's mesh alone
+#                      against it; the first run builds the control plane (about 13 minutes)
 set -euo pipefail
 cd "$(dirname "$0")"
 root=$(pwd)
+
+real=""
+case "${1:-}" in
+  --real) real=1 ;;
+  "") ;;
+  *)
+    echo "usage: $0 [--real]" >&2
+    exit 2
+    ;;
+esac
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -21,6 +36,9 @@ cleanup() {
   trap - EXIT INT TERM
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$real" ] && [ -f "$work/cluster/pids" ]; then
+    tests/cluster/down.sh "$work/cluster" >/dev/null 2>&1 || true
+  fi
   if [ "$status" -ne 0 ]; then
     echo "demo: logs kept in $work" >&2
   else
@@ -91,22 +109,38 @@ wait_for_http() {
   fail "$name did not answer $url within 20 s" "$log"
 }
 
-say "Starting the simulated cluster (with Istio's CRDs)"
-"$bin/steerer-sim" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
-  --write-kubeconfig "$work/kubeconfig" --pod-startup 500ms --request-rate 100 \
-  --apply artifacts/istio >"$work/sim.out" 2>"$work/sim.log" &
-sim_pid=$!
-pids+=("$sim_pid")
-metrics_url=$(wait_for_line "$work/sim.out" "metrics: " "$sim_pid" "the simulator" "$work/sim.log")
-wait_for_line "$work/sim.out" "kubeconfig: " "$sim_pid" "the simulator" "$work/sim.log" >/dev/null
-export KUBECONFIG="$work/kubeconfig"
+if [ -n "$real" ]; then
+  say "Starting a real control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok)"
+  tests/cluster/up.sh "$work/cluster" || fail "tests/cluster/up.sh could not start the control plane"
+  # shellcheck disable=SC1091
+  . "$work/cluster/env"
+  export KUBECONFIG KUBECTL
+  say "Starting the simulator's mesh against it"
+  "$bin/steerer-sim" mesh --kubeconfig "$KUBECONFIG" --metrics-listen 127.0.0.1:0 \
+    --request-rate 100 >"$work/mesh.out" 2>"$work/mesh.log" &
+  mesh_pid=$!
+  pids+=("$mesh_pid")
+  metrics_url=$(wait_for_line "$work/mesh.out" "metrics: " "$mesh_pid" "the mesh" "$work/mesh.log")
+  cluster_log="$work/cluster/kube-apiserver.log"
+else
+  say "Starting the simulated cluster (with Istio's CRDs)"
+  cluster_log="$work/sim.log"
+  "$bin/steerer-sim" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
+    --write-kubeconfig "$work/kubeconfig" --pod-startup 500ms --request-rate 100 \
+    --apply artifacts/istio >"$work/sim.out" 2>"$cluster_log" &
+  sim_pid=$!
+  pids+=("$sim_pid")
+  metrics_url=$(wait_for_line "$work/sim.out" "metrics: " "$sim_pid" "the simulator" "$cluster_log")
+  wait_for_line "$work/sim.out" "kubeconfig: " "$sim_pid" "the simulator" "$cluster_log" >/dev/null
+  export KUBECONFIG="$work/kubeconfig"
+fi
 
 say "kubectl apply: namespace test, podinfo and podinfo-canary, their Services, an HPA, the VirtualService"
-kubectl apply -f ./artifacts/namespace/ || fail "kubectl apply -f artifacts/namespace/ failed" "$work/sim.log"
-kubectl apply -f ./artifacts/workloads/ || fail "kubectl apply -f artifacts/workloads/ failed" "$work/sim.log"
+kubectl apply -f ./artifacts/namespace/ || fail "kubectl apply -f artifacts/namespace/ failed" "$cluster_log"
+kubectl apply -f ./artifacts/workloads/ || fail "kubectl apply -f artifacts/workloads/ failed" "$cluster_log"
 for deployment in podinfo podinfo-canary; do
   kubectl -n test rollout status "deployment/$deployment" --timeout=60s ||
-    fail "deployment $deployment did not become ready" "$work/sim.log"
+    fail "deployment $deployment did not become ready" "$cluster_log"
 done
 kubectl -n test get deployments,services,hpa,virtualservices
 
@@ -166,7 +200,7 @@ say "Release 2: podinfo 6.0.2, a canary answering 30% 5xx -> rolled back"
 # The failing version: the simulator reads this pod-template annotation as the 5xx share.
 kubectl -n test patch deployment podinfo-canary --type=merge \
   -p '{"spec":{"template":{"metadata":{"annotations":{"sim.steerer.dev/error-rate":"0.3"}}}}}' >/dev/null ||
-  fail "kubectl patch of podinfo-canary failed" "$work/sim.log"
+  fail "kubectl patch of podinfo-canary failed" "$cluster_log"
 release "release 2 (5xx)" ghcr.io/stefanprodan/podinfo:6.0.2 1
 
 say "Summary"
