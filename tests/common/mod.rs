@@ -212,6 +212,16 @@ impl Cluster {
         }
     }
 
+    /// Writes a kubeconfig for the cluster's admin to `path` (for kubectl).
+    pub fn write_kubeconfig(&self, path: &Path) {
+        match self {
+            Cluster::Sim(sim) => sim.write_kubeconfig(path).unwrap(),
+            Cluster::Real { plane, .. } => {
+                std::fs::copy(plane.kubeconfig_path(), path).unwrap();
+            }
+        }
+    }
+
     /// How a client reaches the cluster's API.
     pub async fn kube_config(&self) -> kube::Config {
         match self {
