@@ -17,13 +17,15 @@ steerer_tools
 eval "$(tests/cluster/build.sh)"
 export KUBECTL="$K8S_BIN/kubectl"
 
-# Suites that run on both substrates: everything they do, a real cluster can do too.
-BOTH=(rollout_promote rollout_rollback rollout_halts rollout_control rollout_endings
+# Suites (modules of tests/e2e) that run on both substrates: everything they do, a real
+# cluster can do too.
+BOTH=(rollout_promote rollout_rollback rollout_halts rollout_control rollout_endings artifacts
   cli_rollout grpcurl python_client)
 
 status=0
 echo "== tests on the simulator"
 cargo test --workspace --no-fail-fast "$@" || status=$?
 echo "== end-to-end tests on a real control plane (STEERER_SUBSTRATE=real)"
-STEERER_SUBSTRATE=real cargo test -p steerer --no-fail-fast "${BOTH[@]/#/--test=}" "$@" || status=$?
+# One test binary (tests/e2e), a module per suite: the filters select the suites' modules.
+STEERER_SUBSTRATE=real cargo test -p steerer --no-fail-fast --test e2e "$@" -- "${BOTH[@]/%/::}" || status=$?
 exit "$status"

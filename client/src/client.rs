@@ -17,7 +17,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::auth::{AuthProvider, StaticToken};
 use crate::error::ClientError;
-use crate::watch::{Outcome, ReconnectPolicy, WatchStream};
+use crate::reconnect::ReconnectPolicy;
 
 /// The endpoint [`Client::connect`] documents as the usual local one.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
@@ -420,55 +420,6 @@ impl Client {
             |mut c, r| async move { c.promote_rollout(r).await },
         )
         .await
-    }
-
-    /// Follows a rollout's events from the start (`WatchRollout`), across reconnects, until
-    /// the terminal event. See [`WatchStream`] for the guarantees.
-    ///
-    /// ```no_run
-    /// # async fn demo(client: steerer_client::Client) -> Result<(), steerer_client::ClientError> {
-    /// use futures::StreamExt;
-    ///
-    /// let mut events = client.watch("r-7f3c");
-    /// while let Some(event) = events.next().await {
-    ///     let event = event?;
-    ///     println!("#{} {:?} weight={}", event.sequence, event.r#type(), event.canary_weight);
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub fn watch(&self, id: impl Into<String>) -> WatchStream {
-        self.watch_from(id, 0)
-    }
-
-    /// Like [`watch`](Self::watch), starting at event `from_sequence` (0 or 1 = the first).
-    pub fn watch_from(&self, id: impl Into<String>, from_sequence: u64) -> WatchStream {
-        WatchStream::new(self.clone(), id.into(), from_sequence)
-    }
-
-    /// Follows a rollout to its end and returns how it ended.
-    ///
-    /// ```no_run
-    /// # async fn demo(client: steerer_client::Client) -> Result<(), steerer_client::ClientError> {
-    /// let outcome = client.wait("r-7f3c").await?;
-    /// if !outcome.succeeded() {
-    ///     eprintln!("canary not promoted: {}", outcome.message);
-    ///     std::process::exit(1);
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn wait(&self, id: impl Into<String>) -> Result<Outcome, ClientError> {
-        self.wait_with(id, 0, |_| {}).await
-    }
-
-    /// Like [`wait`](Self::wait), starting at event `from_sequence` and handing every event to
-    /// `on_event` as it arrives (to print progress, post to chat, ...).
-    pub async fn wait_with(
-        &self,
-        id: impl Into<String>,
-        from_sequence: u64,
-        on_event: impl FnMut(&RolloutEvent),
-    ) -> Result<Outcome, ClientError> {
-        crate::watch::wait_with(self, id.into(), from_sequence, on_event).await
     }
 
     /// Opens one `WatchRollout` stream (no reconnects), bounded by the unary timeout until the

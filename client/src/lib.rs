@@ -96,6 +96,7 @@
 mod auth;
 mod client;
 mod error;
+mod reconnect;
 mod watch;
 
 /// The `steerer.v1` contract: request, response and event messages, enums, and the generated
@@ -105,4 +106,5 @@ pub use steerer::v1 as proto;
 pub use auth::{AuthError, AuthFuture, AuthProvider, SharedToken, StaticToken};
 pub use client::{Client, ClientBuilder, DEFAULT_ENDPOINT};
 pub use error::{ClientError, code_name};
-pub use watch::{Outcome, ReconnectPolicy, WatchStream, is_terminal_event, is_terminal_phase};
+pub use reconnect::ReconnectPolicy;
+pub use watch::{Outcome, WatchStream, is_terminal_event, is_terminal_phase};

@@ -1,13 +1,11 @@
-//! Following a rollout: the resuming [`WatchStream`], its [`ReconnectPolicy`], and the
-//! [`Outcome`] that [`Client::wait`](crate::Client::wait) returns.
+//! Following a rollout: [`Client::watch`] and [`Client::wait`], the resuming [`WatchStream`]
+//! they return, and the [`Outcome`] of `wait`.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures::Stream;
 use futures::stream::BoxStream;
-use rand::Rng;
 use steerer::v1::{EventType, Phase, Rollout, RolloutEvent};
 use tokio::time::Instant;
 
@@ -16,10 +14,7 @@ use crate::error::ClientError;
 
 /// Whether a rollout in `phase` has ended (succeeded, rolled back, aborted or failed).
 pub fn is_terminal_phase(phase: Phase) -> bool {
-    matches!(
-        phase,
-        Phase::Succeeded | Phase::RolledBack | Phase::Aborted | Phase::Failed
-    )
+    phase.is_terminal()
 }
 
 /// Whether an event of this type is the last one a rollout emits.
@@ -28,73 +23,6 @@ pub fn is_terminal_event(event_type: EventType) -> bool {
         event_type,
         EventType::Succeeded | EventType::RolledBack | EventType::Aborted | EventType::Failed
     )
-}
-
-/// How a [`WatchStream`] reconnects after its stream breaks.
-///
-/// Waits grow from `initial_backoff` by `multiplier` per consecutive failure up to
-/// `max_backoff`, each randomised to between half and all of its value so that many watchers
-/// cut off by one server restart do not reconnect in lockstep. The failure count resets once an
-/// event arrives (or a stream stays open for `max_backoff`). The watch gives up, ending with the
-/// last error, after `max_attempts` consecutive failed attempts or once the server has been
-/// unreachable for `max_outage`, whichever comes first.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ReconnectPolicy {
-    /// First wait after a failure. Default 200 ms.
-    pub initial_backoff: Duration,
-    /// Longest wait between attempts. Default 5 s.
-    pub max_backoff: Duration,
-    /// Growth factor per consecutive failure. Default 2.
-    pub multiplier: f64,
-    /// Consecutive failed attempts before giving up; `None` = no limit. Default `None`.
-    pub max_attempts: Option<u32>,
-    /// Longest outage (since the first failure without an event in between) before giving up;
-    /// `None` = no limit. Default 5 min.
-    pub max_outage: Option<Duration>,
-}
-
-impl Default for ReconnectPolicy {
-    fn default() -> Self {
-        Self {
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
-            multiplier: 2.0,
-            max_attempts: None,
-            max_outage: Some(Duration::from_secs(300)),
-        }
-    }
-}
-
-impl ReconnectPolicy {
-    /// Never reconnect: the first broken stream ends the watch with its error.
-    pub fn never() -> Self {
-        Self {
-            max_attempts: Some(0),
-            ..Self::default()
-        }
-    }
-
-    /// The un-randomised wait before reconnect attempt `failures` (1 = after the first
-    /// failure).
-    pub fn base_delay(&self, failures: u32) -> Duration {
-        let exponent = failures.saturating_sub(1).min(64) as i32;
-        let factor = self.multiplier.max(1.0).powi(exponent);
-        let millis =
-            (self.initial_backoff.as_secs_f64() * factor).min(self.max_backoff.as_secs_f64());
-        Duration::from_secs_f64(millis.max(0.0))
-    }
-
-    /// The wait before reconnect attempt `failures`, with jitter: between half and all of
-    /// [`base_delay`](Self::base_delay).
-    pub fn delay(&self, failures: u32) -> Duration {
-        let base = self.base_delay(failures);
-        base.mul_f64(rand::rng().random_range(0.5..=1.0))
-    }
-
-    fn gives_up(&self, failures: u32, outage: Duration) -> bool {
-        self.max_attempts.is_some_and(|max| failures > max)
-            || self.max_outage.is_some_and(|max| outage >= max)
-    }
 }
 
 /// The events of one rollout, in order, each exactly once, across reconnects.
@@ -327,6 +255,57 @@ impl Follower {
     }
 }
 
+impl Client {
+    /// Follows a rollout's events from the start (`WatchRollout`), across reconnects, until
+    /// the terminal event. See [`WatchStream`] for the guarantees.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: steerer_client::Client) -> Result<(), steerer_client::ClientError> {
+    /// use futures::StreamExt;
+    ///
+    /// let mut events = client.watch("r-7f3c");
+    /// while let Some(event) = events.next().await {
+    ///     let event = event?;
+    ///     println!("#{} {:?} weight={}", event.sequence, event.r#type(), event.canary_weight);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn watch(&self, id: impl Into<String>) -> WatchStream {
+        self.watch_from(id, 0)
+    }
+
+    /// Like [`watch`](Self::watch), starting at event `from_sequence` (0 or 1 = the first).
+    pub fn watch_from(&self, id: impl Into<String>, from_sequence: u64) -> WatchStream {
+        WatchStream::new(self.clone(), id.into(), from_sequence)
+    }
+
+    /// Follows a rollout to its end and returns how it ended.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: steerer_client::Client) -> Result<(), steerer_client::ClientError> {
+    /// let outcome = client.wait("r-7f3c").await?;
+    /// if !outcome.succeeded() {
+    ///     eprintln!("canary not promoted: {}", outcome.message);
+    ///     std::process::exit(1);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait(&self, id: impl Into<String>) -> Result<Outcome, ClientError> {
+        self.wait_with(id, 0, |_| {}).await
+    }
+
+    /// Like [`wait`](Self::wait), starting at event `from_sequence` and handing every event to
+    /// `on_event` as it arrives (to print progress, post to chat, ...).
+    pub async fn wait_with(
+        &self,
+        id: impl Into<String>,
+        from_sequence: u64,
+        on_event: impl FnMut(&RolloutEvent),
+    ) -> Result<Outcome, ClientError> {
+        wait_with(self, id.into(), from_sequence, on_event).await
+    }
+}
+
 /// How a rollout ended, as [`Client::wait`](crate::Client::wait) reports it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
@@ -409,6 +388,9 @@ async fn get_with_retry(client: &Client, id: &str) -> Result<Rollout, ClientErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    use crate::reconnect::ReconnectPolicy;
 
     #[test]
     fn backoff_grows_geometrically_up_to_the_cap() {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use common::{env_or, loadavg, print_header, verdict};
-use steerer::v1::{EventType, Phase, RolloutEvent, StartRolloutRequest, WatchRolloutRequest};
+use steerer::v1::{EventType, RolloutEvent, StartRolloutRequest, WatchRolloutRequest};
 use steerer_server::ServerConfig;
 use steerer_server::domain::AnalysisSettings;
 use steerer_sim::prometheus::{Prometheus, PrometheusConfig};
@@ -258,10 +258,7 @@ async fn run(k: usize, interval: Duration) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
             );
         };
-        if matches!(
-            event.phase(),
-            Phase::Succeeded | Phase::RolledBack | Phase::Aborted | Phase::Failed
-        ) {
+        if event.phase().is_terminal() {
             finished.push((i, event.phase()));
         }
         timeline.push((i, event, snap().await?));

@@ -1,24 +1,28 @@
 //! steerer-server: the gRPC server that owns canary rollouts of Kubernetes Deployments,
 //! moving Istio VirtualService weights step by step, gated on Prometheus success rates.
 //!
+//! This file wires: `serve` builds the Kubernetes adapters, `serve_with` the engine and the
+//! gRPC services; configuration lives in `config`, signal handling in `signals`.
+//!
 //! `serve` runs the whole server on a listener the caller bound, so tests start it in-process
 //! on `127.0.0.1:0`, stop it gracefully through the shutdown future, or abort its task to
 //! simulate a crash.
 
 pub mod api;
 pub mod cache;
+pub mod config;
 pub mod domain;
 pub mod engine;
+mod error;
 pub mod events;
 pub mod metrics;
 pub mod retry;
 pub mod router;
+mod signals;
 pub mod store;
 pub mod workloads;
 
 use std::future::Future;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,170 +30,9 @@ use steerer::v1::rollout_service_server::RolloutServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::AnalysisSettings;
-use crate::engine::{EngineConfig, Ports, Supervisor};
-
-/// Most events a rollout may keep: at up to 700 bytes each, they fill most of a 1 MiB
-/// ConfigMap.
-pub const MAX_EVENT_LIMIT: usize = 1400;
-
-/// Longest scale-down delay: a rollout's end waits for it.
-pub const MAX_SCALE_DOWN_DELAY: Duration = Duration::from_secs(3600);
-
-/// Everything the server needs besides a listener and a Kubernetes client.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Address to listen on (used by the binary; `serve` takes a bound listener).
-    pub listen: SocketAddr,
-    /// Prometheus base URL, for example `http://127.0.0.1:9090`.
-    pub prometheus_url: String,
-    /// Namespaces served (empty = all).
-    pub namespaces: Vec<String>,
-    /// Analysis settings for fields a request leaves out.
-    pub defaults: AnalysisSettings,
-    /// Shortest metrics window; the window of a check is max(interval, this), cut at the time
-    /// the revision under analysis got its first traffic, and no check runs before the
-    /// revision has had traffic this long.
-    pub metrics_window: Duration,
-    /// Events kept per rollout, newest first; older ones are dropped from the store and the
-    /// events hub (a rollout's record lives in one ConfigMap of at most 1 MiB, and an event
-    /// takes 300 to 700 bytes of it).
-    pub event_limit: usize,
-    /// Timeout of one Prometheus query.
-    pub metrics_timeout: Duration,
-    /// Start rollouts by themselves for labelled GA Deployments whose canary changes.
-    pub auto: bool,
-    /// How often auto mode looks for new canary revisions.
-    pub auto_interval: Duration,
-    /// Time between moving all traffic off the canary (promotion, rollback, abort) and
-    /// scaling it to zero: mesh proxies take a while to get a new route.
-    pub scale_down_delay: Duration,
-    /// Served version of `networking.istio.io` VirtualServices.
-    pub istio_api_version: String,
-    /// How long start-up waits for the watch caches.
-    pub sync_timeout: Duration,
-    /// Accepted bearer tokens, one a line. Set (or `read_only_token_file` set): every
-    /// `RolloutService` call needs a valid token; health and reflection stay open.
-    pub token_file: Option<PathBuf>,
-    /// Tokens that may only get, list and watch rollouts.
-    pub read_only_token_file: Option<PathBuf>,
-    /// Serve TLS (and require client certificates when `client_ca` is set).
-    pub tls: Option<TlsFiles>,
-    /// Re-read the token files on SIGHUP (the binary; tests leave the signal alone).
-    pub reload_on_sighup: bool,
-}
-
-/// PEM files of the server's TLS identity and, for mutual TLS, the CA of client certificates.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// Client certificates must chain to this CA; `None` = no client certificate asked for.
-    pub client_ca: Option<PathBuf>,
-}
-
-impl TlsFiles {
-    fn server_config(&self) -> Result<tonic::transport::ServerTlsConfig, ServerError> {
-        let read = |what: &str, path: &PathBuf| {
-            std::fs::read(path)
-                .map_err(|e| ServerError::Config(format!("{what} {}: {e}", path.display())))
-        };
-        let identity = tonic::transport::Identity::from_pem(
-            read("TLS certificate", &self.cert)?,
-            read("TLS key", &self.key)?,
-        );
-        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &self.client_ca {
-            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
-                "client CA",
-                ca,
-            )?));
-        }
-        Ok(tls)
-    }
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            prometheus_url: "http://127.0.0.1:9090".into(),
-            namespaces: Vec::new(),
-            defaults: AnalysisSettings::default(),
-            metrics_window: Duration::from_secs(60),
-            event_limit: events::DEFAULT_EVENT_LIMIT,
-            metrics_timeout: Duration::from_secs(5),
-            auto: false,
-            auto_interval: Duration::from_secs(2),
-            scale_down_delay: engine::DEFAULT_SCALE_DOWN_DELAY,
-            istio_api_version: "v1".into(),
-            sync_timeout: Duration::from_secs(30),
-            token_file: None,
-            read_only_token_file: None,
-            tls: None,
-            reload_on_sighup: false,
-        }
-    }
-}
-
-/// Errors starting or running the server.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    #[error("watch caches did not sync: {0}")]
-    Sync(String),
-    #[error("failed to load stored rollouts: {0}")]
-    Restore(String),
-    #[error("gRPC transport failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    #[error("reflection service: {0}")]
-    Reflection(String),
-}
-
-impl ServerConfig {
-    /// Checks names and defaults.
-    pub fn validate(&self) -> Result<(), ServerError> {
-        for ns in &self.namespaces {
-            api::validate::dns1123_label("namespace", ns).map_err(|e| ServerError::Config(e.0))?;
-        }
-        api::validate::check_analysis(&self.defaults).map_err(|e| ServerError::Config(e.0))?;
-        if let Some(tls) = &self.tls
-            && (tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty())
-        {
-            return Err(ServerError::Config(
-                "TLS needs both a certificate and a key".into(),
-            ));
-        }
-        if !(1..=MAX_EVENT_LIMIT).contains(&self.event_limit) {
-            return Err(ServerError::Config(format!(
-                "events per rollout must be between 1 and {MAX_EVENT_LIMIT} (a rollout's events share one ConfigMap of at most 1 MiB), got {}",
-                self.event_limit
-            )));
-        }
-        if self.scale_down_delay > MAX_SCALE_DOWN_DELAY {
-            return Err(ServerError::Config(format!(
-                "scale-down delay must be at most {}, got {}",
-                humantime::format_duration(MAX_SCALE_DOWN_DELAY),
-                humantime::format_duration(self.scale_down_delay)
-            )));
-        }
-        if self.prometheus_url.is_empty() {
-            return Err(ServerError::Config("prometheus url is required".into()));
-        }
-        Ok(())
-    }
-
-    fn engine(&self) -> EngineConfig {
-        EngineConfig {
-            defaults: self.defaults.clone(),
-            metrics_window: self.metrics_window,
-            auto: self.auto,
-            auto_interval: self.auto_interval,
-            scale_down_delay: self.scale_down_delay,
-        }
-    }
-}
+pub use crate::config::{MAX_EVENT_LIMIT, MAX_SCALE_DOWN_DELAY, ServerConfig, TlsFiles};
+use crate::engine::{Ports, Supervisor};
+pub use crate::error::ServerError;
 
 /// Runs the server against Kubernetes (`client`) and Prometheus until `shutdown` completes,
 /// then drains: open watches end, drivers stop between steps.
@@ -294,13 +137,18 @@ pub async fn serve_with(
     }
     let draining = CancellationToken::new();
     if config.reload_on_sighup {
-        reload_on_sighup(auth.clone(), draining.clone());
+        signals::reload_on_sighup(auth.clone(), draining.clone());
     }
     let service = api::Api::new(
         supervisor.clone(),
         config.namespaces.clone(),
         draining.clone(),
-        auth.clone(),
+    );
+    // Every RolloutService call is authorized here, before a handler runs; health and
+    // reflection stay open.
+    let service = tower::Layer::layer(
+        &api::auth::AuthLayer::new(auth.clone()),
+        RolloutServiceServer::new(service),
     );
     let addr = listener.local_addr().ok();
     tracing::info!(
@@ -328,7 +176,7 @@ pub async fn serve_with(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RolloutServiceServer::new(service))
+        .add_service(service)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             signal,
@@ -338,37 +186,4 @@ pub async fn serve_with(
     supervisor.shutdown().await;
     tracing::info!("steerer server stopped");
     result.map_err(ServerError::from)
-}
-
-/// Re-reads the token files on every SIGHUP until the server drains.
-fn reload_on_sighup(auth: Arc<api::auth::Auth>, draining: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(hup) => hup,
-            Err(error) => {
-                tracing::warn!(%error, "no SIGHUP handler; token files are still re-read when they change");
-                return;
-            }
-        };
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = draining.cancelled() => break,
-                    received = hup.recv() => {
-                        if received.is_none() {
-                            break;
-                        }
-                        tracing::info!("SIGHUP: re-reading token files");
-                        auth.reload();
-                    }
-                }
-            }
-        });
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (auth, draining);
-    }
 }

@@ -1,9 +1,12 @@
-//! API errors as Kubernetes `Status` objects: the codes, reasons and messages the real API
-//! server answers with.
+//! The simulator's errors: API errors as Kubernetes `Status` objects (the codes, reasons and
+//! messages the real API server answers with), and `SimError` for starting and driving it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-use crate::store::GroupResource;
+use crate::resources::GroupResource;
 
 /// A failed API request, rendered as a `Status` object with its HTTP code.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -221,4 +224,31 @@ mod tests {
         assert_eq!(status["message"], "deployments.apps \"web\" not found");
         assert_eq!(status["details"]["group"], "apps");
     }
+}
+
+/// Errors starting or driving the simulator.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// A listener could not be bound.
+    #[error("failed to bind {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A manifest given with `--apply` could not be read or created.
+    #[error("failed to apply {path}: {message}")]
+    Apply {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The kubeconfig could not be built or written.
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    /// Any other I/O failure.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }

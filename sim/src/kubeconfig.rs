@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::SimError;
+use crate::error::SimError;
 
 /// The name of the cluster, user and context in the kubeconfig.
 pub const CONTEXT: &str = "steerer-sim";

@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::create_object;
-use crate::{SimError, World};
+use crate::error::SimError;
+use crate::world::World;
 
 /// One object read from a manifest, with the file it came from.
 #[derive(Debug, Clone)]

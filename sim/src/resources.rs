@@ -2,11 +2,40 @@
 //! everything discovery, routing and table printing need to know about each.
 
 use std::cmp::Ordering;
+use std::fmt;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde_json::{Value, json};
 
-use crate::store::GroupResource;
+/// A resource by API group and plural name (`apps`/`deployments`, ``/`services`). Objects of a
+/// resource are shared by all its served versions, as in etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupResource {
+    /// API group; empty for the core group.
+    pub group: String,
+    /// Plural resource name.
+    pub resource: String,
+}
+
+impl GroupResource {
+    /// A group and resource pair.
+    pub fn new(group: impl Into<String>, resource: impl Into<String>) -> Self {
+        Self {
+            group: group.into(),
+            resource: resource.into(),
+        }
+    }
+}
+
+impl fmt::Display for GroupResource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.group.is_empty() {
+            write!(f, "{}", self.resource)
+        } else {
+            write!(f, "{}.{}", self.resource, self.group)
+        }
+    }
+}
 
 /// The verbs every resource in the simulator serves.
 pub const VERBS: [&str; 8] = [

@@ -2,43 +2,13 @@
 //! the bounded change log that watches replay from.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::error::ApiError;
-
-/// A resource by API group and plural name (`apps`/`deployments`, ``/`services`). Objects of a
-/// resource are shared by all its served versions, as in etcd.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GroupResource {
-    /// API group; empty for the core group.
-    pub group: String,
-    /// Plural resource name.
-    pub resource: String,
-}
-
-impl GroupResource {
-    /// A group and resource pair.
-    pub fn new(group: impl Into<String>, resource: impl Into<String>) -> Self {
-        Self {
-            group: group.into(),
-            resource: resource.into(),
-        }
-    }
-}
-
-impl fmt::Display for GroupResource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.group.is_empty() {
-            write!(f, "{}", self.resource)
-        } else {
-            write!(f, "{}.{}", self.resource, self.group)
-        }
-    }
-}
+pub use crate::resources::GroupResource;
 
 /// The kind of change a watch event reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use steerer::names::LabelProblem;
 
 /// Exit codes, shown under `--help`.
 const EXIT_CODES: &str = "\
@@ -232,27 +233,15 @@ pub struct Target {
 /// Why `name` is not a DNS-1123 label (what Kubernetes requires of namespaces, Services and,
 /// here, Deployments), or `None` when it is one.
 pub fn dns1123_label_problem(name: &str) -> Option<String> {
-    if name.is_empty() {
-        return Some("must not be empty".into());
-    }
-    if name.len() > 63 {
-        return Some(format!(
-            "is {} characters long; the limit is 63",
-            name.len()
-        ));
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
-        return Some(format!(
-            "contains {bad:?}; only lower-case letters, digits and '-' are allowed"
-        ));
-    }
-    if name.starts_with('-') || name.ends_with('-') {
-        return Some("must start and end with a letter or digit".into());
-    }
-    None
+    let problem = steerer::names::dns1123_label(name).err()?;
+    Some(match problem {
+        LabelProblem::Empty => "must not be empty".into(),
+        LabelProblem::TooLong => format!("is {} characters long; the limit is 63", name.len()),
+        LabelProblem::BadChar(bad) => {
+            format!("contains {bad:?}; only lower-case letters, digits and '-' are allowed")
+        }
+        LabelProblem::BadEnds => "must start and end with a letter or digit".into(),
+    })
 }
 
 pub fn parse_name(value: &str) -> Result<String, String> {

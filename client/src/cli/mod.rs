@@ -159,10 +159,8 @@ async fn follow(
 }
 
 fn start_request(start: StartArgs) -> StartRolloutRequest {
-    let duration = |d: Duration| prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    };
+    // Durations parsed from flags are far inside protobuf's range.
+    let duration = |d: Duration| prost_types::Duration::try_from(d).unwrap_or_default();
     StartRolloutRequest {
         namespace: start.target.namespace,
         target: start.target.name,

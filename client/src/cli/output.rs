@@ -39,10 +39,8 @@ fn seconds(duration: Option<&prost_types::Duration>) -> Option<f64> {
 }
 
 fn human_seconds(duration: Option<&prost_types::Duration>) -> Option<String> {
-    let d = duration?;
-    let secs = u64::try_from(d.seconds).ok()?;
-    let nanos = u32::try_from(d.nanos).ok()?;
-    Some(humantime::format_duration(Duration::new(secs, nanos)).to_string())
+    let d = Duration::try_from(*duration?).ok()?;
+    Some(humantime::format_duration(d).to_string())
 }
 
 /// One rollout, as `get`, `list`, `start` and the control commands print it with `-o json`.

@@ -1,13 +1,21 @@
 //! Bearer-token authentication of `RolloutService` calls: token files (one accepted token a
-//! line, re-read when they change), constant-time comparison, and read-only tokens that may
-//! call Get/List/Watch but nothing that changes a rollout.
+//! line, re-read when they change), constant-time comparison, read-only tokens that may call
+//! Get/List/Watch but nothing that changes a rollout, and the tower layer that checks every
+//! call before it reaches a handler. An RPC missing from [`rpc_access`] is denied.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::{Either, Ready, ready};
 use sha2::{Digest, Sha256};
-use tonic::{Request, Status};
+use subtle::{Choice, ConstantTimeEq};
+use tonic::Status;
+use tonic::server::NamedService;
 
 /// How often a token file is looked at again for changes (a `stat`, not a read).
 const RECHECK: Duration = Duration::from_secs(1);
@@ -83,7 +91,8 @@ impl TokenFile {
         // Every stored digest is compared in full, whatever matched earlier.
         self.digests
             .iter()
-            .fold(false, |found, d| found | constant_time_eq(d, presented))
+            .fold(Choice::from(0), |found, d| found | d.ct_eq(presented))
+            .into()
     }
 }
 
@@ -114,10 +123,6 @@ fn read_tokens(path: &Path) -> Result<(Vec<[u8; 32]>, Option<Stamp>), AuthError>
 /// their lengths and wherever they differ.
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Who may call what. With no token file every call is allowed.
@@ -171,13 +176,13 @@ impl Auth {
         f.accepts(presented)
     }
 
-    /// Checks a call's `authorization: Bearer TOKEN` header for `access`.
-    pub fn check<T>(&self, request: &Request<T>, access: Access) -> Result<(), Status> {
+    /// Checks a call's `authorization: Bearer TOKEN` header for `access`; `None` (an RPC
+    /// nobody classified) is denied to every token.
+    pub fn check(&self, headers: &http::HeaderMap, access: Option<Access>) -> Result<(), Status> {
         if !self.enabled() {
             return Ok(());
         }
-        let header = request
-            .metadata()
+        let header = headers
             .get("authorization")
             .ok_or_else(|| Status::unauthenticated("a bearer token is required"))?;
         let token = header
@@ -193,18 +198,91 @@ impl Auth {
                 Status::unauthenticated("the authorization header must be `Bearer TOKEN`")
             })?;
         let presented = digest(token);
-        if Self::accepts(&self.write, &presented) {
-            return Ok(());
+        let writer = Self::accepts(&self.write, &presented);
+        if !writer && !Self::accepts(&self.read_only, &presented) {
+            return Err(Status::unauthenticated("the bearer token is not valid"));
         }
-        if Self::accepts(&self.read_only, &presented) {
-            return match access {
-                Access::Read => Ok(()),
-                Access::Write => Err(Status::permission_denied(
-                    "this token is read-only: it may get, list and watch rollouts, not change them",
-                )),
-            };
+        match access {
+            Some(Access::Write) if !writer => Err(Status::permission_denied(
+                "this token is read-only: it may get, list and watch rollouts, not change them",
+            )),
+            Some(_) => Ok(()),
+            None => Err(Status::permission_denied(
+                "this RPC is not open to any token (the server does not classify it)",
+            )),
         }
-        Err(Status::unauthenticated("the bearer token is not valid"))
+    }
+}
+
+/// The access each `steerer.v1.RolloutService` RPC needs. A method missing here is denied to
+/// every token: a new RPC must be classified before anyone can call it.
+pub fn rpc_access(method: &str) -> Option<Access> {
+    match method {
+        "GetRollout" | "ListRollouts" | "WatchRollout" => Some(Access::Read),
+        "StartRollout" | "AbortRollout" | "PauseRollout" | "ResumeRollout" | "PromoteRollout" => {
+            Some(Access::Write)
+        }
+        _ => None,
+    }
+}
+
+/// Authenticates and authorizes every call of the service it wraps before a handler runs.
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Arc<Auth>,
+}
+
+impl AuthLayer {
+    pub fn new(auth: Arc<Auth>) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authorized<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authorized {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+/// A gRPC service whose calls pass [`Auth::check`] first; a refused call is answered with its
+/// status and never reaches the service.
+#[derive(Clone)]
+pub struct Authorized<S> {
+    inner: S,
+    auth: Arc<Auth>,
+}
+
+impl<S: NamedService> NamedService for Authorized<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Authorized<S>
+where
+    S: tower::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        >,
+{
+    type Response = S::Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, Ready<Result<S::Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().rsplit('/').next().unwrap_or_default();
+        match self.auth.check(request.headers(), rpc_access(method)) {
+            Ok(()) => Either::Left(self.inner.call(request)),
+            Err(status) => Either::Right(ready(Ok(status.into_http()))),
+        }
     }
 }
 
@@ -220,43 +298,38 @@ mod tests {
         f
     }
 
-    fn call(header: Option<&str>) -> Request<()> {
-        let mut r = Request::new(());
+    fn call(header: Option<&str>) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
         if let Some(h) = header {
-            r.metadata_mut().insert("authorization", h.parse().unwrap());
+            headers.insert("authorization", h.parse().unwrap());
         }
-        r
+        headers
     }
+
+    const READ: Option<Access> = Some(Access::Read);
+    const WRITE: Option<Access> = Some(Access::Write);
 
     #[test]
     fn open_auth_lets_every_call_through() {
-        assert!(Auth::open().check(&call(None), Access::Write).is_ok());
+        assert!(Auth::open().check(&call(None), WRITE).is_ok());
     }
 
     #[test]
     fn tokens_are_checked_line_by_line_ignoring_comments_and_blanks() {
         let tokens = file("# ci\nalpha\n\n  beta  \n");
         let auth = Auth::from_files(Some(tokens.path()), None).unwrap();
-        assert!(
-            auth.check(&call(Some("Bearer alpha")), Access::Write)
-                .is_ok()
-        );
-        assert!(
-            auth.check(&call(Some("Bearer beta")), Access::Write)
-                .is_ok()
-        );
+        assert!(auth.check(&call(Some("Bearer alpha")), WRITE).is_ok());
+        assert!(auth.check(&call(Some("Bearer beta")), WRITE).is_ok());
         for bad in [
             None,
             Some("Bearer gamma"),
             Some("Basic alpha"),
             Some("Bearer "),
         ] {
-            let status = auth.check(&call(bad), Access::Read).unwrap_err();
+            let status = auth.check(&call(bad), READ).unwrap_err();
             assert_eq!(status.code(), tonic::Code::Unauthenticated, "{bad:?}");
         }
-        let status = auth
-            .check(&call(Some("Bearer # ci")), Access::Read)
-            .unwrap_err();
+        let status = auth.check(&call(Some("Bearer # ci")), READ).unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
     }
 
@@ -265,18 +338,10 @@ mod tests {
         let rw = file("writer\n");
         let ro = file("reader\n");
         let auth = Auth::from_files(Some(rw.path()), Some(ro.path())).unwrap();
-        assert!(
-            auth.check(&call(Some("Bearer reader")), Access::Read)
-                .is_ok()
-        );
-        let status = auth
-            .check(&call(Some("Bearer reader")), Access::Write)
-            .unwrap_err();
+        assert!(auth.check(&call(Some("Bearer reader")), READ).is_ok());
+        let status = auth.check(&call(Some("Bearer reader")), WRITE).unwrap_err();
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
-        assert!(
-            auth.check(&call(Some("Bearer writer")), Access::Write)
-                .is_ok()
-        );
+        assert!(auth.check(&call(Some("Bearer writer")), WRITE).is_ok());
     }
 
     #[test]
@@ -294,25 +359,44 @@ mod tests {
         let auth = Auth::from_files(Some(tokens.path()), None).unwrap();
         std::fs::write(tokens.path(), "new-token\n").unwrap();
         auth.reload();
-        assert!(
-            auth.check(&call(Some("Bearer new-token")), Access::Write)
-                .is_ok()
-        );
-        assert!(
-            auth.check(&call(Some("Bearer old")), Access::Write)
-                .is_err()
-        );
+        assert!(auth.check(&call(Some("Bearer new-token")), WRITE).is_ok());
+        assert!(auth.check(&call(Some("Bearer old")), WRITE).is_err());
         std::fs::write(tokens.path(), "").unwrap();
         auth.reload();
-        assert!(
-            auth.check(&call(Some("Bearer new-token")), Access::Write)
-                .is_ok()
-        );
+        assert!(auth.check(&call(Some("Bearer new-token")), WRITE).is_ok());
     }
 
     #[test]
     fn digests_compare_equal_only_when_identical() {
-        assert!(constant_time_eq(&digest("a"), &digest("a")));
-        assert!(!constant_time_eq(&digest("a"), &digest("b")));
+        let file = TokenFile {
+            path: PathBuf::new(),
+            digests: vec![digest("a"), digest("c")],
+            stamp: None,
+            checked: Instant::now(),
+        };
+        assert!(file.accepts(&digest("a")));
+        assert!(file.accepts(&digest("c")));
+        assert!(!file.accepts(&digest("b")));
+    }
+
+    #[test]
+    fn every_rpc_of_the_service_is_classified_and_others_are_denied() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(steerer::FILE_DESCRIPTOR_SET).unwrap();
+        let service = set
+            .file
+            .iter()
+            .flat_map(|f| &f.service)
+            .find(|s| s.name() == "RolloutService")
+            .unwrap();
+        for method in &service.method {
+            assert!(rpc_access(method.name()).is_some(), "{}", method.name());
+        }
+        let tokens = file("writer\n");
+        let auth = Auth::from_files(Some(tokens.path()), None).unwrap();
+        let status = auth
+            .check(&call(Some("Bearer writer")), rpc_access("DeleteEverything"))
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
     }
 }

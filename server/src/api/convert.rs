@@ -1,25 +1,24 @@
 //! Domain <-> proto conversion.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use steerer::v1 as pb;
 
 use crate::domain::{AnalysisSettings, EventKind, Phase, Rollout, RolloutEvent};
 use crate::engine::EngineError;
+use crate::router::RouterError;
 
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
+    SystemTime::from(t).into()
 }
 
+/// A duration as protobuf has it; one too long for it (never a validated setting) saturates.
 pub fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    }
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 999_999_999,
+    })
 }
 
 pub fn phase(p: Phase) -> pb::Phase {
@@ -114,12 +113,20 @@ pub fn event(e: &RolloutEvent) -> pb::RolloutEvent {
 
 /// Maps engine errors to gRPC statuses.
 pub fn status(e: EngineError) -> tonic::Status {
+    let message = e.to_string();
     match e {
-        EngineError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
-        EngineError::NotFound(m) => tonic::Status::not_found(m),
-        EngineError::AlreadyExists(m) => tonic::Status::already_exists(m),
-        EngineError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
-        EngineError::Unavailable(m) => tonic::Status::unavailable(m),
-        EngineError::Internal(m) => tonic::Status::internal(m),
+        EngineError::InvalidRequest(_) => tonic::Status::invalid_argument(message),
+        EngineError::NotFound(_) | EngineError::Route(RouterError::NotFound { .. }) => {
+            tonic::Status::not_found(message)
+        }
+        EngineError::AlreadyActive(_) => tonic::Status::already_exists(message),
+        EngineError::Refused(_) | EngineError::Route(RouterError::Topology(_)) => {
+            tonic::Status::failed_precondition(message)
+        }
+        EngineError::Route(RouterError::Api { .. } | RouterError::Patch { .. })
+        | EngineError::Store(_)
+        | EngineError::MetricsUnreachable(_)
+        | EngineError::Interrupted(_) => tonic::Status::unavailable(message),
+        EngineError::Internal(_) => tonic::Status::internal(message),
     }
 }

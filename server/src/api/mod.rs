@@ -1,5 +1,6 @@
 //! The gRPC surface: the `steerer.v1.RolloutService` implementation, validation and
-//! conversion. The only module that knows tonic and the generated types.
+//! conversion, behind the authorization layer (`auth`). The only module that knows tonic and
+//! the generated types.
 
 pub mod auth;
 pub mod convert;
@@ -16,7 +17,6 @@ use tonic::{Request, Response, Status};
 
 use crate::engine::{Command, StartRequest, Supervisor};
 use crate::events::WatchError;
-use auth::{Access, Auth};
 use validate::Invalid;
 
 /// Events buffered per WatchRollout stream before the producer waits for the client.
@@ -28,22 +28,20 @@ pub struct Api {
     namespaces: Vec<String>,
     /// Cancelled at shutdown: open watches end cleanly.
     draining: CancellationToken,
-    auth: Arc<Auth>,
 }
 
 impl Api {
-    /// A service serving `namespaces` (empty = all).
+    /// A service serving `namespaces` (empty = all). Calls are authorized before they get
+    /// here, by [`auth::AuthLayer`].
     pub fn new(
         supervisor: Arc<Supervisor>,
         namespaces: Vec<String>,
         draining: CancellationToken,
-        auth: Arc<Auth>,
     ) -> Self {
         Self {
             supervisor,
             namespaces,
             draining,
-            auth,
         }
     }
 
@@ -97,7 +95,6 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::StartRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        self.auth.check(&request, Access::Write)?;
         let r = request.into_inner();
         validate::dns1123_label("namespace", &r.namespace).map_err(invalid)?;
         validate::dns1123_label("target", &r.target).map_err(invalid)?;
@@ -134,7 +131,6 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        self.auth.check(&request, Access::Read)?;
         let r = request.into_inner();
         id(&r.id)?;
         let rollout = self.supervisor.get(&r.id).map_err(convert::status)?;
@@ -145,7 +141,6 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
-        self.auth.check(&request, Access::Read)?;
         let r = request.into_inner();
         validate::optional_label("namespace", &r.namespace).map_err(invalid)?;
         if !r.namespace.is_empty() {
@@ -167,7 +162,6 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::WatchRolloutRequest>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
-        self.auth.check(&request, Access::Read)?;
         let r = request.into_inner();
         id(&r.id)?;
         let mut subscription = self
@@ -201,7 +195,6 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::AbortRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        self.auth.check(&request, Access::Write)?;
         let r = request.into_inner();
         validate::reason(&r.reason).map_err(invalid)?;
         self.run_command(&r.id, Command::Abort { reason: r.reason })
@@ -212,7 +205,6 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::PauseRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        self.auth.check(&request, Access::Write)?;
         let r = request.into_inner();
         validate::reason(&r.reason).map_err(invalid)?;
         self.run_command(&r.id, Command::Pause { reason: r.reason })
@@ -223,7 +215,6 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::ResumeRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        self.auth.check(&request, Access::Write)?;
         let r = request.into_inner();
         self.run_command(&r.id, Command::Resume).await
     }
@@ -232,7 +223,6 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::PromoteRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        self.auth.check(&request, Access::Write)?;
         let r = request.into_inner();
         self.run_command(&r.id, Command::Promote).await
     }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use steerer::names::LabelProblem;
 use steerer::v1 as pb;
 
 use crate::domain::AnalysisSettings;
@@ -23,32 +24,28 @@ const MAX_REQUEST_RATE: f64 = 1e9;
 /// namespace, Deployment, Service, VirtualService and container name must be one; that is also
 /// what makes them safe inside a PromQL string.
 pub fn dns1123_label(field: &str, value: &str) -> Result<(), Invalid> {
-    let shown: String = value
-        .chars()
-        .take(64)
-        .collect::<String>()
-        .escape_debug()
-        .to_string();
-    if value.is_empty() {
-        return Err(Invalid(format!("{field} is required")));
-    }
-    if value.len() > 63 {
-        return Err(Invalid(format!(
+    let problem = match steerer::names::dns1123_label(value) {
+        Ok(()) => return Ok(()),
+        Err(problem) => problem,
+    };
+    Err(Invalid(match problem {
+        LabelProblem::Empty => format!("{field} is required"),
+        LabelProblem::TooLong => format!(
             "{field} is {} characters long; a DNS-1123 label has at most 63",
             value.chars().count()
-        )));
-    }
-    let bytes = value.as_bytes();
-    let ok_char = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
-    if !bytes.iter().all(ok_char)
-        || !bytes[0].is_ascii_alphanumeric()
-        || !bytes[bytes.len() - 1].is_ascii_alphanumeric()
-    {
-        return Err(Invalid(format!(
-            "{field} \"{shown}\" is not a DNS-1123 label (lower-case letters, digits and '-', starting and ending with a letter or digit)"
-        )));
-    }
-    Ok(())
+        ),
+        LabelProblem::BadChar(_) | LabelProblem::BadEnds => {
+            let shown = value
+                .chars()
+                .take(64)
+                .collect::<String>()
+                .escape_debug()
+                .to_string();
+            format!(
+                "{field} \"{shown}\" is not a DNS-1123 label (lower-case letters, digits and '-', starting and ending with a letter or digit)"
+            )
+        }
+    }))
 }
 
 /// An optional DNS-1123 label (empty = use the default).
@@ -138,11 +135,7 @@ fn duration(field: &str, value: &prost_types::Duration) -> Result<Duration, Inva
     if value.seconds < 0 || value.nanos < 0 || value.nanos >= 1_000_000_000 {
         return Err(Invalid(format!("{field} must be a positive duration")));
     }
-    let seconds =
-        u64::try_from(value.seconds).map_err(|_| Invalid(format!("{field} is out of range")))?;
-    let nanos =
-        u32::try_from(value.nanos).map_err(|_| Invalid(format!("{field} is out of range")))?;
-    Ok(Duration::new(seconds, nanos))
+    Duration::try_from(*value).map_err(|_| Invalid(format!("{field} is out of range")))
 }
 
 /// The request's analysis settings with `defaults` filled in, each in range.

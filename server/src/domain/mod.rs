@@ -1,5 +1,10 @@
-//! The rollout domain: phases, analysis settings, the persisted rollout state and its events.
-//! Free of kube, tonic and the generated types so the engine and its tests stay plain Rust.
+//! The rollout domain: phases, analysis settings, the persisted rollout state and its events,
+//! and (in `views`) what the engine sees of the cluster. Free of kube, tonic and the generated
+//! types so the engine and its tests stay plain Rust.
+
+pub mod views;
+
+pub use views::{DeploymentView, HpaView, RouteView, promoted_template, template_hash};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,12 +36,17 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The phases a rollout ends in; it never changes again.
+    pub const TERMINAL: [Phase; 4] = [
+        Phase::Succeeded,
+        Phase::RolledBack,
+        Phase::Aborted,
+        Phase::Failed,
+    ];
+
     /// A rollout in a terminal phase never changes again.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Phase::Succeeded | Phase::RolledBack | Phase::Aborted | Phase::Failed
-        )
+        Self::TERMINAL.contains(&self)
     }
 
     /// Lower-case name for logs and messages.
@@ -258,6 +268,56 @@ pub struct Rollout {
     /// the rest of the delay.
     #[serde(default)]
     pub traffic_off_canary_at: Option<DateTime<Utc>>,
+}
+
+impl Rollout {
+    /// A rollout that has not begun: pending at weight 0, nothing prepared, observed or
+    /// recorded yet. The one place a `Rollout` is built from nothing; the first state of a
+    /// real rollout comes from `engine::decide::start`.
+    pub fn new(
+        id: String,
+        namespace: String,
+        target: String,
+        canary: String,
+        virtual_service: String,
+        analysis: AnalysisSettings,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            namespace,
+            target,
+            canary,
+            virtual_service,
+            revision: String::new(),
+            phase: Phase::Pending,
+            canary_weight: 0,
+            failed_checks: 0,
+            analysis,
+            last_analysis: None,
+            message: String::new(),
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            last_sequence: 0,
+            request_id: String::new(),
+            images: BTreeMap::new(),
+            canary_replicas: None,
+            prepared: false,
+            last_step_at: None,
+            halted_since: None,
+            halt_reason: None,
+            paused_from: None,
+            promotion_min_ready: None,
+            ending: None,
+            promoting_since: None,
+            quiet: None,
+            traffic_since: None,
+            route_fingerprint: None,
+            promoted_template: None,
+            traffic_off_canary_at: None,
+        }
+    }
 }
 
 /// One step of a rollout, as stored and streamed.

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use super::decide;
 use super::{EngineError, StartRequest, Supervisor};
-use crate::workloads::{promoted_template, template_hash};
 
 /// The label that opts a GA Deployment into auto mode.
 pub const AUTO_LABEL: (&str, &str) = ("steerer.dev/rollout", "enabled");
@@ -44,8 +44,7 @@ pub async fn scan(
             continue;
         }
         let revision = canary.revision();
-        let promoted = promoted_template(&canary.template, &canary.selector, &ga.selector);
-        if template_hash(&promoted) == template_hash(&ga.template) {
+        if decide::ga_runs_canary(&ga, &canary) {
             continue;
         }
         if supervisor
@@ -71,7 +70,7 @@ pub async fn scan(
                 %revision,
                 "auto mode started a rollout for a new canary revision"
             ),
-            Err(EngineError::AlreadyExists(_)) => {}
+            Err(EngineError::AlreadyActive(_)) => {}
             Err(error) => tracing::warn!(
                 namespace = %ga.namespace,
                 target = %ga.name,

@@ -1,15 +1,18 @@
 //! The rules of a rollout as one pure function: given the state, what was observed and the
 //! time, `decide` says which actions to take, the next state and the events to record.
-//! Commands from callers (abort, pause, resume, promote) go through `apply_command`, pure too.
-//! No I/O here: the driver observes before and acts after.
+//! Commands from callers (abort, pause, resume, promote) go through `apply_command`, pure too;
+//! so do the first state of a rollout (`start`), the weight a restarted server reads back
+//! (`resumed_at`) and the judgement of one measurement (`evaluate`). Every rollout rule lives
+//! here; no I/O: the driver observes before and acts after. Depends on domain types only.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{AnalysisRecord, Ending, EventKind, Phase, QuietRepeats, Rollout, Sample};
-use crate::router::RouteView;
-use crate::workloads::{DeploymentView, HpaView, halt_reason, promoted_template, template_hash};
+use crate::domain::{
+    AnalysisRecord, AnalysisSettings, DeploymentView, Ending, EventKind, HpaView, Phase,
+    QuietRepeats, Rollout, RolloutEvent, RouteView, Sample, promoted_template, template_hash,
+};
 
 /// How often a rollout that waits on Kubernetes (readiness, GA's rollout) looks again.
 pub const POLL: Duration = Duration::from_millis(500);
@@ -87,6 +90,24 @@ pub struct EventDraft {
     pub message: String,
 }
 
+impl EventDraft {
+    /// The event as recorded: numbered `sequence` of rollout `rollout_id`, at `time`.
+    pub fn record(self, rollout_id: &str, sequence: u64, time: DateTime<Utc>) -> RolloutEvent {
+        RolloutEvent {
+            rollout_id: rollout_id.to_owned(),
+            sequence,
+            time,
+            kind: self.kind,
+            phase: self.phase,
+            canary_weight: self.canary_weight,
+            success_rate: self.sample.and_then(|s| s.success_rate),
+            request_rate: self.sample.and_then(|s| s.request_rate),
+            failed_checks: self.failed_checks,
+            message: self.message,
+        }
+    }
+}
+
 /// The outcome of deciding: actions, then the next state and its events.
 #[derive(Debug, Clone)]
 pub struct Decision {
@@ -127,6 +148,179 @@ impl Decision {
     /// Whether anything needs persisting.
     pub fn changes(&self, state: &Rollout) -> bool {
         !self.events.is_empty() || self.next != *state
+    }
+
+    /// The next state and its events as they are recorded at `time`, numbered on from the
+    /// next state's `last_sequence`.
+    pub fn record(&self, time: DateTime<Utc>) -> (Rollout, Vec<RolloutEvent>) {
+        let mut next = self.next.clone();
+        let events = self
+            .events
+            .iter()
+            .cloned()
+            .map(|draft| {
+                next.last_sequence += 1;
+                draft.record(&next.id, next.last_sequence, time)
+            })
+            .collect();
+        (next, events)
+    }
+}
+
+/// The first state of a rollout, checked against the cluster by the caller, and its
+/// `Started` event: pending at the canary weight the VirtualService routes now, with the
+/// canary's current revision and the fingerprint of the routes it splits.
+pub fn start(
+    rollout: Rollout,
+    canary_revision: String,
+    canary_weight: u32,
+    route_fingerprint: String,
+) -> Decision {
+    let mut d = Decision::new(&rollout);
+    d.next.phase = Phase::Pending;
+    d.next.revision = canary_revision;
+    d.next.canary_weight = canary_weight;
+    d.next.route_fingerprint = Some(route_fingerprint);
+    d.wake = Duration::ZERO;
+    let settings = &rollout.analysis;
+    d.emit(
+        EventKind::Started,
+        format!(
+            "rollout of {}/{} started: canary {} via VirtualService {}, {}% steps up to {}% every {}, success rate >= {}%",
+            rollout.namespace,
+            rollout.target,
+            rollout.canary,
+            rollout.virtual_service,
+            settings.step_weight,
+            settings.max_weight,
+            humantime::format_duration(settings.interval),
+            settings.success_rate_threshold
+        ),
+    );
+    d
+}
+
+/// After a restart the VirtualService is the truth about traffic: a step may have been
+/// written without its state. A weight read back that this rollout may have written (see
+/// [`written_unrecorded`]) is recorded with an event; `None` when there is nothing to record
+/// (the same weight, a phase whose weight is not its own, or someone else's edit, which the
+/// next decision sees and pauses on).
+pub fn resumed_at(state: &Rollout, weight: u32, now: DateTime<Utc>) -> Option<Decision> {
+    if !reads_weight_back(state)
+        || weight == state.canary_weight
+        || !written_unrecorded(state, weight)
+    {
+        return None;
+    }
+    let mut d = Decision::new(state);
+    d.next.canary_weight = weight;
+    d.next.updated_at = now;
+    if d.next.phase == Phase::Progressing {
+        // The weight read back gets a whole interval of analysis of its own.
+        d.next.last_step_at = Some(now);
+    }
+    d.wake = Duration::ZERO;
+    d.emit(
+        EventKind::WeightChanged,
+        format!(
+            "resumed: VirtualService {} routes {weight}% to the canary (state had {}%)",
+            state.virtual_service, state.canary_weight
+        ),
+    );
+    Some(d)
+}
+
+/// Whether a restarted server reads the rollout's canary weight back from the VirtualService:
+/// in the phases whose weight the rollout itself moves.
+pub fn reads_weight_back(state: &Rollout) -> bool {
+    matches!(
+        state.phase,
+        Phase::Progressing | Phase::Paused | Phase::Promoting
+    )
+}
+
+/// Whether GA already runs the canary's pod template (with GA's own selector labels): the
+/// canary's revision is GA's already, so promoting it copies nothing and auto mode has nothing
+/// to start.
+pub fn ga_runs_canary(ga: &DeploymentView, canary: &DeploymentView) -> bool {
+    template_hash(&promoted_template(
+        &canary.template,
+        &canary.selector,
+        &ga.selector,
+    )) == template_hash(&ga.template)
+}
+
+/// The answer to a command on a finished rollout: an abort changes nothing (it is
+/// idempotent), the others are refused.
+pub fn command_on_finished(state: &Rollout, command: &Command) -> Result<(), Refused> {
+    let verb = match command {
+        Command::Abort { .. } => return Ok(()),
+        Command::Pause { .. } => "paused",
+        Command::Resume => "resumed",
+        Command::Promote => "promoted",
+    };
+    Err(Refused(format!(
+        "rollout {} has finished ({}) and cannot be {verb}",
+        state.id,
+        state.phase.name()
+    )))
+}
+
+/// The verdict on one measurement of the canary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Too little traffic, or values that are not numbers: neither a pass nor a failure.
+    /// `key` names the kind of reason (its repeats are recorded sparingly), `why` says it.
+    NoData { key: &'static str, why: String },
+    /// The success rate meets the threshold.
+    Pass {
+        success_rate: f64,
+        request_rate: f64,
+    },
+    /// The success rate is below the threshold or out of range; `why` says which.
+    Fail { why: String, request_rate: f64 },
+}
+
+/// Judges one measurement against the analysis settings: a pure function, so each metric's
+/// thresholds are tested without a provider. A request rate below the minimum, or a missing,
+/// NaN or infinite value, is no data; a success rate outside 0..=100 fails.
+pub fn evaluate(sample: &Sample, settings: &AnalysisSettings) -> Verdict {
+    let rate = sample.request_rate.filter(|r| r.is_finite());
+    let success = sample.success_rate.filter(|s| s.is_finite());
+    let (rate, success) = match (rate, success) {
+        (Some(rate), _) if rate < settings.min_request_rate => {
+            return Verdict::NoData {
+                key: "request rate below the minimum",
+                why: format!(
+                    "canary request rate {rate:.2}/s below the minimum {}/s",
+                    settings.min_request_rate
+                ),
+            };
+        }
+        (Some(rate), Some(success)) => (rate, success),
+        _ => {
+            return Verdict::NoData {
+                key: "no canary traffic",
+                why: "no canary traffic in the metrics".to_owned(),
+            };
+        }
+    };
+    let threshold = settings.success_rate_threshold;
+    if !(0.0..=100.0).contains(&success) {
+        Verdict::Fail {
+            why: format!("success rate {success} is out of range"),
+            request_rate: rate,
+        }
+    } else if success < threshold {
+        Verdict::Fail {
+            why: format!("success rate {success:.2}% below threshold {threshold}%"),
+            request_rate: rate,
+        }
+    } else {
+        Verdict::Pass {
+            success_rate: success,
+            request_rate: rate,
+        }
     }
 }
 
@@ -269,11 +463,14 @@ pub fn apply_command(
     let mut d = Decision::new(state);
     d.wake = Duration::ZERO;
     let phase = state.phase;
+    if phase.is_terminal() {
+        return command_on_finished(state, command).map(|()| d);
+    }
     match command {
         Command::Abort { reason } => {
             // A rollback already does what an abort asks (traffic on GA, canary scaled
             // down): it carries on with its own reason, and nothing is written twice.
-            if phase.is_terminal() || phase == Phase::RollingBack {
+            if phase == Phase::RollingBack {
                 return Ok(d);
             }
             if phase == Phase::Promoting {
@@ -346,13 +543,6 @@ pub fn apply_command(
                     ));
                 }
                 d.emit(EventKind::Resumed, message);
-            }
-            p if p.is_terminal() => {
-                return Err(Refused(format!(
-                    "rollout {} has finished ({}) and cannot be resumed",
-                    state.id,
-                    p.name()
-                )));
             }
             _ => return Ok(d),
         },
@@ -500,11 +690,17 @@ fn cannot_act(
     failure: &ActionFailure,
     now: DateTime<Utc>,
 ) {
+    // An abort whose first write failed keeps its reason (a rollback under way says its
+    // own in `left_as_is`): the operator's words survive.
+    let during = match (&state.ending, state.phase) {
+        (Some(ending), phase) if phase != Phase::RollingBack => format!("{}, but ", ending.reason),
+        _ => String::new(),
+    };
     fail(
         d,
         now,
         format!(
-            "failed: could not {}: {} (retrying cannot fix this); {}",
+            "failed: {during}could not {}: {} (retrying cannot fix this); {}",
             describe(&failure.action),
             failure.error,
             left_as_is(state, obs)
@@ -865,82 +1061,23 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
         }
     };
     d.next.last_analysis = Some(AnalysisRecord { sample, time: now });
-    let rate = sample.request_rate.filter(|r| r.is_finite());
-    let success = sample
-        .success_rate
-        .filter(|s| !s.is_nan() && !s.is_infinite());
-    let (rate, success) = match (rate, success) {
-        (Some(rate), _) if rate < settings.min_request_rate => {
-            no_data(
-                d,
-                state,
-                sample,
-                (
-                    "request rate below the minimum",
-                    format!(
-                        "canary request rate {rate:.2}/s below the minimum {}/s",
-                        settings.min_request_rate
-                    ),
-                ),
-                (now, obs.scale_down_delay),
-            );
+    let (why, rate) = match evaluate(&sample, settings) {
+        Verdict::NoData { key, why } => {
+            no_data(d, state, sample, (key, why), (now, obs.scale_down_delay));
             return;
         }
-        (Some(rate), Some(success)) => (rate, success),
-        _ => {
-            no_data(
-                d,
-                state,
-                sample,
-                (
-                    "no canary traffic",
-                    "no canary traffic in the metrics".to_owned(),
-                ),
-                (now, obs.scale_down_delay),
-            );
-            return;
-        }
-    };
-    d.next.halted_since = None;
-    d.next.quiet = None;
-    let threshold = settings.success_rate_threshold;
-    let failure = if !(0.0..=100.0).contains(&success) {
-        Some(format!("success rate {success} is out of range"))
-    } else if success < threshold {
-        Some(format!(
-            "success rate {success:.2}% below threshold {threshold}%"
-        ))
-    } else {
-        None
-    };
-    match failure {
-        Some(why) => {
-            d.next.failed_checks = state.failed_checks + 1;
-            let failed = d.next.failed_checks;
-            d.emit_with(
-                EventKind::CheckFailed,
-                format!(
-                    "check failed at weight {}%: {why} ({rate:.1} req/s), failed check {failed} of {}",
-                    state.canary_weight, settings.max_failed_checks
-                ),
-                Some(sample),
-            );
-            if failed >= settings.max_failed_checks {
-                begin_rollback(
-                    d,
-                    Phase::RolledBack,
-                    format!("{failed} failed checks: {why}"),
-                    now,
-                    obs.scale_down_delay,
-                );
-            }
-        }
-        None => {
+        Verdict::Fail { why, request_rate } => (why, request_rate),
+        Verdict::Pass {
+            success_rate,
+            request_rate,
+        } => {
+            d.next.halted_since = None;
+            d.next.quiet = None;
             d.emit_with(
                 EventKind::CheckPassed,
                 format!(
-                    "check passed at weight {}%: success rate {success:.2}% meets {threshold}% ({rate:.1} req/s)",
-                    state.canary_weight
+                    "check passed at weight {}%: success rate {success_rate:.2}% meets {}% ({request_rate:.1} req/s)",
+                    state.canary_weight, settings.success_rate_threshold
                 ),
                 Some(sample),
             );
@@ -956,7 +1093,29 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
             } else {
                 step_up(d, state, now, "check passed".to_owned());
             }
+            return;
         }
+    };
+    d.next.halted_since = None;
+    d.next.quiet = None;
+    d.next.failed_checks = state.failed_checks + 1;
+    let failed = d.next.failed_checks;
+    d.emit_with(
+        EventKind::CheckFailed,
+        format!(
+            "check failed at weight {}%: {why} ({rate:.1} req/s), failed check {failed} of {}",
+            state.canary_weight, settings.max_failed_checks
+        ),
+        Some(sample),
+    );
+    if failed >= settings.max_failed_checks {
+        begin_rollback(
+            d,
+            Phase::RolledBack,
+            format!("{failed} failed checks: {why}"),
+            now,
+            obs.scale_down_delay,
+        );
     }
 }
 
@@ -1374,32 +1533,68 @@ fn rolling_back(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateT
     d.next.phase = ending.phase;
     d.next.finished_at = Some(now);
     d.wake = IDLE;
-    let kind = match ending.phase {
-        Phase::Aborted => EventKind::Aborted,
-        _ => EventKind::RolledBack,
-    };
-    let word = if ending.phase == Phase::Aborted {
-        "aborted"
-    } else {
-        "rolled back"
-    };
-    let reason = ending
-        .reason
-        .strip_prefix("aborted: ")
-        .unwrap_or(&ending.reason)
-        .to_owned();
-    let reason = if reason == "aborted by request" {
-        "by request".to_owned()
-    } else {
-        reason
+    // An abort's reason already says it was aborted ("aborted: …", "aborted by request").
+    let (kind, ended) = match ending.phase {
+        Phase::Aborted => (EventKind::Aborted, ending.reason),
+        _ => (
+            EventKind::RolledBack,
+            format!("rolled back: {}", ending.reason),
+        ),
     };
     d.emit(
         kind,
         format!(
-            "{word}: {reason}; canary {} scaled to 0, all traffic on GA",
+            "{ended}; canary {} scaled to 0, all traffic on GA",
             state.canary
         ),
     );
+}
+
+/// Why a Deployment cannot take a step now, as a sentence; `None` when it is settled and
+/// healthy. `role` is "canary" or "GA".
+pub fn halt_reason(role: &str, d: &DeploymentView, hpa: Option<&HpaView>) -> Option<String> {
+    if d.observed_generation < d.generation {
+        return Some(format!(
+            "{role} rolling update in progress, spec change not yet observed by the controller"
+        ));
+    }
+    if d.updated_replicas < d.spec_replicas {
+        return Some(format!(
+            "{role} rolling update in progress, {} of {} replicas updated",
+            d.updated_replicas, d.spec_replicas
+        ));
+    }
+    if d.status_replicas > d.spec_replicas {
+        return Some(format!(
+            "{role} rolling update in progress, {} old replicas still terminating",
+            d.status_replicas - d.spec_replicas
+        ));
+    }
+    if let Some(hpa) = hpa {
+        if !hpa.scaling_inactive && hpa.desired_replicas != hpa.current_replicas {
+            return Some(format!(
+                "HPA {} is scaling the {role} from {} to {} replicas",
+                hpa.name, hpa.current_replicas, hpa.desired_replicas
+            ));
+        }
+        if d.spec_replicas != hpa.current_replicas && d.spec_replicas != 0 {
+            return Some(format!(
+                "HPA {} has not settled on the {role}'s {} replicas yet (it last saw {})",
+                hpa.name, d.spec_replicas, hpa.current_replicas
+            ));
+        }
+    }
+    if d.unavailable_replicas > 0
+        || d.available_replicas < d.spec_replicas
+        || d.ready_replicas < d.spec_replicas
+    {
+        let ready = d.ready_replicas.min(d.available_replicas);
+        return Some(format!(
+            "{role} has unhealthy pods, {} of {} replicas ready",
+            ready, d.spec_replicas
+        ));
+    }
+    None
 }
 
 #[cfg(test)]

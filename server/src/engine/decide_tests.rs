@@ -8,9 +8,8 @@ use serde_json::json;
 
 use super::*;
 use crate::domain::{AnalysisSettings, Ending, EventKind, Phase, Rollout, Sample};
-use crate::router::RouteView;
+use crate::domain::{DeploymentView, HpaView, RouteView, promoted_template, template_hash};
 use crate::workloads::fake::FakeWorkloads;
-use crate::workloads::{DeploymentView, HpaView, promoted_template, template_hash};
 
 fn t(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
@@ -41,40 +40,18 @@ struct Fixture(Rollout);
 
 impl Fixture {
     fn new() -> Self {
-        Fixture(Rollout {
-            id: "r1".into(),
-            namespace: "test".into(),
-            target: "podinfo".into(),
-            canary: "podinfo-canary".into(),
-            virtual_service: "podinfo".into(),
-            revision: String::new(),
-            phase: Phase::Pending,
-            canary_weight: 0,
-            failed_checks: 0,
-            analysis: settings(),
-            last_analysis: None,
-            message: String::new(),
-            created_at: t(0),
-            updated_at: t(0),
-            finished_at: None,
-            last_sequence: 1,
-            request_id: String::new(),
-            images: BTreeMap::new(),
-            canary_replicas: None,
-            prepared: false,
-            last_step_at: None,
-            halted_since: None,
-            halt_reason: None,
-            paused_from: None,
-            promotion_min_ready: None,
-            ending: None,
-            promoting_since: None,
-            quiet: None,
-            traffic_since: None,
-            route_fingerprint: Some("routes".into()),
-            promoted_template: None,
-            traffic_off_canary_at: None,
-        })
+        let mut rollout = Rollout::new(
+            "r1".into(),
+            "test".into(),
+            "podinfo".into(),
+            "podinfo-canary".into(),
+            "podinfo".into(),
+            settings(),
+            t(0),
+        );
+        rollout.last_sequence = 1;
+        rollout.route_fingerprint = Some("routes".into());
+        Fixture(rollout)
     }
     fn prepared(mut self) -> Self {
         self.0.prepared = true;
@@ -1148,6 +1125,38 @@ fn an_action_retrying_cannot_fix_ends_the_rollout_failed_naming_it() {
 }
 
 #[test]
+fn an_abort_whose_first_write_cannot_be_made_keeps_the_operators_reason() {
+    // The abort's route write got 404 before anything was recorded: the state is still
+    // progressing, with the ending the abort meant.
+    let mut state = Fixture::new().progressing(25, 0).done();
+    state.ending = Some(Ending {
+        phase: Phase::Aborted,
+        reason: "aborted: cancel the release".into(),
+    });
+    let o = Observation {
+        failure: Some(ActionFailure {
+            action: Action::SetCanaryWeight(0),
+            error: "VirtualService test/podinfo not found".into(),
+        }),
+        ..at(25, obs())
+    };
+    let d = decide(&state, &o, t(10));
+    assert_eq!(d.next.phase, Phase::Failed);
+    let message = &d.events[0].message;
+    assert!(
+        message.starts_with(
+            "failed: aborted: cancel the release, but could not route all traffic to GA"
+        ),
+        "{message}"
+    );
+    assert_eq!(
+        message.matches("cancel the release").count(),
+        1,
+        "{message}"
+    );
+}
+
+#[test]
 fn a_hand_edited_weight_pauses_the_rollout_and_resume_adopts_it() {
     let state = Fixture::new().progressing(20, 0).done();
     let edited = at(50, measured(100.0, 10.0));
@@ -1325,4 +1334,223 @@ fn a_promotion_waits_out_the_delay_after_routing_to_ga() {
     let done = decide(&routed.next, &o, t(31));
     assert_eq!(done.actions, vec![Action::ScaleCanary(0)]);
     assert_eq!(done.next.phase, Phase::Succeeded);
+}
+
+/// The health gate: why a Deployment cannot take a step now.
+mod halts {
+    use super::*;
+
+    fn settled(replicas: u32) -> DeploymentView {
+        DeploymentView {
+            namespace: "test".into(),
+            name: "podinfo-canary".into(),
+            generation: 2,
+            observed_generation: 2,
+            spec_replicas: replicas,
+            status_replicas: replicas,
+            updated_replicas: replicas,
+            ready_replicas: replicas,
+            available_replicas: replicas,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn settled_deployment_does_not_halt() {
+        assert_eq!(halt_reason("canary", &settled(3), None), None);
+    }
+
+    #[test]
+    fn rolling_update_halts_with_updated_count() {
+        let mut d = settled(3);
+        d.updated_replicas = 2;
+        assert_eq!(
+            halt_reason("canary", &d, None).as_deref(),
+            Some("canary rolling update in progress, 2 of 3 replicas updated")
+        );
+    }
+
+    #[test]
+    fn unobserved_generation_halts() {
+        let mut d = settled(3);
+        d.generation = 3;
+        assert!(
+            halt_reason("GA", &d, None)
+                .unwrap()
+                .starts_with("GA rolling update in progress")
+        );
+    }
+
+    #[test]
+    fn unready_pods_halt() {
+        let mut d = settled(3);
+        d.ready_replicas = 1;
+        d.available_replicas = 1;
+        d.unavailable_replicas = 2;
+        assert_eq!(
+            halt_reason("canary", &d, None).as_deref(),
+            Some("canary has unhealthy pods, 1 of 3 replicas ready")
+        );
+    }
+
+    #[test]
+    fn hpa_scaling_halts() {
+        let d = settled(2);
+        let hpa = HpaView {
+            name: "podinfo-canary".into(),
+            target: "podinfo-canary".into(),
+            current_replicas: 2,
+            desired_replicas: 4,
+            ..Default::default()
+        };
+        assert_eq!(
+            halt_reason("canary", &d, Some(&hpa)).as_deref(),
+            Some("HPA podinfo-canary is scaling the canary from 2 to 4 replicas")
+        );
+    }
+
+    #[test]
+    fn an_hpa_that_cannot_compute_replicas_is_not_scaling() {
+        // kube-apiserver's HPA controller without metrics: ScalingActive=False, and the
+        // desiredReplicas it never computed left at 0.
+        let d = settled(2);
+        let hpa = HpaView {
+            name: "podinfo-canary".into(),
+            target: "podinfo-canary".into(),
+            current_replicas: 2,
+            desired_replicas: 0,
+            scaling_inactive: true,
+            ..Default::default()
+        };
+        assert_eq!(halt_reason("canary", &d, Some(&hpa)), None);
+    }
+}
+
+/// The judgement of one measurement, apart from fetching it.
+mod evaluation {
+    use super::*;
+
+    fn sample(success: Option<f64>, rate: Option<f64>) -> Sample {
+        Sample {
+            success_rate: success,
+            request_rate: rate,
+        }
+    }
+
+    #[test]
+    fn a_success_rate_at_the_threshold_passes() {
+        assert_eq!(
+            evaluate(&sample(Some(99.0), Some(5.0)), &settings()),
+            Verdict::Pass {
+                success_rate: 99.0,
+                request_rate: 5.0
+            }
+        );
+    }
+
+    #[test]
+    fn a_success_rate_below_the_threshold_or_out_of_range_fails() {
+        assert!(matches!(
+            evaluate(&sample(Some(98.5), Some(5.0)), &settings()),
+            Verdict::Fail { why, .. } if why == "success rate 98.50% below threshold 99%"
+        ));
+        assert!(matches!(
+            evaluate(&sample(Some(150.0), Some(5.0)), &settings()),
+            Verdict::Fail { why, .. } if why.contains("out of range")
+        ));
+    }
+
+    #[test]
+    fn too_little_traffic_and_values_that_are_not_numbers_are_no_data() {
+        for s in [
+            sample(Some(100.0), Some(0.5)),
+            sample(None, None),
+            sample(Some(f64::NAN), Some(5.0)),
+            sample(Some(100.0), Some(f64::INFINITY)),
+        ] {
+            assert!(
+                matches!(evaluate(&s, &settings()), Verdict::NoData { .. }),
+                "{s:?}"
+            );
+        }
+    }
+}
+
+/// The first state, the weight read back after a restart, and commands on finished rollouts.
+mod lifecycle {
+    use super::*;
+
+    #[test]
+    fn a_start_is_pending_at_the_routed_weight_with_one_started_event() {
+        let base = Rollout::new(
+            "r9".into(),
+            "test".into(),
+            "podinfo".into(),
+            "podinfo-canary".into(),
+            "podinfo-vs".into(),
+            settings(),
+            t(0),
+        );
+        let (state, events) = start(base, "abc".into(), 0, "routes".into()).record(t(0));
+        assert_eq!(state.phase, Phase::Pending);
+        assert_eq!(state.revision, "abc");
+        assert_eq!(state.route_fingerprint.as_deref(), Some("routes"));
+        assert_eq!(state.last_sequence, 1);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].sequence, 1);
+        assert_eq!(events[0].kind, EventKind::Started);
+        assert_eq!(
+            events[0].message,
+            "rollout of test/podinfo started: canary podinfo-canary via VirtualService podinfo-vs, 10% steps up to 100% every 1s, success rate >= 99%"
+        );
+        assert_eq!(state.message, events[0].message);
+    }
+
+    #[test]
+    fn a_weight_read_back_that_was_our_next_step_is_recorded_and_any_other_is_not() {
+        let state = Fixture::new().progressing(20, 0).done();
+        let d = resumed_at(&state, 30, t(5)).unwrap();
+        assert_eq!(d.next.canary_weight, 30);
+        assert_eq!(d.next.last_step_at, Some(t(5)));
+        assert_eq!(d.events[0].kind, EventKind::WeightChanged);
+        assert_eq!(
+            d.events[0].message,
+            "resumed: VirtualService podinfo routes 30% to the canary (state had 20%)"
+        );
+        assert!(resumed_at(&state, 20, t(5)).is_none());
+        assert!(resumed_at(&state, 55, t(5)).is_none());
+        let pending = Fixture::new().done();
+        assert!(resumed_at(&pending, 0, t(5)).is_none());
+    }
+
+    #[test]
+    fn commands_on_a_finished_rollout_abort_changes_nothing_and_the_rest_are_refused() {
+        let done = Fixture::new()
+            .progressing(0, 0)
+            .with(|r| r.phase = Phase::Succeeded)
+            .done();
+        let abort = Command::Abort {
+            reason: String::new(),
+        };
+        assert_eq!(command_on_finished(&done, &abort), Ok(()));
+        let refused = command_on_finished(&done, &Command::Resume).unwrap_err();
+        assert_eq!(
+            refused.0,
+            "rollout r1 has finished (succeeded) and cannot be resumed"
+        );
+        // The driver's answer is the same sentence.
+        assert_eq!(
+            apply_command(&done, &Command::Resume, &obs(), t(1)).unwrap_err(),
+            refused
+        );
+    }
+
+    #[test]
+    fn ga_runs_the_canary_once_it_has_its_template_with_its_own_selector() {
+        let canary = canary();
+        let mut ga = ga();
+        assert!(!ga_runs_canary(&ga, &canary));
+        ga.template = promoted_template(&canary.template, &canary.selector, &ga.selector);
+        assert!(ga_runs_canary(&ga, &canary));
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -10,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::decide::{self, Action, ActionFailure, Command, Decision, Observation};
 use super::{EngineConfig, EngineError, Ports};
+use crate::domain::promoted_template;
 use crate::domain::{EventKind, Phase, Rollout, RolloutEvent};
 use crate::router::RouteRef;
 use crate::store::StoreError;
-use crate::workloads::{promoted_template, template_hash};
 
 /// Longest and shortest delay before a failed step is tried again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -21,9 +22,20 @@ const MIN_RETRY: Duration = Duration::from_millis(100);
 /// Times a half-applied step is replayed before the driver decides afresh from what it sees.
 const MAX_REPLAYS: u32 = 30;
 /// Attempts at committing a caller's command before answering UNAVAILABLE.
-const COMMAND_ATTEMPTS: u32 = 5;
+const COMMAND_ATTEMPTS: usize = 5;
 /// First pause between command attempts (doubling).
 const COMMAND_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The pauses between attempts at committing a command: 100 ms, doubling, one fewer than
+/// the attempts.
+fn command_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(COMMAND_BACKOFF)
+        .with_factor(2.0)
+        .without_max_delay()
+        .with_max_times(COMMAND_ATTEMPTS - 1)
+        .build()
+}
 /// Write conflicts in a row (each followed by a reload) after which the driver gives the
 /// rollout up to whoever else keeps writing it.
 const MAX_CONFLICTS: u32 = 5;
@@ -153,13 +165,10 @@ impl Driver {
         tracing::debug!(rollout = %self.state.id, phase = self.state.phase.name(), "driver stopped");
     }
 
-    /// After a restart the VirtualService is the truth about traffic: a step may have been
-    /// written without its state.
+    /// After a restart the VirtualService is the truth about traffic: reads the weight back
+    /// and records what `decide::resumed_at` makes of it.
     async fn reconcile_weight(&mut self) {
-        if !matches!(
-            self.state.phase,
-            Phase::Progressing | Phase::Paused | Phase::Promoting
-        ) {
+        if !decide::reads_weight_back(&self.state) {
             return;
         }
         let route = self.route();
@@ -170,41 +179,14 @@ impl Driver {
                 return;
             }
         };
-        if weight == self.state.canary_weight {
-            return;
-        }
-        if !decide::written_unrecorded(&self.state, weight) {
-            // Not a step of ours that missed its state write: someone else set it. The next
-            // decision sees the edit and pauses the rollout.
-            tracing::warn!(rollout = %self.state.id, weight, recorded = self.state.canary_weight, "the VirtualService was changed while the server was down");
-            return;
-        }
         let now = Utc::now();
-        let mut next = self.state.clone();
-        let message = format!(
-            "resumed: VirtualService {} routes {weight}% to the canary (state had {}%)",
-            route.virtual_service, self.state.canary_weight
-        );
-        next.canary_weight = weight;
-        next.message = message.clone();
-        next.updated_at = now;
-        if next.phase == Phase::Progressing {
-            // The weight read back gets a whole interval of analysis of its own.
-            next.last_step_at = Some(now);
-        }
-        let draft = decide::EventDraft {
-            kind: EventKind::WeightChanged,
-            phase: next.phase,
-            canary_weight: weight,
-            failed_checks: next.failed_checks,
-            sample: None,
-            message,
-        };
-        let decision = Decision {
-            next,
-            actions: Vec::new(),
-            events: vec![draft],
-            wake: Duration::ZERO,
+        let Some(decision) = decide::resumed_at(&self.state, weight, now) else {
+            if weight != self.state.canary_weight {
+                // Not a step of ours that missed its state write: someone else set it. The
+                // next decision sees the edit and pauses the rollout.
+                tracing::warn!(rollout = %self.state.id, weight, recorded = self.state.canary_weight, "the VirtualService was changed while the server was down");
+            }
+            return;
         };
         if let Err(error) = self.commit(&decision, now).await {
             tracing::warn!(rollout = %self.state.id, error = %error.message, "could not record the weight read back");
@@ -292,7 +274,7 @@ impl Driver {
         // first. An abort does not wait for it: its weight write supersedes the step's.
         if let Err(error) = self.finish_unfinished().await {
             if !matches!(command, Command::Abort { .. }) {
-                return Err(EngineError::Unavailable(format!(
+                return Err(EngineError::Interrupted(format!(
                     "rollout {}: the last step is not recorded yet ({error}); try again",
                     self.state.id
                 )));
@@ -302,8 +284,8 @@ impl Driver {
         let now = Utc::now();
         let obs = self.observe(None).await;
         let decision = decide::apply_command(&self.state, &command, &obs, now)
-            .map_err(|refused| EngineError::FailedPrecondition(refused.0))?;
-        let mut backoff = COMMAND_BACKOFF;
+            .map_err(|refused| EngineError::Refused(refused.0))?;
+        let mut pauses = command_backoff();
         let mut attempt = 1;
         while let Err(error) = self.commit(&decision, now).await {
             if let Some(failure) = error.permanent {
@@ -313,10 +295,14 @@ impl Driver {
                 self.failure = Some(failure);
                 let now = Utc::now();
                 let obs = self.observe(None).await;
-                let ended = decide::decide(&self.state, &obs, now);
+                // Decided on the recorded state, with the ending the command meant (an
+                // abort's reason), so the FAILED message keeps the operator's words.
+                let mut intent = self.state.clone();
+                intent.ending = decision.next.ending.clone();
+                let ended = decide::decide(&intent, &obs, now);
                 return match self.commit(&ended, now).await {
                     Ok(()) => Ok(self.state.clone()),
-                    Err(error) => Err(EngineError::Unavailable(format!(
+                    Err(error) => Err(EngineError::Interrupted(format!(
                         "rollout {}: {}; recording that failed too: {}",
                         self.state.id,
                         obs.failure.map(|f| f.error).unwrap_or_default(),
@@ -324,7 +310,7 @@ impl Driver {
                     ))),
                 };
             }
-            if attempt >= COMMAND_ATTEMPTS {
+            let Some(pause) = pauses.next() else {
                 if error.acted {
                     self.unfinished = Some(Unfinished {
                         decision,
@@ -332,14 +318,13 @@ impl Driver {
                         replays: 0,
                     });
                 }
-                return Err(EngineError::Unavailable(format!(
+                return Err(EngineError::Interrupted(format!(
                     "rollout {}: {}",
                     self.state.id, error.message
                 )));
-            }
+            };
             tracing::warn!(rollout = %self.state.id, error = %error.message, attempt, "command failed; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff *= 2;
+            tokio::time::sleep(pause).await;
             attempt += 1;
         }
         // An abort answers once traffic is on GA; with no scale-down delay the canary is
@@ -370,13 +355,7 @@ impl Driver {
         let ga = w.deployment(ns, &self.state.target);
         let canary = w.deployment(ns, &self.state.canary);
         let ga_runs_canary = match (&ga, &canary) {
-            (Some(ga), Some(canary)) => {
-                template_hash(&promoted_template(
-                    &canary.template,
-                    &canary.selector,
-                    &ga.selector,
-                )) == template_hash(&ga.template)
-            }
+            (Some(ga), Some(canary)) => decide::ga_runs_canary(ga, canary),
             _ => false,
         };
         let sample = match window.filter(|_| canary.is_some()) {
@@ -475,23 +454,7 @@ impl Driver {
             self.unrecorded_weight = None;
             return Ok(());
         }
-        let mut next = decision.next.clone();
-        let mut events = Vec::with_capacity(decision.events.len());
-        for draft in decision.events.iter().cloned() {
-            next.last_sequence += 1;
-            events.push(RolloutEvent {
-                rollout_id: next.id.clone(),
-                sequence: next.last_sequence,
-                time: now,
-                kind: draft.kind,
-                phase: draft.phase,
-                canary_weight: draft.canary_weight,
-                success_rate: draft.sample.and_then(|s| s.success_rate),
-                request_rate: draft.sample.and_then(|s| s.request_rate),
-                failed_checks: draft.failed_checks,
-                message: draft.message,
-            });
-        }
+        let (next, events) = decision.record(now);
         match self.ports.store.append(&next, &events).await {
             Ok(()) => self.conflicts = 0,
             Err(StoreError::Conflict { .. }) => {
@@ -626,4 +589,15 @@ pub(crate) fn announce(ports: &Ports, state: &Rollout, events: &[RolloutEvent]) 
                 .await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_is_tried_five_times_with_doubling_pauses_between() {
+        let pauses: Vec<u128> = command_backoff().map(|d| d.as_millis()).collect();
+        assert_eq!(pauses, [100, 200, 400, 800]);
+    }
 }

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use crate::domain::AnalysisSettings;
 use crate::events::Hub;
-use crate::metrics::Metrics;
-use crate::router::Router;
-use crate::store::Store;
+use crate::metrics::{Metrics, MetricsError};
+use crate::router::{Router, RouterError};
+use crate::store::{Store, StoreError};
 use crate::workloads::Workloads;
 
 pub use decide::{Action, Command, Decision, Observation, decide};
@@ -77,19 +77,39 @@ pub struct StartRequest {
     pub canary_replicas: Option<u32>,
 }
 
-/// Errors of engine operations, by what a caller should make of them.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+/// Errors of engine operations: what went wrong. What a caller is told (a gRPC status) is
+/// the api layer's business.
+#[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// The request contradicts itself (a canary named like its target).
     #[error("{0}")]
-    InvalidArgument(String),
+    InvalidRequest(String),
+    /// A rollout or Deployment it names does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The target already has an active rollout.
     #[error("{0}")]
-    AlreadyExists(String),
+    AlreadyActive(String),
+    /// Refused in the present state of the rollout or the cluster: a command its phase does
+    /// not allow, a container the canary lacks, a target without request metrics.
     #[error("{0}")]
-    FailedPrecondition(String),
+    Refused(String),
+    /// The VirtualService could not be read, or does not split traffic as a rollout needs.
+    #[error(transparent)]
+    Route(#[from] RouterError),
+    /// The rollout store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The metrics provider did not answer the start's preflight.
+    #[error(
+        "the metrics provider cannot be reached, so the canary could not be analysed ({0}); nothing was changed"
+    )]
+    MetricsUnreachable(#[source] MetricsError),
+    /// The driver could not carry the command out now (its last step is not recorded, a
+    /// write keeps failing, the server is shutting down); trying again may work.
     #[error("{0}")]
-    Unavailable(String),
+    Interrupted(String),
+    /// A bug: a poisoned lock.
     #[error("{0}")]
     Internal(String),
 }

@@ -11,11 +11,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::decide::Command;
+use super::decide::{self, Command};
 use super::driver::{Driver, Envelope, announce};
 use super::{EngineConfig, EngineError, Ports, StartRequest};
-use crate::domain::{EventKind, Phase, Rollout, RolloutEvent};
-use crate::router::RouterError;
+use crate::domain::Rollout;
 use crate::store::StoreError;
 
 /// The id of the rollout a `request_id` starts: derived from the namespace and the key, so
@@ -82,12 +81,7 @@ impl Supervisor {
     /// Loads every stored rollout, publishes its events to the hub and resumes the
     /// unfinished ones.
     pub async fn restore(&self) -> Result<usize, EngineError> {
-        let stored = self
-            .ports
-            .store
-            .load()
-            .await
-            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let stored = self.ports.store.load().await?;
         let mut resumed = 0;
         for (rollout, events) in stored {
             self.ports.hub.register(&rollout.id);
@@ -194,7 +188,7 @@ impl Supervisor {
         }
         let ns = &request.namespace;
         if let Some(active) = self.active_for(ns, &request.target) {
-            return Err(EngineError::AlreadyExists(format!(
+            return Err(EngineError::AlreadyActive(format!(
                 "rollout {} is already active for deployment {ns}/{} ({})",
                 active.id,
                 request.target,
@@ -207,14 +201,17 @@ impl Supervisor {
             request.canary.clone()
         };
         if canary_name == request.target {
-            return Err(EngineError::InvalidArgument(
+            return Err(EngineError::InvalidRequest(
                 "canary must differ from target".into(),
             ));
         }
         let w = &self.ports.workloads;
-        let ga = w.deployment(ns, &request.target).ok_or_else(|| {
-            EngineError::NotFound(format!("deployment {ns}/{} not found", request.target))
-        })?;
+        if w.deployment(ns, &request.target).is_none() {
+            return Err(EngineError::NotFound(format!(
+                "deployment {ns}/{} not found",
+                request.target
+            )));
+        }
         let canary = w.deployment(ns, &canary_name).ok_or_else(|| {
             EngineError::NotFound(format!("canary deployment {ns}/{canary_name} not found"))
         })?;
@@ -222,7 +219,7 @@ impl Supervisor {
         for container in request.images.keys() {
             if !containers.contains_key(container) {
                 let known: Vec<&str> = containers.keys().map(String::as_str).collect();
-                return Err(EngineError::FailedPrecondition(format!(
+                return Err(EngineError::Refused(format!(
                     "canary deployment {ns}/{canary_name} has no container named {container} (it has: {})",
                     known.join(", ")
                 )));
@@ -233,12 +230,7 @@ impl Supervisor {
             .ports
             .router
             .resolve(ns, vs, &request.target, &canary_name)
-            .await
-            .map_err(|e| match e {
-                RouterError::NotFound { .. } => EngineError::NotFound(e.to_string()),
-                RouterError::Topology(m) => EngineError::FailedPrecondition(m),
-                RouterError::Api { .. } => EngineError::Unavailable(e.to_string()),
-            })?;
+            .await?;
         self.preflight(ns, &request.target, &canary_name).await?;
         let (virtual_service, weight) = (resolved.name, resolved.canary_weight);
 
@@ -248,79 +240,32 @@ impl Supervisor {
         } else {
             rollout_id_for_request(ns, &request.request_id)
         };
-        let settings = &request.analysis;
-        let message = format!(
-            "rollout of {ns}/{} started: canary {canary_name} via VirtualService {virtual_service}, {}% steps up to {}% every {}, success rate >= {}%",
-            request.target,
-            settings.step_weight,
-            settings.max_weight,
-            humantime::format_duration(settings.interval),
-            settings.success_rate_threshold
-        );
-        let rollout = Rollout {
-            id: id.clone(),
-            namespace: ns.clone(),
-            target: request.target.clone(),
-            canary: canary_name,
+        let mut rollout = Rollout::new(
+            id.clone(),
+            ns.clone(),
+            request.target.clone(),
+            canary_name,
             virtual_service,
-            revision: canary.revision(),
-            phase: Phase::Pending,
-            canary_weight: weight,
-            failed_checks: 0,
-            analysis: request.analysis.clone(),
-            last_analysis: None,
-            message: message.clone(),
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-            last_sequence: 1,
-            request_id: request.request_id.clone(),
-            images: request.images.clone(),
-            canary_replicas: request.canary_replicas,
-            prepared: false,
-            last_step_at: None,
-            halted_since: None,
-            halt_reason: None,
-            paused_from: None,
-            promotion_min_ready: None,
-            ending: None,
-            promoting_since: None,
-            quiet: None,
-            traffic_since: None,
-            route_fingerprint: Some(resolved.fingerprint),
-            promoted_template: None,
-            traffic_off_canary_at: None,
-        };
-        let started = RolloutEvent {
-            rollout_id: id.clone(),
-            sequence: 1,
-            time: now,
-            kind: EventKind::Started,
-            phase: Phase::Pending,
-            canary_weight: weight,
-            success_rate: None,
-            request_rate: None,
-            failed_checks: 0,
-            message,
-        };
-        match self
-            .ports
-            .store
-            .create(&rollout, std::slice::from_ref(&started))
-            .await
-        {
+            request.analysis.clone(),
+            now,
+        );
+        rollout.request_id = request.request_id.clone();
+        rollout.images = request.images.clone();
+        rollout.canary_replicas = request.canary_replicas;
+        let (rollout, started) =
+            decide::start(rollout, canary.revision(), weight, resolved.fingerprint).record(now);
+        match self.ports.store.create(&rollout, &started).await {
             Ok(()) => {}
             // The same request_id started it before and the answer was lost on the way: the
             // retry gets that rollout, not a second one.
             Err(StoreError::AlreadyExists { .. }) => return self.adopt(ns, &id).await,
-            Err(e) => return Err(EngineError::Unavailable(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
         self.ports.hub.register(&id);
-        if let Err(error) = self.ports.hub.publish(std::slice::from_ref(&started)) {
+        if let Err(error) = self.ports.hub.publish(&started) {
             tracing::error!(rollout = %id, %error, "event log out of order");
         }
-        announce(&self.ports, &rollout, std::slice::from_ref(&started));
-        let _ = ga;
+        announce(&self.ports, &rollout, &started);
         self.spawn(rollout.clone());
         Ok(rollout)
     }
@@ -338,13 +283,9 @@ impl Supervisor {
             .metrics
             .coverage(ns, &workloads, METRICS_LOOKBACK)
             .await
-            .map_err(|e| {
-                EngineError::Unavailable(format!(
-                    "the metrics provider cannot be reached, so the canary could not be analysed ({e}); nothing was changed"
-                ))
-            })?;
+            .map_err(EngineError::MetricsUnreachable)?;
         if coverage.reported.is_empty() && coverage.scraping {
-            return Err(EngineError::FailedPrecondition(format!(
+            return Err(EngineError::Refused(format!(
                 "Prometheus has no istio_requests_total series (reporter=\"destination\") for deployment {ns}/{target} or its canary {ns}/{canary} in the last {}: the mesh does not report these workloads or Prometheus does not scrape it, so every check would have no data; nothing was changed",
                 humantime::format_duration(METRICS_LOOKBACK)
             )));
@@ -355,17 +296,11 @@ impl Supervisor {
     /// Takes over a rollout found in the store (created by an earlier attempt of the same
     /// request whose answer was lost): its events go to the hub and its driver starts.
     async fn adopt(&self, namespace: &str, id: &str) -> Result<Rollout, EngineError> {
-        let (rollout, events) = self
-            .ports
-            .store
-            .get(namespace, id)
-            .await
-            .map_err(|e| EngineError::Unavailable(e.to_string()))?
-            .ok_or_else(|| {
-                EngineError::Unavailable(format!(
-                    "rollout {id} was reported stored but cannot be read back; try again"
-                ))
-            })?;
+        let (rollout, events) = self.ports.store.get(namespace, id).await?.ok_or_else(|| {
+            EngineError::Interrupted(format!(
+                "rollout {id} was reported stored but cannot be read back; try again"
+            ))
+        })?;
         if let Ok(existing) = self.get(id) {
             return Ok(existing);
         }
@@ -391,13 +326,9 @@ impl Supervisor {
                 .ok_or_else(|| EngineError::NotFound(format!("rollout {id} not found")))?;
             (entry.commands.clone(), entry.view.borrow().clone())
         };
-        let finished = |r: Rollout| match command {
-            Command::Abort { .. } => Ok(r),
-            _ => Err(EngineError::FailedPrecondition(format!(
-                "rollout {} has finished ({})",
-                r.id,
-                r.phase.name()
-            ))),
+        let finished = |r: Rollout| match decide::command_on_finished(&r, &command) {
+            Ok(()) => Ok(r),
+            Err(refused) => Err(EngineError::Refused(refused.0)),
         };
         let Some(sender) = sender.filter(|_| !current.phase.is_terminal()) else {
             return finished(current);
@@ -420,7 +351,7 @@ impl Supervisor {
                 if now.phase.is_terminal() {
                     finished(now)
                 } else {
-                    Err(EngineError::Unavailable(
+                    Err(EngineError::Interrupted(
                         "the server is shutting down".into(),
                     ))
                 }

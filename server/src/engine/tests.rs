@@ -257,13 +257,15 @@ async fn rejected_starts_change_nothing() {
     no_container.images = [("sidecar".to_owned(), "x:1".to_owned())].into();
     assert!(matches!(
         s.start(no_container).await,
-        Err(EngineError::FailedPrecondition(m)) if m.contains("no container named sidecar")
+        Err(EngineError::Refused(m)) if m.contains("no container named sidecar")
     ));
     let mut wrong_vs = request();
     wrong_vs.virtual_service = "other".into();
     assert!(matches!(
         s.start(wrong_vs).await,
-        Err(EngineError::NotFound(_))
+        Err(EngineError::Route(
+            crate::router::RouterError::NotFound { .. }
+        ))
     ));
     assert_eq!(w.store.writes(), 0);
     assert!(w.router.writes().is_empty());
@@ -283,7 +285,7 @@ async fn second_start_names_the_active_rollout_and_request_id_is_idempotent() {
     assert_eq!(first.id, again.id);
     let err = s.start(request()).await.unwrap_err();
     assert!(
-        matches!(&err, EngineError::AlreadyExists(m) if m.contains(&first.id)),
+        matches!(&err, EngineError::AlreadyActive(m) if m.contains(&first.id)),
         "{err:?}"
     );
     assert_eq!(s.list(None, false).len(), 1);
@@ -372,7 +374,7 @@ async fn a_retried_start_whose_first_answer_was_lost_returns_the_stored_rollout(
     req.request_id = "pipeline-4711".into();
     w.store.lose_create_answers(true);
     let lost = s.start(req.clone()).await.unwrap_err();
-    assert!(matches!(lost, EngineError::Unavailable(_)), "{lost:?}");
+    assert!(matches!(lost, EngineError::Store(_)), "{lost:?}");
     assert_eq!(w.store.len(), 1, "the first create landed");
     assert!(
         s.list(None, false).is_empty(),
@@ -468,7 +470,7 @@ async fn a_deleted_virtual_service_ends_the_rollout_failed_and_frees_the_target(
     // The target is free again: a new start is judged on its own (no VirtualService now).
     assert!(matches!(
         s.start(request()).await,
-        Err(EngineError::FailedPrecondition(_))
+        Err(EngineError::Route(crate::router::RouterError::Topology(_)))
     ));
     // An abort of the ended rollout changes nothing.
     let again = s
@@ -495,14 +497,10 @@ async fn a_refused_weight_write_is_not_retried_and_an_abort_ends_failed_saying_s
     )
     .await
     .unwrap();
-    w.router
-        .refuse_writes(Some(crate::router::RouterError::Api {
-            action: "patch weights of",
-            namespace: "test".into(),
-            name: "podinfo".into(),
-            code: Some(403),
-            message: "virtualservices.networking.istio.io \"podinfo\" is forbidden".into(),
-        }));
+    w.router.refuse_writes(Some((
+        403,
+        "virtualservices.networking.istio.io \"podinfo\" is forbidden".into(),
+    )));
     let writes_before = w.router.writes().len();
     let answer = tokio::time::timeout(
         Duration::from_secs(2),
@@ -543,7 +541,8 @@ async fn starts_are_refused_when_metrics_cannot_be_reached_or_know_neither_workl
         .set_coverage(Some(Err(MetricsError::Query("connection refused".into()))));
     let unreachable = s.start(request()).await.unwrap_err();
     assert!(
-        matches!(&unreachable, EngineError::Unavailable(m) if m.contains("connection refused")),
+        matches!(&unreachable, EngineError::MetricsUnreachable(_))
+            && unreachable.to_string().contains("connection refused"),
         "{unreachable:?}"
     );
     w.metrics.set_coverage(Some(Ok(Coverage {
@@ -552,7 +551,7 @@ async fn starts_are_refused_when_metrics_cannot_be_reached_or_know_neither_workl
     })));
     let unreported = s.start(request()).await.unwrap_err();
     assert!(
-        matches!(&unreported, EngineError::FailedPrecondition(m) if m.contains("no istio_requests_total series")),
+        matches!(&unreported, EngineError::Refused(m) if m.contains("no istio_requests_total series")),
         "{unreported:?}"
     );
     assert_eq!(w.store.writes(), 0);

@@ -1,6 +1,7 @@
 //! Canary metrics: the trait the engine measures through. Judging a sample against the
 //! thresholds is the engine's (`engine::decide`); fetching it is a provider's.
 
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod prometheus;
 

@@ -23,8 +23,9 @@ struct FakeState {
     fingerprints: HashMap<(String, String), String>,
     writes: Vec<u32>,
     fail_writes: bool,
-    /// Every write fails with this error (a refusal retrying cannot fix).
-    refuse_writes: Option<RouterError>,
+    /// Every write is refused with this HTTP status and message (a refusal retrying cannot
+    /// fix).
+    refuse_writes: Option<(u16, String)>,
 }
 
 impl FakeRouter {
@@ -62,8 +63,9 @@ impl FakeRouter {
         }
     }
 
-    /// Makes every write fail with `error` (for example a 403), or stop failing (`None`).
-    pub fn refuse_writes(&self, error: Option<RouterError>) {
+    /// Makes every write fail with the API server's answer `(status, message)` (for example
+    /// a 403), or stop failing (`None`).
+    pub fn refuse_writes(&self, error: Option<(u16, String)>) {
         if let Ok(mut s) = self.state.lock() {
             s.refuse_writes = error;
         }
@@ -185,17 +187,21 @@ impl Router for FakeRouter {
                 .state
                 .lock()
                 .map_err(|_| RouterError::Topology("poisoned".into()))?;
-            if let Some(error) = &s.refuse_writes {
-                return Err(error.clone());
+            let refusal = |source| RouterError::Api {
+                action: "patch weights of",
+                namespace: route.namespace.clone(),
+                name: route.virtual_service.clone(),
+                source: Box::new(source),
+            };
+            if let Some((code, message)) = &s.refuse_writes {
+                return Err(refusal(kube::Error::Api(
+                    kube::core::Status::failure(message, "Forbidden")
+                        .with_code(*code)
+                        .boxed(),
+                )));
             }
             if s.fail_writes {
-                return Err(RouterError::Api {
-                    action: "patch weights of",
-                    namespace: route.namespace.clone(),
-                    name: route.virtual_service.clone(),
-                    code: None,
-                    message: "connection refused".into(),
-                });
+                return Err(refusal(kube::Error::Service("connection refused".into())));
             }
             let key = (route.namespace.clone(), route.virtual_service.clone());
             if !s.weights.contains_key(&key) {

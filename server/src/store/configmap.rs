@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 
-use super::{Store, StoreError, Stored, newest_lines};
+use super::{Store, StoreError, Stored};
 use crate::domain::{Rollout, RolloutEvent};
 use crate::events::DEFAULT_EVENT_LIMIT;
 
@@ -305,5 +305,40 @@ impl Store for ConfigMapStore {
         events: &'a [RolloutEvent],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(self.write(rollout, events))
+    }
+}
+
+/// The part of a JSON-lines event log holding its newest `limit` lines.
+pub fn newest_lines(log: &str, limit: usize) -> &str {
+    let lines = log.lines().filter(|l| !l.trim().is_empty()).count();
+    let mut drop = lines.saturating_sub(limit);
+    let mut start = 0;
+    for line in log.split_inclusive('\n') {
+        let blank = line.trim().is_empty();
+        if drop == 0 && !blank {
+            break;
+        }
+        start += line.len();
+        if !blank {
+            drop -= 1;
+        }
+    }
+    &log[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_lines_keeps_the_last_lines_whole() {
+        let log = "{\"s\":1}\n{\"s\":2}\n{\"s\":3}\n";
+        assert_eq!(newest_lines(log, 2), "{\"s\":2}\n{\"s\":3}\n");
+        assert_eq!(newest_lines(log, 3), log);
+        assert_eq!(newest_lines(log, 10), log);
+        assert_eq!(newest_lines(log, 1), "{\"s\":3}\n");
+        assert_eq!(newest_lines("", 1), "");
+        // Blank lines do not count as events.
+        assert_eq!(newest_lines("a\n\nb\nc\n", 2), "b\nc\n");
     }
 }

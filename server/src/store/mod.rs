@@ -4,6 +4,7 @@
 //! configured): a rollout's whole record must fit in one ConfigMap (1 MiB).
 
 pub mod configmap;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 
 use futures::future::BoxFuture;
@@ -37,24 +38,6 @@ pub enum StoreError {
 
 /// A stored rollout with its kept event log (the newest events, in sequence order).
 pub type Stored = (Rollout, Vec<RolloutEvent>);
-
-/// The part of a JSON-lines event log holding its newest `limit` lines.
-pub fn newest_lines(log: &str, limit: usize) -> &str {
-    let lines = log.lines().filter(|l| !l.trim().is_empty()).count();
-    let mut drop = lines.saturating_sub(limit);
-    let mut start = 0;
-    for line in log.split_inclusive('\n') {
-        let blank = line.trim().is_empty();
-        if drop == 0 && !blank {
-            break;
-        }
-        start += line.len();
-        if !blank {
-            drop -= 1;
-        }
-    }
-    &log[start..]
-}
 
 /// Rollout state and event logs.
 pub trait Store: Send + Sync {
@@ -100,54 +83,22 @@ mod tests {
     use crate::store::memory::MemoryStore;
     use chrono::Utc;
 
-    #[test]
-    fn newest_lines_keeps_the_last_lines_whole() {
-        let log = "{\"s\":1}\n{\"s\":2}\n{\"s\":3}\n";
-        assert_eq!(newest_lines(log, 2), "{\"s\":2}\n{\"s\":3}\n");
-        assert_eq!(newest_lines(log, 3), log);
-        assert_eq!(newest_lines(log, 10), log);
-        assert_eq!(newest_lines(log, 1), "{\"s\":3}\n");
-        assert_eq!(newest_lines("", 1), "");
-        // Blank lines do not count as events.
-        assert_eq!(newest_lines("a\n\nb\nc\n", 2), "b\nc\n");
-    }
-
     fn rollout(last_sequence: u64) -> Rollout {
         let now = Utc::now();
-        Rollout {
-            id: "r1".into(),
-            namespace: "test".into(),
-            target: "podinfo".into(),
-            canary: "podinfo-canary".into(),
-            virtual_service: "podinfo".into(),
-            revision: String::new(),
-            phase: Phase::Progressing,
-            canary_weight: 10,
-            failed_checks: 0,
-            analysis: AnalysisSettings::default(),
-            last_analysis: None,
-            message: String::new(),
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-            last_sequence,
-            request_id: String::new(),
-            images: Default::default(),
-            canary_replicas: None,
-            prepared: true,
-            last_step_at: None,
-            halted_since: None,
-            halt_reason: None,
-            paused_from: None,
-            promotion_min_ready: None,
-            ending: None,
-            promoting_since: None,
-            quiet: None,
-            traffic_since: None,
-            route_fingerprint: None,
-            promoted_template: None,
-            traffic_off_canary_at: None,
-        }
+        let mut rollout = Rollout::new(
+            "r1".into(),
+            "test".into(),
+            "podinfo".into(),
+            "podinfo-canary".into(),
+            "podinfo".into(),
+            AnalysisSettings::default(),
+            now,
+        );
+        rollout.phase = Phase::Progressing;
+        rollout.canary_weight = 10;
+        rollout.last_sequence = last_sequence;
+        rollout.prepared = true;
+        rollout
     }
 
     fn events(from: u64, to: u64) -> Vec<RolloutEvent> {

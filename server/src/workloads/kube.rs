@@ -67,12 +67,11 @@ impl KubeWorkloads {
                     namespace: namespace.to_owned(),
                     name: name.to_owned(),
                 },
-                other => WorkloadError::Write {
+                source => WorkloadError::Write {
                     action,
                     namespace: namespace.to_owned(),
                     name: name.to_owned(),
-                    code: crate::retry::status_code(&other),
-                    message: other.to_string(),
+                    source: Box::new(source),
                 },
             })
     }

@@ -10,6 +10,7 @@ pub(crate) mod admin;
 mod discovery;
 pub mod encode;
 pub(crate) mod objects;
+mod params;
 mod table;
 mod watch;
 
@@ -30,7 +31,9 @@ use crate::error::ApiError;
 use crate::faults::Verb;
 use crate::resources::ResourceDef;
 use crate::store::GroupResource;
-use crate::{Shutdown, World};
+use tokio_util::sync::CancellationToken as Shutdown;
+
+use crate::world::World;
 
 pub use objects::create_object;
 

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::encode::{Versioned, watch_event};
-use super::objects::{parse_rv_param, selectors};
+use super::params::{parse_rv_param, selectors};
 use super::{ApiState, Output, ResourceRequest, stream_response, table};
 use crate::error::ApiError;
 use crate::resources::ResourceDef;
@@ -172,7 +172,7 @@ struct WatchTask {
     bookmarks: bool,
     send_initial: bool,
     deadline: Option<Instant>,
-    shutdown: crate::Shutdown,
+    shutdown: tokio_util::sync::CancellationToken,
     drops: tokio::sync::watch::Receiver<u64>,
 }
 

@@ -11,7 +11,9 @@ use std::time::Instant;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::MissedTickBehavior;
 
-use crate::{Shutdown, World};
+use tokio_util::sync::CancellationToken as Shutdown;
+
+use crate::world::World;
 
 pub use deployment::pod_template_hash;
 

@@ -13,10 +13,10 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchP
 use serde_json::{Value, json};
 use tokio::time::MissedTickBehavior;
 
-use crate::Shutdown;
 use crate::controllers::Loads;
 use crate::controllers::hpa;
 use crate::store::now_rfc3339;
+use tokio_util::sync::CancellationToken as Shutdown;
 
 /// Errors of one HPA sync.
 #[derive(Debug, thiserror::Error)]

@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{ClusterView, Snapshot};
-use crate::Shutdown;
+use tokio_util::sync::CancellationToken as Shutdown;
 
 /// The VirtualService API version the mesh watches unless told otherwise.
 pub const DEFAULT_VIRTUAL_SERVICE_VERSION: &str = "v1";

@@ -35,7 +35,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::MissedTickBehavior;
 
 use crate::store::{Change, GroupResource, Store};
-use crate::{Shutdown, World};
+use tokio_util::sync::CancellationToken as Shutdown;
+
+use crate::world::World;
 use metrics::{Metrics, Reporter};
 use routing::{ErrorState, HostState, Table};
 

@@ -26,9 +26,9 @@ use tokio::task::JoinHandle;
 
 use super::cluster::{KubeView, Scope, ViewError};
 use super::{Mesh, autoscale, drive, metrics_router};
-use crate::Shutdown;
 use crate::api::admin::{parse_error_rate, parse_load};
 use crate::controllers::Loads;
+use tokio_util::sync::CancellationToken as Shutdown;
 
 const HELP: &str = "steerer-sim mesh endpoints:
 GET    /metrics                    Istio request metrics

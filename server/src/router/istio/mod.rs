@@ -2,45 +2,67 @@
 //! that change only the weights, guarded by the resourceVersion (retried on conflict).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use futures::future::BoxFuture;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Resolved, RouteRef, RouteView, Router, RouterError, find_splits, route_fingerprint, routes_to,
-    weight_patch,
-};
+pub mod split;
+
+use split::{find_splits, route_fingerprint, route_view, routes_to, weight_patch};
+
+use super::{Resolved, RouteRef, RouteView, Router, RouterError};
 use crate::cache::Cache;
 
-const WRITE_ATTEMPTS: usize = 4;
-/// Pause before the second attempt at a weight patch; doubles with each attempt.
-const RETRY_BASE: Duration = Duration::from_millis(50);
-/// Longest pause between two attempts.
-const RETRY_CAP: Duration = Duration::from_millis(800);
+/// Retries of a weight patch after the first attempt.
+const WRITE_RETRIES: usize = 3;
+/// Pause before the first retry, before jitter; doubles with each retry.
+const RETRY_BASE: Duration = Duration::from_millis(25);
+/// Longest pause before jitter (with it, up to twice as long).
+const RETRY_CAP: Duration = Duration::from_millis(400);
 /// Pause after a 429 (the API server shedding load) before anything else is tried.
 const THROTTLED_MIN: Duration = Duration::from_millis(250);
 
-/// The pause before attempt `attempt` (1 = the first retry): exponential, capped, with "equal
-/// jitter" (half fixed, half random) so that drivers that failed together do not retry
-/// together. `unit` in [0, 1) supplies the randomness; a throttled attempt waits longer.
-fn retry_delay(attempt: usize, throttled: bool, unit: f64) -> Duration {
-    let exp = u32::try_from(attempt.saturating_sub(1))
-        .unwrap_or(u32::MAX)
-        .min(16);
-    let ceiling = RETRY_BASE.saturating_mul(1 << exp).min(RETRY_CAP);
-    let half = ceiling / 2;
-    let delay = half + half.mul_f64(unit.clamp(0.0, 1.0));
-    if throttled {
-        delay.max(THROTTLED_MIN)
-    } else {
-        delay
+/// The pauses between attempts at a weight patch: exponential and capped, each with up to as
+/// much again of random jitter, so that drivers that failed together do not retry together.
+fn write_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(RETRY_BASE)
+        .with_max_delay(RETRY_CAP)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(WRITE_RETRIES)
+}
+
+/// Whether a failed weight patch is worth another attempt with a fresh read: a conflict
+/// (409) or a failed `test` op (422) means someone wrote in between; 5xx, 429 and transport
+/// errors pass. Other refusals (403, 400…) will be the same next time.
+fn retry_write(error: &RouterError) -> bool {
+    match error {
+        RouterError::Api {
+            action: PATCH_WEIGHTS,
+            source,
+            ..
+        } => !crate::retry::status_code(source)
+            .is_some_and(|c| c != 422 && crate::retry::is_permanent(c)),
+        _ => false,
     }
 }
+
+/// Whether the API server shed the request (429): the next attempt waits longer.
+fn throttled(error: &RouterError) -> bool {
+    matches!(error, RouterError::Api { source, .. } if crate::retry::status_code(source) == Some(429))
+}
+
+const PATCH_WEIGHTS: &str = "patch weights of";
 
 /// Per (namespace, name): the object our last write returned.
 type Written = HashMap<(String, String), Arc<DynamicObject>>;
@@ -114,12 +136,23 @@ impl IstioRouter {
                     name: name.to_owned(),
                 })
             }
-            Err(error) => Err(RouterError::Api {
+            Err(source) => Err(RouterError::Api {
                 action: "read",
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
-                code: crate::retry::status_code(&error),
-                message: error.to_string(),
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    async fn list(&self, namespace: &str) -> Result<Vec<Arc<DynamicObject>>, RouterError> {
+        match self.api(namespace).list(&ListParams::default()).await {
+            Ok(list) => Ok(list.items.into_iter().map(Arc::new).collect()),
+            Err(source) => Err(RouterError::Api {
+                action: "list",
+                namespace: namespace.to_owned(),
+                name: "*".to_owned(),
+                source: Box::new(source),
             }),
         }
     }
@@ -159,6 +192,17 @@ impl Router for IstioRouter {
                         .filter(|vs| vs.namespace().as_deref() == Some(namespace))
                         .filter(|vs| routes_to(&spec(vs), namespace, ga_service))
                         .collect();
+                    if candidates.is_empty() {
+                        // The cache may be behind a VirtualService created a moment ago
+                        // (a watch event comes after the create's answer): before saying
+                        // there is none, ask the API, once per start that finds none.
+                        candidates = self
+                            .list(namespace)
+                            .await?
+                            .into_iter()
+                            .filter(|vs| routes_to(&spec(vs), namespace, ga_service))
+                            .collect();
+                    }
                     candidates.sort_by_key(|vs| vs.name_any());
                     match candidates.len() {
                         0 => {
@@ -207,7 +251,7 @@ impl Router for IstioRouter {
                     }
                 },
             };
-            RouteView::of(&spec(&vs), route)
+            route_view(&spec(&vs), route)
         })
     }
 
@@ -231,98 +275,126 @@ impl Router for IstioRouter {
         weight: u32,
     ) -> BoxFuture<'a, Result<bool, RouterError>> {
         Box::pin(async move {
-            let (ns, name) = (&route.namespace, &route.virtual_service);
-            let mut vs = self.current(ns, name).await?;
-            let mut last_error = String::new();
-            let mut last_code = None;
-            let mut throttled = false;
-            for attempt in 0..WRITE_ATTEMPTS {
-                if attempt > 0 {
-                    let unit: f64 = rand::random();
-                    tokio::time::sleep(retry_delay(attempt, throttled, unit)).await;
-                    vs = self.fetch(ns, name).await?;
-                }
-                let spec = spec(&vs);
-                let splits =
-                    find_splits(name, &spec, ns, &route.ga_service, &route.canary_service)?;
-                let rv = vs.resource_version();
-                let Some(ops) = weight_patch(&splits, &spec, rv.as_deref(), weight) else {
-                    return Ok(false);
-                };
-                let patch: json_patch::Patch =
-                    serde_json::from_value(ops).map_err(|e| RouterError::Api {
-                        action: "build a patch for",
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                        code: None,
-                        message: e.to_string(),
-                    })?;
-                match self
-                    .api(ns)
-                    .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
-                    .await
-                {
-                    Ok(written) => {
-                        if let Ok(mut map) = self.written.lock() {
-                            map.insert((ns.clone(), name.clone()), Arc::new(written));
-                        }
-                        return Ok(true);
-                    }
-                    Err(kube::Error::Api(status)) if status.is_not_found() => {
-                        if let Ok(mut map) = self.written.lock() {
-                            map.remove(&(ns.clone(), name.clone()));
-                        }
-                        return Err(RouterError::NotFound {
-                            namespace: ns.clone(),
-                            name: name.clone(),
-                        });
-                    }
-                    Err(error) => {
-                        last_code = crate::retry::status_code(&error);
-                        last_error = error.to_string();
-                        // A conflict (409) or a failed `test` op (422): someone wrote in
-                        // between, so read fresh and recompute the patch. Other refusals
-                        // (403, 400…) will be the same next time: give up at once.
-                        let refused =
-                            last_code.is_some_and(|c| c != 422 && crate::retry::is_permanent(c));
-                        if refused {
-                            break;
-                        }
-                        throttled = last_code == Some(429);
-                        tracing::debug!(%error, vs = %name, attempt, "weight patch rejected; retrying with a fresh read");
-                    }
-                }
-            }
-            Err(RouterError::Api {
-                action: "patch weights of",
+            let attempts = AtomicUsize::new(0);
+            let attempt = || async {
+                // The first attempt writes over the cached object; a retry reads afresh.
+                let fresh = attempts.fetch_add(1, Ordering::Relaxed) > 0;
+                self.write_weight(route, weight, fresh).await
+            };
+            attempt
+                .retry(write_backoff())
+                .when(retry_write)
+                .adjust(|error, delay| {
+                    delay.map(|d| if throttled(error) { d.max(THROTTLED_MIN) } else { d })
+                })
+                .notify(|error, delay| {
+                    tracing::debug!(%error, vs = %route.virtual_service, ?delay, "weight patch rejected; retrying with a fresh read");
+                })
+                .await
+        })
+    }
+}
+
+impl IstioRouter {
+    /// One attempt at a weight patch, over the cached object or (`fresh`) one read now.
+    /// Returns whether it wrote.
+    async fn write_weight(
+        &self,
+        route: &RouteRef,
+        weight: u32,
+        fresh: bool,
+    ) -> Result<bool, RouterError> {
+        let (ns, name) = (&route.namespace, &route.virtual_service);
+        let vs = if fresh {
+            self.fetch(ns, name).await?
+        } else {
+            self.current(ns, name).await?
+        };
+        let spec = spec(&vs);
+        let splits = find_splits(name, &spec, ns, &route.ga_service, &route.canary_service)?;
+        let rv = vs.resource_version();
+        let Some(ops) = weight_patch(&splits, &spec, rv.as_deref(), weight) else {
+            return Ok(false);
+        };
+        let patch: json_patch::Patch =
+            serde_json::from_value(ops).map_err(|source| RouterError::Patch {
                 namespace: ns.clone(),
                 name: name.clone(),
-                code: last_code,
-                message: last_error,
-            })
-        })
+                source,
+            })?;
+        match self
+            .api(ns)
+            .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await
+        {
+            Ok(written) => {
+                if let Ok(mut map) = self.written.lock() {
+                    map.insert((ns.clone(), name.clone()), Arc::new(written));
+                }
+                Ok(true)
+            }
+            Err(kube::Error::Api(status)) if status.is_not_found() => {
+                if let Ok(mut map) = self.written.lock() {
+                    map.remove(&(ns.clone(), name.clone()));
+                }
+                Err(RouterError::NotFound {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                })
+            }
+            Err(source) => Err(RouterError::Api {
+                action: PATCH_WEIGHTS,
+                namespace: ns.clone(),
+                name: name.clone(),
+                source: Box::new(source),
+            }),
+        }
     }
 }
 
 #[cfg(test)]
 mod retry_tests {
+    use backon::BackoffBuilder;
+
     use super::*;
 
-    #[test]
-    fn weight_patch_retries_back_off_exponentially_with_jitter_up_to_a_cap() {
-        assert_eq!(retry_delay(1, false, 0.0), Duration::from_millis(25));
-        assert_eq!(retry_delay(1, false, 0.999_999).as_millis(), 49);
-        assert_eq!(retry_delay(2, false, 0.0), Duration::from_millis(50));
-        assert_eq!(retry_delay(3, false, 0.0), Duration::from_millis(100));
-        assert_eq!(retry_delay(30, false, 0.0), RETRY_CAP / 2);
-        assert!(retry_delay(30, false, 0.999) < RETRY_CAP);
-        // Two drivers with different luck do not retry in lockstep.
-        assert_ne!(retry_delay(2, false, 0.1), retry_delay(2, false, 0.9));
+    fn api(code: Option<u16>) -> RouterError {
+        RouterError::Api {
+            action: PATCH_WEIGHTS,
+            namespace: "test".into(),
+            name: "vs".into(),
+            source: Box::new(match code {
+                Some(code) => kube::Error::Api(
+                    kube::core::Status::failure("no", "No")
+                        .with_code(code)
+                        .boxed(),
+                ),
+                None => kube::Error::Service("connection refused".into()),
+            }),
+        }
     }
 
     #[test]
-    fn a_throttled_patch_waits_longer() {
-        assert!(retry_delay(1, true, 0.0) >= THROTTLED_MIN);
-        assert!(retry_delay(1, true, 0.0) > retry_delay(1, false, 0.0));
+    fn weight_patch_retries_back_off_exponentially_with_jitter_up_to_a_cap() {
+        let delays: Vec<Duration> = write_backoff().build().collect();
+        assert_eq!(delays.len(), WRITE_RETRIES);
+        for (delay, base) in delays.iter().zip([25, 50, 100]) {
+            let base = Duration::from_millis(base);
+            assert!(*delay >= base && *delay < base * 2, "{delay:?}");
+        }
+        let capped: Vec<Duration> = write_backoff().with_max_times(30).build().collect();
+        assert!(capped.iter().all(|d| *d < RETRY_CAP * 2));
+    }
+
+    #[test]
+    fn conflicts_failed_tests_and_outages_are_retried_and_refusals_are_not() {
+        for code in [Some(409), Some(422), Some(429), Some(500), None] {
+            assert!(retry_write(&api(code)), "{code:?}");
+        }
+        for code in [400, 403, 404] {
+            assert!(!retry_write(&api(Some(code))), "{code}");
+        }
+        assert!(throttled(&api(Some(429))));
+        assert!(!throttled(&api(Some(500))));
     }
 }

@@ -1,0 +1,16 @@
+//! Errors starting or running the server.
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("watch caches did not sync: {0}")]
+    Sync(String),
+    #[error("failed to load stored rollouts: {0}")]
+    Restore(String),
+    #[error("gRPC transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+}

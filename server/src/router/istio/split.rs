@@ -1,0 +1,436 @@
+//! The Istio rules, pure: finding the HTTP routes of a VirtualService that split traffic
+//! between GA and canary, fingerprinting them, and the JSON patch that moves their weights.
+
+use serde_json::{Value, json};
+
+use crate::domain::template_hash;
+use crate::router::{RouteRef, RouteView, RouterError};
+
+/// The view a rollout has of a VirtualService's spec.
+pub fn route_view(spec: &Value, route: &RouteRef) -> RouteView {
+    match find_splits(
+        &route.virtual_service,
+        spec,
+        &route.namespace,
+        &route.ga_service,
+        &route.canary_service,
+    ) {
+        Ok(splits) => RouteView::Split {
+            canary_weight: splits[0].canary_weight,
+            fingerprint: route_fingerprint(spec, &splits),
+        },
+        Err(error) => RouteView::Broken(error.to_string()),
+    }
+}
+
+/// Whether a VirtualService destination host names `service` in `namespace`
+/// (`svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`).
+pub fn host_matches(host: &str, service: &str, namespace: &str) -> bool {
+    host == service
+        || host == format!("{service}.{namespace}")
+        || host == format!("{service}.{namespace}.svc")
+        || host == format!("{service}.{namespace}.svc.cluster.local")
+}
+
+/// Where the GA and canary weights sit in one HTTP route of a VirtualService.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    pub http_index: usize,
+    pub ga_index: usize,
+    pub canary_index: usize,
+    pub ga_weight: u32,
+    pub canary_weight: u32,
+}
+
+fn destinations(route: &Value) -> Vec<(String, u32)> {
+    route
+        .get("route")
+        .and_then(Value::as_array)
+        .map(|dests| {
+            dests
+                .iter()
+                .map(|d| {
+                    let host = d
+                        .pointer("/destination/host")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
+                    let weight = d
+                        .get("weight")
+                        .and_then(Value::as_u64)
+                        .and_then(|w| u32::try_from(w).ok());
+                    // Istio gives a lone destination without a weight all the traffic.
+                    let weight = weight.unwrap_or(if dests.len() == 1 { 100 } else { 0 });
+                    (host, weight)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether any HTTP route of the VirtualService sends traffic to `service`.
+pub fn routes_to(spec: &Value, namespace: &str, service: &str) -> bool {
+    spec.get("http")
+        .and_then(Value::as_array)
+        .is_some_and(|routes| {
+            routes.iter().any(|r| {
+                destinations(r)
+                    .iter()
+                    .any(|(host, _)| host_matches(host, service, namespace))
+            })
+        })
+}
+
+/// Finds every HTTP route splitting traffic between exactly the GA and canary Services, and
+/// checks the weights: each route sums to 100 and all routes agree. The error says which
+/// object and why, for a person.
+pub fn find_splits(
+    name: &str,
+    spec: &Value,
+    namespace: &str,
+    ga: &str,
+    canary: &str,
+) -> Result<Vec<Split>, RouterError> {
+    let routes = spec
+        .get("http")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut splits = Vec::new();
+    for (http_index, route) in routes.iter().enumerate() {
+        let dests = destinations(route);
+        let ga_index = dests
+            .iter()
+            .position(|(h, _)| host_matches(h, ga, namespace));
+        let canary_index = dests
+            .iter()
+            .position(|(h, _)| host_matches(h, canary, namespace));
+        let (ga_index, canary_index) = match (ga_index, canary_index) {
+            (Some(g), Some(c)) => (g, c),
+            (None, None) => continue,
+            (Some(_), None) => {
+                return Err(RouterError::Topology(format!(
+                    "VirtualService {namespace}/{name} http route {http_index} sends traffic to {ga} but has no destination for the canary Service {canary}"
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(RouterError::Topology(format!(
+                    "VirtualService {namespace}/{name} http route {http_index} sends traffic to {canary} but has no destination for the GA Service {ga}"
+                )));
+            }
+        };
+        if dests.len() != 2 {
+            let others: Vec<&str> = dests
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != ga_index && *i != canary_index)
+                .map(|(_, (h, _))| h.as_str())
+                .collect();
+            return Err(RouterError::Topology(format!(
+                "VirtualService {namespace}/{name} http route {http_index} routes to other destinations besides {ga} and {canary}: {}",
+                others.join(", ")
+            )));
+        }
+        let ga_weight = dests[ga_index].1;
+        let canary_weight = dests[canary_index].1;
+        if ga_weight + canary_weight != 100 {
+            return Err(RouterError::Topology(format!(
+                "VirtualService {namespace}/{name} http route {http_index} weights sum to {} ({ga}={ga_weight}, {canary}={canary_weight}), not 100",
+                ga_weight + canary_weight
+            )));
+        }
+        splits.push(Split {
+            http_index,
+            ga_index,
+            canary_index,
+            ga_weight,
+            canary_weight,
+        });
+    }
+    let Some(first) = splits.first() else {
+        return Err(RouterError::Topology(format!(
+            "VirtualService {namespace}/{name} has no http route splitting traffic between {ga} and {canary}"
+        )));
+    };
+    if splits
+        .iter()
+        .any(|s| s.canary_weight != first.canary_weight)
+    {
+        return Err(RouterError::Topology(format!(
+            "VirtualService {namespace}/{name} has http routes with different canary weights"
+        )));
+    }
+    Ok(splits)
+}
+
+/// A fingerprint of what a rollout does not change but relies on: which HTTP routes split the
+/// traffic, their match conditions, and their destinations (host, subset, port) without the
+/// weights. It changes when someone edits those routes by hand; steerer's own weight writes
+/// leave it as it is.
+pub fn route_fingerprint(spec: &Value, splits: &[Split]) -> String {
+    let managed: Vec<Value> = splits
+        .iter()
+        .map(|split| {
+            let route = spec
+                .pointer(&format!("/http/{}", split.http_index))
+                .cloned()
+                .unwrap_or(Value::Null);
+            let destinations: Vec<Value> = route
+                .get("route")
+                .and_then(Value::as_array)
+                .map(|dests| {
+                    dests
+                        .iter()
+                        .map(|d| d.get("destination").cloned().unwrap_or(Value::Null))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "http": split.http_index,
+                "match": route.get("match").cloned().unwrap_or(Value::Null),
+                "destinations": destinations,
+            })
+        })
+        .collect();
+    // Any JSON hashes the same way as a pod template: stable, independent of key order.
+    template_hash(&Value::Array(managed))
+}
+
+/// The JSON patch that sets the canary weight on every split and nothing else. It tests the
+/// resourceVersion (optimistic concurrency) and each destination's host, so a VirtualService
+/// changed underneath fails the patch instead of having the wrong route rewritten. `None` when
+/// the weights are already right.
+pub fn weight_patch(
+    splits: &[Split],
+    spec: &Value,
+    resource_version: Option<&str>,
+    canary_weight: u32,
+) -> Option<Value> {
+    let canary_weight = canary_weight.min(100);
+    if splits.iter().all(|s| s.canary_weight == canary_weight) {
+        return None;
+    }
+    let mut ops = Vec::new();
+    if let Some(rv) = resource_version {
+        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
+    }
+    for split in splits {
+        for (index, weight) in [
+            (split.ga_index, 100 - canary_weight),
+            (split.canary_index, canary_weight),
+        ] {
+            let base = format!("/spec/http/{}/route/{index}", split.http_index);
+            let host = spec
+                .pointer(&format!(
+                    "/http/{}/route/{index}/destination/host",
+                    split.http_index
+                ))
+                .cloned()
+                .unwrap_or(Value::Null);
+            ops.push(
+                json!({"op": "test", "path": format!("{base}/destination/host"), "value": host}),
+            );
+            ops.push(json!({"op": "add", "path": format!("{base}/weight"), "value": weight}));
+        }
+    }
+    Some(Value::Array(ops))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(ga_host: &str, canary_host: &str, ga: u32, canary: u32) -> Value {
+        json!({
+            "hosts": ["podinfo"],
+            "http": [{"route": [
+                {"destination": {"host": ga_host}, "weight": ga},
+                {"destination": {"host": canary_host}, "weight": canary},
+            ]}]
+        })
+    }
+
+    #[test]
+    fn hosts_match_short_and_qualified_names() {
+        for host in [
+            "podinfo",
+            "podinfo.test",
+            "podinfo.test.svc",
+            "podinfo.test.svc.cluster.local",
+        ] {
+            assert!(host_matches(host, "podinfo", "test"), "{host}");
+        }
+        assert!(!host_matches("podinfo.other", "podinfo", "test"));
+        assert!(!host_matches("podinfo-canary", "podinfo", "test"));
+    }
+
+    #[test]
+    fn split_is_found_with_qualified_hosts() {
+        let s = spec(
+            "podinfo.test.svc.cluster.local",
+            "podinfo-canary.test",
+            90,
+            10,
+        );
+        let splits = find_splits("vs", &s, "test", "podinfo", "podinfo-canary").unwrap();
+        assert_eq!(
+            splits,
+            vec![Split {
+                http_index: 0,
+                ga_index: 0,
+                canary_index: 1,
+                ga_weight: 90,
+                canary_weight: 10
+            }]
+        );
+    }
+
+    #[test]
+    fn route_without_canary_destination_is_a_topology_error() {
+        let s = json!({"http": [{"route": [{"destination": {"host": "podinfo"}}]}]});
+        let err = find_splits("vs", &s, "test", "podinfo", "podinfo-canary").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no destination for the canary Service podinfo-canary")
+        );
+    }
+
+    #[test]
+    fn weights_not_summing_to_100_are_rejected() {
+        let s = spec("podinfo", "podinfo-canary", 50, 20);
+        let err = find_splits("vs", &s, "test", "podinfo", "podinfo-canary").unwrap_err();
+        assert!(err.to_string().contains("sum to 70"));
+    }
+
+    #[test]
+    fn a_third_destination_is_rejected_by_name() {
+        let s = json!({"http": [{"route": [
+            {"destination": {"host": "podinfo"}, "weight": 50},
+            {"destination": {"host": "podinfo-canary"}, "weight": 25},
+            {"destination": {"host": "other"}, "weight": 25},
+        ]}]});
+        let err = find_splits("vs", &s, "test", "podinfo", "podinfo-canary").unwrap_err();
+        assert!(err.to_string().contains("other"));
+    }
+
+    #[test]
+    fn weight_patch_touches_only_weights_and_tests_version_and_hosts() {
+        let s = spec("podinfo", "podinfo-canary", 100, 0);
+        let splits = find_splits("vs", &s, "test", "podinfo", "podinfo-canary").unwrap();
+        let patch = weight_patch(&splits, &s, Some("42"), 30).unwrap();
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": "42"},
+                {"op": "test", "path": "/spec/http/0/route/0/destination/host", "value": "podinfo"},
+                {"op": "add", "path": "/spec/http/0/route/0/weight", "value": 70},
+                {"op": "test", "path": "/spec/http/0/route/1/destination/host", "value": "podinfo-canary"},
+                {"op": "add", "path": "/spec/http/0/route/1/weight", "value": 30},
+            ])
+        );
+        for op in patch.as_array().unwrap() {
+            let path = op["path"].as_str().unwrap();
+            if op["op"] != "test" {
+                assert!(path.ends_with("/weight"), "{path}");
+            }
+        }
+    }
+
+    #[test]
+    fn weight_patch_is_none_when_weights_already_match() {
+        let s = spec("podinfo", "podinfo-canary", 80, 20);
+        let splits = find_splits("vs", &s, "test", "podinfo", "podinfo-canary").unwrap();
+        assert_eq!(weight_patch(&splits, &s, Some("1"), 20), None);
+    }
+
+    #[test]
+    fn applying_the_patch_moves_the_weights() {
+        let s = spec("podinfo", "podinfo-canary", 100, 0);
+        let splits = find_splits("vs", &s, "test", "podinfo", "podinfo-canary").unwrap();
+        let patch: json_patch::Patch =
+            serde_json::from_value(weight_patch(&splits, &s, Some("7"), 100).unwrap()).unwrap();
+        let mut doc = json!({"metadata": {"resourceVersion": "7"}, "spec": s});
+        json_patch::patch(&mut doc, &patch).unwrap();
+        let after = find_splits("vs", &doc["spec"], "test", "podinfo", "podinfo-canary").unwrap();
+        assert_eq!((after[0].ga_weight, after[0].canary_weight), (0, 100));
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_weights_but_sees_destinations_and_matches() {
+        let at = |ga, canary| {
+            let s = spec("podinfo", "podinfo-canary", ga, canary);
+            let splits = find_splits("vs", &s, "test", "podinfo", "podinfo-canary").unwrap();
+            route_fingerprint(&s, &splits)
+        };
+        assert_eq!(at(100, 0), at(30, 70));
+        let mut subset = spec("podinfo", "podinfo-canary", 100, 0);
+        subset["http"][0]["route"][1]["destination"]["subset"] = json!("v2");
+        let splits = find_splits("vs", &subset, "test", "podinfo", "podinfo-canary").unwrap();
+        assert_ne!(route_fingerprint(&subset, &splits), at(100, 0));
+        let mut matched = spec("podinfo", "podinfo-canary", 100, 0);
+        matched["http"][0]["match"] = json!([{"headers": {"x-canary": {"exact": "1"}}}]);
+        let splits = find_splits("vs", &matched, "test", "podinfo", "podinfo-canary").unwrap();
+        assert_ne!(route_fingerprint(&matched, &splits), at(100, 0));
+    }
+
+    #[test]
+    fn a_route_view_says_why_a_virtual_service_no_longer_splits() {
+        let route = RouteRef {
+            namespace: "test".into(),
+            virtual_service: "vs".into(),
+            ga_service: "podinfo".into(),
+            canary_service: "podinfo-canary".into(),
+        };
+        assert!(matches!(
+            route_view(&spec("podinfo", "podinfo-canary", 70, 30), &route),
+            RouteView::Split {
+                canary_weight: 30,
+                ..
+            }
+        ));
+        let lone = json!({"http": [{"route": [{"destination": {"host": "podinfo"}}]}]});
+        assert!(matches!(
+            route_view(&lone, &route),
+            RouteView::Broken(why) if why.contains("no destination for the canary Service")
+        ));
+    }
+
+    #[test]
+    fn missing_and_invalid_objects_are_permanent_errors_and_throttling_is_not() {
+        let api = |code: Option<u16>| RouterError::Api {
+            action: "patch weights of",
+            namespace: "test".into(),
+            name: "vs".into(),
+            source: Box::new(match code {
+                Some(code) => kube::Error::Api(
+                    kube::core::Status::failure("refused", "Refused")
+                        .with_code(code)
+                        .boxed(),
+                ),
+                None => kube::Error::Service("connection refused".into()),
+            }),
+        };
+        assert!(api(Some(403)).is_permanent());
+        assert!(api(Some(422)).is_permanent());
+        assert!(!api(Some(429)).is_permanent());
+        assert!(!api(Some(500)).is_permanent());
+        assert!(!api(None).is_permanent());
+        assert!(
+            RouterError::NotFound {
+                namespace: "test".into(),
+                name: "vs".into()
+            }
+            .is_permanent()
+        );
+    }
+
+    #[test]
+    fn stale_resource_version_fails_the_patch() {
+        let s = spec("podinfo", "podinfo-canary", 100, 0);
+        let splits = find_splits("vs", &s, "test", "podinfo", "podinfo-canary").unwrap();
+        let patch: json_patch::Patch =
+            serde_json::from_value(weight_patch(&splits, &s, Some("6"), 10).unwrap()).unwrap();
+        let mut doc = json!({"metadata": {"resourceVersion": "7"}, "spec": s});
+        assert!(json_patch::patch(&mut doc, &patch).is_err());
+    }
+}

@@ -1,0 +1,587 @@
+//! Holds the simulator to a real kube-apiserver: one scripted sequence of API calls is played
+//! against both (the real control plane from `tests/cluster/up.sh`), and what each answered is
+//! compared step by step. Steps on which the simulator is known to differ are listed in
+//! `KNOWN_DIFFERENCES` (and in the README's simulator section); they are asserted to still
+//! differ, so the list cannot go stale.
+
+use std::time::{Duration, Instant};
+
+use crate::support::artifacts;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, WatchEvent, WatchParams};
+use serde_json::{Value, json};
+use steerer_sim::control_plane::{self, ControlPlane};
+use steerer_sim::{Sim, SimConfig, Timing};
+
+const NS: &str = "conformance";
+
+/// Steps whose answers differ between the simulator and kube-apiserver, and why.
+const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
+    (
+        "server-side apply by a second manager without force",
+        "no managedFields: the simulator merges instead of answering 409 Conflict",
+    ),
+    (
+        "managedFields after server-side apply",
+        "the simulator records no field ownership",
+    ),
+    (
+        "delete namespace",
+        "the simulator deletes a namespace at once; kube-apiserver marks it Terminating",
+    ),
+];
+
+/// One substrate under test: a client, and how to make older resourceVersions unreachable.
+struct Substrate {
+    name: &'static str,
+    client: kube::Client,
+    sim: Option<Sim>,
+}
+
+impl Substrate {
+    /// Makes watches from resourceVersions read before now answer 410 Gone: the simulator
+    /// compacts its log at once; kube-apiserver (started without its watch cache, so watches
+    /// reach etcd) compacts etcd every `COMPACTION_SECS`, to the revision it saw at its
+    /// previous compaction, so two intervals and a little later every earlier version is gone.
+    async fn compact(&self) {
+        match &self.sim {
+            Some(sim) => sim.world().store.compact(),
+            None => tokio::time::sleep(Duration::from_secs(2 * COMPACTION_SECS + 2)).await,
+        }
+    }
+}
+
+/// The real cluster's etcd compaction interval, in seconds.
+const COMPACTION_SECS: u64 = 2;
+
+/// What one request answered: its HTTP status and its body (JSON, or the text as a string).
+async fn call(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("Content-Type", content_type)
+        .header("Accept", "application/json")
+        .body(kube::client::Body::from(
+            body.map(|b| serde_json::to_vec(&b).unwrap())
+                .unwrap_or_default(),
+        ))
+        .unwrap();
+    let response = client.send(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect_bytes().await.unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, body)
+}
+
+const JSON: &str = "application/json";
+const MERGE: &str = "application/merge-patch+json";
+const JSON_PATCH: &str = "application/json-patch+json";
+const STRATEGIC: &str = "application/strategic-merge-patch+json";
+const APPLY: &str = "application/apply-patch+yaml";
+
+/// The parts of an error answer a client acts on: code and reason.
+fn error_of(status: u16, body: &Value) -> Value {
+    json!({"http": status, "code": body["code"], "reason": body["reason"], "kind": body["kind"]})
+}
+
+fn config_map(name: &str, value: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": name, "namespace": NS, "labels": {"suite": "conformance"}},
+           "data": {"k": value}})
+}
+
+fn deployment(name: &str, image: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [
+                    {"name": "app", "image": image},
+                    {"name": "proxy", "image": "proxy:1"},
+                ]},
+            },
+        },
+    })
+}
+
+fn virtual_service(name: &str) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"hosts": ["web"], "http": [{"route": [
+            {"destination": {"host": "web"}, "weight": 100},
+            {"destination": {"host": "web-canary"}, "weight": 0},
+        ]}]},
+    })
+}
+
+/// Polls `path` until `done` holds for its body, or panics after `limit`.
+async fn until(client: &kube::Client, path: &str, limit: Duration, done: impl Fn(&Value) -> bool) {
+    let start = Instant::now();
+    loop {
+        let (status, body) = call(client, "GET", path, JSON, None).await;
+        if status == 200 && done(&body) {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{path} did not reach the awaited state in {limit:?}; last answer {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Deployment status reduced to what does not depend on timing or naming.
+fn deployment_status(body: &Value) -> Value {
+    let status = &body["status"];
+    let mut conditions: Vec<Value> = status["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| json!([c["type"], c["status"], c["reason"]]))
+        .collect();
+    conditions.sort_by_key(|c| c.to_string());
+    json!({
+        "generation": body["metadata"]["generation"],
+        "observedGeneration": status["observedGeneration"],
+        "replicas": status["replicas"],
+        "updatedReplicas": status["updatedReplicas"],
+        "readyReplicas": status["readyReplicas"],
+        "availableReplicas": status["availableReplicas"],
+        "conditions": conditions,
+    })
+}
+
+/// Plays the script against one substrate and returns (step, answer) pairs.
+async fn script(substrate: &Substrate) -> Vec<(&'static str, Value)> {
+    let client = &substrate.client;
+    let mut steps: Vec<(&'static str, Value)> = Vec::new();
+    let cms = format!("/api/v1/namespaces/{NS}/configmaps");
+    let deployments = format!("/apis/apps/v1/namespaces/{NS}/deployments");
+    let vss = format!("/apis/networking.istio.io/v1/namespaces/{NS}/virtualservices");
+
+    let (status, body) = call(
+        client,
+        "POST",
+        "/api/v1/namespaces",
+        JSON,
+        Some(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})),
+    )
+    .await;
+    steps.push((
+        "create namespace",
+        json!({"http": status, "name": body["metadata"]["name"],
+               "has uid": body["metadata"]["uid"].is_string(),
+               "phase": body["status"]["phase"]}),
+    ));
+
+    // Create, create again, get, get a missing one.
+    let (status, created) = call(client, "POST", &cms, JSON, Some(config_map("a", "1"))).await;
+    steps.push((
+        "create",
+        json!({"http": status, "data": created["data"], "kind": created["kind"],
+               "has resourceVersion": created["metadata"]["resourceVersion"].is_string(),
+               "has creationTimestamp": created["metadata"]["creationTimestamp"].is_string()}),
+    ));
+    let first_rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = call(client, "POST", &cms, JSON, Some(config_map("a", "1"))).await;
+    steps.push(("create an existing name", error_of(status, &body)));
+    let (status, body) = call(client, "GET", &format!("{cms}/a"), JSON, None).await;
+    steps.push((
+        "get",
+        json!({"http": status, "data": body["data"],
+               "same resourceVersion": body["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]}),
+    ));
+    let (status, body) = call(client, "GET", &format!("{cms}/missing"), JSON, None).await;
+    steps.push(("get a missing object", error_of(status, &body)));
+
+    // List by label.
+    call(client, "POST", &cms, JSON, Some(config_map("b", "2"))).await;
+    let (status, body) = call(
+        client,
+        "GET",
+        &format!("{cms}?labelSelector=suite%3Dconformance"),
+        JSON,
+        None,
+    )
+    .await;
+    let names: Vec<&Value> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["metadata"]["name"])
+        .collect();
+    steps.push((
+        "list by label",
+        json!({"http": status, "kind": body["kind"], "names": names,
+               "has resourceVersion": body["metadata"]["resourceVersion"].is_string()}),
+    ));
+
+    // Watch from the version the first create returned: the second create, then a change.
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
+    let params = WatchParams::default().labels("suite=conformance");
+    let mut stream = api.watch(&params, &first_rv).await.unwrap().boxed();
+    call(
+        client,
+        "PATCH",
+        &format!("{cms}/a"),
+        MERGE,
+        Some(json!({"data": {"k": "changed"}})),
+    )
+    .await;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a watch event within 10 s")
+            .expect("the watch stream ended")
+            .unwrap();
+        match event {
+            WatchEvent::Added(cm) => seen.push(json!(["ADDED", cm.metadata.name])),
+            WatchEvent::Modified(cm) => seen.push(json!(["MODIFIED", cm.metadata.name, cm.data])),
+            WatchEvent::Deleted(cm) => seen.push(json!(["DELETED", cm.metadata.name])),
+            WatchEvent::Bookmark(_) => {}
+            WatchEvent::Error(e) => seen.push(json!(["ERROR", e.code])),
+        }
+    }
+    drop(stream);
+    steps.push(("watch from a resourceVersion", json!(seen)));
+
+    // Each patch type steerer and kubectl use.
+    let (status, body) = call(
+        client,
+        "PATCH",
+        &format!("{cms}/a"),
+        MERGE,
+        Some(json!({"data": {"k2": "v2"}})),
+    )
+    .await;
+    steps.push(("merge patch", json!({"http": status, "data": body["data"]})));
+    let (status, body) = call(
+        client,
+        "PATCH",
+        &format!("{cms}/a"),
+        JSON_PATCH,
+        Some(json!([{"op": "replace", "path": "/data/k", "value": "v3"},
+                    {"op": "remove", "path": "/data/k2"}])),
+    )
+    .await;
+    steps.push(("json patch", json!({"http": status, "data": body["data"]})));
+    let (status, body) = call(
+        client,
+        "PATCH",
+        &format!("{cms}/a"),
+        JSON_PATCH,
+        Some(
+            json!([{"op": "test", "path": "/data/k", "value": "not this"},
+                    {"op": "replace", "path": "/data/k", "value": "never"}]),
+        ),
+    )
+    .await;
+    steps.push(("json patch with a failing test", error_of(status, &body)));
+    let (_, body) = call(client, "GET", &format!("{cms}/a"), JSON, None).await;
+    steps.push(("after the failed json patch", json!({"data": body["data"]})));
+
+    // Server-side apply: a new object, then a second manager taking a field over.
+    let applied = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": "applied", "namespace": NS},
+                         "data": {"owner": "first"}});
+    let (status, body) = call(
+        client,
+        "PATCH",
+        &format!("{cms}/applied?fieldManager=first"),
+        APPLY,
+        Some(applied),
+    )
+    .await;
+    steps.push((
+        "server-side apply creates",
+        json!({"http": status, "data": body["data"]}),
+    ));
+    steps.push((
+        "managedFields after server-side apply",
+        json!({"has managedFields": body["metadata"]["managedFields"].is_array()}),
+    ));
+    let takeover = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                          "metadata": {"name": "applied", "namespace": NS},
+                          "data": {"owner": "second"}});
+    let (status, body) = call(
+        client,
+        "PATCH",
+        &format!("{cms}/applied?fieldManager=second"),
+        APPLY,
+        Some(takeover.clone()),
+    )
+    .await;
+    steps.push((
+        "server-side apply by a second manager without force",
+        json!({"http": status, "reason": body["reason"]}),
+    ));
+    let (status, body) = call(
+        client,
+        "PATCH",
+        &format!("{cms}/applied?fieldManager=second&force=true"),
+        APPLY,
+        Some(takeover),
+    )
+    .await;
+    steps.push((
+        "server-side apply forced",
+        json!({"http": status, "data": body["data"]}),
+    ));
+
+    // A stale update: a replace carrying the first resourceVersion.
+    let mut stale = config_map("a", "stale");
+    stale["metadata"]["resourceVersion"] = json!(first_rv);
+    let (status, body) = call(client, "PUT", &format!("{cms}/a"), JSON, Some(stale)).await;
+    steps.push((
+        "replace with a stale resourceVersion",
+        error_of(status, &body),
+    ));
+
+    // A watch from a version that is gone.
+    substrate.compact().await;
+    let outcome = match api.watch(&params, "1").await {
+        Err(kube::Error::Api(status)) => json!({"code": status.code, "reason": status.reason}),
+        Err(other) => panic!("watch from version 1: {other}"),
+        Ok(stream) => {
+            let mut stream = stream.boxed();
+            match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+                Ok(Some(Ok(WatchEvent::Error(e)))) => json!({"code": e.code, "reason": e.reason}),
+                other => json!({"unexpected": format!("{other:?}")}),
+            }
+        }
+    };
+    steps.push(("watch from a compacted resourceVersion", outcome));
+
+    // Deployment: strategic merge by container name, scale subresource, status through a
+    // rolling update.
+    let (status, _) = call(
+        client,
+        "POST",
+        &deployments,
+        JSON,
+        Some(deployment("web", "app:1")),
+    )
+    .await;
+    steps.push(("create deployment", json!({"http": status})));
+    let web = format!("{deployments}/web");
+    let available = |body: &Value| {
+        let s = &body["status"];
+        s["observedGeneration"] == body["metadata"]["generation"]
+            && s["updatedReplicas"] == body["spec"]["replicas"]
+            && s["availableReplicas"] == body["spec"]["replicas"]
+            && s["replicas"] == body["spec"]["replicas"]
+    };
+    until(client, &web, Duration::from_secs(60), available).await;
+    let (_, body) = call(client, "GET", &web, JSON, None).await;
+    steps.push(("deployment available", deployment_status(&body)));
+    let (status, body) = call(
+        client,
+        "PATCH",
+        &web,
+        STRATEGIC,
+        Some(json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "app", "image": "app:2"}]}}}})),
+    )
+    .await;
+    let containers: Vec<Value> = body["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| json!([c["name"], c["image"]]))
+        .collect();
+    steps.push((
+        "strategic merge patch of one container",
+        json!({"http": status, "containers": containers,
+               "generation": body["metadata"]["generation"]}),
+    ));
+    until(client, &web, Duration::from_secs(60), available).await;
+    let (_, body) = call(client, "GET", &web, JSON, None).await;
+    steps.push((
+        "deployment after a rolling update",
+        deployment_status(&body),
+    ));
+    let (status, body) = call(client, "GET", &format!("{web}/scale"), JSON, None).await;
+    steps.push((
+        "get scale",
+        json!({"http": status, "kind": body["kind"], "apiVersion": body["apiVersion"],
+               "spec": body["spec"], "replicas": body["status"]["replicas"]}),
+    ));
+    let (status, body) = call(
+        client,
+        "PATCH",
+        &format!("{web}/scale"),
+        MERGE,
+        Some(json!({"spec": {"replicas": 3}})),
+    )
+    .await;
+    steps.push(("patch scale", json!({"http": status, "spec": body["spec"]})));
+    until(client, &web, Duration::from_secs(60), available).await;
+    let (_, body) = call(client, "GET", &web, JSON, None).await;
+    steps.push(("deployment after scaling", deployment_status(&body)));
+
+    // A custom resource: status subresource, generation, and a rejected object.
+    let (status, body) = call(client, "POST", &vss, JSON, Some(virtual_service("web"))).await;
+    steps.push((
+        "create virtualservice",
+        json!({"http": status, "generation": body["metadata"]["generation"]}),
+    ));
+    let vs = format!("{vss}/web");
+    let (status, body) = call(
+        client,
+        "PATCH",
+        &format!("{vs}/status"),
+        MERGE,
+        Some(json!({"status": {"observed": "x"}, "spec": {"hosts": ["ignored"]}})),
+    )
+    .await;
+    steps.push((
+        "patch status subresource",
+        json!({"http": status, "status": body["status"], "hosts": body["spec"]["hosts"],
+               "generation": body["metadata"]["generation"]}),
+    ));
+    let (status, body) = call(
+        client,
+        "PATCH",
+        &vs,
+        MERGE,
+        Some(json!({"status": {"observed": "y"}, "metadata": {"labels": {"l": "1"}}})),
+    )
+    .await;
+    steps.push((
+        "status through the main resource is ignored",
+        json!({"http": status, "status": body["status"],
+               "generation": body["metadata"]["generation"]}),
+    ));
+    let (status, body) = call(
+        client,
+        "PATCH",
+        &vs,
+        MERGE,
+        Some(json!({"spec": {"http": [{"route": [
+            {"destination": {"host": "web"}, "weight": 90},
+            {"destination": {"host": "web-canary"}, "weight": 10}]}]}})),
+    )
+    .await;
+    steps.push((
+        "spec change",
+        json!({"http": status, "generation": body["metadata"]["generation"],
+               "weights": [body["spec"]["http"][0]["route"][0]["weight"],
+                           body["spec"]["http"][0]["route"][1]["weight"]]}),
+    ));
+    let mut bad = virtual_service("Bad_Name");
+    bad["metadata"]["name"] = json!("Bad_Name");
+    let (status, body) = call(client, "POST", &vss, JSON, Some(bad)).await;
+    steps.push((
+        "create a virtualservice with an invalid name",
+        error_of(status, &body),
+    ));
+    let mut bad = virtual_service("kindless");
+    bad["kind"] = json!("Gateway");
+    let (status, body) = call(client, "POST", &vss, JSON, Some(bad)).await;
+    steps.push((
+        "create a virtualservice of the wrong kind",
+        error_of(status, &body),
+    ));
+
+    // Delete, then get.
+    let (status, _) = call(client, "DELETE", &format!("{cms}/a"), JSON, None).await;
+    steps.push(("delete", json!({"http": status})));
+    let (status, body) = call(client, "GET", &format!("{cms}/a"), JSON, None).await;
+    steps.push(("get after delete", error_of(status, &body)));
+    let (status, body) = call(
+        client,
+        "DELETE",
+        &format!("/api/v1/namespaces/{NS}"),
+        JSON,
+        None,
+    )
+    .await;
+    steps.push((
+        "delete namespace",
+        json!({"http": status, "phase": body["status"]["phase"]}),
+    ));
+    steps
+}
+
+#[tokio::test]
+async fn the_simulator_answers_the_script_as_kube_apiserver_does() {
+    let real_cluster = tokio::task::spawn_blocking(|| {
+        ControlPlane::start(&control_plane::Options {
+            apiserver_args: format!(
+                "--watch-cache=false --etcd-compaction-interval={COMPACTION_SECS}s"
+            ),
+            ..Default::default()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("{e}"));
+    let real = Substrate {
+        name: "kube-apiserver",
+        client: kube::Client::try_from(real_cluster.kube_config().await.unwrap()).unwrap(),
+        sim: None,
+    };
+    let sim = Sim::start(SimConfig {
+        timing: Timing::fast(),
+        apply: vec![artifacts().join("istio")],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let simulated = Substrate {
+        name: "steerer-sim",
+        client: kube::Client::try_from(sim.kube_config().await.unwrap()).unwrap(),
+        sim: Some(sim),
+    };
+
+    let expected = script(&real).await;
+    let got = script(&simulated).await;
+    drop(real_cluster);
+
+    assert_eq!(
+        expected.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        got.iter().map(|(s, _)| *s).collect::<Vec<_>>()
+    );
+    let mut report = Vec::new();
+    for ((step, want), (_, have)) in expected.iter().zip(&got) {
+        let known = KNOWN_DIFFERENCES.iter().find(|(s, _)| s == step);
+        match (want == have, known) {
+            (true, None) => {}
+            (false, Some(_)) => {}
+            (false, None) => report.push(format!(
+                "{step}:\n  {}: {want}\n  {}: {have}",
+                real.name, simulated.name
+            )),
+            (true, Some((_, why))) => report.push(format!(
+                "{step}: listed as a known difference ({why}) but both answered {want}; \
+                 remove it from KNOWN_DIFFERENCES and the README"
+            )),
+        }
+    }
+    assert!(
+        report.is_empty(),
+        "the simulator and kube-apiserver differ:\n{}",
+        report.join("\n")
+    );
+    if let Some(sim) = simulated.sim {
+        sim.shutdown().await;
+    }
+}

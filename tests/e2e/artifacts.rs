@@ -1,0 +1,416 @@
+//! Every manifest in `artifacts/`, applied to an empty cluster (either substrate) with the real kubectl
+//! exactly as README.md tells a user to (Istio CRDs, the `test` namespace, the podinfo
+//! workloads, then steerer's own installation), is accepted, stored as written and idempotent
+//! under a second `kubectl apply`; a changed manifest goes through kubectl's strategic merge
+//! patch; and a rollout then promotes a new image on the workloads kubectl created.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::common::{
+    CANARY, Cluster, GA, NS, Options, connect, image, replicas, start_server, test_server_config,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Client;
+use kube::api::{Api, ListParams};
+use serde_json::{Value, json};
+use steerer::v1::{Analysis, GetRolloutRequest, Phase, StartRolloutRequest};
+use steerer_sim::prometheus::{Prometheus, PrometheusConfig};
+
+const NEW_IMAGE: &str = "ghcr.io/stefanprodan/podinfo:6.1.0";
+
+/// The kubectl to run: `$KUBECTL` (tests/run.sh sets it to the one in the project's tool cache),
+/// else `kubectl` on PATH.
+fn kubectl_bin() -> PathBuf {
+    std::env::var_os("KUBECTL")
+        .filter(|k| !k.is_empty())
+        .map_or_else(|| PathBuf::from("kubectl"), PathBuf::from)
+}
+
+/// The real kubectl, pointed at the simulator by the kubeconfig it wrote, run from the
+/// repository root so that the README's relative paths work.
+struct Kubectl {
+    kubeconfig: PathBuf,
+    cache: PathBuf,
+}
+
+impl Kubectl {
+    fn new(cluster: &Cluster, dir: &Path) -> Self {
+        let kubeconfig = dir.join("kubeconfig");
+        cluster.write_kubeconfig(&kubeconfig);
+        Self {
+            kubeconfig,
+            cache: dir.join("kube-cache"),
+        }
+    }
+
+    /// Runs kubectl and returns its stdout, failing the test (with stderr) if it fails.
+    async fn run(&self, args: &[&str]) -> String {
+        let kubectl = kubectl_bin();
+        let output = tokio::process::Command::new(&kubectl)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .args(args)
+            .output()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} ({e}); set KUBECTL to a kubectl (tests/run.sh does)",
+                    kubectl.display()
+                )
+            });
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "kubectl {} failed: {}\n{stdout}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.run(&args).await).unwrap()
+    }
+
+    /// The objects of a manifest file as kubectl reads them, without asking the cluster to
+    /// store anything (one JSON document per object).
+    async fn parse(&self, file: &str) -> Vec<Value> {
+        let out = self
+            .run(&["create", "--dry-run=client", "-o", "json", "-f", file])
+            .await;
+        serde_json::Deserializer::from_str(&out)
+            .into_iter::<Value>()
+            .map(Result::unwrap)
+            .collect()
+    }
+}
+
+/// The `kubectl apply` output lines, as (object, action).
+fn applied(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .map(|line| {
+            let (object, action) = line.rsplit_once(' ').unwrap();
+            (object.to_owned(), action.to_owned())
+        })
+        .collect()
+}
+
+fn objects(out: &str, action: &str) -> Vec<String> {
+    let all = applied(out);
+    assert!(
+        all.iter().all(|(_, a)| a == action),
+        "expected every object {action}:\n{out}"
+    );
+    let mut names: Vec<String> = all.into_iter().map(|(o, _)| o).collect();
+    names.sort_unstable();
+    names
+}
+
+fn sorted(names: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+    names.sort_unstable();
+    names
+}
+
+/// The README's install commands, in order, with the objects each creates.
+const APPLIES: [(&str, &[&str]); 4] = [
+    (
+        "artifacts/istio/",
+        &[
+            "customresourcedefinition.apiextensions.k8s.io/destinationrules.networking.istio.io",
+            "customresourcedefinition.apiextensions.k8s.io/virtualservices.networking.istio.io",
+        ],
+    ),
+    ("./artifacts/namespace/", &["namespace/test"]),
+    (
+        "./artifacts/workloads/",
+        &[
+            "deployment.apps/podinfo",
+            "deployment.apps/podinfo-canary",
+            "horizontalpodautoscaler.autoscaling/podinfo-canary",
+            "service/podinfo",
+            "service/podinfo-canary",
+            "virtualservice.networking.istio.io/podinfo",
+        ],
+    ),
+    (
+        "artifacts/steerer/",
+        &[
+            "namespace/steerer-system",
+            "serviceaccount/steerer",
+            "clusterrole.rbac.authorization.k8s.io/steerer",
+            "clusterrolebinding.rbac.authorization.k8s.io/steerer",
+            "deployment.apps/steerer",
+            "service/steerer",
+        ],
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promotes_on_them() {
+    let cluster = Cluster::start(&Options {
+        apply: vec![],
+        ..Options::default()
+    })
+    .await;
+    let kube_config = cluster.kube_config().await;
+    let kube = Client::try_from(kube_config.clone()).unwrap();
+    assert!(
+        Api::<Deployment>::all(kube.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "the cluster starts with no Deployment"
+    );
+    let prometheus = Prometheus::start(PrometheusConfig::new(
+        vec![cluster.metrics_addr()],
+        Duration::from_secs(1),
+    ))
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::new(&cluster, dir.path());
+
+    for (path, expected) in APPLIES {
+        let out = kubectl.run(&["apply", "-f", path]).await;
+        // A real control plane comes with Istio's CRDs installed (tests/cluster/up.sh applies
+        // these same files), as a cluster with Istio does.
+        let action = if matches!(cluster, Cluster::Real { .. }) && path == "artifacts/istio/" {
+            "unchanged"
+        } else {
+            "created"
+        };
+        assert_eq!(objects(&out, action), sorted(expected), "apply -f {path}");
+    }
+
+    // kubectl get shows what was applied.
+    let out = kubectl
+        .run(&["get", "crd,ns,clusterrole,clusterrolebinding", "-o", "name"])
+        .await;
+    for name in [
+        "customresourcedefinition.apiextensions.k8s.io/virtualservices.networking.istio.io",
+        "customresourcedefinition.apiextensions.k8s.io/destinationrules.networking.istio.io",
+        "namespace/test",
+        "namespace/steerer-system",
+        "clusterrole.rbac.authorization.k8s.io/steerer",
+        "clusterrolebinding.rbac.authorization.k8s.io/steerer",
+    ] {
+        assert!(out.lines().any(|l| l == name), "{name} missing from\n{out}");
+    }
+    let out = kubectl
+        .run(&["get", "deploy,svc,hpa,vs", "-n", NS, "-o", "name"])
+        .await;
+    assert_eq!(
+        sorted(&out.lines().collect::<Vec<_>>()),
+        sorted(APPLIES[2].1),
+        "{out}"
+    );
+    let out = kubectl
+        .run(&["get", "sa,deploy,svc", "-n", "steerer-system", "-o", "name"])
+        .await;
+    for name in [
+        "serviceaccount/steerer",
+        "deployment.apps/steerer",
+        "service/steerer",
+    ] {
+        assert!(out.lines().any(|l| l == name), "{name} missing from\n{out}");
+    }
+    let out = kubectl
+        .run(&["get", "clusterrolebinding", "steerer", "-o", "wide"])
+        .await;
+    assert!(out.contains("ClusterRole/steerer"), "{out}");
+    assert!(out.contains("steerer-system/steerer"), "{out}");
+
+    // The RBAC objects are stored as written: same rules, same role reference and subjects.
+    let written = kubectl.parse("artifacts/steerer/20-rbac.yaml").await;
+    let role = kubectl.json(&["get", "clusterrole", "steerer"]).await;
+    let written_role = written.iter().find(|o| o["kind"] == "ClusterRole").unwrap();
+    assert_eq!(role["rules"], written_role["rules"]);
+    assert_eq!(
+        role["rules"][0],
+        json!({"apiGroups": ["apps"], "resources": ["deployments"],
+               "verbs": ["list", "watch", "patch"]})
+    );
+    let binding = kubectl
+        .json(&["get", "clusterrolebinding", "steerer"])
+        .await;
+    let written_binding = written
+        .iter()
+        .find(|o| o["kind"] == "ClusterRoleBinding")
+        .unwrap();
+    assert_eq!(binding["roleRef"], written_binding["roleRef"]);
+    assert_eq!(binding["subjects"], written_binding["subjects"]);
+    assert!(
+        binding["metadata"].get("namespace").is_none(),
+        "cluster-scoped"
+    );
+    let account = kubectl
+        .json(&["get", "sa", "steerer", "-n", "steerer-system"])
+        .await;
+    assert_eq!(
+        account["metadata"]["labels"]["app.kubernetes.io/name"],
+        "steerer"
+    );
+
+    // The server's Deployment keeps its probes, limits and service account.
+    let server = kubectl
+        .json(&["get", "deploy", "steerer", "-n", "steerer-system"])
+        .await;
+    let pod = &server["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "steerer");
+    let container = &pod["containers"][0];
+    assert_eq!(container["readinessProbe"]["grpc"]["port"], 50051);
+    assert_eq!(container["livenessProbe"]["grpc"]["port"], 50051);
+    assert_eq!(container["resources"]["limits"]["memory"], "256Mi");
+    assert_eq!(server["spec"]["strategy"]["type"], "Recreate");
+
+    // A second apply of the same files changes nothing.
+    for (path, expected) in APPLIES {
+        let out = kubectl.run(&["apply", "-f", path]).await;
+        assert_eq!(
+            objects(&out, "unchanged"),
+            sorted(expected),
+            "apply -f {path}"
+        );
+    }
+
+    // A changed manifest is applied as a strategic merge patch: the container merges by name,
+    // the rules list is replaced.
+    // The simulator also counts the patches kubectl sent.
+    let patches = || match &cluster {
+        Cluster::Sim(sim) => Some(sim.faults().count("patch", "deployments")),
+        Cluster::Real { .. } => None,
+    };
+    let patches_before = patches();
+    let edited = dir.path().join("steerer");
+    std::fs::create_dir(&edited).unwrap();
+    let artifacts = crate::common::artifacts().join("steerer");
+    let deployment = std::fs::read_to_string(artifacts.join("30-deployment.yaml")).unwrap();
+    assert!(deployment.contains("cpu: 50m"));
+    std::fs::write(
+        edited.join("30-deployment.yaml"),
+        deployment.replace("cpu: 50m", "cpu: 100m"),
+    )
+    .unwrap();
+    let rbac = std::fs::read_to_string(artifacts.join("20-rbac.yaml")).unwrap();
+    assert!(rbac.contains(r#"verbs: ["create"]"#));
+    std::fs::write(
+        edited.join("20-rbac.yaml"),
+        rbac.replace(r#"verbs: ["create"]"#, r#"verbs: ["create", "patch"]"#),
+    )
+    .unwrap();
+    let out = kubectl
+        .run(&["apply", "-f", edited.to_str().unwrap()])
+        .await;
+    let actions: HashMap<String, String> = applied(&out).into_iter().collect();
+    assert_eq!(actions["deployment.apps/steerer"], "configured", "{out}");
+    assert_eq!(
+        actions["clusterrole.rbac.authorization.k8s.io/steerer"], "configured",
+        "{out}"
+    );
+    assert_eq!(
+        actions["clusterrolebinding.rbac.authorization.k8s.io/steerer"], "unchanged",
+        "{out}"
+    );
+    if let (Some(before), Some(after)) = (patches_before, patches()) {
+        assert!(after > before);
+    }
+    let server = kubectl
+        .json(&["get", "deploy", "steerer", "-n", "steerer-system"])
+        .await;
+    let container = &server["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["resources"]["requests"]["cpu"], "100m");
+    assert_eq!(container["resources"]["requests"]["memory"], "64Mi");
+    assert_eq!(container["readinessProbe"]["grpc"]["port"], 50051);
+    let role = kubectl.json(&["get", "clusterrole", "steerer"]).await;
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 5);
+    assert_eq!(rules[4]["verbs"], json!(["create", "patch"]));
+    // And back to the repository's version.
+    let out = kubectl.run(&["apply", "-f", "artifacts/steerer/"]).await;
+    let actions: HashMap<String, String> = applied(&out).into_iter().collect();
+    assert_eq!(actions["deployment.apps/steerer"], "configured", "{out}");
+    let role = kubectl.json(&["get", "clusterrole", "steerer"]).await;
+    assert_eq!(role["rules"], written_role["rules"]);
+
+    // The server, started against the cluster kubectl set up, promotes a new image.
+    crate::common::wait_for_series(&prometheus, GA).await;
+    let mut config = test_server_config();
+    config.prometheus_url = prometheus.url();
+    let server = start_server(config, kube_config).await;
+    let mut client = connect(server.addr).await;
+    let started = client
+        .start_rollout(StartRolloutRequest {
+            namespace: NS.into(),
+            target: GA.into(),
+            images: HashMap::from([("podinfo".to_owned(), NEW_IMAGE.to_owned())]),
+            analysis: Some(Analysis {
+                step_weight: Some(50),
+                interval: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let done = loop {
+        let r = client
+            .get_rollout(GetRolloutRequest {
+                id: started.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if crate::common::is_terminal(r.phase()) {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rollout still {:?} at weight {}: {}",
+            r.phase(),
+            r.canary_weight,
+            r.message
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(done.phase(), Phase::Succeeded, "{}", done.message);
+
+    let apps = Api::<Deployment>::namespaced(kube.clone(), NS);
+    assert_eq!(image(&apps.get(GA).await.unwrap()), NEW_IMAGE);
+    assert_eq!(replicas(&apps.get(CANARY).await.unwrap()), 0);
+    let vs = crate::common::virtual_services(&kube)
+        .get(GA)
+        .await
+        .unwrap();
+    let route = &vs.data["spec"]["http"][0]["route"];
+    assert_eq!(route[0]["destination"]["host"], GA);
+    assert_eq!(route[0]["weight"], 100);
+    assert_eq!(route[1]["weight"].as_u64().unwrap_or(0), 0);
+    let out = kubectl
+        .run(&[
+            "get",
+            "deploy",
+            GA,
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])
+        .await;
+    assert_eq!(out, NEW_IMAGE);
+    server.stop().await.unwrap();
+}

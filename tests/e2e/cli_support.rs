@@ -1,0 +1,140 @@
+//! Running the `steerer` CLI binary from the end-to-end tests: finding (or building) it,
+//! running it against a harness server, and reading its JSON lines.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+/// The `steerer` binary of this build. `cargo test --workspace` builds it alongside the tests;
+/// when a root test runs alone and the binary is missing or older than the client's sources,
+/// it is built here with `cargo build -p steerer-client --bin steerer`.
+pub fn steerer_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/<test> → target/<profile>/steerer
+        let profile_dir = exe.parent().unwrap().parent().unwrap();
+        let bin = profile_dir.join(format!("steerer{}", std::env::consts::EXE_SUFFIX));
+        if !bin.exists() || is_stale(&bin) {
+            build_cli();
+        }
+        assert!(
+            bin.exists(),
+            "the steerer CLI was not found at {}; build it with `cargo build -p steerer-client`",
+            bin.display()
+        );
+        bin
+    })
+}
+
+fn newest_mtime(dir: &Path) -> SystemTime {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return newest;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let mtime = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        };
+        newest = newest.max(mtime);
+    }
+    newest
+}
+
+fn is_stale(bin: &Path) -> bool {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let built = bin
+        .metadata()
+        .and_then(|m| m.modified())
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    [
+        root.join("client/src"),
+        root.join("proto"),
+        root.join("src"),
+    ]
+    .iter()
+    .any(|dir| newest_mtime(dir) > built)
+}
+
+fn build_cli() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(&cargo);
+    command
+        .args(["build", "-p", "steerer-client", "--bin", "steerer"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    // The package variables cargo set for this test would make the nested build look like a
+    // different one and rebuild from scratch.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CARGO_PKG_") || key.starts_with("CARGO_MANIFEST_") {
+            command.env_remove(key);
+        }
+    }
+    let status = command.status().unwrap_or_else(|e| {
+        panic!("cannot run {cargo} to build the steerer CLI: {e}; build it with `cargo build -p steerer-client`")
+    });
+    assert!(status.success(), "building the steerer CLI failed");
+}
+
+/// A `steerer` command aimed at the server at `addr`, with no token or server from the
+/// environment leaking in.
+pub fn steerer(addr: SocketAddr) -> Command {
+    let mut command = Command::new(steerer_bin());
+    command
+        .env_remove("STEERER_TOKEN")
+        .env("STEERER_SERVER", format!("http://{addr}"));
+    command
+}
+
+/// Runs `steerer ARGS` against `addr` off the async runtime (the server under test keeps
+/// running on it).
+pub async fn run(addr: SocketAddr, args: &[&str]) -> Output {
+    let mut command = steerer(addr);
+    command.args(args);
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+/// Every stdout line as JSON, failing on any line that is not.
+pub fn json_lines(output: &Output) -> Vec<serde_json::Value> {
+    stdout(output)
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+        })
+        .collect()
+}
+
+/// The `kind: "event"` records of JSON output.
+pub fn events(records: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "event")
+        .cloned()
+        .collect()
+}
+
+/// The sequence numbers of event records.
+pub fn sequences(events: &[serde_json::Value]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .collect()
+}

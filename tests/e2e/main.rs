@@ -1,0 +1,26 @@
+//! The end-to-end suites of the workspace, one test binary: a module per
+//! behaviour, so the crate links its dependencies once.
+#![allow(clippy::unwrap_used)]
+
+mod cli_support;
+mod common;
+
+mod artifacts;
+mod cli_errors;
+mod cli_restart;
+mod cli_rollout;
+mod grpcurl;
+mod python_client;
+mod rollout_auto;
+mod rollout_bad_input;
+mod rollout_control;
+mod rollout_endings;
+mod rollout_event_log;
+mod rollout_evidence;
+mod rollout_faults;
+mod rollout_halts;
+mod rollout_promote;
+mod rollout_restart;
+mod rollout_rollback;
+mod rollout_service;
+mod server_auth;
