@@ -128,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
             max_failed_checks: flags.max_failed_checks,
             progress_deadline: flags.progress_deadline,
             min_request_rate: flags.min_request_rate,
+            max_latency_p99_ms: None,
         },
         metrics_window: flags.metrics_window,
         event_limit: flags.event_limit,

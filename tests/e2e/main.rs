@@ -19,6 +19,7 @@ mod rollout_event_log;
 mod rollout_evidence;
 mod rollout_faults;
 mod rollout_halts;
+mod rollout_latency;
 mod rollout_promote;
 mod rollout_restart;
 mod rollout_rollback;

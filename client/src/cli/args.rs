@@ -100,7 +100,7 @@ pub enum OutputFormat {
 pub enum Command {
     /// Start a canary rollout of NAMESPACE/TARGET (the GA Deployment).
     #[command(after_help = EXIT_CODES)]
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Follow a rollout's events until it ends; exits 0 only if it was promoted.
     #[command(after_help = EXIT_CODES)]
     Watch(WatchArgs),
@@ -169,6 +169,10 @@ pub struct StartArgs {
     /// Canary requests per second below which a check has no data (server default 1).
     #[arg(long, value_name = "RPS", value_parser = parse_rate)]
     pub min_request_rate: Option<f64>,
+
+    /// Ceiling for the canary's p99 request duration in milliseconds (default: not checked).
+    #[arg(long, value_name = "MS", value_parser = parse_millis)]
+    pub max_latency_p99_ms: Option<f64>,
 
     /// Replicas for a canary that sits at zero (default: GA's replica count).
     #[arg(long, value_name = "N")]
@@ -321,6 +325,17 @@ pub fn parse_rate(value: &str) -> Result<f64, String> {
     Ok(rate)
 }
 
+pub fn parse_millis(value: &str) -> Result<f64, String> {
+    let ms: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of milliseconds"))?;
+    if !ms.is_finite() || ms <= 0.0 {
+        return Err(format!("{value:?} must be more than zero"));
+    }
+    Ok(ms)
+}
+
 pub fn parse_id(value: &str) -> Result<String, String> {
     let id = value.trim();
     if id.is_empty() {
@@ -385,6 +400,9 @@ mod tests {
         assert!(parse_percent("NaN").is_err());
         assert_eq!(parse_rate("0.5"), Ok(0.5));
         assert!(parse_rate("-1").is_err());
+        assert_eq!(parse_millis("200"), Ok(200.0));
+        assert!(parse_millis("0").is_err());
+        assert!(parse_millis("NaN").is_err());
     }
 
     #[test]

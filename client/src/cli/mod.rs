@@ -56,7 +56,7 @@ async fn execute(cli: Cli) -> Result<Exit, CliError> {
     match cli.command {
         Command::Start(start) => {
             let wait = start.wait;
-            let rollout = client.start(start_request(start)).await.map_err(wrap)?;
+            let rollout = client.start(start_request(*start)).await.map_err(wrap)?;
             let printer = printer();
             if !wait {
                 printer.rollout(&output::rollout_summary("started", &rollout), &rollout)?;
@@ -175,6 +175,7 @@ fn start_request(start: StartArgs) -> StartRolloutRequest {
             max_failed_checks: start.max_failed_checks,
             progress_deadline: start.progress_deadline.map(duration),
             min_request_rate: start.min_request_rate,
+            max_latency_p99_ms: start.max_latency_p99_ms,
         }),
         request_id: start.request_id.unwrap_or_default(),
         canary_replicas: start.canary_replicas,
@@ -239,17 +240,20 @@ mod tests {
             "95",
             "--request-id",
             "ci-7",
+            "--max-latency-p99-ms",
+            "250",
         ])
         .unwrap();
         let Command::Start(start) = cli.command else {
             panic!("not start")
         };
-        let request = start_request(start);
+        let request = start_request(*start);
         assert_eq!(request.namespace, "shop");
         assert_eq!(request.target, "checkout");
         assert_eq!(request.images.get("app").map(String::as_str), Some("img:2"));
         assert_eq!(request.request_id, "ci-7");
         let analysis = request.analysis.unwrap();
+        assert_eq!(analysis.max_latency_p99_ms, Some(250.0));
         assert_eq!(
             analysis.interval,
             Some(prost_types::Duration {

@@ -76,12 +76,15 @@ pub struct JsonAnalysis {
     pub max_failed_checks: Option<u32>,
     pub progress_deadline_seconds: Option<f64>,
     pub min_request_rate: Option<f64>,
+    pub max_latency_p99_ms: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct JsonAnalysisResult {
     pub success_rate: Option<f64>,
     pub request_rate: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub failed_metrics: Vec<String>,
     pub time: Option<String>,
 }
 
@@ -98,6 +101,8 @@ pub struct JsonEvent {
     pub canary_weight: u32,
     pub success_rate: Option<f64>,
     pub request_rate: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub failed_metrics: Vec<String>,
     pub failed_checks: u32,
     pub message: String,
 }
@@ -133,6 +138,7 @@ impl From<&Analysis> for JsonAnalysis {
             max_failed_checks: a.max_failed_checks,
             progress_deadline_seconds: seconds(a.progress_deadline.as_ref()),
             min_request_rate: a.min_request_rate,
+            max_latency_p99_ms: a.max_latency_p99_ms,
         }
     }
 }
@@ -142,6 +148,8 @@ impl From<&AnalysisResult> for JsonAnalysisResult {
         Self {
             success_rate: r.success_rate,
             request_rate: r.request_rate,
+            latency_p99_ms: r.latency_p99_ms,
+            failed_metrics: r.failed_metrics.clone(),
             time: format_time(r.time.as_ref()),
         }
     }
@@ -185,6 +193,8 @@ impl From<&RolloutEvent> for JsonEvent {
             canary_weight: e.canary_weight,
             success_rate: e.success_rate,
             request_rate: e.request_rate,
+            latency_p99_ms: e.latency_p99_ms,
+            failed_metrics: e.failed_metrics.clone(),
             failed_checks: e.failed_checks,
             message: e.message.clone(),
         }
@@ -212,7 +222,8 @@ fn percent(value: f64) -> String {
 }
 
 /// One event as a plain line:
-/// `2026-11-26T10:00:01Z  WEIGHT_CHANGED  weight=20  success=99.9%  rate=12.5/s  failed=0  phase=PROGRESSING  message`.
+/// `2026-11-26T10:00:01Z  CHECK_PASSED  weight=20  success=99.9%  p99=47.5ms  rate=12.5/s  failed=0  phase=PROGRESSING  message`
+/// (`p99` only when the rollout checks latency).
 pub fn event_line(event: &RolloutEvent) -> String {
     let time = format_time(event.time.as_ref())
         .unwrap_or_else(|| Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true));
@@ -223,6 +234,9 @@ pub fn event_line(event: &RolloutEvent) -> String {
     );
     if let Some(rate) = event.success_rate {
         line.push_str(&format!("  success={}", percent(rate)));
+    }
+    if let Some(p99) = event.latency_p99_ms {
+        line.push_str(&format!("  p99={p99:.1}ms"));
     }
     if let Some(rate) = event.request_rate {
         line.push_str(&format!("  rate={rate:.1}/s"));
@@ -281,6 +295,9 @@ pub fn rollout_details(r: &Rollout) -> String {
         if let Some(rate) = a.min_request_rate {
             parts.push(format!("min {rate} req/s"));
         }
+        if let Some(max) = a.max_latency_p99_ms {
+            parts.push(format!("p99 <= {max}ms"));
+        }
         field("analysis:", parts.join(", "));
     }
     if let Some(last) = &r.last_analysis {
@@ -292,7 +309,16 @@ pub fn rollout_details(r: &Rollout) -> String {
             .request_rate
             .map(|r| format!(" at {r:.1} req/s"))
             .unwrap_or_default();
-        field("last check:", format!("{success}{rate}"));
+        let p99 = last
+            .latency_p99_ms
+            .map(|p| format!(", p99 {p:.1}ms"))
+            .unwrap_or_default();
+        let failed = if last.failed_metrics.is_empty() {
+            String::new()
+        } else {
+            format!(" (failed: {})", last.failed_metrics.join(", "))
+        };
+        field("last check:", format!("{success}{p99}{rate}{failed}"));
     }
     let mut images: Vec<_> = r.images.iter().collect();
     images.sort();
@@ -608,6 +634,7 @@ mod tests {
             request_rate: Some(12.5),
             failed_checks: 0,
             message: "weight 10% -> 20%".into(),
+            ..Default::default()
         }
     }
 
@@ -625,6 +652,27 @@ mod tests {
             "2026-11-26T10:00:01Z  WEIGHT_CHANGED  weight=20  success=99.9%  rate=12.5/s  \
              failed=0  phase=PROGRESSING  weight 10% -> 20%"
         );
+    }
+
+    #[test]
+    fn a_check_event_line_shows_the_latency_when_the_rollout_checks_it() {
+        let failed = RolloutEvent {
+            r#type: EventType::CheckFailed as i32,
+            success_rate: Some(100.0),
+            latency_p99_ms: Some(936.24),
+            failed_metrics: vec!["latency_p99_ms".into()],
+            failed_checks: 1,
+            message: "check failed".into(),
+            ..event()
+        };
+        assert_eq!(
+            event_line(&failed),
+            "2026-11-26T10:00:01Z  CHECK_FAILED  weight=20  success=100.0%  p99=936.2ms  \
+             rate=12.5/s  failed=1  phase=PROGRESSING  check failed"
+        );
+        let value = serde_json::to_value(JsonEvent::from(&failed)).unwrap();
+        assert_eq!(value["latency_p99_ms"], 936.24);
+        assert_eq!(value["failed_metrics"][0], "latency_p99_ms");
     }
 
     #[test]

@@ -470,6 +470,7 @@ pub fn script(
             request_rate: None,
             failed_checks: 0,
             message: format!("{} at {weight}%", event_type.as_str_name()),
+            ..Default::default()
         })
         .collect();
     let last = events.last().cloned().unwrap_or_default();

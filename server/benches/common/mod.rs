@@ -363,6 +363,7 @@ impl BenchMetrics {
                 Sample {
                     success_rate: Some(50.0),
                     request_rate: Some(50.0),
+                    latency_p99_ms: None,
                 },
             );
         }
@@ -394,6 +395,7 @@ impl Metrics for BenchMetrics {
         _namespace: &'a str,
         workload: &'a str,
         _window: Duration,
+        _latency: bool,
     ) -> BoxFuture<'a, Result<Sample, MetricsError>> {
         self.queries.fetch_add(1, Ordering::Relaxed);
         let failing = self
@@ -413,6 +415,7 @@ impl Metrics for BenchMetrics {
         let sample = failing.unwrap_or(Sample {
             success_rate: Some(100.0),
             request_rate: Some(50.0),
+            latency_p99_ms: None,
         });
         Box::pin(async move { Ok(sample) })
     }
@@ -578,6 +581,7 @@ pub fn start_request(
                 nanos: 0,
             }),
             min_request_rate: Some(1.0),
+            max_latency_p99_ms: None,
         }),
         ..Default::default()
     }

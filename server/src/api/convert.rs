@@ -66,6 +66,7 @@ pub fn analysis(s: &AnalysisSettings) -> pb::Analysis {
         max_failed_checks: Some(s.max_failed_checks),
         progress_deadline: Some(duration(s.progress_deadline)),
         min_request_rate: Some(s.min_request_rate),
+        max_latency_p99_ms: s.max_latency_p99_ms,
     }
 }
 
@@ -85,6 +86,8 @@ pub fn rollout(r: &Rollout) -> pb::Rollout {
             success_rate: a.sample.success_rate,
             request_rate: a.sample.request_rate,
             time: Some(timestamp(a.time)),
+            latency_p99_ms: a.sample.latency_p99_ms,
+            failed_metrics: a.failed.names(),
         }),
         message: r.message.clone(),
         created_at: Some(timestamp(r.created_at)),
@@ -108,6 +111,8 @@ pub fn event(e: &RolloutEvent) -> pb::RolloutEvent {
         request_rate: e.request_rate,
         failed_checks: e.failed_checks,
         message: e.message.clone(),
+        latency_p99_ms: e.latency_p99_ms,
+        failed_metrics: e.failed.names(),
     }
 }
 

@@ -168,6 +168,9 @@ pub fn analysis(
     if let Some(v) = a.min_request_rate {
         s.min_request_rate = v;
     }
+    if let Some(v) = a.max_latency_p99_ms {
+        s.max_latency_p99_ms = Some(v);
+    }
     check_analysis(&s)?;
     Ok(s)
 }
@@ -220,6 +223,13 @@ pub fn check_analysis(s: &AnalysisSettings) -> Result<(), Invalid> {
         return Err(Invalid(format!(
             "analysis.min_request_rate {} must be a finite rate of at least 0",
             s.min_request_rate
+        )));
+    }
+    if let Some(max) = s.max_latency_p99_ms
+        && !(max.is_finite() && max > 0.0)
+    {
+        return Err(Invalid(format!(
+            "analysis.max_latency_p99_ms {max} must be a finite number of milliseconds above 0"
         )));
     }
     Ok(())
@@ -320,6 +330,22 @@ mod tests {
                 ..Default::default()
             },
             pb::Analysis {
+                max_latency_p99_ms: Some(0.0),
+                ..Default::default()
+            },
+            pb::Analysis {
+                max_latency_p99_ms: Some(-5.0),
+                ..Default::default()
+            },
+            pb::Analysis {
+                max_latency_p99_ms: Some(f64::NAN),
+                ..Default::default()
+            },
+            pb::Analysis {
+                max_latency_p99_ms: Some(f64::INFINITY),
+                ..Default::default()
+            },
+            pb::Analysis {
                 interval: Some(prost_types::Duration {
                     seconds: -1,
                     nanos: 0,
@@ -344,6 +370,21 @@ mod tests {
         for case in cases {
             assert!(analysis(Some(&case), &d).is_err(), "{case:?}");
         }
+    }
+
+    #[test]
+    fn a_latency_ceiling_is_taken_when_set_and_absent_by_default() {
+        let d = AnalysisSettings::default();
+        let s = analysis(Some(&pb::Analysis::default()), &d).unwrap();
+        assert_eq!(s.max_latency_p99_ms, None);
+        let a = pb::Analysis {
+            max_latency_p99_ms: Some(200.0),
+            ..Default::default()
+        };
+        assert_eq!(
+            analysis(Some(&a), &d).unwrap().max_latency_p99_ms,
+            Some(200.0)
+        );
     }
 
     #[test]

@@ -158,6 +158,9 @@ pub struct AnalysisSettings {
     pub progress_deadline: Duration,
     /// Requests per second below which a check has no data.
     pub min_request_rate: f64,
+    /// Ceiling for the canary's p99 request duration in milliseconds; `None`: not checked.
+    #[serde(default)]
+    pub max_latency_p99_ms: Option<f64>,
 }
 
 impl Default for AnalysisSettings {
@@ -170,6 +173,7 @@ impl Default for AnalysisSettings {
             max_failed_checks: 5,
             progress_deadline: Duration::from_secs(600),
             min_request_rate: 1.0,
+            max_latency_p99_ms: None,
         }
     }
 }
@@ -181,6 +185,34 @@ pub struct Sample {
     pub success_rate: Option<f64>,
     /// Requests per second.
     pub request_rate: Option<f64>,
+    /// p99 request duration in milliseconds; measured only when the rollout has a ceiling.
+    #[serde(default)]
+    pub latency_p99_ms: Option<f64>,
+}
+
+/// The metrics of a check that missed their bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Breaches {
+    /// The success rate was below the threshold or out of range.
+    #[serde(default)]
+    pub success_rate: bool,
+    /// The p99 latency was above the ceiling, or not a number.
+    #[serde(default)]
+    pub latency_p99: bool,
+}
+
+impl Breaches {
+    /// Names of the missed bounds, as the API reports them.
+    pub fn names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.success_rate {
+            names.push("success_rate".to_owned());
+        }
+        if self.latency_p99 {
+            names.push("latency_p99_ms".to_owned());
+        }
+        names
+    }
 }
 
 /// The last analysis check of a rollout.
@@ -188,6 +220,9 @@ pub struct Sample {
 pub struct AnalysisRecord {
     pub sample: Sample,
     pub time: DateTime<Utc>,
+    /// Which bounds the check missed (none when it passed or had no data).
+    #[serde(default)]
+    pub failed: Breaches,
 }
 
 /// How a rollback ends: the terminal phase it reaches and why.
@@ -333,6 +368,11 @@ pub struct RolloutEvent {
     pub request_rate: Option<f64>,
     pub failed_checks: u32,
     pub message: String,
+    #[serde(default)]
+    pub latency_p99_ms: Option<f64>,
+    /// On a failed check, the bounds it missed.
+    #[serde(default)]
+    pub failed: Breaches,
 }
 
 /// Serde for durations as whole milliseconds, readable in the stored JSON.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    AnalysisRecord, AnalysisSettings, DeploymentView, Ending, EventKind, HpaView, Phase,
+    AnalysisRecord, AnalysisSettings, Breaches, DeploymentView, Ending, EventKind, HpaView, Phase,
     QuietRepeats, Rollout, RolloutEvent, RouteView, Sample, promoted_template, template_hash,
 };
 
@@ -88,6 +88,8 @@ pub struct EventDraft {
     pub failed_checks: u32,
     pub sample: Option<Sample>,
     pub message: String,
+    /// On a failed check, the bounds it missed.
+    pub failed: Breaches,
 }
 
 impl EventDraft {
@@ -104,6 +106,8 @@ impl EventDraft {
             request_rate: self.sample.and_then(|s| s.request_rate),
             failed_checks: self.failed_checks,
             message: self.message,
+            latency_p99_ms: self.sample.and_then(|s| s.latency_p99_ms),
+            failed: self.failed,
         }
     }
 }
@@ -142,6 +146,7 @@ impl Decision {
             failed_checks: self.next.failed_checks,
             sample,
             message,
+            failed: Breaches::default(),
         });
     }
 
@@ -186,7 +191,7 @@ pub fn start(
     d.emit(
         EventKind::Started,
         format!(
-            "rollout of {}/{} started: canary {} via VirtualService {}, {}% steps up to {}% every {}, success rate >= {}%",
+            "rollout of {}/{} started: canary {} via VirtualService {}, {}% steps up to {}% every {}, success rate >= {}%{}",
             rollout.namespace,
             rollout.target,
             rollout.canary,
@@ -194,7 +199,11 @@ pub fn start(
             settings.step_weight,
             settings.max_weight,
             humantime::format_duration(settings.interval),
-            settings.success_rate_threshold
+            settings.success_rate_threshold,
+            settings
+                .max_latency_p99_ms
+                .map(|max| format!(", p99 latency <= {max}ms"))
+                .unwrap_or_default()
         ),
     );
     d
@@ -272,18 +281,23 @@ pub enum Verdict {
     /// Too little traffic, or values that are not numbers: neither a pass nor a failure.
     /// `key` names the kind of reason (its repeats are recorded sparingly), `why` says it.
     NoData { key: &'static str, why: String },
-    /// The success rate meets the threshold.
-    Pass {
-        success_rate: f64,
+    /// Every checked metric is within its bound; `measured` says each value against it.
+    Pass { measured: String, request_rate: f64 },
+    /// At least one metric missed its bound: `why` says those that did, `measured` every
+    /// value against its bound, `failed` which ones missed.
+    Fail {
+        why: String,
+        measured: String,
         request_rate: f64,
+        failed: Breaches,
     },
-    /// The success rate is below the threshold or out of range; `why` says which.
-    Fail { why: String, request_rate: f64 },
 }
 
 /// Judges one measurement against the analysis settings: a pure function, so each metric's
 /// thresholds are tested without a provider. A request rate below the minimum, or a missing,
-/// NaN or infinite value, is no data; a success rate outside 0..=100 fails.
+/// NaN or infinite success rate, is no data; a success rate outside 0..=100 fails. With a
+/// latency ceiling, a p99 above it fails, a NaN or infinite p99 fails, and a missing p99 is
+/// no data (unless the success rate already failed the check).
 pub fn evaluate(sample: &Sample, settings: &AnalysisSettings) -> Verdict {
     let rate = sample.request_rate.filter(|r| r.is_finite());
     let success = sample.success_rate.filter(|s| s.is_finite());
@@ -305,21 +319,55 @@ pub fn evaluate(sample: &Sample, settings: &AnalysisSettings) -> Verdict {
             };
         }
     };
+    let mut failed = Breaches::default();
+    let mut failures = Vec::new();
+    let mut measured = Vec::new();
     let threshold = settings.success_rate_threshold;
     if !(0.0..=100.0).contains(&success) {
-        Verdict::Fail {
-            why: format!("success rate {success} is out of range"),
-            request_rate: rate,
-        }
+        failed.success_rate = true;
+        failures.push(format!("success rate {success} is out of range"));
     } else if success < threshold {
-        Verdict::Fail {
-            why: format!("success rate {success:.2}% below threshold {threshold}%"),
+        failed.success_rate = true;
+        failures.push(format!(
+            "success rate {success:.2}% below threshold {threshold}%"
+        ));
+    } else {
+        measured.push(format!("success rate {success:.2}% meets {threshold}%"));
+    }
+    if let Some(max) = settings.max_latency_p99_ms {
+        match sample.latency_p99_ms {
+            None if !failed.success_rate => {
+                return Verdict::NoData {
+                    key: "no canary latency",
+                    why: "no canary latency in the metrics".to_owned(),
+                };
+            }
+            None => measured.push(format!("p99 latency unmeasured (ceiling {max}ms)")),
+            Some(p99) if !p99.is_finite() => {
+                failed.latency_p99 = true;
+                failures.push(format!("p99 latency {p99} is not a number of milliseconds"));
+            }
+            Some(p99) if p99 > max => {
+                failed.latency_p99 = true;
+                failures.push(format!("p99 latency {p99:.1}ms above ceiling {max}ms"));
+            }
+            Some(p99) => measured.push(format!("p99 latency {p99:.1}ms within {max}ms")),
+        }
+    }
+    let why = failures.join(", ");
+    measured = failures.into_iter().chain(measured).collect();
+    let measured = measured.join(", ");
+    if failed == Breaches::default() {
+        Verdict::Pass {
+            measured,
             request_rate: rate,
         }
     } else {
-        Verdict::Pass {
-            success_rate: success,
+        Verdict::Fail {
+            why,
+            measured,
             request_rate: rate,
+            failed,
         }
     }
 }
@@ -1060,15 +1108,24 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
             return;
         }
     };
-    d.next.last_analysis = Some(AnalysisRecord { sample, time: now });
-    let (why, rate) = match evaluate(&sample, settings) {
+    d.next.last_analysis = Some(AnalysisRecord {
+        sample,
+        time: now,
+        failed: Breaches::default(),
+    });
+    let (why, measured, rate, failed) = match evaluate(&sample, settings) {
         Verdict::NoData { key, why } => {
             no_data(d, state, sample, (key, why), (now, obs.scale_down_delay));
             return;
         }
-        Verdict::Fail { why, request_rate } => (why, request_rate),
+        Verdict::Fail {
+            why,
+            measured,
+            request_rate,
+            failed,
+        } => (why, measured, request_rate, failed),
         Verdict::Pass {
-            success_rate,
+            measured,
             request_rate,
         } => {
             d.next.halted_since = None;
@@ -1076,8 +1133,8 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
             d.emit_with(
                 EventKind::CheckPassed,
                 format!(
-                    "check passed at weight {}%: success rate {success_rate:.2}% meets {}% ({request_rate:.1} req/s)",
-                    state.canary_weight, settings.success_rate_threshold
+                    "check passed at weight {}%: {measured} ({request_rate:.1} req/s)",
+                    state.canary_weight
                 ),
                 Some(sample),
             );
@@ -1099,20 +1156,26 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
     d.next.halted_since = None;
     d.next.quiet = None;
     d.next.failed_checks = state.failed_checks + 1;
-    let failed = d.next.failed_checks;
+    if let Some(record) = d.next.last_analysis.as_mut() {
+        record.failed = failed;
+    }
+    let failed_checks = d.next.failed_checks;
     d.emit_with(
         EventKind::CheckFailed,
         format!(
-            "check failed at weight {}%: {why} ({rate:.1} req/s), failed check {failed} of {}",
+            "check failed at weight {}%: {measured} ({rate:.1} req/s), failed check {failed_checks} of {}",
             state.canary_weight, settings.max_failed_checks
         ),
         Some(sample),
     );
-    if failed >= settings.max_failed_checks {
+    if let Some(event) = d.events.last_mut() {
+        event.failed = failed;
+    }
+    if failed_checks >= settings.max_failed_checks {
         begin_rollback(
             d,
             Phase::RolledBack,
-            format!("{failed} failed checks: {why}"),
+            format!("{failed_checks} failed checks: {why}"),
             now,
             obs.scale_down_delay,
         );

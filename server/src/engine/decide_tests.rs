@@ -24,6 +24,7 @@ fn settings() -> AnalysisSettings {
         max_failed_checks: 3,
         progress_deadline: Duration::from_secs(10),
         min_request_rate: 1.0,
+        max_latency_p99_ms: None,
     }
 }
 
@@ -89,6 +90,7 @@ fn measured(success: f64, rate: f64) -> Observation {
         sample: Some(Ok(Sample {
             success_rate: Some(success),
             request_rate: Some(rate),
+            latency_p99_ms: None,
         })),
         ..obs()
     }
@@ -221,6 +223,85 @@ fn passing_check_at_max_weight_promotes() {
     assert_eq!(d.next.promotion_min_ready, Some(3));
 }
 
+fn timed(success: f64, p99: Option<f64>) -> Observation {
+    Observation {
+        sample: Some(Ok(Sample {
+            success_rate: Some(success),
+            request_rate: Some(20.0),
+            latency_p99_ms: p99,
+        })),
+        ..obs()
+    }
+}
+
+fn with_ceiling(r: &mut Rollout) {
+    r.analysis.max_latency_p99_ms = Some(200.0);
+}
+
+#[test]
+fn a_slow_canary_fails_its_check_on_latency_and_the_record_and_event_say_so() {
+    let state = Fixture::new()
+        .progressing(30, 0)
+        .with(with_ceiling)
+        .with(|r| r.failed_checks = 2)
+        .done();
+    let d = decide(&state, &timed(100.0, Some(936.0)), t(1));
+    assert_eq!(
+        kinds(&d),
+        vec![EventKind::CheckFailed, EventKind::RollingBack]
+    );
+    let failed = Breaches {
+        success_rate: false,
+        latency_p99: true,
+    };
+    let record = d.next.last_analysis.unwrap();
+    assert_eq!(record.failed, failed);
+    assert_eq!(record.sample.latency_p99_ms, Some(936.0));
+    let event = d.events[0].clone().record("r1", 2, t(1));
+    assert_eq!(event.failed, failed);
+    assert_eq!(event.latency_p99_ms, Some(936.0));
+    assert!(
+        event
+            .message
+            .contains("p99 latency 936.0ms above ceiling 200ms, success rate 100.00% meets 99%"),
+        "{}",
+        event.message
+    );
+    assert!(
+        d.next
+            .ending
+            .unwrap()
+            .reason
+            .contains("p99 latency 936.0ms above ceiling 200ms")
+    );
+}
+
+#[test]
+fn a_fast_canary_passes_with_its_latency_in_the_event() {
+    let state = Fixture::new().progressing(30, 0).with(with_ceiling).done();
+    let d = decide(&state, &timed(100.0, Some(47.0)), t(1));
+    assert_eq!(
+        kinds(&d),
+        vec![EventKind::CheckPassed, EventKind::WeightChanged]
+    );
+    assert!(
+        d.events[0]
+            .message
+            .contains("p99 latency 47.0ms within 200ms")
+    );
+    assert_eq!(d.events[0].sample.unwrap().latency_p99_ms, Some(47.0));
+    assert_eq!(d.next.last_analysis.unwrap().failed, Breaches::default());
+}
+
+#[test]
+fn a_canary_without_latency_data_is_not_passed() {
+    let state = Fixture::new().progressing(30, 0).with(with_ceiling).done();
+    let d = decide(&state, &timed(100.0, None), t(1));
+    assert_eq!(kinds(&d), vec![EventKind::CheckNoData]);
+    assert_eq!(d.next.canary_weight, 30);
+    assert_eq!(d.next.failed_checks, 0);
+}
+
 #[test]
 fn failed_checks_count_up_then_roll_back_with_one_weight_write() {
     let state = Fixture::new().progressing(30, 0).done();
@@ -263,14 +344,17 @@ fn nan_inf_and_missing_values_are_no_data() {
         Sample {
             success_rate: Some(f64::NAN),
             request_rate: Some(10.0),
+            latency_p99_ms: None,
         },
         Sample {
             success_rate: Some(f64::INFINITY),
             request_rate: Some(10.0),
+            latency_p99_ms: None,
         },
         Sample {
             success_rate: Some(100.0),
             request_rate: Some(f64::NAN),
+            latency_p99_ms: None,
         },
         Sample::default(),
     ] {
@@ -1434,6 +1518,7 @@ mod evaluation {
         Sample {
             success_rate: success,
             request_rate: rate,
+            latency_p99_ms: None,
         }
     }
 
@@ -1442,10 +1527,121 @@ mod evaluation {
         assert_eq!(
             evaluate(&sample(Some(99.0), Some(5.0)), &settings()),
             Verdict::Pass {
-                success_rate: 99.0,
+                measured: "success rate 99.00% meets 99%".to_owned(),
                 request_rate: 5.0
             }
         );
+    }
+
+    fn timed(success: f64, p99: Option<f64>) -> Sample {
+        Sample {
+            latency_p99_ms: p99,
+            ..sample(Some(success), Some(5.0))
+        }
+    }
+
+    fn ceiling(max: f64) -> AnalysisSettings {
+        AnalysisSettings {
+            max_latency_p99_ms: Some(max),
+            ..settings()
+        }
+    }
+
+    #[test]
+    fn a_p99_at_or_under_the_ceiling_passes_and_says_both_values_against_their_bounds() {
+        for p99 in [200.0, 47.5] {
+            match evaluate(&timed(100.0, Some(p99)), &ceiling(200.0)) {
+                Verdict::Pass { measured, .. } => {
+                    assert!(
+                        measured.contains("success rate 100.00% meets 99%"),
+                        "{measured}"
+                    );
+                    assert!(
+                        measured.contains(&format!("p99 latency {p99:.1}ms within 200ms")),
+                        "{measured}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_p99_above_the_ceiling_fails_on_latency_alone_while_the_success_rate_is_fine() {
+        match evaluate(&timed(100.0, Some(936.2)), &ceiling(200.0)) {
+            Verdict::Fail {
+                why,
+                measured,
+                failed,
+                request_rate,
+            } => {
+                assert_eq!(why, "p99 latency 936.2ms above ceiling 200ms");
+                assert_eq!(
+                    measured,
+                    "p99 latency 936.2ms above ceiling 200ms, success rate 100.00% meets 99%"
+                );
+                assert_eq!(
+                    failed,
+                    Breaches {
+                        success_rate: false,
+                        latency_p99: true
+                    }
+                );
+                assert_eq!(request_rate, 5.0);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn both_bounds_missed_name_both() {
+        match evaluate(&timed(90.0, Some(300.0)), &ceiling(200.0)) {
+            Verdict::Fail { why, failed, .. } => {
+                assert_eq!(
+                    why,
+                    "success rate 90.00% below threshold 99%, p99 latency 300.0ms above ceiling 200ms"
+                );
+                assert_eq!(failed.names(), ["success_rate", "latency_p99_ms"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_p99_that_is_not_a_number_fails() {
+        for p99 in [f64::NAN, f64::INFINITY] {
+            assert!(
+                matches!(
+                    evaluate(&timed(100.0, Some(p99)), &ceiling(200.0)),
+                    Verdict::Fail { failed, .. } if failed.latency_p99 && !failed.success_rate
+                ),
+                "{p99}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_latency_data_beside_a_good_success_rate_is_no_data_never_a_pass() {
+        assert!(matches!(
+            evaluate(&timed(100.0, None), &ceiling(200.0)),
+            Verdict::NoData {
+                key: "no canary latency",
+                ..
+            }
+        ));
+        // A failing success rate still fails without latency data.
+        assert!(matches!(
+            evaluate(&timed(50.0, None), &ceiling(200.0)),
+            Verdict::Fail { failed, .. } if failed.success_rate && !failed.latency_p99
+        ));
+    }
+
+    #[test]
+    fn latency_is_not_judged_without_a_ceiling() {
+        assert!(matches!(
+            evaluate(&timed(100.0, Some(1e9)), &settings()),
+            Verdict::Pass { .. }
+        ));
     }
 
     #[test]

@@ -362,7 +362,12 @@ impl Driver {
             Some(window) => Some(
                 self.ports
                     .metrics
-                    .sample(ns, &self.state.canary, window)
+                    .sample(
+                        ns,
+                        &self.state.canary,
+                        window,
+                        self.state.analysis.max_latency_p99_ms.is_some(),
+                    )
                     .await
                     .map_err(|e| e.to_string()),
             ),

@@ -68,6 +68,7 @@ fn fast() -> crate::domain::AnalysisSettings {
         max_failed_checks: 2,
         progress_deadline: Duration::from_secs(5),
         min_request_rate: 1.0,
+        max_latency_p99_ms: None,
     }
 }
 
@@ -145,6 +146,7 @@ async fn failing_canary_is_rolled_back_and_ga_is_untouched() {
         Ok(Sample {
             success_rate: Some(80.0),
             request_rate: Some(50.0),
+            latency_p99_ms: None,
         }),
     );
     let s = w.supervisor();

@@ -255,6 +255,8 @@ mod tests {
             request_rate: None,
             failed_checks: 0,
             message: String::new(),
+            latency_p99_ms: None,
+            failed: Default::default(),
         }
     }
 

@@ -31,6 +31,7 @@ impl FakeMetrics {
         Ok(Sample {
             success_rate: Some(success_rate),
             request_rate: Some(request_rate),
+            latency_p99_ms: None,
         })
     }
 
@@ -69,6 +70,7 @@ impl Metrics for FakeMetrics {
         namespace: &'a str,
         workload: &'a str,
         _window: Duration,
+        latency: bool,
     ) -> BoxFuture<'a, Result<Sample, MetricsError>> {
         if let Ok(mut q) = self.queries.lock() {
             *q += 1;
@@ -78,7 +80,12 @@ impl Metrics for FakeMetrics {
             .lock()
             .ok()
             .and_then(|s| s.get(&(namespace.to_owned(), workload.to_owned())).cloned())
-            .unwrap_or(Ok(Sample::default()));
+            .unwrap_or(Ok(Sample::default()))
+            // Like a provider, never measures the latency of a rollout that does not check it.
+            .map(|s| Sample {
+                latency_p99_ms: s.latency_p99_ms.filter(|_| latency),
+                ..s
+            });
         Box::pin(async move { result })
     }
 }

@@ -44,11 +44,14 @@ pub trait Metrics: Send + Sync {
     ) -> BoxFuture<'a, Result<Coverage, MetricsError>>;
 
     /// Success rate (percent) and request rate (per second) of `workload` in `namespace`
-    /// over the trailing `window`. Both are `None` when the provider has no data.
+    /// over the trailing `window`, and with `latency` its p99 request duration
+    /// (milliseconds). Each is `None` when the provider has no data for it; the latency is
+    /// not measured (no query) without `latency`.
     fn sample<'a>(
         &'a self,
         namespace: &'a str,
         workload: &'a str,
         window: Duration,
+        latency: bool,
     ) -> BoxFuture<'a, Result<Sample, MetricsError>>;
 }

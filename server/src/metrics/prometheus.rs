@@ -1,5 +1,6 @@
 //! Prometheus over its HTTP API. One grouped query per metric serves every rollout: the
-//! success and request rates of all workloads come back in two queries, shared by all the
+//! success and request rates of all workloads come back in two queries, and the p99
+//! latencies in a third made only when a rollout checks latency, each shared by all the
 //! drivers that ask within a short freshness window.
 
 use std::collections::HashMap;
@@ -15,15 +16,19 @@ use crate::domain::Sample;
 
 type Table = HashMap<(String, String), f64>;
 type Batch = Shared<BoxFuture<'static, Result<Arc<(Table, Table)>, MetricsError>>>;
+type LatencyBatch = Shared<BoxFuture<'static, Result<Arc<Table>, MetricsError>>>;
+type Batches<B> = Mutex<HashMap<u64, (Instant, B)>>;
 
-/// Canary metrics from Prometheus's `istio_requests_total`.
+/// Canary metrics from Prometheus's `istio_requests_total` and
+/// `istio_request_duration_milliseconds`.
 pub struct PrometheusMetrics {
     http: reqwest::Client,
     base: String,
     timeout: Duration,
     namespaces: Vec<String>,
     freshness: Duration,
-    batches: Mutex<HashMap<u64, (Instant, Batch)>>,
+    batches: Batches<Batch>,
+    latency_batches: Batches<LatencyBatch>,
 }
 
 impl PrometheusMetrics {
@@ -47,23 +52,37 @@ impl PrometheusMetrics {
             namespaces,
             freshness,
             batches: Mutex::new(HashMap::new()),
+            latency_batches: Mutex::new(HashMap::new()),
         })
     }
 
     fn batch(&self, window: Duration) -> Batch {
-        let secs = window_secs(window);
-        let now = Instant::now();
-        let Ok(mut batches) = self.batches.lock() else {
-            return self.fetch(secs);
-        };
-        if let Some((started, batch)) = batches.get(&secs)
-            && now.duration_since(*started) < self.freshness
-        {
-            return batch.clone();
+        shared(&self.batches, window_secs(window), self.freshness, |secs| {
+            self.fetch(secs)
+        })
+    }
+
+    fn latency_batch(&self, window: Duration) -> LatencyBatch {
+        shared(
+            &self.latency_batches,
+            window_secs(window),
+            self.freshness,
+            |secs| self.fetch_latency(secs),
+        )
+    }
+
+    fn fetch_latency(&self, window_secs: u64) -> LatencyBatch {
+        let http = self.http.clone();
+        let url = format!("{}/api/v1/query", self.base);
+        let timeout = self.timeout;
+        let promql = grouped_latency_query(window_secs, &self.namespaces);
+        let at = evaluation_time(SystemTime::now());
+        async move {
+            let body = query_body(&http, &url, &promql, &at, timeout).await?;
+            Ok(Arc::new(parse_latency_vector(&body)?))
         }
-        let batch = self.fetch(secs);
-        batches.insert(secs, (now, batch.clone()));
-        batch
+        .boxed()
+        .shared()
     }
 
     fn fetch(&self, window_secs: u64) -> Batch {
@@ -124,17 +143,46 @@ impl Metrics for PrometheusMetrics {
         namespace: &'a str,
         workload: &'a str,
         window: Duration,
+        latency: bool,
     ) -> BoxFuture<'a, Result<Sample, MetricsError>> {
         let batch = self.batch(window);
+        let latency_batch = latency.then(|| self.latency_batch(window));
         Box::pin(async move {
-            let tables = batch.await?;
             let key = (namespace.to_owned(), workload.to_owned());
-            Ok(sample_from(
-                tables.0.get(&key).copied(),
-                tables.1.get(&key).copied(),
-            ))
+            let latencies = async {
+                match latency_batch {
+                    Some(batch) => batch.await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (tables, latencies) = futures::try_join!(batch, latencies)?;
+            Ok(Sample {
+                latency_p99_ms: latencies.and_then(|t| t.get(&key).copied()),
+                ..sample_from(tables.0.get(&key).copied(), tables.1.get(&key).copied())
+            })
         })
     }
+}
+
+/// The batch for `secs` younger than `freshness`, or a new one from `fetch`.
+fn shared<B: Clone>(
+    batches: &Batches<B>,
+    secs: u64,
+    freshness: Duration,
+    fetch: impl FnOnce(u64) -> B,
+) -> B {
+    let now = Instant::now();
+    let Ok(mut batches) = batches.lock() else {
+        return fetch(secs);
+    };
+    if let Some((started, batch)) = batches.get(&secs)
+        && now.duration_since(*started) < freshness
+    {
+        return batch.clone();
+    }
+    let batch = fetch(secs);
+    batches.insert(secs, (now, batch.clone()));
+    batch
 }
 
 /// A Prometheus `time` parameter: Unix seconds with millisecond precision.
@@ -177,6 +225,30 @@ pub fn grouped_query(window_secs: u64, namespaces: &[String], ok_only: bool) -> 
     }
     format!(
         "sum by (destination_workload_namespace, destination_workload) (rate(istio_requests_total{{{selector}}}[{window_secs}s]))"
+    )
+}
+
+/// The p99 request duration (milliseconds) of every workload, grouped by namespace and
+/// workload, from the destination sidecars' histogram. `namespaces` must be validated
+/// DNS-1123 labels.
+pub fn grouped_latency_query(window_secs: u64, namespaces: &[String]) -> String {
+    let mut selector = String::from("reporter=\"destination\"");
+    if !namespaces.is_empty() {
+        selector.push_str(",destination_workload_namespace=~");
+        selector.push_str(&promql_string(&namespaces.join("|")));
+    }
+    format!(
+        "histogram_quantile(0.99, sum by (le, destination_workload_namespace, destination_workload) (rate(istio_request_duration_milliseconds_bucket{{{selector}}}[{window_secs}s])))"
+    )
+}
+
+/// The p99 latency query of one workload, for people checking a rollout's numbers by hand.
+/// `namespace` and `workload` must be validated names.
+pub fn latency_query(namespace: &str, workload: &str, window_secs: u64) -> String {
+    format!(
+        "histogram_quantile(0.99, sum by (le) (rate(istio_request_duration_milliseconds_bucket{{reporter=\"destination\",destination_workload_namespace={},destination_workload={}}}[{window_secs}s])))",
+        promql_string(namespace),
+        promql_string(workload)
     )
 }
 
@@ -225,11 +297,13 @@ pub fn sample_from(ok: Option<f64>, total: Option<f64>) -> Sample {
             Sample {
                 success_rate: Some(ok / total * 100.0),
                 request_rate: Some(total),
+                latency_p99_ms: None,
             }
         }
         Some(total) if total.is_finite() => Sample {
             success_rate: None,
             request_rate: Some(total),
+            latency_p99_ms: None,
         },
         _ => Sample::default(),
     }
@@ -260,6 +334,16 @@ struct Series {
 /// Parses an instant-vector response into (namespace, workload) -> value, dropping NaN and
 /// infinite values (no data, never a pass).
 pub fn parse_vector(body: &str) -> Result<Table, MetricsError> {
+    parse_table(body, |v| v.is_finite())
+}
+
+/// Parses a latency answer: NaN (no requests in the window) is no data, but an infinite
+/// p99 (the quantile fell in the `+Inf` bucket) is kept, so the check fails on it.
+pub fn parse_latency_vector(body: &str) -> Result<Table, MetricsError> {
+    parse_table(body, |v| !v.is_nan())
+}
+
+fn parse_table(body: &str, keep: fn(&f64) -> bool) -> Result<Table, MetricsError> {
     let response: Response =
         serde_json::from_str(body).map_err(|e| MetricsError::Response(e.to_string()))?;
     if response.status != "success" {
@@ -285,7 +369,7 @@ pub fn parse_vector(body: &str) -> Result<Table, MetricsError> {
             continue;
         };
         match series.value.1.parse::<f64>() {
-            Ok(v) if v.is_finite() => {
+            Ok(v) if keep(&v) => {
                 table.insert((ns.clone(), wl.clone()), v);
             }
             _ => {}
@@ -366,6 +450,123 @@ mod tests {
     }
 
     #[test]
+    fn grouped_latency_query_takes_the_destination_p99_per_workload() {
+        let q = grouped_latency_query(30, &["test".into(), "prod".into()]);
+        assert_eq!(
+            q,
+            "histogram_quantile(0.99, sum by (le, destination_workload_namespace, destination_workload) (rate(istio_request_duration_milliseconds_bucket{reporter=\"destination\",destination_workload_namespace=~\"test|prod\"}[30s])))"
+        );
+        let q = grouped_latency_query(60, &[]);
+        assert!(q.contains("_bucket{reporter=\"destination\"}[60s]"), "{q}");
+    }
+
+    #[test]
+    fn latency_query_quotes_values() {
+        let q = latency_query("test", "podinfo-canary", 60);
+        assert_eq!(
+            q,
+            "histogram_quantile(0.99, sum by (le) (rate(istio_request_duration_milliseconds_bucket{reporter=\"destination\",destination_workload_namespace=\"test\",destination_workload=\"podinfo-canary\"}[60s])))"
+        );
+    }
+
+    #[test]
+    fn latency_vector_drops_nan_but_keeps_inf_so_the_check_fails() {
+        let body = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"destination_workload_namespace":"test","destination_workload":"a"},"value":[1,"47.5"]},
+            {"metric":{"destination_workload_namespace":"test","destination_workload":"b"},"value":[1,"NaN"]},
+            {"metric":{"destination_workload_namespace":"test","destination_workload":"c"},"value":[1,"+Inf"]}
+        ]}}"#;
+        let t = parse_latency_vector(body).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[&("test".to_owned(), "a".to_owned())], 47.5);
+        assert!(t[&("test".to_owned(), "c".to_owned())].is_infinite());
+    }
+
+    /// A Prometheus stand-in answering every instant query with two workloads' values (p99s
+    /// for latency queries), recording each query it was asked.
+    async fn fake_prometheus() -> (String, Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let log = Arc::clone(&log);
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&request)
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let latency = line.contains("histogram_quantile");
+                    log.lock().unwrap().push(line);
+                    let (a, b) = if latency {
+                        ("47.5", "936")
+                    } else {
+                        ("10", "10")
+                    };
+                    let body = format!(
+                        r#"{{"status":"success","data":{{"resultType":"vector","result":[
+                        {{"metric":{{"destination_workload_namespace":"test","destination_workload":"a"}},"value":[1,"{a}"]}},
+                        {{"metric":{{"destination_workload_namespace":"test","destination_workload":"b"}},"value":[1,"{b}"]}}]}}}}"#
+                    );
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        (base, seen)
+    }
+
+    #[tokio::test]
+    async fn one_grouped_latency_query_serves_every_rollout_that_asks_and_none_is_made_otherwise() {
+        let (base, seen) = fake_prometheus().await;
+        let metrics = PrometheusMetrics::new(
+            &base,
+            Duration::from_secs(5),
+            vec!["test".into()],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let window = Duration::from_secs(30);
+        let plain = metrics.sample("test", "a", window, false).await.unwrap();
+        assert_eq!(plain.latency_p99_ms, None);
+        assert_eq!(plain.success_rate, Some(100.0));
+        let latency_queries = || {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|q| q.contains("histogram_quantile"))
+                .count()
+        };
+        assert_eq!(latency_queries(), 0, "no rollout asked for latency");
+
+        let (a, b) = futures::join!(
+            metrics.sample("test", "a", window, true),
+            metrics.sample("test", "b", window, true)
+        );
+        assert_eq!(a.unwrap().latency_p99_ms, Some(47.5));
+        assert_eq!(b.unwrap().latency_p99_ms, Some(936.0));
+        let c = metrics.sample("test", "c", window, true).await.unwrap();
+        assert_eq!(c.latency_p99_ms, None, "no series: no data");
+        assert_eq!(latency_queries(), 1, "{:?}", seen.lock().unwrap());
+        // The success and request rates: still their two grouped queries, shared by all.
+        assert_eq!(seen.lock().unwrap().len(), 3, "{:?}", seen.lock().unwrap());
+    }
+
+    #[test]
     fn success_rate_query_quotes_values() {
         let q = success_rate_query("test", "podinfo-canary", 60);
         assert!(q.contains("destination_workload=\"podinfo-canary\""));
@@ -433,7 +634,8 @@ mod tests {
             sample_from(None, Some(4.0)),
             Sample {
                 success_rate: Some(0.0),
-                request_rate: Some(4.0)
+                request_rate: Some(4.0),
+                latency_p99_ms: None,
             }
         );
         assert_eq!(sample_from(Some(3.0), Some(4.0)).success_rate, Some(75.0));

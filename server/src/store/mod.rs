@@ -114,6 +114,8 @@ mod tests {
                 request_rate: None,
                 failed_checks: 0,
                 message: format!("event {sequence}"),
+                latency_p99_ms: None,
+                failed: Default::default(),
             })
             .collect()
     }

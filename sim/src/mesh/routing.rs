@@ -725,6 +725,53 @@ mod tests {
         assert_eq!(counts[&("unknown".to_owned(), 503, "NC")], 10);
     }
 
+    /// The p99 of `latencies` as Prometheus's `histogram_quantile` reads it from the
+    /// exported buckets: linear within the bucket the rank falls in.
+    fn histogram_p99(latencies: &[f64]) -> f64 {
+        let rank = 0.99 * latencies.len() as f64;
+        let (mut below, mut lower) = (0.0, 0.0);
+        for le in super::super::metrics::DURATION_BUCKETS {
+            let count = latencies.iter().filter(|l| **l <= le).count() as f64;
+            if count >= rank {
+                return lower + (le - lower) * (rank - below) / (count - below);
+            }
+            (below, lower) = (count, le);
+        }
+        f64::INFINITY
+    }
+
+    #[test]
+    fn the_latency_annotation_drives_the_histogram_p99() {
+        for (annotated, low, high) in [("400", 500.0, 2500.0), ("20", 10.0, 100.0)] {
+            let table = build(
+                &[split_vs(0, 100)],
+                &[service("podinfo-canary")],
+                &[replicaset(
+                    "podinfo-canary",
+                    "b",
+                    1,
+                    json!({LATENCY_ANNOTATION: annotated}),
+                )],
+                0.1,
+            );
+            let mut rng = rand::rng();
+            let mut latencies = Vec::new();
+            let mut state = HostState::default();
+            let mut errors = ErrorState::default();
+            state.send(&table.hosts[0], 5000, &mut errors, &no_override, &mut |o| {
+                if let Some(ep) = o.endpoint {
+                    latencies.push(super::super::sample_latency(&mut rng, ep.latency_ms));
+                }
+            });
+            assert_eq!(latencies.len(), 5000);
+            let p99 = histogram_p99(&latencies);
+            assert!(
+                (low..=high).contains(&p99),
+                "latency-ms {annotated}: p99 {p99}"
+            );
+        }
+    }
+
     #[test]
     fn error_rate_follows_each_revision_and_the_runtime_override() {
         // A rolling update in progress: two revisions of the canary, one ready pod each.
