@@ -178,11 +178,13 @@ impl Supervisor {
     /// nothing.
     pub async fn start(&self, request: StartRequest) -> Result<Rollout, EngineError> {
         let _guard = self.start_lock.lock().await;
+        // A request id is a key within its namespace (the rollout id derives from both), so
+        // the same key in another namespace is another request.
         if !request.request_id.is_empty()
             && let Some(existing) = self
                 .snapshot()
                 .into_iter()
-                .find(|r| r.request_id == request.request_id)
+                .find(|r| r.namespace == request.namespace && r.request_id == request.request_id)
         {
             return Ok(existing);
         }

@@ -291,6 +291,14 @@ async fn second_start_names_the_active_rollout_and_request_id_is_idempotent() {
         "{err:?}"
     );
     assert_eq!(s.list(None, false).len(), 1);
+    // The same key in another namespace is another request: it is judged on its own (there
+    // is no such deployment there), never answered with this namespace's rollout.
+    let mut elsewhere = request();
+    elsewhere.namespace = "other".into();
+    elsewhere.request_id = "ci-123".into();
+    let err = s.start(elsewhere).await.unwrap_err();
+    assert!(matches!(err, EngineError::NotFound(_)), "{err:?}");
+    assert_eq!(s.list(None, false).len(), 1);
     s.shutdown().await;
 }
 
