@@ -32,10 +32,13 @@ pub struct ServerConfig {
     /// the revision under analysis got its first traffic, and no check runs before the
     /// revision has had traffic this long.
     pub metrics_window: Duration,
-    /// Events kept per rollout, newest first; older ones are dropped from the store and the
-    /// events hub (a rollout's record lives in one ConfigMap of at most 1 MiB, and an event
-    /// takes 300 to 700 bytes of it).
+    /// Events kept per rollout in its record, newest first; older ones are dropped (a
+    /// rollout's record is one custom resource, and an event takes 300 to 700 bytes of it).
     pub event_limit: usize,
+    /// Newest finished rollouts kept per target; older records are deleted.
+    pub retain_per_target: usize,
+    /// Finished rollouts older than this are deleted.
+    pub retain_for: Duration,
     /// Timeout of one Prometheus query.
     pub metrics_timeout: Duration,
     /// Start rollouts by themselves for labelled GA Deployments whose canary changes.
@@ -99,6 +102,8 @@ impl Default for ServerConfig {
             defaults: AnalysisSettings::default(),
             metrics_window: Duration::from_secs(60),
             event_limit: events::DEFAULT_EVENT_LIMIT,
+            retain_per_target: crate::store::prune::DEFAULT_RETAIN_PER_TARGET,
+            retain_for: crate::store::prune::DEFAULT_RETAIN_FOR,
             metrics_timeout: Duration::from_secs(5),
             auto: false,
             auto_interval: Duration::from_secs(2),
@@ -129,7 +134,7 @@ impl ServerConfig {
         }
         if !(1..=MAX_EVENT_LIMIT).contains(&self.event_limit) {
             return Err(ServerError::Config(format!(
-                "events per rollout must be between 1 and {MAX_EVENT_LIMIT} (a rollout's events share one ConfigMap of at most 1 MiB), got {}",
+                "events per rollout must be between 1 and {MAX_EVENT_LIMIT} (a rollout's events share one record of at most 1 MiB), got {}",
                 self.event_limit
             )));
         }
@@ -153,6 +158,10 @@ impl ServerConfig {
             auto: self.auto,
             auto_interval: self.auto_interval,
             scale_down_delay: self.scale_down_delay,
+            retention: crate::store::prune::Retention {
+                per_target: self.retain_per_target,
+                max_age: self.retain_for,
+            },
         }
     }
 }

@@ -73,16 +73,21 @@ pub async fn serve(
         )
         .map_err(|e| ServerError::Config(e.to_string()))?,
     );
-    let store = Arc::new(
-        store::configmap::ConfigMapStore::new(client, config.namespaces.clone())
-            .with_event_limit(config.event_limit),
-    );
+    let store = store::crd::CrdStore::new(client.clone(), config.namespaces.clone())
+        .with_event_limit(config.event_limit);
+    let legacy = store::configmap::LegacyRecords::new(client, config.namespaces.clone());
+    let carried = store::crd::migrate(&legacy, &store)
+        .await
+        .map_err(|e| ServerError::Restore(e.to_string()))?;
+    if carried > 0 {
+        tracing::info!(carried, "carried rollout records over from ConfigMaps");
+    }
     let ports = Ports {
         workloads,
         router,
         metrics,
-        store,
-        hub: events::Hub::with_limit(config.event_limit),
+        store: Arc::new(store),
+        hub: events::Hub::with_limit(events::DEFAULT_MEMORY_EVENTS),
     };
     serve_with(config, listener, ports, shutdown).await
 }
@@ -103,6 +108,7 @@ pub async fn serve_with(
         .restore()
         .await
         .map_err(|e| ServerError::Restore(e.to_string()))?;
+    tokio::spawn(supervisor.clone().run_pruner());
     if config.auto {
         tokio::spawn(engine::auto::run(
             supervisor.clone(),

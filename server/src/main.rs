@@ -59,6 +59,13 @@ struct Flags {
     /// dropped sequence answers OUT_OF_RANGE naming the oldest kept.
     #[arg(long, env = "STEERER_EVENT_LIMIT", default_value_t = steerer_server::events::DEFAULT_EVENT_LIMIT)]
     event_limit: usize,
+    /// Newest finished rollouts kept per target (namespace and GA Deployment); older
+    /// records are deleted.
+    #[arg(long, env = "STEERER_RETAIN_PER_TARGET", default_value_t = steerer_server::store::prune::DEFAULT_RETAIN_PER_TARGET)]
+    retain_per_target: usize,
+    /// Finished rollouts older than this are deleted, whatever their rank.
+    #[arg(long, env = "STEERER_RETAIN_FOR", default_value = "30days", value_parser = humantime::parse_duration)]
+    retain_for: Duration,
     /// Timeout of one Prometheus query.
     #[arg(long, env = "STEERER_METRICS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     metrics_timeout: Duration,
@@ -132,6 +139,8 @@ async fn main() -> anyhow::Result<()> {
         },
         metrics_window: flags.metrics_window,
         event_limit: flags.event_limit,
+        retain_per_target: flags.retain_per_target,
+        retain_for: flags.retain_for,
         metrics_timeout: flags.metrics_timeout,
         auto: flags.auto,
         auto_interval: flags.auto_interval,

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod convert;
 pub mod validate;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -15,8 +16,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Command, StartRequest, Supervisor};
-use crate::events::WatchError;
+use crate::engine::{Command, ListQuery, StartRequest, Supervisor};
+use crate::store::Filter;
 use validate::Invalid;
 
 /// Events buffered per WatchRollout stream before the producer waits for the client.
@@ -76,15 +77,6 @@ fn invalid(e: Invalid) -> Status {
     Status::invalid_argument(e.0)
 }
 
-/// A watch that cannot start or go on: an unknown rollout is `NOT_FOUND`; events older than
-/// the oldest kept are `OUT_OF_RANGE`, whose message names the oldest available sequence.
-fn watch_status(e: WatchError) -> Status {
-    match e {
-        WatchError::NotFound(_) => Status::not_found(e.to_string()),
-        WatchError::Dropped { .. } => Status::out_of_range(e.to_string()),
-    }
-}
-
 fn id(value: &str) -> Result<(), Status> {
     validate::token("id", value, true).map_err(invalid)
 }
@@ -133,7 +125,7 @@ impl RolloutService for Api {
     ) -> Result<Response<pb::Rollout>, Status> {
         let r = request.into_inner();
         id(&r.id)?;
-        let rollout = self.supervisor.get(&r.id).map_err(convert::status)?;
+        let rollout = self.supervisor.get(&r.id).await.map_err(convert::status)?;
         Ok(Response::new(convert::rollout(&rollout)))
     }
 
@@ -143,17 +135,36 @@ impl RolloutService for Api {
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
         let r = request.into_inner();
         validate::optional_label("namespace", &r.namespace).map_err(invalid)?;
+        validate::optional_label("target", &r.target).map_err(invalid)?;
+        let page_size = validate::page_size(r.page_size).map_err(invalid)?;
+        let phases = validate::phases(&r.phases).map_err(invalid)?;
+        let after = validate::page_token(&r.page_token).map_err(invalid)?;
         if !r.namespace.is_empty() {
             self.served(&r.namespace)?;
         }
-        let namespace = (!r.namespace.is_empty()).then_some(r.namespace.as_str());
-        let rollouts = self
+        let query = ListQuery {
+            filter: Filter {
+                namespace: (!r.namespace.is_empty()).then_some(r.namespace),
+                target: (!r.target.is_empty()).then_some(r.target),
+            },
+            phases,
+            active_only: r.active_only,
+            page_size,
+            after,
+        };
+        let page = self
             .supervisor
-            .list(namespace, r.active_only)
-            .iter()
-            .map(convert::rollout)
-            .collect();
-        Ok(Response::new(pb::ListRolloutsResponse { rollouts }))
+            .list(&query)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::ListRolloutsResponse {
+            rollouts: page.rollouts.iter().map(convert::rollout).collect(),
+            next_page_token: page
+                .next
+                .as_ref()
+                .map(validate::encode_page_token)
+                .unwrap_or_default(),
+        }))
     }
 
     type WatchRolloutStream = ReceiverStream<Result<pb::RolloutEvent, Status>>;
@@ -164,11 +175,8 @@ impl RolloutService for Api {
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
         let r = request.into_inner();
         id(&r.id)?;
-        let mut subscription = self
-            .supervisor
-            .hub()
-            .subscribe(&r.id, r.from_sequence)
-            .map_err(watch_status)?;
+        let mut source =
+            watch::EventSource::open(self.supervisor.clone(), &r.id, r.from_sequence).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let draining = self.draining.clone();
         tokio::spawn(async move {
@@ -176,11 +184,11 @@ impl RolloutService for Api {
                 let event = tokio::select! {
                     _ = draining.cancelled() => break,
                     _ = tx.closed() => break,
-                    event = subscription.next() => event,
+                    event = source.next() => event,
                 };
                 let answer = match event {
                     None => break,
-                    Some(event) => event.map(|e| convert::event(&e)).map_err(watch_status),
+                    Some(event) => event.map(|e| convert::event(&e)),
                 };
                 let failed = answer.is_err();
                 if tx.send(answer).await.is_err() || failed {

@@ -235,6 +235,85 @@ pub fn check_analysis(s: &AnalysisSettings) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Rollouts per ListRollouts page when the request leaves it at 0.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest ListRollouts page.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// A ListRollouts page size: 0 = `DEFAULT_PAGE_SIZE`, at most `MAX_PAGE_SIZE`.
+pub fn page_size(value: u32) -> Result<usize, Invalid> {
+    match value {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if n > MAX_PAGE_SIZE => Err(Invalid(format!(
+            "page_size must be at most {MAX_PAGE_SIZE}, got {n}"
+        ))),
+        n => Ok(n as usize),
+    }
+}
+
+/// The phases a ListRollouts request filters on.
+pub fn phases(values: &[i32]) -> Result<Vec<crate::domain::Phase>, Invalid> {
+    use crate::domain::Phase;
+    values
+        .iter()
+        .map(|&v| match pb::Phase::try_from(v) {
+            Ok(pb::Phase::Pending) => Ok(Phase::Pending),
+            Ok(pb::Phase::Progressing) => Ok(Phase::Progressing),
+            Ok(pb::Phase::Paused) => Ok(Phase::Paused),
+            Ok(pb::Phase::Promoting) => Ok(Phase::Promoting),
+            Ok(pb::Phase::Succeeded) => Ok(Phase::Succeeded),
+            Ok(pb::Phase::RollingBack) => Ok(Phase::RollingBack),
+            Ok(pb::Phase::RolledBack) => Ok(Phase::RolledBack),
+            Ok(pb::Phase::Aborted) => Ok(Phase::Aborted),
+            Ok(pb::Phase::Failed) => Ok(Phase::Failed),
+            Ok(pb::Phase::Unspecified) | Err(_) => {
+                Err(Invalid(format!("phases: {v} is not a phase")))
+            }
+        })
+        .collect()
+}
+
+const PAGE_TOKEN_PREFIX: &str = "p1 ";
+
+/// The opaque token of the page after `cursor`.
+pub fn encode_page_token(cursor: &crate::engine::Cursor) -> String {
+    let plain = format!(
+        "{PAGE_TOKEN_PREFIX}{} {}",
+        cursor
+            .created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        cursor.id
+    );
+    hex::encode(plain)
+}
+
+/// Reads a page token (empty = the first page).
+pub fn page_token(token: &str) -> Result<Option<crate::engine::Cursor>, Invalid> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Invalid("page_token is not a token this server issued".into());
+    if token.len() > 256 {
+        return Err(bad());
+    }
+    let plain = hex::decode(token).map_err(|_| bad())?;
+    let plain = String::from_utf8(plain).map_err(|_| bad())?;
+    let rest = plain.strip_prefix(PAGE_TOKEN_PREFIX).ok_or_else(bad)?;
+    let (time, id) = rest.split_once(' ').ok_or_else(bad)?;
+    let created_at = chrono::DateTime::parse_from_rfc3339(time)
+        .map_err(|_| bad())?
+        .with_timezone(&chrono::Utc);
+    token_field(id).map_err(|_| bad())?;
+    Ok(Some(crate::engine::Cursor {
+        created_at,
+        id: id.to_owned(),
+    }))
+}
+
+fn token_field(id: &str) -> Result<(), Invalid> {
+    token("id", id, true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

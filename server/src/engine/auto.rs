@@ -1,6 +1,7 @@
 //! Auto mode: GA Deployments labelled `steerer.dev/rollout=enabled` get a rollout when their
 //! canary's pod template changes to a revision neither GA runs nor a rollout already covered.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::decide;
@@ -17,22 +18,36 @@ pub async fn run(
 ) {
     let stop = supervisor.stopping();
     let every = supervisor.config().auto_interval;
+    let mut seen = Seen::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        scan(&supervisor, workloads.as_ref(), &namespaces).await;
+        scan(&supervisor, workloads.as_ref(), &namespaces, &mut seen).await;
     }
 }
+
+/// The canary revision of each labelled GA that a rollout already covers (or that auto mode
+/// decided not to roll out), so a scan reads the store only when a canary changes.
+#[derive(Debug, Default)]
+pub struct Seen(HashMap<(String, String), String>);
 
 /// One pass: starts a rollout for each labelled GA whose canary has a new revision.
 pub async fn scan(
     supervisor: &Supervisor,
     workloads: &dyn crate::workloads::Workloads,
     namespaces: &[String],
+    seen: &mut Seen,
 ) {
-    for ga in workloads.labelled(AUTO_LABEL.0, AUTO_LABEL.1) {
+    let labelled = workloads.labelled(AUTO_LABEL.0, AUTO_LABEL.1);
+    // Forget GAs that are gone or no longer labelled, so the map stays as small as the set.
+    seen.0.retain(|(ns, name), _| {
+        labelled
+            .iter()
+            .any(|ga| &ga.namespace == ns && &ga.name == name)
+    });
+    for ga in labelled {
         if !namespaces.is_empty() && !namespaces.contains(&ga.namespace) {
             continue;
         }
@@ -44,15 +59,20 @@ pub async fn scan(
             continue;
         }
         let revision = canary.revision();
-        if decide::ga_runs_canary(&ga, &canary) {
+        let key = (ga.namespace.clone(), ga.name.clone());
+        if seen.0.get(&key) == Some(&revision) || decide::ga_runs_canary(&ga, &canary) {
             continue;
         }
-        if supervisor
-            .history(&ga.namespace, &ga.name)
-            .first()
-            .is_some_and(|last| last.revision == revision)
-        {
-            continue;
+        match supervisor.latest_for(&ga.namespace, &ga.name).await {
+            Ok(Some(last)) if last.revision == revision => {
+                seen.0.insert(key, revision);
+                continue;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(namespace = %ga.namespace, target = %ga.name, %error, "auto mode could not read the target's rollouts");
+                continue;
+            }
         }
         let request = StartRequest {
             namespace: ga.namespace.clone(),
@@ -63,13 +83,16 @@ pub async fn scan(
             ..Default::default()
         };
         match supervisor.start(request).await {
-            Ok(rollout) => tracing::info!(
-                rollout = %rollout.id,
-                namespace = %ga.namespace,
-                target = %ga.name,
-                %revision,
-                "auto mode started a rollout for a new canary revision"
-            ),
+            Ok(rollout) => {
+                tracing::info!(
+                    rollout = %rollout.id,
+                    namespace = %ga.namespace,
+                    target = %ga.name,
+                    %revision,
+                    "auto mode started a rollout for a new canary revision"
+                );
+                seen.0.insert(key, revision);
+            }
             Err(EngineError::AlreadyActive(_)) => {}
             Err(error) => tracing::warn!(
                 namespace = %ga.namespace,

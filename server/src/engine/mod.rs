@@ -15,11 +15,12 @@ use crate::domain::AnalysisSettings;
 use crate::events::Hub;
 use crate::metrics::{Metrics, MetricsError};
 use crate::router::{Router, RouterError};
+use crate::store::prune::Retention;
 use crate::store::{Store, StoreError};
 use crate::workloads::Workloads;
 
 pub use decide::{Action, Command, Decision, Observation, decide};
-pub use supervisor::Supervisor;
+pub use supervisor::{Cursor, ListQuery, Page, Supervisor};
 
 /// The adapters the engine drives.
 #[derive(Clone)]
@@ -45,6 +46,8 @@ pub struct EngineConfig {
     /// Time between moving all traffic off the canary and scaling it down, so mesh proxies
     /// holding the old route have the new one before the canary's pods go.
     pub scale_down_delay: Duration,
+    /// Finished rollout records kept.
+    pub retention: Retention,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +58,7 @@ impl Default for EngineConfig {
             auto: false,
             auto_interval: Duration::from_secs(2),
             scale_down_delay: DEFAULT_SCALE_DOWN_DELAY,
+            retention: Retention::default(),
         }
     }
 }

@@ -1,12 +1,13 @@
-//! The supervisor owns every rollout: it starts rollouts (after checking the objects they
-//! name), resumes unfinished ones from the store at start-up, routes commands to their
-//! drivers, and answers reads from the drivers' published state.
+//! The supervisor owns every active rollout: it starts rollouts (after checking the objects
+//! they name), resumes unfinished ones from the store at start-up, routes commands to their
+//! drivers, answers reads from the drivers' published state, and lets a rollout go from memory
+//! once it finishes (reads of finished rollouts go to the store), pruning old records.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -14,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use super::decide::{self, Command};
 use super::driver::{Driver, Envelope, announce};
 use super::{EngineConfig, EngineError, Ports, StartRequest};
-use crate::domain::Rollout;
-use crate::store::StoreError;
+use crate::domain::{Phase, Rollout};
+use crate::store::{Filter, StoreError, prune};
 
 /// The id of the rollout a `request_id` starts: derived from the namespace and the key, so
 /// a retried start whose first answer was lost lands on the rollout (and the stored object)
@@ -41,14 +42,71 @@ pub const METRICS_LOOKBACK: Duration = Duration::from_secs(3600);
 
 struct Entry {
     view: watch::Receiver<Rollout>,
-    commands: Option<mpsc::Sender<Envelope>>,
+    commands: mpsc::Sender<Envelope>,
 }
 
-/// Owns the rollouts and their drivers.
+type Entries = Arc<Mutex<HashMap<String, Entry>>>;
+
+/// Where a listing starts: after the rollout with this creation time and id, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: DateTime<Utc>,
+    pub id: String,
+}
+
+/// A ListRollouts query, validated.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub filter: Filter,
+    /// Only these phases (empty = any).
+    pub phases: Vec<Phase>,
+    pub active_only: bool,
+    /// Rollouts per page (at least one).
+    pub page_size: usize,
+    /// Continue after this rollout (`None` = the first page).
+    pub after: Option<Cursor>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub rollouts: Vec<Rollout>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<Cursor>,
+}
+
+/// Orders rollouts newest first (creation time, then id) and cuts out the page `query` asks
+/// for.
+pub fn page(mut rollouts: Vec<Rollout>, query: &ListQuery) -> Page {
+    rollouts.retain(|r| {
+        query.filter.matches(r)
+            && (!query.active_only || !r.phase.is_terminal())
+            && (query.phases.is_empty() || query.phases.contains(&r.phase))
+            && query
+                .after
+                .as_ref()
+                .is_none_or(|c| (r.created_at, r.id.as_str()) < (c.created_at, c.id.as_str()))
+    });
+    rollouts.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    let size = query.page_size.max(1);
+    let more = rollouts.len() > size;
+    rollouts.truncate(size);
+    let next = more.then(|| rollouts.last()).flatten().map(|r| Cursor {
+        created_at: r.created_at,
+        id: r.id.clone(),
+    });
+    Page { rollouts, next }
+}
+
+/// How often every finished record is checked against the retention (the records of a target
+/// are also pruned each time one of its rollouts finishes).
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Owns the active rollouts and their drivers.
 pub struct Supervisor {
     ports: Ports,
     config: EngineConfig,
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Entries,
     /// Serialises starts so two requests cannot both pass the one-active-rollout check.
     start_lock: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
@@ -61,7 +119,7 @@ impl Supervisor {
         Self {
             ports,
             config,
-            entries: Mutex::new(HashMap::new()),
+            entries: Arc::default(),
             start_lock: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             drivers: Mutex::new(JoinSet::new()),
@@ -78,53 +136,75 @@ impl Supervisor {
         &self.ports.hub
     }
 
-    /// Loads every stored rollout, publishes its events to the hub and resumes the
-    /// unfinished ones.
+    /// Loads every unfinished stored rollout, publishes its events to the hub and resumes it.
     pub async fn restore(&self) -> Result<usize, EngineError> {
-        let stored = self.ports.store.load().await?;
+        let stored = self.ports.store.load_active().await?;
         let mut resumed = 0;
         for (rollout, events) in stored {
+            if rollout.phase.is_terminal() {
+                continue;
+            }
             self.ports.hub.register(&rollout.id);
             if let Err(error) = self.ports.hub.publish(&events) {
                 tracing::error!(rollout = %rollout.id, %error, "stored event log has a gap");
             }
-            if !rollout.phase.is_terminal() {
-                resumed += 1;
-                tracing::info!(rollout = %rollout.id, phase = rollout.phase.name(), weight = rollout.canary_weight, "resuming rollout");
-            }
+            resumed += 1;
+            tracing::info!(rollout = %rollout.id, phase = rollout.phase.name(), weight = rollout.canary_weight, "resuming rollout");
             self.spawn(rollout);
         }
         Ok(resumed)
     }
 
+    /// Starts the driver of an unfinished rollout. When the rollout finishes it leaves
+    /// memory, and the records of its target are pruned.
     fn spawn(&self, rollout: Rollout) {
+        if rollout.phase.is_terminal() {
+            self.ports.hub.forget(&rollout.id);
+            return;
+        }
         let (view_tx, view_rx) = watch::channel(rollout.clone());
-        let terminal = rollout.phase.is_terminal();
-        let commands = if terminal {
-            None
-        } else {
-            let (tx, rx) = mpsc::channel(16);
-            let driver = Driver::new(
-                self.ports.clone(),
-                self.config.clone(),
-                rollout.clone(),
-                view_tx,
-                rx,
-                self.shutdown.child_token(),
-            );
-            if let Ok(mut drivers) = self.drivers.lock() {
-                drivers.spawn(driver.run());
-            }
-            Some(tx)
-        };
+        let (tx, rx) = mpsc::channel(16);
+        let driver = Driver::new(
+            self.ports.clone(),
+            self.config.clone(),
+            rollout.clone(),
+            view_tx,
+            rx,
+            self.shutdown.child_token(),
+        );
         if let Ok(mut entries) = self.entries.lock() {
             entries.insert(
                 rollout.id.clone(),
                 Entry {
-                    view: view_rx,
-                    commands,
+                    view: view_rx.clone(),
+                    commands: tx,
                 },
             );
+        }
+        let entries = self.entries.clone();
+        let ports = self.ports.clone();
+        let retention = self.config.retention;
+        let run = async move {
+            driver.run().await;
+            let last = view_rx.borrow().clone();
+            if !last.phase.is_terminal() {
+                // Stopped (shutdown, or another writer took over): a later start-up resumes it.
+                return;
+            }
+            if let Ok(mut entries) = entries.lock() {
+                entries.remove(&last.id);
+            }
+            ports.hub.forget(&last.id);
+            let filter = Filter {
+                namespace: Some(last.namespace.clone()),
+                target: Some(last.target.clone()),
+            };
+            prune_records(&ports, &filter, retention).await;
+        };
+        if let Ok(mut drivers) = self.drivers.lock() {
+            // Finished drivers' results are never read: drop them so the set stays small.
+            while drivers.try_join_next().is_some() {}
+            drivers.spawn(run);
         }
     }
 
@@ -135,6 +215,11 @@ impl Supervisor {
             .unwrap_or_default()
     }
 
+    /// Active rollouts held in memory.
+    pub fn active(&self) -> Vec<Rollout> {
+        self.snapshot()
+    }
+
     /// The active rollout of a target, if any.
     pub fn active_for(&self, namespace: &str, target: &str) -> Option<Rollout> {
         self.snapshot()
@@ -142,36 +227,71 @@ impl Supervisor {
             .find(|r| r.namespace == namespace && r.target == target && !r.phase.is_terminal())
     }
 
-    /// Every rollout of a target, newest first.
-    pub fn history(&self, namespace: &str, target: &str) -> Vec<Rollout> {
-        let mut all: Vec<Rollout> = self
-            .snapshot()
+    /// The newest stored rollout of a target.
+    pub async fn latest_for(
+        &self,
+        namespace: &str,
+        target: &str,
+    ) -> Result<Option<Rollout>, EngineError> {
+        let filter = Filter {
+            namespace: Some(namespace.to_owned()),
+            target: Some(target.to_owned()),
+        };
+        let stored = self.ports.store.list(&filter).await?;
+        Ok(stored
             .into_iter()
-            .filter(|r| r.namespace == namespace && r.target == target)
-            .collect();
-        all.sort_by_key(|r| std::cmp::Reverse(r.created_at));
-        all
+            .max_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id))))
     }
 
-    /// One rollout.
-    pub fn get(&self, id: &str) -> Result<Rollout, EngineError> {
+    fn in_memory(&self, id: &str) -> Option<Rollout> {
         self.entries
             .lock()
             .ok()
             .and_then(|e| e.get(id).map(|e| e.view.borrow().clone()))
-            .ok_or_else(|| EngineError::NotFound(format!("rollout {id} not found")))
     }
 
-    /// Rollouts, newest first.
-    pub fn list(&self, namespace: Option<&str>, active_only: bool) -> Vec<Rollout> {
-        let mut all: Vec<Rollout> = self
-            .snapshot()
-            .into_iter()
-            .filter(|r| namespace.is_none_or(|ns| r.namespace == ns))
-            .filter(|r| !active_only || !r.phase.is_terminal())
-            .collect();
-        all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-        all
+    /// One rollout: an active one from memory, a finished one from the store.
+    pub async fn get(&self, id: &str) -> Result<Rollout, EngineError> {
+        if let Some(rollout) = self.in_memory(id) {
+            return Ok(rollout);
+        }
+        match self.ports.store.find(id).await? {
+            Some((rollout, _)) => Ok(rollout),
+            None => Err(EngineError::NotFound(format!("rollout {id} not found"))),
+        }
+    }
+
+    /// A rollout's stored record with its kept events, found by id.
+    pub async fn stored(&self, id: &str) -> Result<Option<crate::store::Stored>, EngineError> {
+        Ok(self.ports.store.find(id).await?)
+    }
+
+    /// One page of rollouts, newest first. Active-only listings are answered from memory;
+    /// the others read the store.
+    pub async fn list(&self, query: &ListQuery) -> Result<Page, EngineError> {
+        let rollouts = if query.active_only {
+            self.snapshot()
+        } else {
+            self.ports.store.list(&query.filter).await?
+        };
+        Ok(page(rollouts, query))
+    }
+
+    /// Deletes finished records past the retention, in every served namespace.
+    pub async fn prune(&self) {
+        prune_records(&self.ports, &Filter::default(), self.config.retention).await;
+    }
+
+    /// Prunes every `PRUNE_EVERY` until the supervisor stops.
+    pub async fn run_pruner(self: Arc<Self>) {
+        let stop = self.stopping();
+        loop {
+            self.prune().await;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(PRUNE_EVERY) => {}
+            }
+        }
     }
 
     /// Starts a rollout after checking everything it names. A rejected request changes
@@ -180,13 +300,18 @@ impl Supervisor {
         let _guard = self.start_lock.lock().await;
         // A request id is a key within its namespace (the rollout id derives from both), so
         // the same key in another namespace is another request.
-        if !request.request_id.is_empty()
-            && let Some(existing) = self
-                .snapshot()
-                .into_iter()
-                .find(|r| r.namespace == request.namespace && r.request_id == request.request_id)
-        {
-            return Ok(existing);
+        if !request.request_id.is_empty() {
+            let id = rollout_id_for_request(&request.namespace, &request.request_id);
+            if let Some(existing) = self.in_memory(&id) {
+                return Ok(existing);
+            }
+            if let Some((existing, _)) = self.ports.store.get(&request.namespace, &id).await? {
+                if existing.phase.is_terminal() {
+                    return Ok(existing);
+                }
+                // Stored by an earlier attempt whose answer was lost: take it over.
+                return self.adopt(&request.namespace, &id).await;
+            }
         }
         let ns = &request.namespace;
         if let Some(active) = self.active_for(ns, &request.target) {
@@ -303,7 +428,7 @@ impl Supervisor {
                 "rollout {id} was reported stored but cannot be read back; try again"
             ))
         })?;
-        if let Ok(existing) = self.get(id) {
+        if let Some(existing) = self.in_memory(id) {
             return Ok(existing);
         }
         tracing::info!(rollout = %id, "a retried start found the rollout its first attempt stored");
@@ -318,22 +443,21 @@ impl Supervisor {
     /// Sends a command to a rollout's driver and waits for the outcome. Commands on a
     /// finished rollout: abort changes nothing, the others are refused.
     pub async fn command(&self, id: &str, command: Command) -> Result<Rollout, EngineError> {
-        let (sender, current) = {
+        let entry = {
             let entries = self
                 .entries
                 .lock()
                 .map_err(|_| EngineError::Internal("state lock poisoned".into()))?;
-            let entry = entries
+            entries
                 .get(id)
-                .ok_or_else(|| EngineError::NotFound(format!("rollout {id} not found")))?;
-            (entry.commands.clone(), entry.view.borrow().clone())
+                .map(|e| (e.commands.clone(), e.view.borrow().clone()))
         };
         let finished = |r: Rollout| match decide::command_on_finished(&r, &command) {
             Ok(()) => Ok(r),
             Err(refused) => Err(EngineError::Refused(refused.0)),
         };
-        let Some(sender) = sender.filter(|_| !current.phase.is_terminal()) else {
-            return finished(current);
+        let Some((sender, current)) = entry.filter(|(_, r)| !r.phase.is_terminal()) else {
+            return finished(self.get(id).await?);
         };
         let (reply, answer) = oneshot::channel();
         if sender
@@ -344,12 +468,12 @@ impl Supervisor {
             .await
             .is_err()
         {
-            return finished(self.get(id)?);
+            return finished(self.in_memory(id).unwrap_or(current));
         }
         match answer.await {
             Ok(result) => result,
             Err(_) => {
-                let now = self.get(id)?;
+                let now = self.get(id).await?;
                 if now.phase.is_terminal() {
                     finished(now)
                 } else {
@@ -374,5 +498,22 @@ impl Supervisor {
     /// Cancelled when the supervisor shuts down.
     pub fn stopping(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+}
+
+/// Deletes the finished records `filter` selects that the retention no longer keeps.
+async fn prune_records(ports: &Ports, filter: &Filter, retention: prune::Retention) {
+    let records = match ports.store.list(filter).await {
+        Ok(records) => records,
+        Err(error) => {
+            tracing::warn!(%error, "could not list rollout records to prune");
+            return;
+        }
+    };
+    for (namespace, id) in prune::select(&records, retention, Utc::now()) {
+        match ports.store.delete(&namespace, &id).await {
+            Ok(_) => tracing::debug!(rollout = %id, %namespace, "pruned a finished rollout record"),
+            Err(error) => tracing::warn!(rollout = %id, %error, "could not prune a rollout record"),
+        }
     }
 }

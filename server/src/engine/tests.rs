@@ -82,10 +82,19 @@ fn request() -> StartRequest {
     }
 }
 
+/// Every rollout the supervisor lists (one large page).
+async fn all(s: &Supervisor) -> Vec<Rollout> {
+    let query = ListQuery {
+        page_size: 1000,
+        ..Default::default()
+    };
+    s.list(&query).await.unwrap().rollouts
+}
+
 async fn wait_for(s: &Supervisor, id: &str, f: impl Fn(&Rollout) -> bool) -> Rollout {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let r = s.get(id).unwrap();
+        let r = s.get(id).await.unwrap();
         if f(&r) {
             return r;
         }
@@ -272,7 +281,7 @@ async fn rejected_starts_change_nothing() {
     assert_eq!(w.store.writes(), 0);
     assert!(w.router.writes().is_empty());
     assert!(w.workloads.calls().is_empty());
-    assert!(s.list(None, false).is_empty());
+    assert!(all(&s).await.is_empty());
 }
 
 #[tokio::test]
@@ -290,7 +299,7 @@ async fn second_start_names_the_active_rollout_and_request_id_is_idempotent() {
         matches!(&err, EngineError::AlreadyActive(m) if m.contains(&first.id)),
         "{err:?}"
     );
-    assert_eq!(s.list(None, false).len(), 1);
+    assert_eq!(all(&s).await.len(), 1);
     // The same key in another namespace is another request: it is judged on its own (there
     // is no such deployment there), never answered with this namespace's rollout.
     let mut elsewhere = request();
@@ -298,7 +307,7 @@ async fn second_start_names_the_active_rollout_and_request_id_is_idempotent() {
     elsewhere.request_id = "ci-123".into();
     let err = s.start(elsewhere).await.unwrap_err();
     assert!(matches!(err, EngineError::NotFound(_)), "{err:?}");
-    assert_eq!(s.list(None, false).len(), 1);
+    assert_eq!(all(&s).await.len(), 1);
     s.shutdown().await;
 }
 
@@ -352,7 +361,7 @@ async fn store_failure_retries_the_step_without_moving_traffic_twice() {
     wait_for(&s, &r.id, |r| r.canary_weight >= 20).await;
     w.store.fail_writes(true);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stuck = s.get(&r.id).unwrap();
+    let stuck = s.get(&r.id).await.unwrap();
     w.store.fail_writes(false);
     let done = wait_for(&s, &r.id, |r| r.phase.is_terminal()).await;
     assert_eq!(done.phase, Phase::Succeeded);
@@ -386,10 +395,7 @@ async fn a_retried_start_whose_first_answer_was_lost_returns_the_stored_rollout(
     let lost = s.start(req.clone()).await.unwrap_err();
     assert!(matches!(lost, EngineError::Store(_)), "{lost:?}");
     assert_eq!(w.store.len(), 1, "the first create landed");
-    assert!(
-        s.list(None, false).is_empty(),
-        "but the caller heard nothing"
-    );
+    assert!(s.active().is_empty(), "but the caller heard nothing");
 
     w.store.lose_create_answers(false);
     let retried = s.start(req.clone()).await.unwrap();
@@ -568,7 +574,7 @@ async fn starts_are_refused_when_metrics_cannot_be_reached_or_know_neither_workl
     assert_eq!(w.store.len(), 0);
     assert!(w.router.writes().is_empty());
     assert!(w.workloads.calls().is_empty());
-    assert!(s.list(None, false).is_empty());
+    assert!(all(&s).await.is_empty());
 
     // A provider that has scraped nothing yet is not judged; GA alone being reported (a
     // canary that never served) is enough.

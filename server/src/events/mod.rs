@@ -1,8 +1,9 @@
-//! The events hub: each rollout's event log (sequence 1, 2, 3 … with no gaps) and live fan-out
-//! to watchers. A subscription replays the log from a sequence, then follows live, with no gap
-//! and no duplicate, and ends after the terminal event. Only the newest events of a rollout
-//! are kept (as in the store, whose ConfigMaps hold at most 1 MiB): asking for an older one
-//! is an error naming the oldest kept, never a silent gap.
+//! The events hub: the newest events of each active rollout (sequence 1, 2, 3 … with no gaps)
+//! and live fan-out to watchers. A subscription replays the kept events from a sequence, then
+//! follows live, with no gap and no duplicate, and ends after the terminal event. The hub
+//! keeps few events per rollout and forgets a rollout once it finishes, so its memory follows
+//! the active rollouts only: asking for an older event is an error naming the oldest kept
+//! (the API layer then reads the store, which keeps more), never a silent gap.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -11,10 +12,13 @@ use tokio::sync::broadcast;
 
 use crate::domain::RolloutEvent;
 
-/// Live events buffered per rollout before a slow watcher falls back to the log.
-const LIVE_BUFFER: usize = 256;
-/// Events kept per rollout unless configured otherwise.
-pub const DEFAULT_EVENT_LIMIT: usize = 1000;
+/// Live events buffered per rollout before a slow watcher falls back to the log (a broadcast
+/// channel allocates all its slots up front).
+const LIVE_BUFFER: usize = 16;
+/// Events a store keeps per rollout unless configured otherwise.
+pub const DEFAULT_EVENT_LIMIT: usize = 200;
+/// Events the hub keeps in memory per active rollout unless configured otherwise.
+pub const DEFAULT_MEMORY_EVENTS: usize = 16;
 
 /// Errors publishing events.
 #[derive(Debug, thiserror::Error)]
@@ -75,10 +79,12 @@ impl Topic {
     }
 }
 
+type SharedTopic = Arc<Mutex<Topic>>;
+
 /// Every rollout's events.
 #[derive(Clone)]
 pub struct Hub {
-    topics: Arc<Mutex<HashMap<String, Topic>>>,
+    topics: Arc<Mutex<HashMap<String, SharedTopic>>>,
     /// Events kept per rollout.
     limit: usize,
 }
@@ -90,7 +96,8 @@ impl Default for Hub {
 }
 
 impl Hub {
-    /// An empty hub keeping `DEFAULT_EVENT_LIMIT` events per rollout.
+    /// An empty hub keeping `DEFAULT_EVENT_LIMIT` events per rollout (the tests' hub; the
+    /// server keeps `DEFAULT_MEMORY_EVENTS`).
     pub fn new() -> Self {
         Self::default()
     }
@@ -116,9 +123,13 @@ impl Hub {
             return Ok(());
         };
         for event in events {
-            let topic = topics
+            let shared = topics
                 .entry(event.rollout_id.clone())
-                .or_insert_with(Topic::new);
+                .or_insert_with(|| Arc::new(Mutex::new(Topic::new())))
+                .clone();
+            let Ok(mut topic) = shared.lock() else {
+                continue;
+            };
             let last = topic.last_sequence();
             if event.sequence <= last {
                 continue;
@@ -140,11 +151,41 @@ impl Hub {
         Ok(())
     }
 
+    fn topic(&self, id: &str) -> Result<SharedTopic, WatchError> {
+        let topics = self
+            .topics
+            .lock()
+            .map_err(|_| WatchError::NotFound(id.to_owned()))?;
+        topics
+            .get(id)
+            .cloned()
+            .ok_or_else(|| WatchError::NotFound(id.to_owned()))
+    }
+
+    /// Forgets a rollout (it finished): its events leave memory. Open subscriptions keep
+    /// what they need to reach the end.
+    pub fn forget(&self, id: &str) {
+        if let Ok(mut topics) = self.topics.lock() {
+            topics.remove(id);
+        }
+    }
+
+    /// Rollouts the hub holds.
+    pub fn len(&self) -> usize {
+        self.topics.lock().map(|t| t.len()).unwrap_or(0)
+    }
+
+    /// Whether the hub holds no rollout.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Follows a rollout's events from `from` (0 = the oldest kept).
     pub fn subscribe(&self, id: &str, from: u64) -> Result<Subscription, WatchError> {
-        let not_found = || WatchError::NotFound(id.to_owned());
-        let topics = self.topics.lock().map_err(|_| not_found())?;
-        let topic = topics.get(id).ok_or_else(not_found)?;
+        let shared = self.topic(id)?;
+        let topic = shared
+            .lock()
+            .map_err(|_| WatchError::NotFound(id.to_owned()))?;
         // Subscribing and copying the backlog under one lock: nothing published in between
         // can be missed.
         let backlog = topic.since(from).map_err(|oldest| WatchError::Dropped {
@@ -154,7 +195,7 @@ impl Hub {
         })?;
         Ok(Subscription {
             id: id.to_owned(),
-            hub: self.clone(),
+            topic: shared.clone(),
             live: topic.live.subscribe(),
             next: from.max(topic.oldest()),
             backlog,
@@ -164,35 +205,37 @@ impl Hub {
 
     /// The rollout's kept events from `from` (0 = the oldest kept).
     pub fn since(&self, id: &str, from: u64) -> Result<Vec<RolloutEvent>, WatchError> {
-        let topics = self
-            .topics
-            .lock()
-            .map_err(|_| WatchError::NotFound(id.to_owned()))?;
-        let topic = topics
-            .get(id)
-            .ok_or_else(|| WatchError::NotFound(id.to_owned()))?;
-        topic
-            .since(from)
-            .map(Vec::from)
-            .map_err(|oldest| WatchError::Dropped {
-                id: id.to_owned(),
-                requested: from,
-                oldest,
-            })
+        since(id, &self.topic(id)?, from)
     }
 
     /// Registers a rollout with no events yet (so it can be watched before its first event).
     pub fn register(&self, id: &str) {
         if let Ok(mut topics) = self.topics.lock() {
-            topics.entry(id.to_owned()).or_insert_with(Topic::new);
+            topics
+                .entry(id.to_owned())
+                .or_insert_with(|| Arc::new(Mutex::new(Topic::new())));
         }
     }
+}
+
+fn since(id: &str, topic: &SharedTopic, from: u64) -> Result<Vec<RolloutEvent>, WatchError> {
+    let topic = topic
+        .lock()
+        .map_err(|_| WatchError::NotFound(id.to_owned()))?;
+    topic
+        .since(from)
+        .map(Vec::from)
+        .map_err(|oldest| WatchError::Dropped {
+            id: id.to_owned(),
+            requested: from,
+            oldest,
+        })
 }
 
 /// One watcher's view of a rollout's events.
 pub struct Subscription {
     id: String,
-    hub: Hub,
+    topic: SharedTopic,
     live: broadcast::Receiver<RolloutEvent>,
     backlog: VecDeque<RolloutEvent>,
     next: u64,
@@ -214,7 +257,7 @@ impl Subscription {
                     Ok(event) => event,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Too slow for the live buffer: catch up from the log.
-                        match self.hub.since(&self.id, self.next) {
+                        match since(&self.id, &self.topic, self.next) {
                             Ok(backlog) => self.backlog = backlog.into(),
                             Err(error) => {
                                 self.done = true;

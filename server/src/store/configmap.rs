@@ -1,20 +1,14 @@
-//! Rollout state in ConfigMaps: one per rollout in the rollout's namespace, labelled
+//! The rollout records of earlier versions: one ConfigMap per rollout, labelled
 //! `app.kubernetes.io/managed-by=steerer`, holding the state (`rollout.json`) and the event
-//! log (`events.jsonl`, one event per line, the newest `event_limit` only: a ConfigMap holds
-//! at most 1 MiB). Every write is a replace guarded by the resourceVersion.
+//! log (`events.jsonl`, one event per line). Read once at start-up to carry unfinished
+//! rollouts over to custom resources (`store::crd::migrate`), then deleted.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
-
-use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 
-use super::{Store, StoreError, Stored};
+use super::{StoreError, Stored};
 use crate::domain::{Rollout, RolloutEvent};
-use crate::events::DEFAULT_EVENT_LIMIT;
 
 /// Label every stored rollout carries.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "steerer");
@@ -26,153 +20,102 @@ pub fn configmap_name(id: &str) -> String {
     format!("steerer-rollout-{id}")
 }
 
-/// Rollouts stored in ConfigMaps.
-pub struct ConfigMapStore {
+/// The ConfigMap records in the served namespaces (empty = all).
+pub struct LegacyRecords {
     client: Client,
     namespaces: Vec<String>,
-    /// Per rollout id: the resourceVersion last written or read and the serialized log.
-    known: Mutex<HashMap<String, (String, String)>>,
-    /// Events kept per rollout.
-    event_limit: usize,
 }
 
-impl ConfigMapStore {
-    /// A store reading the served namespaces (empty = all).
+impl LegacyRecords {
+    /// The records of the served namespaces (empty = all).
     pub fn new(client: Client, namespaces: Vec<String>) -> Self {
-        Self {
-            client,
-            namespaces,
-            known: Mutex::new(HashMap::new()),
-            event_limit: DEFAULT_EVENT_LIMIT,
-        }
+        Self { client, namespaces }
     }
 
-    /// Keeps the newest `limit` events of each rollout (at least one) instead of
-    /// `DEFAULT_EVENT_LIMIT`.
-    pub fn with_event_limit(mut self, limit: usize) -> Self {
-        self.event_limit = limit.max(1);
-        self
-    }
-
-    fn api(&self, namespace: &str) -> Api<ConfigMap> {
-        Api::namespaced(self.client.clone(), namespace)
-    }
-
-    fn remember(&self, id: &str, resource_version: String, log: String) {
-        if let Ok(mut known) = self.known.lock() {
-            known.insert(id.to_owned(), (resource_version, log));
-        }
-    }
-
-    fn known(&self, id: &str) -> Option<(String, String)> {
-        self.known.lock().ok()?.get(id).cloned()
-    }
-
-    async fn write(&self, rollout: &Rollout, events: &[RolloutEvent]) -> Result<(), StoreError> {
-        let api = self.api(&rollout.namespace);
-        let name = configmap_name(&rollout.id);
-        let api_error = |action: &'static str, e: kube::Error| StoreError::Api {
-            action,
-            id: rollout.id.clone(),
-            message: e.to_string(),
+    /// Every record: its ConfigMap's name and namespace, and the rollout it holds (`None`
+    /// when it cannot be read; it is deleted all the same, with a warning).
+    pub async fn list(&self) -> Result<Vec<(String, String, Option<Stored>)>, StoreError> {
+        let apis: Vec<Api<ConfigMap>> = if self.namespaces.is_empty() {
+            vec![Api::all(self.client.clone())]
+        } else {
+            self.namespaces
+                .iter()
+                .map(|ns| Api::namespaced(self.client.clone(), ns))
+                .collect()
         };
-        let (mut rv, mut log) = match self.known(&rollout.id) {
-            Some(k) => k,
-            None => {
-                let cm = api.get(&name).await.map_err(|e| api_error("read", e))?;
-                let (_, log) = decode(&cm)?;
-                (cm.resource_version().unwrap_or_default(), log)
-            }
-        };
-        let expected = rollout.last_sequence - events.len() as u64;
-        for attempt in 0..2 {
-            let mut new_log = log.clone();
-            new_log.push_str(&encode_events(events, &rollout.id)?);
-            let new_log = newest_lines(&new_log, self.event_limit).to_owned();
-            let mut cm = configmap(rollout, new_log.clone())?;
-            cm.metadata.resource_version = Some(rv.clone());
-            match api.replace(&name, &PostParams::default(), &cm).await {
-                Ok(written) => {
-                    self.remember(
-                        &rollout.id,
-                        written.resource_version().unwrap_or_default(),
-                        new_log,
-                    );
-                    return Ok(());
-                }
-                Err(kube::Error::Api(status)) if status.is_conflict() && attempt == 0 => {
-                    // Our resourceVersion is stale; carry on only if nobody appended since.
-                    let fresh = api.get(&name).await.map_err(|e| api_error("read", e))?;
-                    let (stored, fresh_log) = decode(&fresh)?;
-                    if stored == *rollout && fresh_log == new_log {
-                        // An earlier attempt whose answer was lost (a timeout, a 5xx after
-                        // the write) did land: this write is already done.
-                        self.remember(
-                            &rollout.id,
-                            fresh.resource_version().unwrap_or_default(),
-                            fresh_log,
-                        );
-                        return Ok(());
+        let params = ListParams::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+        let mut out = Vec::new();
+        for api in apis {
+            let list = api.list(&params).await.map_err(|e| StoreError::Api {
+                action: "list ConfigMap records of",
+                id: "*".into(),
+                message: e.to_string(),
+            })?;
+            for cm in list.items {
+                let name = cm.name_any();
+                let record = decode(&cm)
+                    .and_then(|(rollout, log)| Ok((rollout, parse_events(&name, &log)?)));
+                let record = match record {
+                    Ok(record) => Some(record),
+                    Err(error) => {
+                        tracing::warn!(%error, "an unreadable ConfigMap record cannot be carried over");
+                        None
                     }
-                    if stored.last_sequence != expected {
-                        return Err(StoreError::Conflict {
-                            id: rollout.id.clone(),
-                            stored: stored.last_sequence,
-                            expected,
-                        });
-                    }
-                    rv = fresh.resource_version().unwrap_or_default();
-                    log = fresh_log;
-                }
-                Err(e) => return Err(api_error("update", e)),
+                };
+                out.push((name, cm.namespace().unwrap_or_default(), record));
             }
         }
-        Err(StoreError::Conflict {
-            id: rollout.id.clone(),
-            stored: 0,
-            expected,
-        })
+        Ok(out)
+    }
+
+    /// Deletes a record once carried over.
+    pub async fn delete(&self, namespace: &str, name: &str) -> Result<(), StoreError> {
+        match Api::<ConfigMap>::namespaced(self.client.clone(), namespace)
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(e) => Err(StoreError::Api {
+                action: "delete the ConfigMap record of",
+                id: name.to_owned(),
+                message: e.to_string(),
+            }),
+        }
     }
 }
 
-fn encode_events(events: &[RolloutEvent], id: &str) -> Result<String, StoreError> {
-    let mut out = String::new();
-    for event in events {
-        let line = serde_json::to_string(event).map_err(|e| StoreError::Api {
-            action: "encode",
-            id: id.to_owned(),
-            message: e.to_string(),
-        })?;
-        out.push_str(&line);
-        out.push('\n');
-    }
-    Ok(out)
-}
-
-fn configmap(rollout: &Rollout, log: String) -> Result<ConfigMap, StoreError> {
-    let state = serde_json::to_string_pretty(rollout).map_err(|e| StoreError::Api {
+/// The ConfigMap an earlier version stored a rollout in (for tests of the migration).
+pub fn legacy_configmap(rollout: &Rollout, events: &[RolloutEvent]) -> Result<ConfigMap, StoreError> {
+    let encode = |e: serde_json::Error| StoreError::Api {
         action: "encode",
         id: rollout.id.clone(),
         message: e.to_string(),
-    })?;
+    };
+    let mut log = String::new();
+    for event in events {
+        log.push_str(&serde_json::to_string(event).map_err(encode)?);
+        log.push('\n');
+    }
     Ok(ConfigMap {
-        metadata: ObjectMeta {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
             name: Some(configmap_name(&rollout.id)),
             namespace: Some(rollout.namespace.clone()),
-            labels: Some(BTreeMap::from([
-                (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
-                ("steerer.dev/target".to_owned(), rollout.target.clone()),
-                (
-                    "steerer.dev/phase".to_owned(),
-                    format!("{:?}", rollout.phase),
-                ),
-            ])),
+            labels: Some(
+                [(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())]
+                    .into_iter()
+                    .collect(),
+            ),
             ..Default::default()
         },
-        data: Some(BTreeMap::from([
-            (STATE_KEY.to_owned(), state),
-            (EVENTS_KEY.to_owned(), log),
-        ])),
+        data: Some(
+            [
+                (STATE_KEY.to_owned(), serde_json::to_string_pretty(rollout).map_err(encode)?),
+                (EVENTS_KEY.to_owned(), log),
+            ]
+            .into_iter()
+            .collect(),
+        ),
         ..Default::default()
     })
 }
@@ -202,143 +145,4 @@ fn parse_events(name: &str, log: &str) -> Result<Vec<RolloutEvent>, StoreError> 
             })
         })
         .collect()
-}
-
-impl Store for ConfigMapStore {
-    fn load(&self) -> BoxFuture<'_, Result<Vec<Stored>, StoreError>> {
-        Box::pin(async move {
-            let apis: Vec<Api<ConfigMap>> = if self.namespaces.is_empty() {
-                vec![Api::all(self.client.clone())]
-            } else {
-                self.namespaces.iter().map(|ns| self.api(ns)).collect()
-            };
-            let params =
-                ListParams::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-            let mut out = Vec::new();
-            for api in apis {
-                let list = api.list(&params).await.map_err(|e| StoreError::Api {
-                    action: "list",
-                    id: "*".into(),
-                    message: e.to_string(),
-                })?;
-                for cm in list.items {
-                    let name = cm.name_any();
-                    let (rollout, log) = match decode(&cm) {
-                        Ok(decoded) => decoded,
-                        Err(error) => {
-                            tracing::warn!(%error, "skipping unreadable stored rollout");
-                            continue;
-                        }
-                    };
-                    let events = parse_events(&name, &log)?;
-                    self.remember(&rollout.id, cm.resource_version().unwrap_or_default(), log);
-                    out.push((rollout, events));
-                }
-            }
-            Ok(out)
-        })
-    }
-
-    fn get<'a>(
-        &'a self,
-        namespace: &'a str,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
-        Box::pin(async move {
-            let name = configmap_name(id);
-            let Some(cm) =
-                self.api(namespace)
-                    .get_opt(&name)
-                    .await
-                    .map_err(|e| StoreError::Api {
-                        action: "read",
-                        id: id.to_owned(),
-                        message: e.to_string(),
-                    })?
-            else {
-                return Ok(None);
-            };
-            let (rollout, log) = decode(&cm)?;
-            let events = parse_events(&name, &log)?;
-            self.remember(&rollout.id, cm.resource_version().unwrap_or_default(), log);
-            Ok(Some((rollout, events)))
-        })
-    }
-
-    fn create<'a>(
-        &'a self,
-        rollout: &'a Rollout,
-        events: &'a [RolloutEvent],
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let log = encode_events(events, &rollout.id)?;
-            let log = newest_lines(&log, self.event_limit).to_owned();
-            let cm = configmap(rollout, log.clone())?;
-            let written = self
-                .api(&rollout.namespace)
-                .create(&PostParams::default(), &cm)
-                .await
-                .map_err(|e| match e {
-                    kube::Error::Api(status) if status.is_already_exists() => {
-                        StoreError::AlreadyExists {
-                            id: rollout.id.clone(),
-                        }
-                    }
-                    e => StoreError::Api {
-                        action: "create",
-                        id: rollout.id.clone(),
-                        message: e.to_string(),
-                    },
-                })?;
-            self.remember(
-                &rollout.id,
-                written.resource_version().unwrap_or_default(),
-                log,
-            );
-            Ok(())
-        })
-    }
-
-    fn append<'a>(
-        &'a self,
-        rollout: &'a Rollout,
-        events: &'a [RolloutEvent],
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(self.write(rollout, events))
-    }
-}
-
-/// The part of a JSON-lines event log holding its newest `limit` lines.
-pub fn newest_lines(log: &str, limit: usize) -> &str {
-    let lines = log.lines().filter(|l| !l.trim().is_empty()).count();
-    let mut drop = lines.saturating_sub(limit);
-    let mut start = 0;
-    for line in log.split_inclusive('\n') {
-        let blank = line.trim().is_empty();
-        if drop == 0 && !blank {
-            break;
-        }
-        start += line.len();
-        if !blank {
-            drop -= 1;
-        }
-    }
-    &log[start..]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn newest_lines_keeps_the_last_lines_whole() {
-        let log = "{\"s\":1}\n{\"s\":2}\n{\"s\":3}\n";
-        assert_eq!(newest_lines(log, 2), "{\"s\":2}\n{\"s\":3}\n");
-        assert_eq!(newest_lines(log, 3), log);
-        assert_eq!(newest_lines(log, 10), log);
-        assert_eq!(newest_lines(log, 1), "{\"s\":3}\n");
-        assert_eq!(newest_lines("", 1), "");
-        // Blank lines do not count as events.
-        assert_eq!(newest_lines("a\n\nb\nc\n", 2), "b\nc\n");
-    }
 }

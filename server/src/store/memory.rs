@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 
-use super::{Store, StoreError, Stored};
+use super::{Filter, Store, StoreError, Stored};
 use crate::domain::{Rollout, RolloutEvent};
 use crate::events::DEFAULT_EVENT_LIMIT;
 
@@ -140,22 +140,67 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn load(&self) -> BoxFuture<'_, Result<Vec<Stored>, StoreError>> {
-        let all = self
+    fn load_active(&self) -> BoxFuture<'_, Result<Vec<Stored>, StoreError>> {
+        let active = self
             .state
             .lock()
-            .map(|s| s.rollouts.values().cloned().collect())
+            .map(|s| {
+                s.rollouts
+                    .values()
+                    .filter(|(r, _)| !r.phase.is_terminal())
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
-        Box::pin(async move { Ok(all) })
+        Box::pin(async move { Ok(active) })
+    }
+
+    fn list<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<Vec<Rollout>, StoreError>> {
+        let listed = self
+            .state
+            .lock()
+            .map(|s| {
+                s.rollouts
+                    .values()
+                    .filter(|(r, _)| filter.matches(r))
+                    .map(|(r, _)| r.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Box::pin(async move { Ok(listed) })
     }
 
     fn get<'a>(
         &'a self,
-        _namespace: &'a str,
+        namespace: &'a str,
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        let found = self.get(id).filter(|(r, _)| r.namespace == namespace);
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn find<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
         let found = self.get(id);
         Box::pin(async move { Ok(found) })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        namespace: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let deleted = self
+            .state
+            .lock()
+            .map(|mut s| {
+                let stored = s.rollouts.get(id).is_some_and(|(r, _)| r.namespace == namespace);
+                if stored {
+                    s.rollouts.remove(id);
+                }
+                stored
+            })
+            .unwrap_or(false);
+        Box::pin(async move { Ok(deleted) })
     }
 
     fn create<'a>(

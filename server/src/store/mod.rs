@@ -1,11 +1,14 @@
 //! Durable rollout state: the trait the engine persists through (one write per step carrying
-//! the state and its new events), a ConfigMap implementation and an in-memory one. Stores
-//! keep only the newest events of each rollout (`events::DEFAULT_EVENT_LIMIT` unless
-//! configured): a rollout's whole record must fit in one ConfigMap (1 MiB).
+//! the state and its new events), the `rollouts.steerer.dev` custom-resource implementation,
+//! the reader of the ConfigMap records of earlier versions (migrated at start-up) and an
+//! in-memory store for tests. Stores keep only the newest events of each rollout
+//! (`events::DEFAULT_EVENT_LIMIT` unless configured), so a record stays small.
 
 pub mod configmap;
+pub mod crd;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
+pub mod prune;
 
 use futures::future::BoxFuture;
 
@@ -39,26 +42,43 @@ pub enum StoreError {
 /// A stored rollout with its kept event log (the newest events, in sequence order).
 pub type Stored = (Rollout, Vec<RolloutEvent>);
 
+/// Which stored rollouts a listing returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this namespace (`None` = every served namespace).
+    pub namespace: Option<String>,
+    /// Only rollouts of this GA Deployment.
+    pub target: Option<String>,
+}
+
+impl Filter {
+    /// Whether a rollout passes the filter.
+    pub fn matches(&self, rollout: &Rollout) -> bool {
+        self.namespace
+            .as_deref()
+            .is_none_or(|ns| rollout.namespace == ns)
+            && self.target.as_deref().is_none_or(|t| rollout.target == t)
+    }
+}
+
 /// Rollout state and event logs.
 pub trait Store: Send + Sync {
-    /// Every stored rollout with its kept event log.
-    fn load(&self) -> BoxFuture<'_, Result<Vec<Stored>, StoreError>>;
+    /// Every stored rollout that has not finished, with its kept event log: what a server
+    /// resumes.
+    fn load_active(&self) -> BoxFuture<'_, Result<Vec<Stored>, StoreError>>;
 
-    /// One stored rollout with its kept event log; `None` when it is not stored. The default
-    /// loads everything; stores override it with a single read.
+    /// The stored rollouts the filter selects, state only (no events), in no order.
+    fn list<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<Vec<Rollout>, StoreError>>;
+
+    /// One stored rollout with its kept event log; `None` when it is not stored.
     fn get<'a>(
         &'a self,
         namespace: &'a str,
         id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
-        Box::pin(async move {
-            Ok(self
-                .load()
-                .await?
-                .into_iter()
-                .find(|(r, _)| r.namespace == namespace && r.id == id))
-        })
-    }
+    ) -> BoxFuture<'a, Result<Option<Stored>, StoreError>>;
+
+    /// One stored rollout found by id alone, in any served namespace.
+    fn find<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Stored>, StoreError>>;
 
     /// Stores a new rollout with its first events; `AlreadyExists` when its id is taken.
     fn create<'a>(
@@ -67,13 +87,21 @@ pub trait Store: Send + Sync {
         events: &'a [RolloutEvent],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Stores the rollout's new state and appends its new events, in one write, dropping the
-    /// oldest events past the store's limit.
+    /// Stores the rollout's new state and appends its new events, in one write conditional
+    /// on the stored state being the one this server last wrote or read, dropping the oldest
+    /// events past the store's limit.
     fn append<'a>(
         &'a self,
         rollout: &'a Rollout,
         events: &'a [RolloutEvent],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Deletes a finished rollout's record (pruning); `false` when it was not stored.
+    fn delete<'a>(
+        &'a self,
+        namespace: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 }
 
 #[cfg(test)]

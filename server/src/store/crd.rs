@@ -1,0 +1,637 @@
+//! Rollout state as `rollouts.steerer.dev` custom resources (`artifacts/steerer/05-rollouts-crd.yaml`):
+//! one per rollout, named by its id, in the namespace of its GA Deployment. The spec is what
+//! was asked for, written once; the status holds the phase, weight and success rate kubectl
+//! shows, the engine's full record (`status.state`) and the newest events (`status.events`).
+//! Every status write is a JSON patch through the status subresource whose first operation
+//! tests the resourceVersion this server last wrote or read, so a write never lands on a
+//! state it did not see. Only unfinished rollouts are remembered between writes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams, Preconditions, TypeMeta,
+};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use super::{Filter, Store, StoreError, Stored};
+use crate::domain::{Rollout, RolloutEvent};
+use crate::events::DEFAULT_EVENT_LIMIT;
+
+/// API group of the Rollout resource.
+pub const GROUP: &str = "steerer.dev";
+/// Served and stored version.
+pub const VERSION: &str = "v1alpha1";
+/// Kind of the Rollout resource.
+pub const KIND: &str = "Rollout";
+/// Plural (resource) name.
+pub const PLURAL: &str = "rollouts";
+/// Label every stored rollout carries.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "steerer");
+/// Label naming the rollout's GA Deployment.
+pub const TARGET_LABEL: &str = "steerer.dev/target";
+/// Label holding the rollout id (also the object's name), for finding it across namespaces.
+pub const ID_LABEL: &str = "steerer.dev/rollout-id";
+
+/// The Rollout resource for dynamic API access.
+pub fn api_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, KIND), PLURAL)
+}
+
+/// What this server last wrote or read of an unfinished rollout.
+struct Known {
+    /// The resourceVersion the next write is conditional on.
+    resource_version: String,
+    /// Events the record holds.
+    kept: usize,
+}
+
+/// Rollouts stored as custom resources.
+pub struct CrdStore {
+    client: Client,
+    namespaces: Vec<String>,
+    known: Mutex<HashMap<String, Known>>,
+    event_limit: usize,
+}
+
+impl CrdStore {
+    /// A store reading the served namespaces (empty = all).
+    pub fn new(client: Client, namespaces: Vec<String>) -> Self {
+        Self {
+            client,
+            namespaces,
+            known: Mutex::new(HashMap::new()),
+            event_limit: DEFAULT_EVENT_LIMIT,
+        }
+    }
+
+    /// Keeps the newest `limit` events of each rollout (at least one) instead of
+    /// `DEFAULT_EVENT_LIMIT`.
+    pub fn with_event_limit(mut self, limit: usize) -> Self {
+        self.event_limit = limit.max(1);
+        self
+    }
+
+    fn api(&self, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), namespace, &api_resource())
+    }
+
+    /// One Api per served namespace, or one over all namespaces.
+    fn apis(&self, namespace: Option<&str>) -> Vec<Api<DynamicObject>> {
+        match namespace {
+            Some(ns) => vec![self.api(ns)],
+            None if self.namespaces.is_empty() => {
+                vec![Api::all_with(self.client.clone(), &api_resource())]
+            }
+            None => self.namespaces.iter().map(|ns| self.api(ns)).collect(),
+        }
+    }
+
+    fn remember(&self, rollout: &Rollout, resource_version: Option<String>, kept: usize) {
+        let Ok(mut known) = self.known.lock() else {
+            return;
+        };
+        match resource_version.filter(|_| !rollout.phase.is_terminal()) {
+            Some(resource_version) => {
+                known.insert(
+                    rollout.id.clone(),
+                    Known {
+                        resource_version,
+                        kept,
+                    },
+                );
+            }
+            // A finished rollout is never written again: nothing to remember.
+            None => {
+                known.remove(&rollout.id);
+            }
+        }
+    }
+
+    fn known(&self, id: &str) -> Option<(String, usize)> {
+        let known = self.known.lock().ok()?;
+        known
+            .get(id)
+            .map(|k| (k.resource_version.clone(), k.kept))
+    }
+
+    /// Rollouts this server remembers between writes (unfinished ones it wrote or read).
+    pub fn remembered(&self) -> usize {
+        self.known.lock().map(|k| k.len()).unwrap_or(0)
+    }
+
+    async fn list_objects(&self, filter: &Filter) -> Result<Vec<DynamicObject>, StoreError> {
+        let mut selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+        if let Some(target) = &filter.target {
+            selector.push_str(&format!(",{TARGET_LABEL}={target}"));
+        }
+        let params = ListParams::default().labels(&selector);
+        let mut out = Vec::new();
+        for api in self.apis(filter.namespace.as_deref()) {
+            let list = api.list(&params).await.map_err(|e| StoreError::Api {
+                action: "list",
+                id: "*".into(),
+                message: e.to_string(),
+            })?;
+            out.extend(list.items);
+        }
+        Ok(out)
+    }
+
+    async fn write(&self, rollout: &Rollout, events: &[RolloutEvent]) -> Result<(), StoreError> {
+        let api = self.api(&rollout.namespace);
+        let name = rollout.id.as_str();
+        let api_error = |action: &'static str, e: kube::Error| StoreError::Api {
+            action,
+            id: rollout.id.clone(),
+            message: e.to_string(),
+        };
+        let (mut rv, mut kept) = match self.known(name) {
+            Some(known) => known,
+            None => {
+                let object = api.get(name).await.map_err(|e| api_error("read", e))?;
+                let (_, stored_events) = decode(&object)?;
+                (object.resource_version().unwrap_or_default(), stored_events.len())
+            }
+        };
+        let expected = rollout.last_sequence - events.len() as u64;
+        for attempt in 0..2 {
+            let (patch, now_kept) = append_patch(&rv, rollout, events, kept, self.event_limit)?;
+            match api
+                .patch_status(name, &PatchParams::default(), &Patch::Json::<()>(json_patch(patch, name)?))
+                .await
+            {
+                Ok(written) => {
+                    self.remember(rollout, written.resource_version(), now_kept);
+                    return Ok(());
+                }
+                Err(kube::Error::Api(status)) if status.code < 500 && attempt == 0 => {
+                    // A failed `test` of the resourceVersion (or a conflict): someone wrote
+                    // the object since. Carry on only if nobody moved the rollout on.
+                    let fresh = api.get(name).await.map_err(|e| api_error("read", e))?;
+                    let (stored, fresh_events) = decode(&fresh)?;
+                    if stored == *rollout
+                        && fresh_events.last().map(|e| e.sequence) == Some(rollout.last_sequence)
+                    {
+                        // An earlier attempt whose answer was lost did land.
+                        self.remember(rollout, fresh.resource_version(), fresh_events.len());
+                        return Ok(());
+                    }
+                    if stored.last_sequence != expected {
+                        self.forget(name);
+                        return Err(StoreError::Conflict {
+                            id: rollout.id.clone(),
+                            stored: stored.last_sequence,
+                            expected,
+                        });
+                    }
+                    let fresh_rv = fresh.resource_version().unwrap_or_default();
+                    if fresh_rv == rv {
+                        // Not a concurrent write: the patch itself was refused.
+                        return Err(StoreError::Api {
+                            action: "update",
+                            id: rollout.id.clone(),
+                            message: status.message,
+                        });
+                    }
+                    rv = fresh_rv;
+                    kept = fresh_events.len();
+                }
+                Err(e) => return Err(api_error("update", e)),
+            }
+        }
+        Err(StoreError::Conflict {
+            id: rollout.id.clone(),
+            stored: 0,
+            expected,
+        })
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut known) = self.known.lock() {
+            known.remove(id);
+        }
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T, id: &str) -> Result<Value, StoreError> {
+    serde_json::to_value(value).map_err(|e| StoreError::Api {
+        action: "encode",
+        id: id.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn json_patch(ops: Value, id: &str) -> Result<json_patch::Patch, StoreError> {
+    serde_json::from_value(ops).map_err(|e| StoreError::Api {
+        action: "encode",
+        id: id.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// The status fields kubectl shows, from the engine's record.
+fn summary(rollout: &Rollout) -> Vec<(&'static str, Value)> {
+    let success = rollout
+        .last_analysis
+        .as_ref()
+        .and_then(|a| a.sample.success_rate)
+        .map(|rate| format!("{rate:.2}%"))
+        .unwrap_or_default();
+    let mut fields = vec![
+        ("phase", json!(rollout.phase)),
+        ("canaryWeight", json!(rollout.canary_weight)),
+        ("successRate", json!(success)),
+        ("message", json!(rollout.message)),
+        ("lastSequence", json!(rollout.last_sequence)),
+    ];
+    if let Some(finished) = rollout.finished_at {
+        fields.push(("finishedAt", json!(finished)));
+    }
+    fields
+}
+
+/// The JSON patch that records a step: test the resourceVersion, set the status fields and
+/// the state, append the events and drop the oldest past `limit`. Also returns the events
+/// the record then keeps.
+fn append_patch(
+    resource_version: &str,
+    rollout: &Rollout,
+    events: &[RolloutEvent],
+    kept: usize,
+    limit: usize,
+) -> Result<(Value, usize), StoreError> {
+    let mut ops = vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": resource_version})];
+    for (field, value) in summary(rollout) {
+        ops.push(json!({"op": "add", "path": format!("/status/{field}"), "value": value}));
+    }
+    ops.push(json!({"op": "add", "path": "/status/state", "value": encode(rollout, &rollout.id)?}));
+    for event in events {
+        ops.push(json!({"op": "add", "path": "/status/events/-", "value": encode(event, &rollout.id)?}));
+    }
+    let total = kept + events.len();
+    let excess = total.saturating_sub(limit);
+    for _ in 0..excess {
+        ops.push(json!({"op": "remove", "path": "/status/events/0"}));
+    }
+    Ok((Value::Array(ops), total - excess))
+}
+
+/// The whole status of a new record.
+fn status(rollout: &Rollout, events: &[RolloutEvent]) -> Result<Value, StoreError> {
+    let mut status = serde_json::Map::new();
+    for (field, value) in summary(rollout) {
+        status.insert(field.to_owned(), value);
+    }
+    status.insert("state".into(), encode(rollout, &rollout.id)?);
+    status.insert("events".into(), encode(&events, &rollout.id)?);
+    Ok(Value::Object(status))
+}
+
+/// A new record's object: metadata and spec (the status goes through its subresource).
+fn object(rollout: &Rollout) -> DynamicObject {
+    let mut spec = json!({
+        "target": rollout.target,
+        "canary": rollout.canary,
+        "virtualService": rollout.virtual_service,
+        "images": rollout.images,
+    });
+    if !rollout.request_id.is_empty() {
+        spec["requestId"] = json!(rollout.request_id);
+    }
+    DynamicObject {
+        types: Some(TypeMeta {
+            api_version: format!("{GROUP}/{VERSION}"),
+            kind: KIND.into(),
+        }),
+        metadata: ObjectMeta {
+            name: Some(rollout.id.clone()),
+            namespace: Some(rollout.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+                (TARGET_LABEL.to_owned(), rollout.target.clone()),
+                (ID_LABEL.to_owned(), rollout.id.clone()),
+            ])),
+            ..Default::default()
+        },
+        data: json!({ "spec": spec }),
+    }
+}
+
+/// Whether the record's status was written (a create is two writes: the object, then its
+/// status).
+fn has_state(object: &DynamicObject) -> bool {
+    object.data.pointer("/status/state").is_some()
+}
+
+/// Reads a stored rollout and its kept events.
+fn decode(object: &DynamicObject) -> Result<Stored, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        name: format!(
+            "{}/{}",
+            object.namespace().unwrap_or_default(),
+            object.name_any()
+        ),
+        message,
+    };
+    let state = object
+        .data
+        .pointer("/status/state")
+        .ok_or_else(|| corrupt("no status.state".into()))?;
+    let rollout: Rollout =
+        serde_json::from_value(state.clone()).map_err(|e| corrupt(e.to_string()))?;
+    let events: Vec<RolloutEvent> = match object.data.pointer("/status/events") {
+        Some(events) => {
+            serde_json::from_value(events.clone()).map_err(|e| corrupt(e.to_string()))?
+        }
+        None => Vec::new(),
+    };
+    Ok((rollout, events))
+}
+
+/// Reads a listed record's state, skipping (with a warning) records that cannot be read.
+fn decode_state(object: &DynamicObject) -> Option<Rollout> {
+    if !has_state(object) {
+        // A create whose status write never landed: not a rollout (yet).
+        return None;
+    }
+    let state = object.data.pointer("/status/state")?;
+    match serde_json::from_value(state.clone()) {
+        Ok(rollout) => Some(rollout),
+        Err(error) => {
+            tracing::warn!(name = %object.name_any(), %error, "skipping unreadable stored rollout");
+            None
+        }
+    }
+}
+
+impl Store for CrdStore {
+    fn load_active(&self) -> BoxFuture<'_, Result<Vec<Stored>, StoreError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for object in self.list_objects(&Filter::default()).await? {
+                if !decode_state(&object).is_some_and(|r| !r.phase.is_terminal()) {
+                    continue;
+                }
+                let (rollout, events) = match decode(&object) {
+                    Ok(stored) => stored,
+                    Err(error) => {
+                        tracing::warn!(%error, "skipping unreadable stored rollout");
+                        continue;
+                    }
+                };
+                self.remember(&rollout, object.resource_version(), events.len());
+                out.push((rollout, events));
+            }
+            Ok(out)
+        })
+    }
+
+    fn list<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<Vec<Rollout>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .list_objects(filter)
+                .await?
+                .iter()
+                .filter_map(decode_state)
+                .filter(|r| filter.matches(r))
+                .collect())
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        Box::pin(async move {
+            let object = self
+                .api(namespace)
+                .get_opt(id)
+                .await
+                .map_err(|e| StoreError::Api {
+                    action: "read",
+                    id: id.to_owned(),
+                    message: e.to_string(),
+                })?;
+            let Some(object) = object.filter(has_state) else {
+                return Ok(None);
+            };
+            let (rollout, events) = decode(&object)?;
+            if !rollout.phase.is_terminal() {
+                self.remember(&rollout, object.resource_version(), events.len());
+            }
+            Ok(Some((rollout, events)))
+        })
+    }
+
+    fn find<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        Box::pin(async move {
+            if !self.namespaces.is_empty() {
+                for ns in &self.namespaces {
+                    if let Some(found) = self.get(ns, id).await? {
+                        return Ok(Some(found));
+                    }
+                }
+                return Ok(None);
+            }
+            let params = ListParams::default().labels(&format!("{ID_LABEL}={id}"));
+            let list = Api::<DynamicObject>::all_with(self.client.clone(), &api_resource())
+                .list(&params)
+                .await
+                .map_err(|e| StoreError::Api {
+                    action: "find",
+                    id: id.to_owned(),
+                    message: e.to_string(),
+                })?;
+            match list.items.iter().find(|o| has_state(o)) {
+                Some(object) => decode(object).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn create<'a>(
+        &'a self,
+        rollout: &'a Rollout,
+        events: &'a [RolloutEvent],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let api = self.api(&rollout.namespace);
+            let api_error = |action: &'static str, e: kube::Error| StoreError::Api {
+                action,
+                id: rollout.id.clone(),
+                message: e.to_string(),
+            };
+            let created = match api.create(&PostParams::default(), &object(rollout)).await {
+                Ok(created) => created,
+                Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                    // An earlier attempt of the same request made the object; if its status
+                    // never landed, this attempt finishes the create.
+                    let existing = api.get(&rollout.id).await.map_err(|e| api_error("read", e))?;
+                    if has_state(&existing) {
+                        return Err(StoreError::AlreadyExists {
+                            id: rollout.id.clone(),
+                        });
+                    }
+                    existing
+                }
+                Err(e) => return Err(api_error("create", e)),
+            };
+            let kept = &events[events.len().saturating_sub(self.event_limit)..];
+            let patch = json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": created.resource_version().unwrap_or_default()},
+                {"op": "add", "path": "/status", "value": status(rollout, kept)?},
+            ]);
+            let patch = json_patch(patch, &rollout.id)?;
+            match api
+                .patch_status(&rollout.id, &PatchParams::default(), &Patch::Json::<()>(patch))
+                .await
+            {
+                Ok(written) => {
+                    self.remember(rollout, written.resource_version(), kept.len());
+                    Ok(())
+                }
+                Err(e) => {
+                    // Leave nothing half-made behind: the start is refused and may be retried.
+                    let params = DeleteParams {
+                        preconditions: Some(Preconditions {
+                            uid: created.uid(),
+                            resource_version: None,
+                        }),
+                        ..DeleteParams::default()
+                    };
+                    if let Err(error) = api.delete(&rollout.id, &params).await {
+                        tracing::warn!(rollout = %rollout.id, %error, "could not delete a record whose status write failed");
+                    }
+                    Err(api_error("create", e))
+                }
+            }
+        })
+    }
+
+    fn append<'a>(
+        &'a self,
+        rollout: &'a Rollout,
+        events: &'a [RolloutEvent],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.write(rollout, events))
+    }
+
+    fn delete<'a>(
+        &'a self,
+        namespace: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            self.forget(id);
+            match self.api(namespace).delete(id, &DeleteParams::default()).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+                Err(e) => Err(StoreError::Api {
+                    action: "delete",
+                    id: id.to_owned(),
+                    message: e.to_string(),
+                }),
+            }
+        })
+    }
+}
+
+/// Copies records of an earlier version (ConfigMaps, `store::configmap`) into custom resources
+/// and deletes the ConfigMaps. Unfinished rollouts are carried over with their event logs;
+/// a record copied before (a restart during migration) is not copied twice. Returns how many
+/// were carried over.
+pub async fn migrate(
+    legacy: &super::configmap::LegacyRecords,
+    store: &CrdStore,
+) -> Result<usize, StoreError> {
+    let mut carried = 0;
+    for (name, namespace, record) in legacy.list().await? {
+        if let Some((rollout, events)) = record {
+            match store.create(&rollout, &events).await {
+                Ok(()) => carried += 1,
+                Err(StoreError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            tracing::info!(rollout = %rollout.id, namespace = %rollout.namespace, phase = rollout.phase.name(), "carried a rollout record over from its ConfigMap");
+        }
+        legacy.delete(&namespace, &name).await?;
+    }
+    Ok(carried)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AnalysisSettings, EventKind, Phase};
+    use chrono::Utc;
+
+    fn rollout(last_sequence: u64) -> Rollout {
+        let mut r = Rollout::new(
+            "r1".into(),
+            "test".into(),
+            "podinfo".into(),
+            "podinfo-canary".into(),
+            "podinfo".into(),
+            AnalysisSettings::default(),
+            Utc::now(),
+        );
+        r.last_sequence = last_sequence;
+        r
+    }
+
+    fn event(sequence: u64) -> RolloutEvent {
+        RolloutEvent {
+            rollout_id: "r1".into(),
+            sequence,
+            time: Utc::now(),
+            kind: EventKind::CheckNoData,
+            phase: Phase::Progressing,
+            canary_weight: 10,
+            success_rate: None,
+            request_rate: None,
+            failed_checks: 0,
+            message: String::new(),
+            latency_p99_ms: None,
+            failed: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_step_tests_the_resource_version_first_and_trims_the_oldest_events() {
+        let (patch, kept) =
+            append_patch("41", &rollout(5), &[event(4), event(5)], 3, 4).unwrap();
+        let ops = patch.as_array().unwrap();
+        assert_eq!(
+            ops[0],
+            json!({"op": "test", "path": "/metadata/resourceVersion", "value": "41"})
+        );
+        let appended = ops
+            .iter()
+            .filter(|op| op["path"] == "/status/events/-")
+            .count();
+        let removed = ops
+            .iter()
+            .filter(|op| op["op"] == "remove" && op["path"] == "/status/events/0")
+            .count();
+        assert_eq!((appended, removed, kept), (2, 1, 4));
+        assert!(ops.iter().any(|op| op["path"] == "/status/lastSequence" && op["value"] == 5));
+    }
+
+    #[test]
+    fn a_record_without_status_is_not_a_rollout() {
+        let r = rollout(1);
+        let mut o = object(&r);
+        assert!(!has_state(&o));
+        assert!(decode_state(&o).is_none());
+        o.data["status"] = status(&r, &[event(1)]).unwrap();
+        assert_eq!(decode_state(&o), Some(r.clone()));
+        let (decoded, events) = decode(&o).unwrap();
+        assert_eq!((decoded, events.len()), (r, 1));
+    }
+}
