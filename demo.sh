@@ -135,6 +135,12 @@ else
   export KUBECONFIG="$work/kubeconfig"
 fi
 
+say "kubectl apply: steerer's Rollout CRD (rollouts.steerer.dev), where the server keeps its records"
+kubectl apply -f ./artifacts/steerer/05-rollouts-crd.yaml ||
+  fail "kubectl apply -f artifacts/steerer/05-rollouts-crd.yaml failed" "$cluster_log"
+kubectl wait --for=condition=Established --timeout=30s crd/rollouts.steerer.dev ||
+  fail "the Rollout CRD was not established" "$cluster_log"
+
 say "kubectl apply: namespace test, podinfo and podinfo-canary, their Services, an HPA, the VirtualService"
 kubectl apply -f ./artifacts/namespace/ || fail "kubectl apply -f artifacts/namespace/ failed" "$cluster_log"
 kubectl apply -f ./artifacts/workloads/ || fail "kubectl apply -f artifacts/workloads/ failed" "$cluster_log"

@@ -19,7 +19,7 @@ export KUBECTL="$K8S_BIN/kubectl"
 
 # Suites (modules of tests/e2e) that run on both substrates: everything they do, a real
 # cluster can do too.
-BOTH=(rollout_promote rollout_rollback rollout_halts rollout_control rollout_endings artifacts
+BOTH=(rollout_promote rollout_rollback rollout_halts rollout_control rollout_endings rollout_records artifacts
   cli_rollout grpcurl python_client rollout_latency)
 
 status=0

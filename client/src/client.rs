@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use steerer::v1::rollout_service_client::RolloutServiceClient;
 use steerer::v1::{
-    AbortRolloutRequest, GetRolloutRequest, ListRolloutsRequest, PauseRolloutRequest,
-    PromoteRolloutRequest, ResumeRolloutRequest, Rollout, RolloutEvent, StartRolloutRequest,
-    WatchRolloutRequest,
+    AbortRolloutRequest, GetRolloutRequest, ListRolloutsRequest, ListRolloutsResponse,
+    PauseRolloutRequest, PromoteRolloutRequest, ResumeRolloutRequest, Rollout, RolloutEvent,
+    StartRolloutRequest, WatchRolloutRequest,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -369,11 +369,35 @@ impl Client {
             .await
     }
 
-    /// Lists rollouts, newest first (`ListRollouts`).
-    pub async fn list(&self, request: ListRolloutsRequest) -> Result<Vec<Rollout>, ClientError> {
+    /// One page of rollouts, newest first (`ListRollouts`), with the token of the next page.
+    pub async fn list_page(
+        &self,
+        request: ListRolloutsRequest,
+    ) -> Result<ListRolloutsResponse, ClientError> {
         self.unary(request, |mut c, r| async move { c.list_rollouts(r).await })
             .await
-            .map(|response| response.rollouts)
+    }
+
+    /// Lists rollouts, newest first, following the pages until the last one or until `limit`
+    /// rollouts (0 = no limit).
+    pub async fn list(
+        &self,
+        mut request: ListRolloutsRequest,
+        limit: usize,
+    ) -> Result<Vec<Rollout>, ClientError> {
+        let mut all = Vec::new();
+        loop {
+            let page = self.list_page(request.clone()).await?;
+            all.extend(page.rollouts);
+            if limit > 0 && all.len() >= limit {
+                all.truncate(limit);
+                return Ok(all);
+            }
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            request.page_token = page.next_page_token;
+        }
     }
 
     /// Aborts a rollout (`AbortRollout`): all traffic back on GA. Aborting a finished rollout

@@ -151,7 +151,12 @@ async fn run(k: usize, interval: Duration) -> anyhow::Result<()> {
     );
     let extra = copies(k)?;
     let a = artifacts();
-    let mut apply = vec![a.join("istio"), a.join("namespace"), a.join("workloads")];
+    let mut apply = vec![
+        a.join("istio"),
+        a.join("steerer/05-rollouts-crd.yaml"),
+        a.join("namespace"),
+        a.join("workloads"),
+    ];
     apply.extend(extra.clone());
     let sim = Sim::start(SimConfig {
         timing: Timing::fast(),
@@ -339,7 +344,7 @@ async fn run(k: usize, interval: Duration) -> anyhow::Result<()> {
     let state_writes = region
         .counts
         .iter()
-        .filter(|((v, r), _)| is_write(v) && r == "configmaps")
+        .filter(|((v, r), _)| is_write(v) && r == "rollouts/status")
         .map(|(_, n)| *n)
         .sum::<u64>() as f64
         / per;
@@ -350,7 +355,7 @@ async fn run(k: usize, interval: Duration) -> anyhow::Result<()> {
     );
     let other_writes = region.total(true) as f64 / per - vs_writes - state_writes;
     println!(
-        "  per step: {vs_writes:.2} VirtualService writes + {state_writes:.2} state (ConfigMap) writes, {reads:.2} reads; target 1 + 1 writes, 0 reads: {}",
+        "  per step: {vs_writes:.2} VirtualService writes + {state_writes:.2} state (Rollout status) writes, {reads:.2} reads; target 1 + 1 writes, 0 reads: {}",
         // With several rollouts, steps straddling the window's ends blur the count by one
         // per rollout.
         verdict({

@@ -43,8 +43,8 @@ pub fn artifacts() -> PathBuf {
 /// What to start.
 #[derive(Clone)]
 pub struct Options {
-    /// Manifests applied when the simulator starts (default: Istio CRDs, the `test`
-    /// namespace and the example workloads).
+    /// Manifests applied when the simulator starts (default: Istio CRDs, steerer's Rollout
+    /// CRD, the `test` namespace and the example workloads).
     pub apply: Vec<PathBuf>,
     /// Synthetic requests per second per VirtualService host.
     pub request_rate: f64,
@@ -58,7 +58,12 @@ impl Default for Options {
     fn default() -> Self {
         let a = artifacts();
         Self {
-            apply: vec![a.join("istio"), a.join("namespace"), a.join("workloads")],
+            apply: vec![
+                a.join("istio"),
+                a.join("steerer/05-rollouts-crd.yaml"),
+                a.join("namespace"),
+                a.join("workloads"),
+            ],
             request_rate: 100.0,
             timing: Timing::fast(),
             server: test_server_config(),
@@ -297,7 +302,8 @@ impl Harness {
         self.restart().await;
     }
 
-    async fn restart(&mut self) {
+    /// Starts a new server (the old one stopped or killed first) and reconnects.
+    pub async fn restart(&mut self) {
         let server = start_server(self.config.clone(), self.kube_config.clone()).await;
         self.client = connect_for(&self.config, server.addr).await;
         self.server = Some(server);

@@ -21,6 +21,7 @@ mod rollout_faults;
 mod rollout_halts;
 mod rollout_latency;
 mod rollout_promote;
+mod rollout_records;
 mod rollout_restart;
 mod rollout_rollback;
 mod rollout_service;

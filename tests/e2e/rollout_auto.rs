@@ -27,6 +27,7 @@ async fn rollouts(h: &mut Harness) -> Vec<steerer::v1::Rollout> {
         .list_rollouts(ListRolloutsRequest {
             namespace: NS.into(),
             active_only: false,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -292,6 +292,7 @@ async fn second_active_rollout_is_refused_and_request_id_returns_the_first() {
         .list_rollouts(ListRolloutsRequest {
             namespace: NS.into(),
             active_only: true,
+            ..Default::default()
         })
         .await
         .unwrap()

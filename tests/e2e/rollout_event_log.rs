@@ -1,4 +1,4 @@
-//! The event log keeps a rollout's newest events only (its record lives in one ConfigMap):
+//! The event log keeps a rollout's newest events only (its record is one custom resource):
 //! a watch from a dropped sequence is OUT_OF_RANGE naming the oldest kept, a watch from 0
 //! replays the kept events, and sequences are never renumbered.
 

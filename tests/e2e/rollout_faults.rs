@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use crate::common::{CANARY, GA, Harness, NS, Options, image, replicas, types, virtual_services};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use kube::runtime::watcher;
 use steerer::v1::{
@@ -108,20 +107,24 @@ fn stepped_weights(events: &[RolloutEvent]) -> Vec<u64> {
         .collect()
 }
 
-/// The events of a rollout as stored in its ConfigMap.
+/// The events of a rollout as stored in its record (`rollouts.steerer.dev`).
 async fn stored_sequences(h: &Harness, id: &str) -> Vec<u64> {
-    let cm = Api::<ConfigMap>::namespaced(h.kube.clone(), NS)
-        .get(&format!("steerer-rollout-{id}"))
-        .await
-        .unwrap();
-    cm.data.unwrap()["events.jsonl"]
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["sequence"]
-                .as_u64()
-                .unwrap()
-        })
+    let record = rollout_records(h).get(id).await.unwrap();
+    record.data["status"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
         .collect()
+}
+
+/// The rollout records of the test namespace.
+fn rollout_records(h: &Harness) -> Api<kube::api::DynamicObject> {
+    Api::namespaced_with(
+        h.kube.clone(),
+        NS,
+        &steerer_server::store::crd::api_resource(),
+    )
 }
 
 /// Write requests the simulated API served (failed ones included).
@@ -199,7 +202,7 @@ async fn conflicts_on_the_virtual_service_and_the_state_are_retried_without_losi
     let faults = &world.faults;
     faults.reset_counts();
     faults.conflict_next_write("virtualservices", NS, GA);
-    faults.conflict_next_write("configmaps", NS, &format!("steerer-rollout-{}", started.id));
+    faults.conflict_next_write("rollouts", NS, &started.id);
 
     let done = h.wait_for_end(&started.id, Duration::from_secs(20)).await;
     assert_eq!(done.phase(), Phase::Succeeded, "{}", done.message);
@@ -512,24 +515,14 @@ async fn a_start_without_metrics_for_the_target_is_refused_at_once_and_changes_n
         .list_rollouts(ListRolloutsRequest {
             namespace: NS.into(),
             active_only: false,
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     assert!(listed.rollouts.is_empty(), "{listed:?}");
-    let stored = Api::<ConfigMap>::namespaced(h.kube.clone(), NS)
-        .list(&Default::default())
-        .await
-        .unwrap();
-    assert!(
-        !stored.items.iter().any(|cm| cm
-            .metadata
-            .name
-            .as_deref()
-            .unwrap_or("")
-            .starts_with("steerer-rollout-")),
-        "a rollout was stored"
-    );
+    let stored = rollout_records(&h).list(&Default::default()).await.unwrap();
+    assert!(stored.items.is_empty(), "a rollout was stored");
     let canary_after = h.deployment(CANARY).await;
     assert_eq!(
         canary_after.spec, canary_before.spec,
@@ -603,7 +596,7 @@ async fn abort_during_a_rollback_changes_nothing_and_the_rollback_finishes() {
     assert_eq!(answer.phase(), Phase::RollingBack);
     assert_eq!(answer.last_sequence, rolling_back.last_sequence);
     assert_eq!(faults.count("patch", "virtualservices"), 0);
-    assert_eq!(faults.count("update", "configmaps"), 0);
+    assert_eq!(faults.count("patch", "rollouts/status"), 0);
 
     faults.clear();
     let done = h.wait_for_end(&started.id, Duration::from_secs(10)).await;
@@ -680,7 +673,7 @@ async fn aborting_a_succeeded_rollout_touches_nothing_and_a_failed_start_leaves_
     h.sim().faults().fail_requests(
         1.0,
         Failure::InternalError,
-        Scope::verb(Verb::Create).resource("configmaps"),
+        Scope::verb(Verb::Create).resource("rollouts"),
     );
     let mut request = h.request(Analysis {
         step_weight: Some(50),
@@ -696,6 +689,7 @@ async fn aborting_a_succeeded_rollout_touches_nothing_and_a_failed_start_leaves_
         .list_rollouts(ListRolloutsRequest {
             namespace: NS.into(),
             active_only: false,
+            ..Default::default()
         })
         .await
         .unwrap()

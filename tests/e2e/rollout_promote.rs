@@ -39,7 +39,7 @@ async fn healthy_canary_with_new_image_is_promoted_step_by_step() {
                 faults.count("patch", "virtualservices"),
                 faults.count("get", "virtualservices"),
                 faults.count("get", "deployments"),
-                faults.count("update", "configmaps"),
+                faults.count("patch", "rollouts/status"),
             ))
         }
         Cluster::Real { .. } => None,

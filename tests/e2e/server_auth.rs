@@ -84,7 +84,7 @@ async fn calls_without_a_valid_token_are_unauthenticated_and_health_stays_open()
         .await
         .unwrap();
     let err = wrong
-        .list(ListRolloutsRequest::default())
+        .list(ListRolloutsRequest::default(), 0)
         .await
         .unwrap_err();
     assert!(
@@ -118,7 +118,7 @@ async fn calls_without_a_valid_token_are_unauthenticated_and_health_stays_open()
         .unwrap();
     assert!(
         writer
-            .list(ListRolloutsRequest::default())
+            .list(ListRolloutsRequest::default(), 0)
             .await
             .unwrap()
             .is_empty()
@@ -233,7 +233,11 @@ async fn a_changed_token_file_takes_effect_without_a_restart() {
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while rotated.list(ListRolloutsRequest::default()).await.is_err() {
+    while rotated
+        .list(ListRolloutsRequest::default(), 0)
+        .await
+        .is_err()
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the rotated token was never accepted"
@@ -245,7 +249,10 @@ async fn a_changed_token_file_takes_effect_without_a_restart() {
         .connect()
         .await
         .unwrap();
-    let err = old.list(ListRolloutsRequest::default()).await.unwrap_err();
+    let err = old
+        .list(ListRolloutsRequest::default(), 0)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, ClientError::Unauthenticated { .. }),
         "{err:?}"
@@ -277,13 +284,13 @@ async fn tls_works_with_the_ca_and_fails_without_it() {
         .unwrap();
     assert!(
         trusted
-            .list(ListRolloutsRequest::default())
+            .list(ListRolloutsRequest::default(), 0)
             .await
             .unwrap()
             .is_empty()
     );
     let untrusted = match Client::builder(&endpoint).lazy(true).connect().await {
-        Ok(client) => client.list(ListRolloutsRequest::default()).await.err(),
+        Ok(client) => client.list(ListRolloutsRequest::default(), 0).await.err(),
         Err(err) => Some(err),
     };
     assert!(untrusted.is_some(), "a client without the CA got through");
@@ -319,7 +326,7 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
         .connect()
         .await
     {
-        Ok(client) => client.list(ListRolloutsRequest::default()).await.err(),
+        Ok(client) => client.list(ListRolloutsRequest::default(), 0).await.err(),
         Err(err) => Some(err),
     };
     assert!(
@@ -335,7 +342,7 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
         .unwrap();
     assert!(
         identified
-            .list(ListRolloutsRequest::default())
+            .list(ListRolloutsRequest::default(), 0)
             .await
             .unwrap()
             .is_empty()

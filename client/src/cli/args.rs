@@ -225,6 +225,37 @@ pub struct ListArgs {
     /// Only rollouts that have not ended.
     #[arg(long)]
     pub active: bool,
+
+    /// Only rollouts of this GA Deployment.
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub target: Option<String>,
+
+    /// Only rollouts in this phase; repeat for several.
+    #[arg(long = "phase", value_name = "PHASE", value_parser = parse_phase)]
+    pub phases: Vec<i32>,
+
+    /// At most this many rollouts (0 = all, page after page).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub limit: usize,
+
+    /// Rollouts asked for per call (1 to 1000; 0 = the server's default).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub page_size: u32,
+}
+
+/// A phase name as the CLI prints it (`rolled-back`, `ROLLED_BACK` and `PHASE_ROLLED_BACK`
+/// are accepted).
+pub fn parse_phase(value: &str) -> Result<i32, String> {
+    let name = value.trim().to_ascii_uppercase().replace(['-', ' '], "_");
+    let name = name.strip_prefix("PHASE_").unwrap_or(&name).to_owned();
+    steerer::v1::Phase::from_str_name(&format!("PHASE_{name}"))
+        .filter(|p| *p != steerer::v1::Phase::Unspecified)
+        .map(|p| p as i32)
+        .ok_or_else(|| {
+            format!(
+                "unknown phase {value:?}: one of pending, progressing, paused, promoting, succeeded, rolling-back, rolled-back, aborted, failed"
+            )
+        })
 }
 
 /// A GA Deployment: namespace and name.

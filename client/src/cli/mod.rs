@@ -81,10 +81,17 @@ async fn execute(cli: Cli) -> Result<Exit, CliError> {
         }
         Command::List(list) => {
             let rollouts = client
-                .list(ListRolloutsRequest {
-                    namespace: list.namespace.unwrap_or_default(),
-                    active_only: list.active,
-                })
+                .list(
+                    ListRolloutsRequest {
+                        namespace: list.namespace.unwrap_or_default(),
+                        active_only: list.active,
+                        target: list.target.unwrap_or_default(),
+                        phases: list.phases,
+                        page_size: list.page_size,
+                        page_token: String::new(),
+                    },
+                    list.limit,
+                )
                 .await
                 .map_err(wrap)?;
             if json {

@@ -191,7 +191,10 @@ impl RolloutService for Service {
             .filter(|r| request.namespace.is_empty() || r.namespace == request.namespace)
             .filter(|r| !request.active_only || !steerer_client::is_terminal_phase(r.phase()))
             .collect();
-        Ok(Response::new(ListRolloutsResponse { rollouts }))
+        Ok(Response::new(ListRolloutsResponse {
+            rollouts,
+            next_page_token: String::new(),
+        }))
     }
 
     type WatchRolloutStream = ReceiverStream<Result<RolloutEvent, Status>>;

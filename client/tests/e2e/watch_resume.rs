@@ -299,5 +299,5 @@ async fn unary_calls_map_statuses_to_typed_errors() {
     assert!(matches!(err, ClientError::AlreadyExists { .. }), "{err:?}");
     let aborted = client.abort("r-1", "bad build").await.unwrap();
     assert_eq!(aborted.phase(), Phase::Aborted);
-    assert_eq!(client.list(Default::default()).await.unwrap().len(), 1);
+    assert_eq!(client.list(Default::default(), 0).await.unwrap().len(), 1);
 }

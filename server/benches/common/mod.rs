@@ -19,7 +19,7 @@ use steerer_server::engine::Ports;
 use steerer_server::events::Hub;
 use steerer_server::metrics::{Coverage, Metrics, MetricsError};
 use steerer_server::router::{Resolved, RouteRef, RouteView, Router, RouterError};
-use steerer_server::store::{Store, StoreError, Stored};
+use steerer_server::store::{Filter, Store, StoreError, Stored};
 use steerer_server::workloads::fake::FakeWorkloads;
 use steerer_server::workloads::{DeploymentView, HpaView, WorkloadError, Workloads};
 use tokio::net::TcpListener;
@@ -430,8 +430,32 @@ pub struct BenchStore {
 }
 
 impl Store for BenchStore {
-    fn load(&self) -> BoxFuture<'_, Result<Vec<Stored>, StoreError>> {
+    fn load_active(&self) -> BoxFuture<'_, Result<Vec<Stored>, StoreError>> {
         Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn list<'a>(&'a self, _filter: &'a Filter) -> BoxFuture<'a, Result<Vec<Rollout>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn get<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn find<'a>(&'a self, _id: &'a str) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async { Ok(false) })
     }
 
     fn create<'a>(

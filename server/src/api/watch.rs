@@ -115,7 +115,9 @@ impl EventSource {
         let Some((rollout, events)) = stored else {
             return Err(Status::not_found(format!("rollout {} not found", self.id)));
         };
-        let oldest = events.first().map_or(rollout.last_sequence + 1, |e| e.sequence);
+        let oldest = events
+            .first()
+            .map_or(rollout.last_sequence + 1, |e| e.sequence);
         if self.next != 0 && self.next < oldest {
             return Err(Status::out_of_range(
                 WatchError::Dropped {
@@ -130,7 +132,10 @@ impl EventSource {
             .into_iter()
             .filter(|e| e.sequence >= self.next)
             .collect();
-        if self.stored.is_empty() && !rollout.phase.is_terminal() && hub.subscribe(&self.id, 0).is_err() {
+        if self.stored.is_empty()
+            && !rollout.phase.is_terminal()
+            && hub.subscribe(&self.id, 0).is_err()
+        {
             // Stored as unfinished but not followed here (another server drives it, or it is
             // being resumed).
             return Err(Status::unavailable(format!(

@@ -86,7 +86,10 @@ impl LegacyRecords {
 }
 
 /// The ConfigMap an earlier version stored a rollout in (for tests of the migration).
-pub fn legacy_configmap(rollout: &Rollout, events: &[RolloutEvent]) -> Result<ConfigMap, StoreError> {
+pub fn legacy_configmap(
+    rollout: &Rollout,
+    events: &[RolloutEvent],
+) -> Result<ConfigMap, StoreError> {
     let encode = |e: serde_json::Error| StoreError::Api {
         action: "encode",
         id: rollout.id.clone(),
@@ -110,7 +113,10 @@ pub fn legacy_configmap(rollout: &Rollout, events: &[RolloutEvent]) -> Result<Co
         },
         data: Some(
             [
-                (STATE_KEY.to_owned(), serde_json::to_string_pretty(rollout).map_err(encode)?),
+                (
+                    STATE_KEY.to_owned(),
+                    serde_json::to_string_pretty(rollout).map_err(encode)?,
+                ),
                 (EVENTS_KEY.to_owned(), log),
             ]
             .into_iter()

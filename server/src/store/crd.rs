@@ -114,9 +114,7 @@ impl CrdStore {
 
     fn known(&self, id: &str) -> Option<(String, usize)> {
         let known = self.known.lock().ok()?;
-        known
-            .get(id)
-            .map(|k| (k.resource_version.clone(), k.kept))
+        known.get(id).map(|k| (k.resource_version.clone(), k.kept))
     }
 
     /// Rollouts this server remembers between writes (unfinished ones it wrote or read).
@@ -155,14 +153,21 @@ impl CrdStore {
             None => {
                 let object = api.get(name).await.map_err(|e| api_error("read", e))?;
                 let (_, stored_events) = decode(&object)?;
-                (object.resource_version().unwrap_or_default(), stored_events.len())
+                (
+                    object.resource_version().unwrap_or_default(),
+                    stored_events.len(),
+                )
             }
         };
         let expected = rollout.last_sequence - events.len() as u64;
         for attempt in 0..2 {
             let (patch, now_kept) = append_patch(&rv, rollout, events, kept, self.event_limit)?;
             match api
-                .patch_status(name, &PatchParams::default(), &Patch::Json::<()>(json_patch(patch, name)?))
+                .patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Json::<()>(json_patch(patch, name)?),
+                )
                 .await
             {
                 Ok(written) => {
@@ -265,13 +270,16 @@ fn append_patch(
     kept: usize,
     limit: usize,
 ) -> Result<(Value, usize), StoreError> {
-    let mut ops = vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": resource_version})];
+    let mut ops =
+        vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": resource_version})];
     for (field, value) in summary(rollout) {
         ops.push(json!({"op": "add", "path": format!("/status/{field}"), "value": value}));
     }
     ops.push(json!({"op": "add", "path": "/status/state", "value": encode(rollout, &rollout.id)?}));
     for event in events {
-        ops.push(json!({"op": "add", "path": "/status/events/-", "value": encode(event, &rollout.id)?}));
+        ops.push(
+            json!({"op": "add", "path": "/status/events/-", "value": encode(event, &rollout.id)?}),
+        );
     }
     let total = kept + events.len();
     let excess = total.saturating_sub(limit);
@@ -374,7 +382,7 @@ impl Store for CrdStore {
         Box::pin(async move {
             let mut out = Vec::new();
             for object in self.list_objects(&Filter::default()).await? {
-                if !decode_state(&object).is_some_and(|r| !r.phase.is_terminal()) {
+                if decode_state(&object).is_none_or(|r| r.phase.is_terminal()) {
                     continue;
                 }
                 let (rollout, events) = match decode(&object) {
@@ -472,7 +480,10 @@ impl Store for CrdStore {
                 Err(kube::Error::Api(status)) if status.is_already_exists() => {
                     // An earlier attempt of the same request made the object; if its status
                     // never landed, this attempt finishes the create.
-                    let existing = api.get(&rollout.id).await.map_err(|e| api_error("read", e))?;
+                    let existing = api
+                        .get(&rollout.id)
+                        .await
+                        .map_err(|e| api_error("read", e))?;
                     if has_state(&existing) {
                         return Err(StoreError::AlreadyExists {
                             id: rollout.id.clone(),
@@ -489,7 +500,11 @@ impl Store for CrdStore {
             ]);
             let patch = json_patch(patch, &rollout.id)?;
             match api
-                .patch_status(&rollout.id, &PatchParams::default(), &Patch::Json::<()>(patch))
+                .patch_status(
+                    &rollout.id,
+                    &PatchParams::default(),
+                    &Patch::Json::<()>(patch),
+                )
                 .await
             {
                 Ok(written) => {
@@ -529,7 +544,11 @@ impl Store for CrdStore {
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             self.forget(id);
-            match self.api(namespace).delete(id, &DeleteParams::default()).await {
+            match self
+                .api(namespace)
+                .delete(id, &DeleteParams::default())
+                .await
+            {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
                 Err(e) => Err(StoreError::Api {
@@ -604,8 +623,7 @@ mod tests {
 
     #[test]
     fn a_step_tests_the_resource_version_first_and_trims_the_oldest_events() {
-        let (patch, kept) =
-            append_patch("41", &rollout(5), &[event(4), event(5)], 3, 4).unwrap();
+        let (patch, kept) = append_patch("41", &rollout(5), &[event(4), event(5)], 3, 4).unwrap();
         let ops = patch.as_array().unwrap();
         assert_eq!(
             ops[0],
@@ -620,7 +638,10 @@ mod tests {
             .filter(|op| op["op"] == "remove" && op["path"] == "/status/events/0")
             .count();
         assert_eq!((appended, removed, kept), (2, 1, 4));
-        assert!(ops.iter().any(|op| op["path"] == "/status/lastSequence" && op["value"] == 5));
+        assert!(
+            ops.iter()
+                .any(|op| op["path"] == "/status/lastSequence" && op["value"] == 5)
+        );
     }
 
     #[test]

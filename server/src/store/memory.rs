@@ -193,7 +193,10 @@ impl Store for MemoryStore {
             .state
             .lock()
             .map(|mut s| {
-                let stored = s.rollouts.get(id).is_some_and(|(r, _)| r.namespace == namespace);
+                let stored = s
+                    .rollouts
+                    .get(id)
+                    .is_some_and(|(r, _)| r.namespace == namespace);
                 if stored {
                     s.rollouts.remove(id);
                 }

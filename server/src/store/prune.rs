@@ -38,7 +38,11 @@ fn finished(rollout: &Rollout) -> DateTime<Utc> {
 }
 
 /// The (namespace, id) of each record to delete.
-pub fn select(records: &[Rollout], retention: Retention, now: DateTime<Utc>) -> Vec<(String, String)> {
+pub fn select(
+    records: &[Rollout],
+    retention: Retention,
+    now: DateTime<Utc>,
+) -> Vec<(String, String)> {
     let oldest_kept = chrono::Duration::from_std(retention.max_age)
         .ok()
         .and_then(|age| now.checked_sub_signed(age));
