@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Re-read the token files on SIGHUP (the binary; tests leave the signal alone).
     pub reload_on_sighup: bool,
+    /// Leader election among replicas (`None` = this server leads on its own).
+    pub leader: Option<crate::leader::LeaderConfig>,
 }
 
 /// PEM files of the server's TLS identity and, for mutual TLS, the CA of client certificates.
@@ -114,6 +116,7 @@ impl Default for ServerConfig {
             read_only_token_file: None,
             tls: None,
             reload_on_sighup: false,
+            leader: None,
         }
     }
 }
@@ -144,6 +147,9 @@ impl ServerConfig {
                 humantime::format_duration(MAX_SCALE_DOWN_DELAY),
                 humantime::format_duration(self.scale_down_delay)
             )));
+        }
+        if let Some(leader) = &self.leader {
+            leader.validate().map_err(ServerError::Config)?;
         }
         if self.prometheus_url.is_empty() {
             return Err(ServerError::Config("prometheus url is required".into()));

@@ -15,6 +15,8 @@ pub mod domain;
 pub mod engine;
 mod error;
 pub mod events;
+mod follow;
+pub mod leader;
 pub mod metrics;
 pub mod retry;
 pub mod router;
@@ -75,7 +77,7 @@ pub async fn serve(
     );
     let store = store::crd::CrdStore::new(client.clone(), config.namespaces.clone())
         .with_event_limit(config.event_limit);
-    let legacy = store::configmap::LegacyRecords::new(client, config.namespaces.clone());
+    let legacy = store::configmap::LegacyRecords::new(client.clone(), config.namespaces.clone());
     let carried = store::crd::migrate(&legacy, &store)
         .await
         .map_err(|e| ServerError::Restore(e.to_string()))?;
@@ -89,14 +91,25 @@ pub async fn serve(
         store: Arc::new(store),
         hub: events::Hub::with_limit(events::DEFAULT_MEMORY_EVENTS),
     };
-    serve_with(config, listener, ports, shutdown).await
+    serve_inner(config, listener, ports, Some(client), shutdown).await
 }
 
-/// Runs the server over the given adapters (the Kubernetes ones, or fakes in tests).
+/// Runs the server over the given adapters (the Kubernetes ones, or fakes in tests), leading
+/// on its own (leader election needs the Kubernetes API: see [`serve`]).
 pub async fn serve_with(
     config: ServerConfig,
     listener: TcpListener,
     ports: Ports,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    serve_inner(config, listener, ports, None, shutdown).await
+}
+
+async fn serve_inner(
+    config: ServerConfig,
+    listener: TcpListener,
+    ports: Ports,
+    client: Option<kube::Client>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
@@ -104,18 +117,60 @@ pub async fn serve_with(
     // If this future is dropped rather than shut down (its task aborted), drivers and the auto
     // loop still stop between steps, even while a connection task keeps the supervisor alive.
     let _stop_engine = supervisor.stopping().drop_guard();
-    let resumed = supervisor
-        .restore()
-        .await
-        .map_err(|e| ServerError::Restore(e.to_string()))?;
-    tokio::spawn(supervisor.clone().run_pruner());
-    if config.auto {
-        tokio::spawn(engine::auto::run(
-            supervisor.clone(),
-            ports.workloads.clone(),
-            config.namespaces.clone(),
-        ));
-    }
+    let auto = config
+        .auto
+        .then(|| (ports.workloads.clone(), config.namespaces.clone()));
+    let (resumed, election) = match (&config.leader, client) {
+        (Some(leader), Some(client)) => {
+            // Follow every replica's records before serving, and lead only once elected.
+            supervisor.step_down().await;
+            let (synced, following) = tokio::sync::oneshot::channel();
+            tokio::spawn(follow::run(
+                client.clone(),
+                config.namespaces.clone(),
+                supervisor.clone(),
+                synced,
+                supervisor.stopping(),
+            ));
+            match tokio::time::timeout(config.sync_timeout, following).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(ServerError::Sync(
+                        "rollout records (rollouts.steerer.dev) could not be listed and watched"
+                            .into(),
+                    ));
+                }
+            }
+            let address = match &leader.advertise_address {
+                Some(address) => address.clone(),
+                None => listener
+                    .local_addr()
+                    .map_err(|e| ServerError::Config(format!("listener address: {e}")))?
+                    .to_string(),
+            };
+            let election = leader::Election::start(client, leader.clone(), address)
+                .await
+                .map_err(|e| ServerError::Config(e.to_string()))?;
+            tokio::spawn(follow_leadership(
+                election.subscribe(),
+                supervisor.clone(),
+                auto,
+            ));
+            (0, Some(election))
+        }
+        (Some(_), None) => {
+            return Err(ServerError::Config(
+                "leader election needs the Kubernetes API".into(),
+            ));
+        }
+        (None, _) => {
+            let resumed = supervisor
+                .lead(auto)
+                .await
+                .map_err(|e| ServerError::Restore(e.to_string()))?;
+            (resumed, None)
+        }
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RolloutServiceServer<api::Api>>().await;
@@ -145,11 +200,14 @@ pub async fn serve_with(
     if config.reload_on_sighup {
         signals::reload_on_sighup(auth.clone(), draining.clone());
     }
-    let service = api::Api::new(
+    let mut service = api::Api::new(
         supervisor.clone(),
         config.namespaces.clone(),
         draining.clone(),
     );
+    if let Some(election) = &election {
+        service = service.with_forwarding(api::forward::Forwarder::new(election.subscribe()));
+    }
     // Every RolloutService call is authorized here, before a handler runs; health and
     // reflection stay open.
     let service = tower::Layer::layer(
@@ -190,6 +248,47 @@ pub async fn serve_with(
         .await;
     draining.cancel();
     supervisor.shutdown().await;
+    if let Some(election) = election {
+        election.stop().await;
+    }
     tracing::info!("steerer server stopped");
     result.map_err(ServerError::from)
+}
+
+/// Leads while the election says so: resumes the unfinished rollouts on winning, stops
+/// driving them on losing.
+async fn follow_leadership(
+    mut leadership: tokio::sync::watch::Receiver<leader::Leadership>,
+    supervisor: Arc<Supervisor>,
+    auto: Option<(Arc<dyn workloads::Workloads>, Vec<String>)>,
+) {
+    let stopping = supervisor.stopping();
+    loop {
+        let leading = leadership.borrow_and_update().leading;
+        if leading && !supervisor.leading() {
+            match supervisor.lead(auto.clone()).await {
+                Ok(resumed) => tracing::info!(resumed, "this replica leads: executing rollouts"),
+                Err(error) => {
+                    tracing::error!(%error, "could not take over the rollouts; trying again");
+                    supervisor.step_down().await;
+                    tokio::select! {
+                        _ = stopping.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            }
+        } else if !leading && supervisor.leading() {
+            supervisor.step_down().await;
+            tracing::info!("this replica no longer leads: it stopped executing rollouts");
+        }
+        tokio::select! {
+            _ = stopping.cancelled() => return,
+            changed = leadership.changed() => {
+                if changed.is_err() {
+                    supervisor.step_down().await;
+                    return;
+                }
+            }
+        }
+    }
 }

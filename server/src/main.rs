@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use steerer_server::domain::AnalysisSettings;
+use steerer_server::leader::LeaderConfig;
 use steerer_server::{ServerConfig, TlsFiles};
 
 /// Progressive delivery for Kubernetes Deployments over Istio and Prometheus.
@@ -104,9 +105,49 @@ struct Flags {
     /// signed (mutual TLS). Needs --tls-cert and --tls-key.
     #[arg(long, env = "STEERER_CLIENT_CA", requires = "tls_cert")]
     client_ca: Option<PathBuf>,
+    /// Run as one of several replicas: the holder of a coordination.k8s.io Lease executes
+    /// rollouts; every replica serves reads, and forwards starts and commands to the leader.
+    #[arg(long, env = "STEERER_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the Lease.
+    #[arg(
+        long,
+        env = "STEERER_LEASE_NAMESPACE",
+        default_value = "steerer-system"
+    )]
+    lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, env = "STEERER_LEASE_NAME", default_value = "steerer")]
+    lease_name: String,
+    /// This replica's identity in the election (default: $POD_NAME, else the host name).
+    #[arg(long, env = "STEERER_IDENTITY")]
+    identity: Option<String>,
+    /// Address (host:port) at which the other replicas reach this one (default: the listen
+    /// address).
+    #[arg(long, env = "STEERER_ADVERTISE_ADDRESS")]
+    advertise_address: Option<String>,
+    /// How long the Lease lasts without renewal (whole seconds); a leader that cannot renew
+    /// stops writing before then, and another replica takes over after it.
+    #[arg(long, env = "STEERER_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// How long before the Lease expires the leader renews it (whole seconds).
+    #[arg(long, env = "STEERER_LEASE_RENEW_BEFORE", default_value = "5s", value_parser = humantime::parse_duration)]
+    lease_renew_before: Duration,
     /// Log as JSON lines.
     #[arg(long, env = "STEERER_LOG_JSON")]
     log_json: bool,
+}
+
+/// The pod name, else the host name.
+fn default_identity() -> anyhow::Result<String> {
+    if let Ok(pod) = std::env::var("POD_NAME")
+        && !pod.is_empty()
+    {
+        return Ok(pod);
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("no --identity, no POD_NAME and no host name")?;
+    Ok(host.trim().to_owned())
 }
 
 #[tokio::main]
@@ -157,8 +198,33 @@ async fn main() -> anyhow::Result<()> {
             _ => None,
         },
         reload_on_sighup: true,
+        leader: if flags.leader_elect {
+            Some(LeaderConfig {
+                namespace: flags.lease_namespace,
+                lease_name: flags.lease_name,
+                identity: match flags.identity {
+                    Some(identity) => identity,
+                    None => default_identity()?,
+                },
+                advertise_address: flags.advertise_address.or_else(|| {
+                    (!flags.listen.ip().is_unspecified()).then(|| flags.listen.to_string())
+                }),
+                lease_duration: flags.lease_duration,
+                renew_before: flags.lease_renew_before,
+            })
+        } else {
+            None
+        },
         ..ServerConfig::default()
     };
+    if let Some(leader) = &config.leader
+        && leader.advertise_address.is_none()
+    {
+        anyhow::bail!(
+            "--leader-elect with --listen on {} needs --advertise-address: the address the other replicas reach this one at",
+            config.listen
+        );
+    }
     config.validate()?;
 
     let client = kube::Client::try_default()

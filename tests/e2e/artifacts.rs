@@ -143,6 +143,7 @@ const APPLIES: [(&str, &[&str]); 4] = [
     (
         "artifacts/steerer/",
         &[
+            "customresourcedefinition.apiextensions.k8s.io/rollouts.steerer.dev",
             "namespace/steerer-system",
             "serviceaccount/steerer",
             "clusterrole.rbac.authorization.k8s.io/steerer",

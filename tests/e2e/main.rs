@@ -11,6 +11,7 @@ mod cli_restart;
 mod cli_rollout;
 mod grpcurl;
 mod python_client;
+mod replicas;
 mod rollout_auto;
 mod rollout_bad_input;
 mod rollout_control;

@@ -504,7 +504,8 @@ impl World {
             router: self.router.clone(),
             metrics: self.metrics.clone(),
             store: self.store.clone(),
-            hub: Hub::new(),
+            // As the server keeps it: the newest events of active rollouts only.
+            hub: Hub::with_limit(steerer_server::events::DEFAULT_MEMORY_EVENTS),
         }
     }
 }

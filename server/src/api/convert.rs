@@ -132,6 +132,7 @@ pub fn status(e: EngineError) -> tonic::Status {
         | EngineError::Store(_)
         | EngineError::MetricsUnreachable(_)
         | EngineError::Interrupted(_) => tonic::Status::unavailable(message),
+        EngineError::NotLeader(_) => tonic::Status::unavailable(message),
         EngineError::Internal(_) => tonic::Status::internal(message),
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod convert;
+pub mod forward;
 pub mod validate;
 pub mod watch;
 
@@ -29,6 +30,9 @@ pub struct Api {
     namespaces: Vec<String>,
     /// Cancelled at shutdown: open watches end cleanly.
     draining: CancellationToken,
+    /// With leader election: sends mutating calls on to the leader when this replica
+    /// follows.
+    forward: Option<forward::Forwarder>,
 }
 
 impl Api {
@@ -43,7 +47,19 @@ impl Api {
             supervisor,
             namespaces,
             draining,
+            forward: None,
         }
+    }
+
+    /// Forwards mutating calls to the leader while this replica does not lead.
+    pub fn with_forwarding(mut self, forwarder: forward::Forwarder) -> Self {
+        self.forward = Some(forwarder);
+        self
+    }
+
+    /// The forwarder, when this replica follows.
+    fn follower(&self) -> Option<&forward::Forwarder> {
+        self.forward.as_ref().filter(|f| !f.leading())
     }
 
     fn served(&self, namespace: &str) -> Result<(), Status> {
@@ -87,6 +103,9 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::StartRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        if let Some(leader) = self.follower() {
+            return leader.start(request).await;
+        }
         let r = request.into_inner();
         validate::dns1123_label("namespace", &r.namespace).map_err(invalid)?;
         validate::dns1123_label("target", &r.target).map_err(invalid)?;
@@ -203,6 +222,9 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::AbortRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        if let Some(leader) = self.follower() {
+            return leader.abort(request).await;
+        }
         let r = request.into_inner();
         validate::reason(&r.reason).map_err(invalid)?;
         self.run_command(&r.id, Command::Abort { reason: r.reason })
@@ -213,6 +235,9 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::PauseRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        if let Some(leader) = self.follower() {
+            return leader.pause(request).await;
+        }
         let r = request.into_inner();
         validate::reason(&r.reason).map_err(invalid)?;
         self.run_command(&r.id, Command::Pause { reason: r.reason })
@@ -223,6 +248,9 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::ResumeRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        if let Some(leader) = self.follower() {
+            return leader.resume(request).await;
+        }
         let r = request.into_inner();
         self.run_command(&r.id, Command::Resume).await
     }
@@ -231,6 +259,9 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::PromoteRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        if let Some(leader) = self.follower() {
+            return leader.promote(request).await;
+        }
         let r = request.into_inner();
         self.run_command(&r.id, Command::Promote).await
     }

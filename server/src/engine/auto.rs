@@ -10,13 +10,13 @@ use super::{EngineError, StartRequest, Supervisor};
 /// The label that opts a GA Deployment into auto mode.
 pub const AUTO_LABEL: (&str, &str) = ("steerer.dev/rollout", "enabled");
 
-/// Looks for new canary revisions until the supervisor stops.
+/// Looks for new canary revisions until `stop`.
 pub async fn run(
     supervisor: Arc<Supervisor>,
     workloads: Arc<dyn crate::workloads::Workloads>,
     namespaces: Vec<String>,
+    stop: tokio_util::sync::CancellationToken,
 ) {
-    let stop = supervisor.stopping();
     let every = supervisor.config().auto_interval;
     let mut seen = Seen::default();
     loop {

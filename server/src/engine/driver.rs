@@ -446,6 +446,7 @@ impl Driver {
     /// Acts, then persists the state with its new events in one write, then publishes.
     async fn commit(&mut self, decision: &Decision, now: DateTime<Utc>) -> Result<(), CommitError> {
         for (done, action) in decision.actions.iter().enumerate() {
+            self.may_write(done > 0)?;
             self.act(action).await.map_err(|error| CommitError {
                 permanent: error.permanent.then(|| ActionFailure {
                     action: action.clone(),
@@ -460,6 +461,7 @@ impl Driver {
             return Ok(());
         }
         let (next, events) = decision.record(now);
+        self.may_write(!decision.actions.is_empty())?;
         match self.ports.store.append(&next, &events).await {
             Ok(()) => self.conflicts = 0,
             Err(StoreError::Conflict { .. }) => {
@@ -501,6 +503,19 @@ impl Driver {
 }
 
 impl Driver {
+    /// The fence: once this driver's term has ended (shutdown, or the replica no longer
+    /// leads), it writes nothing more.
+    fn may_write(&self, acted: bool) -> Result<(), CommitError> {
+        if self.shutdown.is_cancelled() {
+            return Err(CommitError {
+                message: "this server stopped driving the rollout (shutting down or no longer the leader)".into(),
+                acted,
+                permanent: None,
+            });
+        }
+        Ok(())
+    }
+
     /// After a write conflict: adopts the stored state and publishes the events the other
     /// writer added, so watchers see them in order. Past `MAX_CONFLICTS` in a row the driver
     /// stops and says so, in the log and as a Kubernetes Event on GA.

@@ -113,6 +113,9 @@ pub enum EngineError {
     /// write keeps failing, the server is shutting down); trying again may work.
     #[error("{0}")]
     Interrupted(String),
+    /// This replica does not lead: another one executes rollouts.
+    #[error("{0}")]
+    NotLeader(String),
     /// A bug: a poisoned lock.
     #[error("{0}")]
     Internal(String),

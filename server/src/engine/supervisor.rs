@@ -111,18 +111,28 @@ pub struct Supervisor {
     start_lock: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
     drivers: Mutex<JoinSet<()>>,
+    /// The current leadership term: drivers, pruning and auto mode run under it, and stop
+    /// writing when it is cancelled. `None` = this replica does not lead.
+    term: Mutex<Option<CancellationToken>>,
+    /// Active rollouts another replica drives, as their records say (elected deployments).
+    followed: Mutex<HashMap<String, Rollout>>,
 }
 
 impl Supervisor {
     /// A supervisor with no rollouts.
     pub fn new(ports: Ports, config: EngineConfig) -> Self {
+        let shutdown = CancellationToken::new();
         Self {
             ports,
             config,
             entries: Arc::default(),
             start_lock: tokio::sync::Mutex::new(()),
-            shutdown: CancellationToken::new(),
+            shutdown: shutdown.clone(),
             drivers: Mutex::new(JoinSet::new()),
+            // A server on its own leads from the start; an elected one steps down until it
+            // wins the lease.
+            term: Mutex::new(Some(shutdown.child_token())),
+            followed: Mutex::default(),
         }
     }
 
@@ -162,6 +172,13 @@ impl Supervisor {
             self.ports.hub.forget(&rollout.id);
             return;
         }
+        let Some(term) = self.term() else {
+            tracing::warn!(rollout = %rollout.id, "not leading: the rollout is left to the leader");
+            return;
+        };
+        if let Ok(mut followed) = self.followed.lock() {
+            followed.remove(&rollout.id);
+        }
         let (view_tx, view_rx) = watch::channel(rollout.clone());
         let (tx, rx) = mpsc::channel(16);
         let driver = Driver::new(
@@ -170,7 +187,7 @@ impl Supervisor {
             rollout.clone(),
             view_tx,
             rx,
-            self.shutdown.child_token(),
+            term.child_token(),
         );
         if let Ok(mut entries) = self.entries.lock() {
             entries.insert(
@@ -209,10 +226,14 @@ impl Supervisor {
     }
 
     fn snapshot(&self) -> Vec<Rollout> {
-        self.entries
-            .lock()
-            .map(|e| e.values().map(|e| e.view.borrow().clone()).collect())
-            .unwrap_or_default()
+        let mut all: HashMap<String, Rollout> =
+            self.followed.lock().map(|f| f.clone()).unwrap_or_default();
+        if let Ok(entries) = self.entries.lock() {
+            for (id, entry) in entries.iter() {
+                all.insert(id.clone(), entry.view.borrow().clone());
+            }
+        }
+        all.into_values().collect()
     }
 
     /// Active rollouts held in memory.
@@ -248,6 +269,119 @@ impl Supervisor {
             .lock()
             .ok()
             .and_then(|e| e.get(id).map(|e| e.view.borrow().clone()))
+            .or_else(|| self.followed.lock().ok()?.get(id).cloned())
+    }
+
+    fn driven_here(&self, id: &str) -> bool {
+        self.entries.lock().is_ok_and(|e| e.contains_key(id))
+    }
+
+    /// The current leadership term, if this replica leads.
+    fn term(&self) -> Option<CancellationToken> {
+        self.term.lock().ok()?.clone().filter(|t| !t.is_cancelled())
+    }
+
+    /// Whether this replica leads (always, without leader election).
+    pub fn leading(&self) -> bool {
+        self.term().is_some()
+    }
+
+    fn require_leading(&self) -> Result<(), EngineError> {
+        if self.leading() {
+            Ok(())
+        } else {
+            Err(EngineError::NotLeader(
+                "this replica does not lead right now; try again".into(),
+            ))
+        }
+    }
+
+    /// Starts a leadership term: resumes every unfinished rollout from the store and runs
+    /// pruning (and auto mode, when on) until the term ends. Returns the number resumed.
+    pub async fn lead(
+        self: &Arc<Self>,
+        auto: Option<(Arc<dyn crate::workloads::Workloads>, Vec<String>)>,
+    ) -> Result<usize, EngineError> {
+        let term = self.shutdown.child_token();
+        if let Ok(mut current) = self.term.lock() {
+            if let Some(old) = current.replace(term.clone()) {
+                old.cancel();
+            }
+        }
+        let resumed = match self.restore().await {
+            Ok(resumed) => resumed,
+            Err(error) => {
+                term.cancel();
+                return Err(error);
+            }
+        };
+        tokio::spawn(self.clone().run_pruner(term.clone()));
+        if let Some((workloads, namespaces)) = auto {
+            tokio::spawn(super::auto::run(self.clone(), workloads, namespaces, term));
+        }
+        Ok(resumed)
+    }
+
+    /// Ends the leadership term: drivers stop before their next write and leave memory (the
+    /// records follower keeps following their rollouts).
+    pub async fn step_down(&self) {
+        if let Some(term) = self.term.lock().ok().and_then(|mut t| t.take()) {
+            term.cancel();
+        }
+        let mut drivers = match self.drivers.lock() {
+            Ok(mut d) => std::mem::take(&mut *d),
+            Err(_) => return,
+        };
+        while drivers.join_next().await.is_some() {}
+        let stopped: Vec<Rollout> = self
+            .entries
+            .lock()
+            .map(|mut e| e.drain().map(|(_, e)| e.view.borrow().clone()).collect())
+            .unwrap_or_default();
+        if let Ok(mut followed) = self.followed.lock() {
+            for rollout in stopped {
+                if !rollout.phase.is_terminal() {
+                    followed.insert(rollout.id.clone(), rollout);
+                }
+            }
+        }
+    }
+
+    /// Takes in a rollout's record as the records follower saw it: an active rollout another
+    /// replica drives is kept and its new events published; a finished one leaves memory.
+    pub fn follow(&self, rollout: Rollout, events: Vec<crate::domain::RolloutEvent>) {
+        if self.driven_here(&rollout.id) {
+            return;
+        }
+        let hub = &self.ports.hub;
+        if rollout.phase.is_terminal() {
+            if hub.contains(&rollout.id) {
+                if let Err(error) = hub.publish(&events) {
+                    tracing::error!(rollout = %rollout.id, %error, "a followed event log has a gap");
+                }
+                hub.forget(&rollout.id);
+            }
+            if let Ok(mut followed) = self.followed.lock() {
+                followed.remove(&rollout.id);
+            }
+            return;
+        }
+        hub.register(&rollout.id);
+        if let Err(error) = hub.publish(&events) {
+            tracing::error!(rollout = %rollout.id, %error, "a followed event log has a gap");
+        }
+        if let Ok(mut followed) = self.followed.lock() {
+            followed.insert(rollout.id.clone(), rollout);
+        }
+    }
+
+    /// Forgets a rollout whose record was deleted.
+    pub fn unfollow(&self, id: &str) {
+        if let Ok(mut followed) = self.followed.lock()
+            && followed.remove(id).is_some()
+        {
+            self.ports.hub.forget(id);
+        }
     }
 
     /// One rollout: an active one from memory, a finished one from the store.
@@ -282,9 +416,8 @@ impl Supervisor {
         prune_records(&self.ports, &Filter::default(), self.config.retention).await;
     }
 
-    /// Prunes every `PRUNE_EVERY` until the supervisor stops.
-    pub async fn run_pruner(self: Arc<Self>) {
-        let stop = self.stopping();
+    /// Prunes every `PRUNE_EVERY` until `stop`.
+    pub async fn run_pruner(self: Arc<Self>, stop: CancellationToken) {
         loop {
             self.prune().await;
             tokio::select! {
@@ -298,6 +431,7 @@ impl Supervisor {
     /// nothing.
     pub async fn start(&self, request: StartRequest) -> Result<Rollout, EngineError> {
         let _guard = self.start_lock.lock().await;
+        self.require_leading()?;
         // A request id is a key within its namespace (the rollout id derives from both), so
         // the same key in another namespace is another request.
         if !request.request_id.is_empty() {
@@ -457,7 +591,11 @@ impl Supervisor {
             Err(refused) => Err(EngineError::Refused(refused.0)),
         };
         let Some((sender, current)) = entry.filter(|(_, r)| !r.phase.is_terminal()) else {
-            return finished(self.get(id).await?);
+            let rollout = self.get(id).await?;
+            if !rollout.phase.is_terminal() {
+                self.require_leading()?;
+            }
+            return finished(rollout);
         };
         let (reply, answer) = oneshot::channel();
         if sender

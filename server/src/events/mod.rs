@@ -170,6 +170,11 @@ impl Hub {
         }
     }
 
+    /// Whether the hub holds a rollout.
+    pub fn contains(&self, id: &str) -> bool {
+        self.topics.lock().is_ok_and(|t| t.contains_key(id))
+    }
+
     /// Rollouts the hub holds.
     pub fn len(&self) -> usize {
         self.topics.lock().map(|t| t.len()).unwrap_or(0)

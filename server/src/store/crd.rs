@@ -361,6 +361,21 @@ fn decode(object: &DynamicObject) -> Result<Stored, StoreError> {
     Ok((rollout, events))
 }
 
+/// A watched record's rollout and kept events; `None` (with a warning for a record that
+/// cannot be read) when it holds no rollout yet.
+pub fn decode_record(object: &DynamicObject) -> Option<Stored> {
+    if !has_state(object) {
+        return None;
+    }
+    match decode(object) {
+        Ok(stored) => Some(stored),
+        Err(error) => {
+            tracing::warn!(%error, "skipping unreadable rollout record");
+            None
+        }
+    }
+}
+
 /// Reads a listed record's state, skipping (with a warning) records that cannot be read.
 fn decode_state(object: &DynamicObject) -> Option<Rollout> {
     if !has_state(object) {
