@@ -20,6 +20,7 @@ pub mod retry;
 pub mod router;
 mod signals;
 pub mod store;
+pub mod telemetry;
 pub mod workloads;
 
 use std::future::Future;
