@@ -1,8 +1,9 @@
 //! steerer-server: the gRPC server that owns canary rollouts of Kubernetes Deployments,
 //! moving Istio VirtualService weights step by step, gated on Prometheus success rates.
 //!
-//! This file wires: `serve` builds the Kubernetes adapters, `serve_with` the engine and the
-//! gRPC services; configuration lives in `config`, signal handling in `signals`.
+//! This file wires: `serve` builds the Kubernetes adapters, `serve_with` the engine, the
+//! gRPC services and the `/metrics` endpoint; configuration lives in `config`, signal handling
+//! in `signals`, steerer's own metrics in `telemetry`.
 //!
 //! `serve` runs the whole server on a listener the caller bound, so tests start it in-process
 //! on `127.0.0.1:0`, stop it gracefully through the shutdown future, or abort its task to
@@ -36,7 +37,9 @@ use crate::engine::{Ports, Supervisor};
 pub use crate::error::ServerError;
 
 /// Runs the server against Kubernetes (`client`) and Prometheus until `shutdown` completes,
-/// then drains: open watches end, drivers stop between steps.
+/// then drains: open watches end, drivers stop between steps. Its metrics go to
+/// `config.telemetry`; a `client` built by [`telemetry::kube_client`] with the same telemetry
+/// has its requests counted too.
 pub async fn serve(
     config: ServerConfig,
     listener: TcpListener,
@@ -72,7 +75,8 @@ pub async fn serve(
             config.namespaces.clone(),
             Duration::from_millis(500),
         )
-        .map_err(|e| ServerError::Config(e.to_string()))?,
+        .map_err(|e| ServerError::Config(e.to_string()))?
+        .with_telemetry(config.telemetry.clone()),
     );
     let store = Arc::new(
         store::configmap::ConfigMapStore::new(client, config.namespaces.clone())
@@ -84,11 +88,13 @@ pub async fn serve(
         metrics,
         store,
         hub: events::Hub::with_limit(config.event_limit),
+        telemetry: config.telemetry.clone(),
     };
     serve_with(config, listener, ports, shutdown).await
 }
 
-/// Runs the server over the given adapters (the Kubernetes ones, or fakes in tests).
+/// Runs the server over the given adapters (the Kubernetes ones, or fakes in tests), with
+/// `ports.telemetry` as its metrics, served on `config.metrics_listen` when set.
 pub async fn serve_with(
     config: ServerConfig,
     listener: TcpListener,
@@ -96,7 +102,26 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    let telemetry = ports.telemetry.clone();
+    let metrics_endpoint = match config.metrics_listen {
+        Some(addr) => Some(telemetry::MetricsEndpoint::start(addr, telemetry.clone()).await?),
+        None => None,
+    };
+    // Without leader election every replica drives the rollouts it holds.
+    telemetry.set_leader(true);
     let supervisor = Arc::new(Supervisor::new(ports.clone(), config.engine()));
+    // Weak: the telemetry lives in the supervisor's ports, and must not keep it alive.
+    let held = Arc::downgrade(&supervisor);
+    telemetry.set_rollouts_source(Arc::new(move || {
+        held.upgrade()
+            .map(|s| {
+                s.list(None, true)
+                    .iter()
+                    .map(telemetry::RolloutSummary::of)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }));
     // If this future is dropped rather than shut down (its task aborted), drivers and the auto
     // loop still stop between steps, even while a connection task keeps the supervisor alive.
     let _stop_engine = supervisor.stopping().drop_guard();
@@ -144,13 +169,15 @@ pub async fn serve_with(
         supervisor.clone(),
         config.namespaces.clone(),
         draining.clone(),
-    );
+    )
+    .with_telemetry(telemetry.clone());
     // Every RolloutService call is authorized here, before a handler runs; health and
-    // reflection stay open.
+    // reflection stay open. Outside that, every call is counted, refused ones included.
     let service = tower::Layer::layer(
         &api::auth::AuthLayer::new(auth.clone()),
         RolloutServiceServer::new(service),
     );
+    let service = tower::Layer::layer(&telemetry::GrpcMetricsLayer::new(telemetry), service);
     let addr = listener.local_addr().ok();
     tracing::info!(
         ?addr,
@@ -159,6 +186,7 @@ pub async fn serve_with(
         tls = config.tls.is_some(),
         mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         tokens = auth.enabled(),
+        metrics = ?metrics_endpoint.as_ref().map(|m| m.addr()),
         "steerer server listening"
     );
     let signal = {
@@ -185,6 +213,9 @@ pub async fn serve_with(
         .await;
     draining.cancel();
     supervisor.shutdown().await;
+    if let Some(endpoint) = metrics_endpoint {
+        endpoint.stop().await;
+    }
     tracing::info!("steerer server stopped");
     result.map_err(ServerError::from)
 }

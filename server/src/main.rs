@@ -97,6 +97,10 @@ struct Flags {
     /// signed (mutual TLS). Needs --tls-cert and --tls-key.
     #[arg(long, env = "STEERER_CLIENT_CA", requires = "tls_cert")]
     client_ca: Option<PathBuf>,
+    /// Serve steerer's own metrics (`GET /metrics`, OpenMetrics text) on this address, for
+    /// example 0.0.0.0:9102. Not served when unset.
+    #[arg(long, env = "STEERER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Log as JSON lines.
     #[arg(long, env = "STEERER_LOG_JSON")]
     log_json: bool,
@@ -148,13 +152,16 @@ async fn main() -> anyhow::Result<()> {
             _ => None,
         },
         reload_on_sighup: true,
+        metrics_listen: flags.metrics_listen,
         ..ServerConfig::default()
     };
     config.validate()?;
 
-    let client = kube::Client::try_default()
+    // As `kube::Client::try_default` does, with every request counted in the server's metrics.
+    let kube_config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+    let client = steerer_server::telemetry::kube_client(kube_config, &config.telemetry)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("failed to listen on {}", config.listen))?;

@@ -481,6 +481,7 @@ impl World {
             metrics: self.metrics.clone(),
             store: self.store.clone(),
             hub: Hub::new(),
+            telemetry: Default::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::engine::{Command, StartRequest, Supervisor};
 use crate::events::WatchError;
+use crate::telemetry::Telemetry;
 use validate::Invalid;
 
 /// Events buffered per WatchRollout stream before the producer waits for the client.
@@ -28,6 +29,8 @@ pub struct Api {
     namespaces: Vec<String>,
     /// Cancelled at shutdown: open watches end cleanly.
     draining: CancellationToken,
+    /// Counts the open watch streams.
+    telemetry: Telemetry,
 }
 
 impl Api {
@@ -42,7 +45,14 @@ impl Api {
             supervisor,
             namespaces,
             draining,
+            telemetry: Telemetry::default(),
         }
+    }
+
+    /// Counts open watch streams in `telemetry` rather than in a registry of its own.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     fn served(&self, namespace: &str) -> Result<(), Status> {
@@ -171,7 +181,10 @@ impl RolloutService for Api {
             .map_err(watch_status)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let draining = self.draining.clone();
+        // Dropped with the task, however it ends: drained, client gone, or an error sent.
+        let open = self.telemetry.watch_stream();
         tokio::spawn(async move {
+            let _open = open;
             loop {
                 let event = tokio::select! {
                     _ = draining.cancelled() => break,
