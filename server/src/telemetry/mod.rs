@@ -403,9 +403,10 @@ impl Collector for RolloutsCollector {
                 .or_insert(rollout);
         }
 
+        // Help texts end with a full stop, as the registry writes those of registered metrics.
         let mut family = encoder.encode_descriptor(
             "rollouts",
-            "Active rollouts this replica holds, by phase",
+            "Active rollouts this replica holds, by phase.",
             None,
             MetricType::Gauge,
         )?;
@@ -416,7 +417,7 @@ impl Collector for RolloutsCollector {
 
         let mut family = encoder.encode_descriptor(
             "canary_weight",
-            "Percent of the traffic on the canary, per target of an active rollout",
+            "Percent of the traffic on the canary, per target of an active rollout.",
             None,
             MetricType::Gauge,
         )?;
@@ -428,7 +429,7 @@ impl Collector for RolloutsCollector {
 
         let mut family = encoder.encode_descriptor(
             "canary_success_rate",
-            "Success rate (percent) of the last check with data, per target of an active rollout",
+            "Success rate (percent) of the last check with data, per target of an active rollout.",
             None,
             MetricType::Gauge,
         )?;
