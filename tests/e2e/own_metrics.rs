@@ -1,7 +1,8 @@
 //! steerer's own metrics (`--metrics-listen`): a rollout promoted on the cluster shows on the
 //! server's `/metrics` as checks by result, a rollout finished by phase, Kubernetes API
 //! requests by verb and code, gRPC calls by method and code (a NOT_FOUND included), and the
-//! open-watch gauge back at 0 once the watch ends; a real Prometheus scrapes the same endpoint.
+//! open-watch gauge back at 0 once the watch ends; a real Prometheus scrapes the same endpoint
+//! and answers every query of the Grafana dashboard in `artifacts/`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -198,6 +199,33 @@ async fn a_promoted_rollout_shows_in_the_servers_own_metrics() {
             .any(|s| s.labels.get("verb").map(String::as_str) == Some("watch")),
         "{verbs:?}"
     );
+
+    // Every query of the Grafana dashboard is valid PromQL over these series, and the leader
+    // filter the rollout panels use keeps this (leading) replica's series.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            crate::common::artifacts().join("steerer/grafana/steerer-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$instance", ".*")
+                .replace("$__rate_interval", "1m");
+            let answer = prometheus.query(&expr).await;
+            assert!(answer.is_ok(), "{}: {expr}: {answer:?}", panel["title"]);
+            if panel["title"] == "Active rollouts" || panel["title"] == "Leader per pod" {
+                assert_eq!(answer.unwrap().len(), 1, "{}: {expr}", panel["title"]);
+            }
+            queries += 1;
+        }
+    }
+    assert!(queries >= 10);
     drop(prometheus);
 
     h.server.take().unwrap().stop().await.unwrap();
