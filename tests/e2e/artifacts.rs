@@ -383,15 +383,34 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
         "steerer"
     );
 
-    // A second apply of the same files changes nothing.
+    // A second apply of the same files changes nothing. kubectl always sends a
+    // PodDisruptionBudget's selector (its patch strategy is replace), so against a real API
+    // server it says the budget was "configured": the server stores nothing new all the same.
+    const BUDGET_CONFIGURED: &str = "poddisruptionbudget.policy/steerer configured";
+    let budget_version = async || {
+        kubectl
+            .json(&["get", "pdb", "steerer", "-n", "steerer-system"])
+            .await["metadata"]["resourceVersion"]
+            .clone()
+    };
+    let budget_before = budget_version().await;
     for (path, expected) in APPLIES {
         let out = kubectl.run(&["apply", "-f", path]).await;
+        let out = out.replace(
+            BUDGET_CONFIGURED,
+            "poddisruptionbudget.policy/steerer unchanged",
+        );
         assert_eq!(
             objects(&out, "unchanged"),
             sorted(expected),
             "apply -f {path}"
         );
     }
+    assert_eq!(
+        budget_version().await,
+        budget_before,
+        "the budget was rewritten"
+    );
 
     // A changed manifest is applied as a strategic merge patch: the container merges by name,
     // the rules list is replaced.
