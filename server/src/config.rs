@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::domain::AnalysisSettings;
 use crate::engine::EngineConfig;
 use crate::error::ServerError;
+use crate::telemetry::Telemetry;
 use crate::{api, engine, events};
 
 /// Most events a rollout may keep: at up to 700 bytes each, they fill most of a 1 MiB
@@ -63,6 +64,13 @@ pub struct ServerConfig {
     pub reload_on_sighup: bool,
     /// Leader election among replicas (`None` = this server leads on its own).
     pub leader: Option<crate::leader::LeaderConfig>,
+    /// Serve `GET /metrics` (steerer's own metrics) on this address; port 0 picks a free one,
+    /// recorded in [`Telemetry::metrics_addr`](crate::telemetry::Telemetry::metrics_addr).
+    pub metrics_listen: Option<SocketAddr>,
+    /// The metrics `serve` records into. Clones share it: build the Kubernetes client with
+    /// [`telemetry::kube_client`](crate::telemetry::kube_client) and this same value so its
+    /// requests are counted too. (`serve_with` uses the one in its `Ports`.)
+    pub telemetry: Telemetry,
 }
 
 /// PEM files of the server's TLS identity and, for mutual TLS, the CA of client certificates.
@@ -117,6 +125,8 @@ impl Default for ServerConfig {
             tls: None,
             reload_on_sighup: false,
             leader: None,
+            metrics_listen: None,
+            telemetry: Telemetry::default(),
         }
     }
 }

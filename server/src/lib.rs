@@ -1,8 +1,9 @@
 //! steerer-server: the gRPC server that owns canary rollouts of Kubernetes Deployments,
 //! moving Istio VirtualService weights step by step, gated on Prometheus success rates.
 //!
-//! This file wires: `serve` builds the Kubernetes adapters, `serve_with` the engine and the
-//! gRPC services; configuration lives in `config`, signal handling in `signals`.
+//! This file wires: `serve` builds the Kubernetes adapters, `serve_with` the engine, the
+//! gRPC services and the `/metrics` endpoint; configuration lives in `config`, signal handling
+//! in `signals`, steerer's own metrics in `telemetry`.
 //!
 //! `serve` runs the whole server on a listener the caller bound, so tests start it in-process
 //! on `127.0.0.1:0`, stop it gracefully through the shutdown future, or abort its task to
@@ -22,6 +23,7 @@ pub mod retry;
 pub mod router;
 mod signals;
 pub mod store;
+pub mod telemetry;
 pub mod workloads;
 
 use std::future::Future;
@@ -37,7 +39,9 @@ use crate::engine::{Ports, Supervisor};
 pub use crate::error::ServerError;
 
 /// Runs the server against Kubernetes (`client`) and Prometheus until `shutdown` completes,
-/// then drains: open watches end, drivers stop between steps.
+/// then drains: open watches end, drivers stop between steps. Its metrics go to
+/// `config.telemetry`; a `client` built by [`telemetry::kube_client`] with the same telemetry
+/// has its requests counted too.
 pub async fn serve(
     config: ServerConfig,
     listener: TcpListener,
@@ -73,7 +77,8 @@ pub async fn serve(
             config.namespaces.clone(),
             Duration::from_millis(500),
         )
-        .map_err(|e| ServerError::Config(e.to_string()))?,
+        .map_err(|e| ServerError::Config(e.to_string()))?
+        .with_telemetry(config.telemetry.clone()),
     );
     let store = store::crd::CrdStore::new(client.clone(), config.namespaces.clone())
         .with_event_limit(config.event_limit);
@@ -90,12 +95,14 @@ pub async fn serve(
         metrics,
         store: Arc::new(store),
         hub: events::Hub::with_limit(events::DEFAULT_MEMORY_EVENTS),
+        telemetry: config.telemetry.clone(),
     };
     serve_inner(config, listener, ports, Some(client), shutdown).await
 }
 
 /// Runs the server over the given adapters (the Kubernetes ones, or fakes in tests), leading
-/// on its own (leader election needs the Kubernetes API: see [`serve`]).
+/// on its own (leader election needs the Kubernetes API: see [`serve`]), with
+/// `ports.telemetry` as its metrics, served on `config.metrics_listen` when set.
 pub async fn serve_with(
     config: ServerConfig,
     listener: TcpListener,
@@ -113,7 +120,26 @@ async fn serve_inner(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    let telemetry = ports.telemetry.clone();
+    let metrics_endpoint = match config.metrics_listen {
+        Some(addr) => Some(telemetry::MetricsEndpoint::start(addr, telemetry.clone()).await?),
+        None => None,
+    };
+    // Without leader election the server drives every rollout; with it, only once elected.
+    telemetry.set_leader(config.leader.is_none());
     let supervisor = Arc::new(Supervisor::new(ports.clone(), config.engine()));
+    // Weak: the telemetry lives in the supervisor's ports, and must not keep it alive.
+    let held = Arc::downgrade(&supervisor);
+    telemetry.set_rollouts_source(Arc::new(move || {
+        held.upgrade()
+            .map(|s| {
+                s.active()
+                    .iter()
+                    .map(telemetry::RolloutSummary::of)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }));
     // If this future is dropped rather than shut down (its task aborted), drivers and the auto
     // loop still stop between steps, even while a connection task keeps the supervisor alive.
     let _stop_engine = supervisor.stopping().drop_guard();
@@ -155,6 +181,7 @@ async fn serve_inner(
                 election.subscribe(),
                 supervisor.clone(),
                 auto,
+                telemetry.clone(),
             ));
             (0, Some(election))
         }
@@ -204,16 +231,18 @@ async fn serve_inner(
         supervisor.clone(),
         config.namespaces.clone(),
         draining.clone(),
-    );
+    )
+    .with_telemetry(telemetry.clone());
     if let Some(election) = &election {
         service = service.with_forwarding(api::forward::Forwarder::new(election.subscribe()));
     }
     // Every RolloutService call is authorized here, before a handler runs; health and
-    // reflection stay open.
+    // reflection stay open. Outside that, every call is counted, refused ones included.
     let service = tower::Layer::layer(
         &api::auth::AuthLayer::new(auth.clone()),
         RolloutServiceServer::new(service),
     );
+    let service = tower::Layer::layer(&telemetry::GrpcMetricsLayer::new(telemetry), service);
     let addr = listener.local_addr().ok();
     tracing::info!(
         ?addr,
@@ -222,6 +251,7 @@ async fn serve_inner(
         tls = config.tls.is_some(),
         mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         tokens = auth.enabled(),
+        metrics = ?metrics_endpoint.as_ref().map(|m| m.addr()),
         "steerer server listening"
     );
     let signal = {
@@ -251,6 +281,9 @@ async fn serve_inner(
     if let Some(election) = election {
         election.stop().await;
     }
+    if let Some(endpoint) = metrics_endpoint {
+        endpoint.stop().await;
+    }
     tracing::info!("steerer server stopped");
     result.map_err(ServerError::from)
 }
@@ -261,10 +294,12 @@ async fn follow_leadership(
     mut leadership: tokio::sync::watch::Receiver<leader::Leadership>,
     supervisor: Arc<Supervisor>,
     auto: Option<(Arc<dyn workloads::Workloads>, Vec<String>)>,
+    telemetry: telemetry::Telemetry,
 ) {
     let stopping = supervisor.stopping();
     loop {
         let leading = leadership.borrow_and_update().leading;
+        telemetry.set_leader(leading);
         if leading && !supervisor.leading() {
             match supervisor.lead(auto.clone()).await {
                 Ok(resumed) => tracing::info!(resumed, "this replica leads: executing rollouts"),

@@ -133,6 +133,10 @@ struct Flags {
     /// How long before the Lease expires the leader renews it (whole seconds).
     #[arg(long, env = "STEERER_LEASE_RENEW_BEFORE", default_value = "5s", value_parser = humantime::parse_duration)]
     lease_renew_before: Duration,
+    /// Serve steerer's own metrics (`GET /metrics`, OpenMetrics text) on this address, for
+    /// example 0.0.0.0:9102. Not served when unset.
+    #[arg(long, env = "STEERER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Log as JSON lines.
     #[arg(long, env = "STEERER_LOG_JSON")]
     log_json: bool,
@@ -215,6 +219,7 @@ async fn main() -> anyhow::Result<()> {
         } else {
             None
         },
+        metrics_listen: flags.metrics_listen,
         ..ServerConfig::default()
     };
     if let Some(leader) = &config.leader
@@ -227,9 +232,11 @@ async fn main() -> anyhow::Result<()> {
     }
     config.validate()?;
 
-    let client = kube::Client::try_default()
+    // As `kube::Client::try_default` does, with every request counted in the server's metrics.
+    let kube_config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+    let client = steerer_server::telemetry::kube_client(kube_config, &config.telemetry)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("failed to listen on {}", config.listen))?;

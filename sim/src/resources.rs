@@ -260,7 +260,8 @@ pub struct Registry {
 impl Registry {
     /// The built-in resources: core/v1 namespaces, services, configmaps, secrets, events,
     /// pods and serviceaccounts; apps/v1 deployments and replicasets; autoscaling/v2
-    /// horizontalpodautoscalers; coordination.k8s.io/v1 leases; events.k8s.io/v1 events;
+    /// horizontalpodautoscalers; coordination.k8s.io/v1 leases; policy/v1
+    /// poddisruptionbudgets (stored, never enforced); events.k8s.io/v1 events;
     /// rbac.authorization.k8s.io/v1 roles, rolebindings, clusterroles and clusterrolebindings
     /// (stored, never enforced); and apiextensions.k8s.io/v1 customresourcedefinitions.
     pub fn with_builtins() -> Self {
@@ -301,6 +302,15 @@ impl Registry {
             .in_all()
             .with_status(),
             ResourceDef::builtin("coordination.k8s.io", "v1", "leases", "Lease", true),
+            ResourceDef::builtin(
+                "policy",
+                "v1",
+                "poddisruptionbudgets",
+                "PodDisruptionBudget",
+                true,
+            )
+            .short(&["pdb"])
+            .with_status(),
             ResourceDef::builtin("events.k8s.io", "v1", "events", "Event", true).short(&["ev"]),
             // RBAC objects are stored so that installation manifests apply; the simulator does
             // not authorize requests, so their rules have no effect.

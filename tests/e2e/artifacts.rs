@@ -148,8 +148,11 @@ const APPLIES: [(&str, &[&str]); 4] = [
             "serviceaccount/steerer",
             "clusterrole.rbac.authorization.k8s.io/steerer",
             "clusterrolebinding.rbac.authorization.k8s.io/steerer",
+            "role.rbac.authorization.k8s.io/steerer-leader-election",
+            "rolebinding.rbac.authorization.k8s.io/steerer-leader-election",
             "deployment.apps/steerer",
             "service/steerer",
+            "poddisruptionbudget.policy/steerer",
         ],
     ),
 ];
@@ -241,6 +244,58 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
         json!({"apiGroups": ["apps"], "resources": ["deployments"],
                "verbs": ["list", "watch", "patch"]})
     );
+    let rule_for = |rules: &Value, resource: &str| {
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resources"][0] == resource)
+            .cloned()
+            .unwrap_or_else(|| panic!("no rule for {resource} in {rules}"))
+    };
+    assert_eq!(
+        rule_for(&role["rules"], "rollouts"),
+        json!({"apiGroups": ["steerer.dev"], "resources": ["rollouts", "rollouts/status"],
+               "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]})
+    );
+    assert_eq!(
+        rule_for(&role["rules"], "configmaps")["verbs"],
+        json!(["get", "list", "delete"]),
+        "ConfigMaps are only read and deleted, to migrate records of earlier versions"
+    );
+    // Leader election: a Role on Leases in the server's own namespace, bound to its account.
+    let leases = kubectl
+        .json(&[
+            "get",
+            "role",
+            "steerer-leader-election",
+            "-n",
+            "steerer-system",
+        ])
+        .await;
+    assert_eq!(
+        leases["rules"],
+        json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                "verbs": ["get", "list", "watch", "create", "update", "patch"]}])
+    );
+    let lease_binding = kubectl
+        .json(&[
+            "get",
+            "rolebinding",
+            "steerer-leader-election",
+            "-n",
+            "steerer-system",
+        ])
+        .await;
+    assert_eq!(
+        lease_binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+               "name": "steerer-leader-election"})
+    );
+    assert_eq!(
+        lease_binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "steerer", "namespace": "steerer-system"}])
+    );
     let binding = kubectl
         .json(&["get", "clusterrolebinding", "steerer"])
         .await;
@@ -272,17 +327,91 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
     assert_eq!(container["readinessProbe"]["grpc"]["port"], 50051);
     assert_eq!(container["livenessProbe"]["grpc"]["port"], 50051);
     assert_eq!(container["resources"]["limits"]["memory"], "256Mi");
-    assert_eq!(server["spec"]["strategy"]["type"], "Recreate");
+    // Three replicas electing a leader, replaced one at a time, spread over nodes, each
+    // serving its metrics where the scrape annotations say.
+    assert_eq!(server["spec"]["replicas"], 3);
+    assert_eq!(server["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        server["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        1
+    );
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for arg in [
+        "--leader-elect",
+        "--lease-namespace=steerer-system",
+        "--identity=$(POD_NAME)",
+        "--advertise-address=$(POD_IP):50051",
+        "--metrics-listen=0.0.0.0:9102",
+    ] {
+        assert!(args.contains(&arg), "{arg} missing from {args:?}");
+    }
+    let env = container["env"].as_array().unwrap();
+    for (name, field) in [("POD_NAME", "metadata.name"), ("POD_IP", "status.podIP")] {
+        assert!(
+            env.iter()
+                .any(|e| e["name"] == name && e["valueFrom"]["fieldRef"]["fieldPath"] == field),
+            "{name} from {field} missing from {env:?}"
+        );
+    }
+    assert!(
+        container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "metrics" && p["containerPort"] == 9102),
+        "{}",
+        container["ports"]
+    );
+    let annotations = &server["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], "9102");
+    assert!(
+        pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+            .is_array()
+    );
+    let budget = kubectl
+        .json(&["get", "pdb", "steerer", "-n", "steerer-system"])
+        .await;
+    assert_eq!(budget["apiVersion"], "policy/v1");
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "steerer"
+    );
 
-    // A second apply of the same files changes nothing.
+    // A second apply of the same files changes nothing. kubectl always sends a
+    // PodDisruptionBudget's selector (its patch strategy is replace), so against a real API
+    // server it says the budget was "configured": the server stores nothing new all the same.
+    const BUDGET_CONFIGURED: &str = "poddisruptionbudget.policy/steerer configured";
+    let budget_version = async || {
+        kubectl
+            .json(&["get", "pdb", "steerer", "-n", "steerer-system"])
+            .await["metadata"]["resourceVersion"]
+            .clone()
+    };
+    let budget_before = budget_version().await;
     for (path, expected) in APPLIES {
         let out = kubectl.run(&["apply", "-f", path]).await;
+        let out = out.replace(
+            BUDGET_CONFIGURED,
+            "poddisruptionbudget.policy/steerer unchanged",
+        );
         assert_eq!(
             objects(&out, "unchanged"),
             sorted(expected),
             "apply -f {path}"
         );
     }
+    assert_eq!(
+        budget_version().await,
+        budget_before,
+        "the budget was rewritten"
+    );
 
     // A changed manifest is applied as a strategic merge patch: the container merges by name,
     // the rules list is replaced.
@@ -333,9 +462,14 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
     assert_eq!(container["resources"]["requests"]["memory"], "64Mi");
     assert_eq!(container["readinessProbe"]["grpc"]["port"], 50051);
     let role = kubectl.json(&["get", "clusterrole", "steerer"]).await;
-    let rules = role["rules"].as_array().unwrap();
-    assert_eq!(rules.len(), 5);
-    assert_eq!(rules[4]["verbs"], json!(["create", "patch"]));
+    assert_eq!(
+        role["rules"].as_array().unwrap().len(),
+        written_role["rules"].as_array().unwrap().len()
+    );
+    assert_eq!(
+        rule_for(&role["rules"], "events")["verbs"],
+        json!(["create", "patch"])
+    );
     // And back to the repository's version.
     let out = kubectl.run(&["apply", "-f", "artifacts/steerer/"]).await;
     let actions: HashMap<String, String> = applied(&out).into_iter().collect();

@@ -524,7 +524,9 @@ pub async fn start_server(config: ServerConfig, kube_config: kube::Config) -> Se
                 .unwrap();
             let result = runtime.block_on(async move {
                 let listener = TcpListener::from_std(listener).unwrap();
-                let kube = Client::try_from(kube_config).unwrap();
+                // Counted in the server's metrics, as the binary's client is.
+                let kube =
+                    steerer_server::telemetry::kube_client(kube_config, &config.telemetry).unwrap();
                 let serve = steerer_server::serve(config, listener, kube, async move {
                     let _ = stopped.await;
                 });

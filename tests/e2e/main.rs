@@ -10,6 +10,7 @@ mod cli_errors;
 mod cli_restart;
 mod cli_rollout;
 mod grpcurl;
+mod own_metrics;
 mod python_client;
 mod replicas;
 mod rollout_auto;

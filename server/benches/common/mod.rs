@@ -506,6 +506,7 @@ impl World {
             store: self.store.clone(),
             // As the server keeps it: the newest events of active rollouts only.
             hub: Hub::with_limit(steerer_server::events::DEFAULT_MEMORY_EVENTS),
+            telemetry: Default::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::engine::{Command, ListQuery, StartRequest, Supervisor};
 use crate::store::Filter;
+use crate::telemetry::Telemetry;
 use validate::Invalid;
 
 /// Events buffered per WatchRollout stream before the producer waits for the client.
@@ -33,6 +34,8 @@ pub struct Api {
     /// With leader election: sends mutating calls on to the leader when this replica
     /// follows.
     forward: Option<forward::Forwarder>,
+    /// Counts the open watch streams.
+    telemetry: Telemetry,
 }
 
 impl Api {
@@ -48,6 +51,7 @@ impl Api {
             namespaces,
             draining,
             forward: None,
+            telemetry: Telemetry::default(),
         }
     }
 
@@ -60,6 +64,12 @@ impl Api {
     /// The forwarder, when this replica follows.
     fn follower(&self) -> Option<&forward::Forwarder> {
         self.forward.as_ref().filter(|f| !f.leading())
+    }
+
+    /// Counts open watch streams in `telemetry` rather than in a registry of its own.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     fn served(&self, namespace: &str) -> Result<(), Status> {
@@ -198,7 +208,10 @@ impl RolloutService for Api {
             watch::EventSource::open(self.supervisor.clone(), &r.id, r.from_sequence).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let draining = self.draining.clone();
+        // Dropped with the task, however it ends: drained, client gone, or an error sent.
+        let open = self.telemetry.watch_stream();
         tokio::spawn(async move {
+            let _open = open;
             loop {
                 let event = tokio::select! {
                     _ = draining.cancelled() => break,

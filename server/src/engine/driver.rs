@@ -575,9 +575,10 @@ impl Driver {
     }
 }
 
-/// Logs each event and records it as a Kubernetes Event on the GA Deployment (best effort,
-/// off the step's path).
+/// Logs and counts each event and records it as a Kubernetes Event on the GA Deployment (best
+/// effort, off the step's path).
 pub(crate) fn announce(ports: &Ports, state: &Rollout, events: &[RolloutEvent]) {
+    ports.telemetry.record_events(events);
     for event in events {
         tracing::info!(
             rollout = %state.id,

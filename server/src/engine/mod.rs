@@ -30,6 +30,8 @@ pub struct Ports {
     pub metrics: Arc<dyn Metrics>,
     pub store: Arc<dyn Store>,
     pub hub: Hub,
+    /// Counts checks and finished rollouts from the events the engine records.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// Engine-wide settings.

@@ -303,10 +303,10 @@ impl Supervisor {
         auto: Option<(Arc<dyn crate::workloads::Workloads>, Vec<String>)>,
     ) -> Result<usize, EngineError> {
         let term = self.shutdown.child_token();
-        if let Ok(mut current) = self.term.lock() {
-            if let Some(old) = current.replace(term.clone()) {
-                old.cancel();
-            }
+        if let Ok(mut current) = self.term.lock()
+            && let Some(old) = current.replace(term.clone())
+        {
+            old.cancel();
         }
         let resumed = match self.restore().await {
             Ok(resumed) => resumed,

@@ -45,6 +45,7 @@ impl World {
             metrics: self.metrics.clone(),
             store: self.store.clone(),
             hub: Hub::new(),
+            telemetry: Default::default(),
         };
         Supervisor::new(
             ports,

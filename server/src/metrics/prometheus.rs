@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::{Coverage, Metrics, MetricsError};
 use crate::domain::Sample;
+use crate::telemetry::Telemetry;
 
 type Table = HashMap<(String, String), f64>;
 type Batch = Shared<BoxFuture<'static, Result<Arc<(Table, Table)>, MetricsError>>>;
@@ -22,9 +23,7 @@ type Batches<B> = Mutex<HashMap<u64, (Instant, B)>>;
 /// Canary metrics from Prometheus's `istio_requests_total` and
 /// `istio_request_duration_milliseconds`.
 pub struct PrometheusMetrics {
-    http: reqwest::Client,
-    base: String,
-    timeout: Duration,
+    api: QueryApi,
     namespaces: Vec<String>,
     freshness: Duration,
     batches: Batches<Batch>,
@@ -46,14 +45,23 @@ impl PrometheusMetrics {
             .build()
             .map_err(|e| MetricsError::Query(e.to_string()))?;
         Ok(Self {
-            http,
-            base: base.trim_end_matches('/').to_owned(),
-            timeout,
+            api: QueryApi {
+                http,
+                url: format!("{}/api/v1/query", base.trim_end_matches('/')),
+                timeout,
+                telemetry: None,
+            },
             namespaces,
             freshness,
             batches: Mutex::new(HashMap::new()),
             latency_batches: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Times every query in `telemetry` and counts the failed ones.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.api.telemetry = Some(telemetry);
+        self
     }
 
     fn batch(&self, window: Duration) -> Batch {
@@ -72,23 +80,16 @@ impl PrometheusMetrics {
     }
 
     fn fetch_latency(&self, window_secs: u64) -> LatencyBatch {
-        let http = self.http.clone();
-        let url = format!("{}/api/v1/query", self.base);
-        let timeout = self.timeout;
+        let api = self.api.clone();
         let promql = grouped_latency_query(window_secs, &self.namespaces);
         let at = evaluation_time(SystemTime::now());
-        async move {
-            let body = query_body(&http, &url, &promql, &at, timeout).await?;
-            Ok(Arc::new(parse_latency_vector(&body)?))
-        }
-        .boxed()
-        .shared()
+        async move { Ok(Arc::new(api.run(&promql, &at, parse_latency_vector).await?)) }
+            .boxed()
+            .shared()
     }
 
     fn fetch(&self, window_secs: u64) -> Batch {
-        let http = self.http.clone();
-        let url = format!("{}/api/v1/query", self.base);
-        let timeout = self.timeout;
+        let api = self.api.clone();
         let ok = grouped_query(window_secs, &self.namespaces, true);
         let total = grouped_query(window_secs, &self.namespaces, false);
         // Both queries are evaluated at the same instant: evaluated apart, a scrape landing in
@@ -96,8 +97,8 @@ impl PrometheusMetrics {
         let at = evaluation_time(SystemTime::now());
         async move {
             let (ok, total) = futures::try_join!(
-                query(&http, &url, &ok, &at, timeout),
-                query(&http, &url, &total, &at, timeout)
+                api.run(&ok, &at, parse_vector),
+                api.run(&total, &at, parse_vector)
             )?;
             Ok(Arc::new((ok, total)))
         }
@@ -114,10 +115,9 @@ impl Metrics for PrometheusMetrics {
         lookback: Duration,
     ) -> BoxFuture<'a, Result<Coverage, MetricsError>> {
         Box::pin(async move {
-            let url = format!("{}/api/v1/query", self.base);
             let at = evaluation_time(SystemTime::now());
             let promql = coverage_query(namespace, workloads, window_secs(lookback));
-            let found = query(&self.http, &url, &promql, &at, self.timeout).await?;
+            let found = self.api.run(&promql, &at, parse_vector).await?;
             let reported: Vec<String> = workloads
                 .iter()
                 .filter(|w| found.contains_key(&(namespace.to_owned(), (*w).clone())))
@@ -130,10 +130,10 @@ impl Metrics for PrometheusMetrics {
                 });
             }
             // Nothing for these workloads: is that because Prometheus has scraped nothing yet?
-            let body = query_body(&self.http, &url, "count(up)", &at, self.timeout).await?;
+            let scraped = self.api.run("count(up)", &at, result_count).await?;
             Ok(Coverage {
                 reported,
-                scraping: result_count(&body)? > 0,
+                scraping: scraped > 0,
             })
         })
     }
@@ -390,14 +390,34 @@ fn result_count(body: &str) -> Result<usize, MetricsError> {
     Ok(response.data.map_or(0, |d| d.result.len()))
 }
 
-async fn query(
-    http: &reqwest::Client,
-    url: &str,
-    promql: &str,
-    at: &str,
+/// Prometheus's instant-query endpoint, with the telemetry that times each query.
+#[derive(Clone)]
+struct QueryApi {
+    http: reqwest::Client,
+    /// `…/api/v1/query`.
+    url: String,
     timeout: Duration,
-) -> Result<Table, MetricsError> {
-    parse_vector(&query_body(http, url, promql, at, timeout).await?)
+    telemetry: Option<Telemetry>,
+}
+
+impl QueryApi {
+    /// Runs an instant query and reads its answer with `parse`: one query for the telemetry,
+    /// failed if either the request or the answer did.
+    async fn run<T>(
+        &self,
+        promql: &str,
+        at: &str,
+        parse: impl FnOnce(&str) -> Result<T, MetricsError>,
+    ) -> Result<T, MetricsError> {
+        let started = Instant::now();
+        let result = query_body(&self.http, &self.url, promql, at, self.timeout)
+            .await
+            .and_then(|body| parse(&body));
+        if let Some(telemetry) = &self.telemetry {
+            telemetry.observe_prometheus_query(started.elapsed(), result.as_ref().err());
+        }
+        result
+    }
 }
 
 /// Runs an instant query and returns the answer's body (a Prometheus error answer included).
@@ -564,6 +584,37 @@ mod tests {
         assert_eq!(latency_queries(), 1, "{:?}", seen.lock().unwrap());
         // The success and request rates: still their two grouped queries, shared by all.
         assert_eq!(seen.lock().unwrap().len(), 3, "{:?}", seen.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn with_telemetry_every_query_is_timed_and_a_failed_one_counted_by_reason() {
+        let (base, _) = fake_prometheus().await;
+        let telemetry = Telemetry::default();
+        let metrics = PrometheusMetrics::new(&base, Duration::from_secs(5), vec![], Duration::ZERO)
+            .unwrap()
+            .with_telemetry(telemetry.clone());
+        metrics
+            .sample("test", "a", Duration::from_secs(30), false)
+            .await
+            .unwrap();
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        let down = PrometheusMetrics::new(&closed, Duration::from_secs(1), vec![], Duration::ZERO)
+            .unwrap()
+            .with_telemetry(telemetry.clone());
+        let failed = down
+            .coverage("test", &["a".to_owned()], Duration::from_secs(60))
+            .await;
+        assert!(matches!(failed, Err(MetricsError::Query(_))), "{failed:?}");
+        let text = telemetry.encode().unwrap();
+        assert!(
+            text.contains("steerer_prometheus_query_duration_seconds_count 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("steerer_prometheus_query_errors_total{reason=\"query\"} 1\n"));
+        assert!(text.contains("steerer_prometheus_query_errors_total{reason=\"timeout\"} 0\n"));
     }
 
     #[test]

@@ -79,6 +79,13 @@ async fn kubectl_creates_reads_patches_scales_and_deletes_the_artifacts() {
     for expected in [
         vec!["serviceaccounts", "sa", "v1", "true", "ServiceAccount"],
         vec!["deployments", "deploy", "apps/v1", "true", "Deployment"],
+        vec![
+            "poddisruptionbudgets",
+            "pdb",
+            "policy/v1",
+            "true",
+            "PodDisruptionBudget",
+        ],
         vec!["roles", "rbac.authorization.k8s.io/v1", "true", "Role"],
         vec![
             "rolebindings",
