@@ -11,6 +11,9 @@
 //! faults.fail_requests(0.5, Failure::InternalError, Scope::verb(Verb::Patch).resource("virtualservices"));
 //! // Every list of Deployments takes 200 ms longer.
 //! faults.delay_requests(Duration::from_millis(200), Scope::verb(Verb::List).resource("deployments"));
+//! // One replica's Lease patches take 300 ms longer (a slow link); the others' do not.
+//! let slow = ClientMatch::UserAgent("replica-b".into());
+//! faults.delay_requests(Duration::from_millis(300), Scope::verb(Verb::Patch).resource("leases").client(slow));
 //! // The next update, patch or delete of default/web answers 409 Conflict, once.
 //! faults.conflict_next_write("deployments", "default", "web");
 //! // Every open watch ends now (clients re-watch, or re-list after a 410).
@@ -116,9 +119,9 @@ impl FromStr for Verb {
     }
 }
 
-/// Which requests a fault applies to: optionally one verb, optionally one resource. A
-/// resource (`deployments`) also covers its subresources (`deployments/status`); naming a
-/// subresource covers only it.
+/// Which requests a fault applies to: optionally one verb, optionally one resource,
+/// optionally one client. A resource (`deployments`) also covers its subresources
+/// (`deployments/status`); naming a subresource covers only it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scope {
     /// Only this verb (any verb when `None`).
@@ -127,6 +130,9 @@ pub struct Scope {
     /// Only this resource, by plural name (any resource when `None`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
+    /// Only requests of this client (any client when `None`): one slow or failing replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientMatch>,
 }
 
 impl Scope {
@@ -139,7 +145,7 @@ impl Scope {
     pub fn verb(verb: Verb) -> Self {
         Self {
             verb: Some(verb),
-            resource: None,
+            ..Self::default()
         }
     }
 
@@ -150,8 +156,19 @@ impl Scope {
         self
     }
 
+    /// Narrows the scope to one client's requests.
+    pub fn client(mut self, client: ClientMatch) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Whether a request of `client` falls in this scope (with any verb and resource).
+    pub fn matches_client(&self, client: &ClientId) -> bool {
+        self.client.as_ref().is_none_or(|want| want.matches(client))
+    }
+
     /// Whether a request of `verb` on `resource` (`deployments` or `deployments/status`)
-    /// falls in this scope.
+    /// falls in this scope, whatever its client.
     pub fn matches(&self, verb: Verb, resource: &str) -> bool {
         self.verb.is_none_or(|v| v == verb)
             && self.resource.as_deref().is_none_or(|want| {
@@ -491,7 +508,12 @@ impl Faults {
 
     /// Plays the latency and error rules for a resource request: sleeps for the longest
     /// matching delay, then fails the request if a matching error rule says so.
-    pub(crate) async fn before_request(&self, verb: Verb, resource: &str) -> Result<(), ApiError> {
+    pub(crate) async fn before_request(
+        &self,
+        verb: Verb,
+        resource: &str,
+        client: &ClientId,
+    ) -> Result<(), ApiError> {
         let (delay, failure) = {
             let mut state = self.lock();
             let mut delay = 0;
@@ -499,7 +521,7 @@ impl Faults {
             for rule in state
                 .rules
                 .iter()
-                .filter(|r| r.scope.matches(verb, resource))
+                .filter(|r| r.scope.matches(verb, resource) && r.scope.matches_client(client))
             {
                 delay = delay.max(rule.latency_ms);
                 if failure.is_none()
@@ -557,11 +579,24 @@ mod tests {
     async fn full_error_rate_fails_only_matching_requests() {
         let faults = Faults::default();
         faults.fail_requests(1.0, Failure::TooManyRequests, Scope::verb(Verb::List));
-        let err = faults.before_request(Verb::List, "pods").await.unwrap_err();
+        let err = faults
+            .before_request(Verb::List, "pods", &ClientId::default())
+            .await
+            .unwrap_err();
         assert_eq!(err.code, 429);
-        assert!(faults.before_request(Verb::Get, "pods").await.is_ok());
+        assert!(
+            faults
+                .before_request(Verb::Get, "pods", &ClientId::default())
+                .await
+                .is_ok()
+        );
         faults.clear();
-        assert!(faults.before_request(Verb::List, "pods").await.is_ok());
+        assert!(
+            faults
+                .before_request(Verb::List, "pods", &ClientId::default())
+                .await
+                .is_ok()
+        );
     }
 
     #[test]
@@ -618,6 +653,32 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(faults.held_clients().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_rule_for_one_client_spares_the_others() {
+        let faults = Faults::default();
+        let b = ClientMatch::UserAgent("b".into());
+        faults.fail_requests(1.0, Failure::InternalError, Scope::any().client(b));
+        let err = faults
+            .before_request(Verb::Get, "leases", &client(Some("b/1"), None))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, 500);
+        assert!(
+            faults
+                .before_request(Verb::Get, "leases", &client(Some("a/1"), None))
+                .await
+                .is_ok()
+        );
+        let rule: FaultRule = serde_json::from_str(
+            r#"{"verb": "patch", "client": {"userAgent": "b"}, "latencyMs": 300}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            rule.scope,
+            Scope::verb(Verb::Patch).client(ClientMatch::UserAgent("b".into()))
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `GET /sim` | | this list, as text |
 //! | `GET /sim/faults` | | the active fault rules and client holds |
-//! | `POST /sim/faults` | `{"verb"?: "patch", "resource"?: "virtualservices", "errorRate"?: 0.5, "errorCode"?: 500\|429, "latencyMs"?: 200}` | adds a rule |
+//! | `POST /sim/faults` | `{"verb"?: "patch", "resource"?: "virtualservices", "client"?: {"userAgent": "replica-b"}, "errorRate"?: 0.5, "errorCode"?: 500\|429, "latencyMs"?: 200}` | adds a rule |
 //! | `DELETE /sim/faults` | | removes every rule, pending conflict and hold (client holds too) |
 //! | `POST /sim/conflict` | `{"resource": "deployments", "namespace": "default", "name": "web"}` | the next write to that object answers 409 |
 //! | `POST /sim/hold` | `{"ms": 2000}` | holds API requests for that long |
@@ -34,7 +34,7 @@ use crate::faults::{ClientMatch, FaultRule};
 
 const HELP: &str = "steerer-sim admin endpoints:
 GET    /sim/faults                 active fault rules and client holds
-POST   /sim/faults                 {\"verb\"?, \"resource\"?, \"errorRate\"?, \"errorCode\"?, \"latencyMs\"?}
+POST   /sim/faults                 {\"verb\"?, \"resource\"?, \"client\"?, \"errorRate\"?, \"errorCode\"?, \"latencyMs\"?}
 DELETE /sim/faults                 clear rules, pending conflicts and holds
 POST   /sim/conflict               {\"resource\", \"namespace\", \"name\"}: next write answers 409
 POST   /sim/hold                   {\"ms\"}: hold API requests

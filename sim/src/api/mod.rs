@@ -273,7 +273,7 @@ async fn route_request(state: Arc<ApiState>, req: Request, client: ClientId) -> 
     let faults = &state.world.faults;
     faults.record(req.verb, &req.counted_resource());
     if let Err(e) = faults
-        .before_request(req.verb, &req.counted_resource())
+        .before_request(req.verb, &req.counted_resource(), &req.client)
         .await
     {
         return e.into_response();
