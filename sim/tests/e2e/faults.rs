@@ -398,6 +398,19 @@ async fn clients_are_held_by_bearer_token_for_a_while_and_through_the_admin_endp
     assert_eq!(get_as("held").await.unwrap().status(), 200);
     assert!(started.elapsed() >= Duration::from_millis(350));
 
+    // A kube-rs client carries a token of its own in its Config.
+    let mut config = sim.kube_config().await.unwrap();
+    config.auth_info.token = Some("replica-t".to_owned().into());
+    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::default_namespaced(kube::Client::try_from(config).unwrap());
+    sim.faults().hold_client(
+        ClientMatch::BearerToken("replica-t".into()),
+        Duration::from_millis(400),
+    );
+    let started = Instant::now();
+    api.list(&Default::default()).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(350));
+
     // The same through /sim: hold until released, listed in /sim/faults.
     let post = |path: &str, body: Value| http.post(format!("{base}/sim/{path}")).json(&body).send();
     let r = post("hold-client", json!({"userAgent": "script"}))
