@@ -24,6 +24,11 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value, old: Option<&Value>) {
                 default_pod_spec(spec);
             }
         }
+        // A Lease's spec is a struct that kube-apiserver always writes, `{}` when empty
+        // (kube-lease-manager creates its Lease so).
+        ("coordination.k8s.io", "leases") => {
+            object_at(obj, "spec");
+        }
         ("autoscaling", "horizontalpodautoscalers") => {
             if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
                 spec.entry("minReplicas").or_insert(json!(1));

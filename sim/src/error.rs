@@ -179,6 +179,14 @@ impl ApiError {
         err
     }
 
+    /// 409 Conflict from server-side apply: the fields other managers own, one cause each
+    /// (`FieldManagerConflict`, the field and the manager), as kube-apiserver reports them.
+    pub fn apply_conflict(message: String, causes: Vec<Value>) -> Self {
+        let mut err = Self::new(409, "Conflict", message);
+        err.details = Some(json!({ "causes": causes }));
+        err
+    }
+
     /// The `Status` object the API server sends for this error.
     pub fn to_status(&self) -> Value {
         let mut status = json!({

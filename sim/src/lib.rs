@@ -10,6 +10,7 @@ pub mod controllers;
 pub mod error;
 pub mod faults;
 pub mod kubeconfig;
+pub mod managed;
 pub mod manifests;
 pub mod mesh;
 pub mod patch;
@@ -41,9 +42,11 @@ fn create_builtin_namespaces(world: &World) -> Result<(), SimError> {
     };
     for name in ["default", "kube-system", "kube-public"] {
         let ns = serde_json::json!({"metadata": {"name": name}});
-        api::create_object(world, &def, "v1", "", ns, false).map_err(|e| SimError::Apply {
-            path: PathBuf::from("(built-in namespaces)"),
-            message: e.to_string(),
+        api::create_object(world, &def, "v1", "", ns, false, None).map_err(|e| {
+            SimError::Apply {
+                path: PathBuf::from("(built-in namespaces)"),
+                message: e.to_string(),
+            }
         })?;
     }
     Ok(())

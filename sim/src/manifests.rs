@@ -121,7 +121,15 @@ fn apply_one(world: &World, m: &Manifest) -> Result<(), SimError> {
     } else {
         ""
     };
-    match create_object(world, &def, &version, namespace, m.object.clone(), false) {
+    match create_object(
+        world,
+        &def,
+        &version,
+        namespace,
+        m.object.clone(),
+        false,
+        None,
+    ) {
         Ok(_) => Ok(()),
         Err(e) if e.reason == "AlreadyExists" && kind == "Namespace" => Ok(()),
         Err(e) => Err(apply_error(

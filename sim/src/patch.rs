@@ -13,7 +13,7 @@ pub enum PatchType {
     Json,
     /// `application/strategic-merge-patch+json`.
     Strategic,
-    /// `application/apply-patch+yaml` (server-side apply, simplified).
+    /// `application/apply-patch+yaml` (server-side apply).
     Apply,
 }
 

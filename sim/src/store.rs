@@ -296,8 +296,13 @@ impl Store {
             UpdateScope::Spec => set_or_remove(&mut new, "status", old.get("status").cloned()),
             UpdateScope::Status => {
                 let status = new.get("status").cloned();
+                let owners = new.pointer("/metadata/managedFields").cloned();
                 let mut kept = (*old).clone();
                 set_or_remove(&mut kept, "status", status);
+                // Who owns which status fields changes with the status.
+                if let Some(meta) = kept.get_mut("metadata") {
+                    set_or_remove(meta, "managedFields", owners);
+                }
                 // Labels and annotations may change through /status too, as in Kubernetes.
                 new = kept;
             }

@@ -4,11 +4,13 @@
 //! | request | body | effect |
 //! |---|---|---|
 //! | `GET /sim` | | this list, as text |
-//! | `GET /sim/faults` | | the active fault rules |
-//! | `POST /sim/faults` | `{"verb"?: "patch", "resource"?: "virtualservices", "errorRate"?: 0.5, "errorCode"?: 500\|429, "latencyMs"?: 200}` | adds a rule |
-//! | `DELETE /sim/faults` | | removes every rule, pending conflict and hold |
+//! | `GET /sim/faults` | | the active fault rules and client holds |
+//! | `POST /sim/faults` | `{"verb"?: "patch", "resource"?: "virtualservices", "client"?: {"userAgent": "replica-b"}, "errorRate"?: 0.5, "errorCode"?: 500\|429, "latencyMs"?: 200}` | adds a rule |
+//! | `DELETE /sim/faults` | | removes every rule, pending conflict and hold (client holds too) |
 //! | `POST /sim/conflict` | `{"resource": "deployments", "namespace": "default", "name": "web"}` | the next write to that object answers 409 |
 //! | `POST /sim/hold` | `{"ms": 2000}` | holds API requests for that long |
+//! | `POST /sim/hold-client` | `{"userAgent": "replica-a"}` or `{"bearerToken": "t"}`, `"ms"?: 5000` (default: until released) | cuts one client off: its requests wait, its watches go quiet |
+//! | `POST /sim/release-client` | `{"userAgent": "replica-a"}` or `{"bearerToken": "t"}` | ends that client's hold |
 //! | `POST /sim/drop-watches` | | ends every open watch |
 //! | `POST /sim/compact` | | compacts the change log: older resourceVersions get 410 |
 //! | `GET /sim/counts` | | `{"total": N, "counts": [{"verb", "resource", "count"}]}` |
@@ -28,14 +30,16 @@ use serde_json::{Value, json};
 
 use super::{ApiState, Output, respond};
 use crate::error::ApiError;
-use crate::faults::FaultRule;
+use crate::faults::{ClientMatch, FaultRule};
 
 const HELP: &str = "steerer-sim admin endpoints:
-GET    /sim/faults                 active fault rules
-POST   /sim/faults                 {\"verb\"?, \"resource\"?, \"errorRate\"?, \"errorCode\"?, \"latencyMs\"?}
+GET    /sim/faults                 active fault rules and client holds
+POST   /sim/faults                 {\"verb\"?, \"resource\"?, \"client\"?, \"errorRate\"?, \"errorCode\"?, \"latencyMs\"?}
 DELETE /sim/faults                 clear rules, pending conflicts and holds
 POST   /sim/conflict               {\"resource\", \"namespace\", \"name\"}: next write answers 409
 POST   /sim/hold                   {\"ms\"}: hold API requests
+POST   /sim/hold-client            {\"userAgent\" | \"bearerToken\", \"ms\"?}: cut one client off (until released)
+POST   /sim/release-client         {\"userAgent\" | \"bearerToken\"}: end that client's hold
 POST   /sim/drop-watches           end every open watch
 POST   /sim/compact                compact the change log (older versions get 410)
 GET    /sim/counts                 requests by verb and resource
@@ -55,6 +59,40 @@ struct ConflictBody {
 #[derive(Deserialize)]
 struct HoldBody {
     ms: u64,
+}
+
+/// The body of `POST /sim/hold-client` and `/sim/release-client`: one client, by User-Agent or
+/// bearer token.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ClientBody {
+    user_agent: Option<String>,
+    bearer_token: Option<String>,
+    ms: Option<u64>,
+}
+
+impl ClientBody {
+    fn client(&self) -> Result<ClientMatch, ApiError> {
+        match (&self.user_agent, &self.bearer_token) {
+            (Some(ua), None) if !ua.is_empty() => Ok(ClientMatch::UserAgent(ua.clone())),
+            (None, Some(token)) if !token.is_empty() => Ok(ClientMatch::BearerToken(token.clone())),
+            _ => Err(ApiError::bad_request(
+                "name the client with exactly one of userAgent and bearerToken",
+            )),
+        }
+    }
+}
+
+fn held_clients(faults: &crate::faults::Faults) -> Vec<Value> {
+    faults
+        .held_clients()
+        .into_iter()
+        .map(|(client, left)| {
+            let mut held = serde_json::to_value(&client).unwrap_or_else(|_| json!({}));
+            held["remainingMs"] = json!(u64::try_from(left.as_millis()).unwrap_or(u64::MAX));
+            held
+        })
+        .collect()
 }
 
 /// The body of `POST /sim/error-rate`.
@@ -127,7 +165,8 @@ fn run(
             HELP,
         )
             .into_response(),
-        (&Method::GET, ["faults"]) => ok(&json!({"rules": faults.rules()})),
+        (&Method::GET, ["faults"]) => ok(&json!({"rules": faults.rules(),
+                                                 "clientHolds": held_clients(faults)})),
         (&Method::POST, ["faults"]) => {
             let rule: FaultRule = parse(body)?;
             if !(0.0..=1.0).contains(&rule.error_rate) {
@@ -152,6 +191,17 @@ fn run(
             let h: HoldBody = parse(body)?;
             faults.hold_for(Duration::from_millis(h.ms));
             ok(&json!({}))
+        }
+        (&Method::POST, ["hold-client"]) => {
+            let c: ClientBody = parse(body)?;
+            let duration = c.ms.map_or(Duration::MAX, Duration::from_millis);
+            faults.hold_client(c.client()?, duration);
+            ok(&json!({"clientHolds": held_clients(faults)}))
+        }
+        (&Method::POST, ["release-client"]) => {
+            let c: ClientBody = parse(body)?;
+            faults.release_client(&c.client()?);
+            ok(&json!({"clientHolds": held_clients(faults)}))
         }
         (&Method::POST, ["drop-watches"]) => {
             faults.drop_watches();

@@ -28,7 +28,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::error::ApiError;
-use crate::faults::Verb;
+use crate::faults::{ClientId, Verb};
 use crate::resources::ResourceDef;
 use crate::store::GroupResource;
 use tokio_util::sync::CancellationToken as Shutdown;
@@ -152,6 +152,8 @@ pub(crate) struct ResourceRequest {
     pub verb: Verb,
     pub query: HashMap<String, String>,
     pub headers: HeaderMap,
+    /// Who sent it (for faults that hold one client).
+    pub client: ClientId,
     pub body: Bytes,
     pub output: Output,
 }
@@ -195,6 +197,21 @@ impl ResourceRequest {
 }
 
 async fn route(state: Arc<ApiState>, req: Request) -> Response {
+    let client = ClientId::from_headers(req.headers());
+    let admin = req.uri().path().split('/').find(|s| !s.is_empty()) == Some("sim");
+    if admin {
+        return route_request(state, req, client).await;
+    }
+    let world = Arc::clone(&state.world);
+    // A held client's request reaches the server only when its hold ends; the answer to one
+    // that got through before the hold reaches it only then too.
+    world.faults.wait_client(&client).await;
+    let response = route_request(state, req, client.clone()).await;
+    world.faults.wait_client(&client).await;
+    response
+}
+
+async fn route_request(state: Arc<ApiState>, req: Request, client: ClientId) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -245,6 +262,7 @@ async fn route(state: Arc<ApiState>, req: Request) -> Response {
         &segments,
         query,
         parts.headers,
+        client,
         body,
         output,
         &path,
@@ -255,7 +273,7 @@ async fn route(state: Arc<ApiState>, req: Request) -> Response {
     let faults = &state.world.faults;
     faults.record(req.verb, &req.counted_resource());
     if let Err(e) = faults
-        .before_request(req.verb, &req.counted_resource())
+        .before_request(req.verb, &req.counted_resource(), &req.client)
         .await
     {
         return e.into_response();
@@ -273,6 +291,7 @@ fn parse_resource_request(
     segments: &[&str],
     query: HashMap<String, String>,
     headers: HeaderMap,
+    client: ClientId,
     body: Bytes,
     output: Output,
     path: &str,
@@ -338,6 +357,7 @@ fn parse_resource_request(
         verb,
         query,
         headers,
+        client,
         body,
         output,
     })

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::response::Response;
-use http::StatusCode;
+use http::{StatusCode, header};
 use serde_json::{Value, json};
 
 use super::encode::{ListBody, Versioned, versioned_value};
@@ -13,6 +13,7 @@ use super::{ApiState, Output, ResourceRequest, respond, table, watch};
 use crate::admission;
 use crate::error::ApiError;
 use crate::faults::Verb;
+use crate::managed::{self, Operation, Reach, Tracking, Writer};
 use crate::patch::{self, PatchError, PatchType};
 use crate::resources::{Registry, ResourceDef};
 use crate::selector::LabelSelector;
@@ -288,8 +289,9 @@ fn crd_invalid(def: &ResourceDef, obj: &Value, e: impl std::fmt::Display) -> Api
 }
 
 /// Creates an object as the API does: type and namespace checks, status reset for kinds with a
-/// status subresource, defaulting, validation, CRD registration. Used by POST and by the
-/// manifests applied at start-up.
+/// status subresource, defaulting, validation, CRD registration, and `managedFields` for
+/// `writer` (an Update, or an Apply of `obj` itself; `None` records no owner). Used by POST, by
+/// a server-side apply that creates, and by the manifests applied at start-up.
 pub fn create_object(
     world: &World,
     def: &ResourceDef,
@@ -297,7 +299,15 @@ pub fn create_object(
     namespace: &str,
     mut obj: Value,
     dry_run: bool,
+    writer: Option<&Writer>,
 ) -> Result<Value, ApiError> {
+    // Ownership is the server's to record: what a client sends as managedFields is ignored.
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
+    let applied = writer
+        .filter(|w| w.operation == Operation::Apply)
+        .map(|_| obj.clone());
     let api_version = def.api_version(version);
     let custom = (!def.builtin).then(|| def.group_resource());
     check_type(&mut obj, &api_version, &def.kind, custom.as_ref())?;
@@ -321,6 +331,15 @@ pub fn create_object(
     if is_crd(def) {
         let parsed = Registry::parse_crd(&obj).map_err(|e| crd_invalid(def, &obj, e))?;
         obj["status"] = crd_status(&obj, &parsed.kind);
+    }
+    if let Some(writer) = writer {
+        let tracking = tracking_of(def, None);
+        match &applied {
+            Some(config) => {
+                managed::apply(None, config, &mut obj, writer, tracking, &now_rfc3339())?;
+            }
+            None => managed::update(None, &mut obj, writer, tracking, &now_rfc3339()),
+        }
     }
     if dry_run {
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -365,8 +384,50 @@ fn crd_status(crd: &Value, _kind: &str) -> Value {
 
 fn create(world: &World, req: &ResourceRequest) -> Result<Response, ApiError> {
     let obj = decode_body(req)?;
-    let created = create_object(world, &req.def, &req.version, req.ns(), obj, req.dry_run())?;
+    let writer = writer_of(req, Operation::Update);
+    let created = create_object(
+        world,
+        &req.def,
+        &req.version,
+        req.ns(),
+        obj,
+        req.dry_run(),
+        Some(&writer),
+    )?;
     Ok(respond_object(req, StatusCode::CREATED, &created))
+}
+
+/// The field manager of a write and how it writes, for `managedFields`.
+fn writer_of(req: &ResourceRequest, operation: Operation) -> Writer {
+    let user_agent = req
+        .headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    Writer {
+        manager: managed::manager_name(req.param("fieldManager"), user_agent),
+        operation,
+        api_version: req.api_version.clone(),
+        subresource: req.sub.clone(),
+        // As Go's strconv.ParseBool, which kube-apiserver parses `force` with.
+        force: matches!(
+            req.param("force"),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+        ),
+    }
+}
+
+/// What field ownership covers for a write through this subresource (or the main resource).
+fn tracking_of(def: &ResourceDef, sub: Option<&str>) -> Tracking {
+    let reach = match sub {
+        Some("status") => Reach::Status,
+        Some("scale") => Reach::Replicas,
+        _ if def.status => Reach::AllButStatus,
+        _ => Reach::All,
+    };
+    Tracking {
+        reach,
+        builtin: def.builtin,
+    }
 }
 
 /// Which part of the object a write to this path may change.
@@ -465,8 +526,11 @@ fn update(world: &World, req: &ResourceRequest) -> Result<Response, ApiError> {
         meta.insert("namespace".into(), json!(req.ns()));
     }
     forced_conflict(world, req)?;
+    let writer = writer_of(req, Operation::Update);
+    let tracking = tracking_of(&req.def, req.sub.as_deref());
     let updated = write(world, req, scope_of(req), |old| {
         admit(req, &mut obj, old)?;
+        managed::update(Some(old), &mut obj, &writer, tracking, &now_rfc3339());
         Ok(obj)
     })?;
     Ok(respond_object(req, StatusCode::OK, &updated))
@@ -538,8 +602,8 @@ fn apply_patch(
         (PatchType::Json, _) => patch::json_patch_bytes(base, raw),
         (PatchType::Merge, PatchBody::Doc(doc)) => patch::merge_patch(base, doc),
         (PatchType::Strategic, PatchBody::Doc(doc)) => patch::strategic_merge_patch(base, doc),
-        // Server-side apply, simplified: the applied configuration is merged into the object
-        // (keyed lists by key for built-in kinds); there is no field ownership.
+        // Server-side apply: the applied configuration is merged into the object (keyed lists
+        // by key for built-in kinds); field ownership is checked and recorded afterwards.
         (PatchType::Apply, PatchBody::Doc(doc)) if builtin => {
             patch::strategic_merge_patch(base, doc)
         }
@@ -555,6 +619,12 @@ fn patch(world: &World, req: &ResourceRequest) -> Result<Response, ApiError> {
         return patch_scale(world, req, ptype, &body);
     }
     forced_conflict(world, req)?;
+    let operation = match ptype {
+        PatchType::Apply => Operation::Apply,
+        _ => Operation::Update,
+    };
+    let writer = writer_of(req, operation);
+    let tracking = tracking_of(&req.def, req.sub.as_deref());
     let apply = |old: &Value| -> Result<Value, ApiError> {
         let base = versioned_value(old, &req.api_version, &req.def.kind);
         let mut patched = apply_patch(ptype, req.def.builtin, &base, &body, &req.body)?;
@@ -570,7 +640,25 @@ fn patch(world: &World, req: &ResourceRequest) -> Result<Response, ApiError> {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
-        admit(req, &mut patched, old)?;
+        match &body {
+            PatchBody::Doc(config) if ptype == PatchType::Apply => {
+                // Conflicts are decided on what was applied, before defaulting (as
+                // kube-apiserver does); updates own what they changed, defaults included.
+                managed::apply(
+                    Some(old),
+                    config,
+                    &mut patched,
+                    &writer,
+                    tracking,
+                    &now_rfc3339(),
+                )?;
+                admit(req, &mut patched, old)?;
+            }
+            _ => {
+                admit(req, &mut patched, old)?;
+                managed::update(Some(old), &mut patched, &writer, tracking, &now_rfc3339());
+            }
+        }
         Ok(patched)
     };
     match write(world, req, scope_of(req), apply) {
@@ -594,8 +682,15 @@ fn patch(world: &World, req: &ResourceRequest) -> Result<Response, ApiError> {
             {
                 meta.insert("name".into(), json!(req.name()));
             }
-            let created =
-                create_object(world, &req.def, &req.version, req.ns(), doc, req.dry_run())?;
+            let created = create_object(
+                world,
+                &req.def,
+                &req.version,
+                req.ns(),
+                doc,
+                req.dry_run(),
+                Some(&writer),
+            )?;
             Ok(respond_object(req, StatusCode::CREATED, &created))
         }
         Err(e) => Err(e),
@@ -681,8 +776,12 @@ fn update_scale(world: &World, req: &ResourceRequest) -> Result<Response, ApiErr
     let mut scale = decode_body(req)?;
     check_type(&mut scale, "autoscaling/v1", "Scale", None)?;
     forced_conflict(world, req)?;
+    let writer = writer_of(req, Operation::Update);
+    let tracking = tracking_of(&req.def, Some("scale"));
     let updated = write(world, req, UpdateScope::Spec, |old| {
-        apply_scale(req, old, &scale)
+        let mut new = apply_scale(req, old, &scale)?;
+        managed::update(Some(old), &mut new, &writer, tracking, &now_rfc3339());
+        Ok(new)
     })?;
     Ok(respond(
         StatusCode::OK,
@@ -698,9 +797,13 @@ fn patch_scale(
     body: &PatchBody,
 ) -> Result<Response, ApiError> {
     forced_conflict(world, req)?;
+    let writer = writer_of(req, Operation::Update);
+    let tracking = tracking_of(&req.def, Some("scale"));
     let updated = write(world, req, UpdateScope::Spec, |old| {
         let scale = apply_patch(ptype, true, &scale_of(old), body, &req.body)?;
-        apply_scale(req, old, &scale)
+        let mut new = apply_scale(req, old, &scale)?;
+        managed::update(Some(old), &mut new, &writer, tracking, &now_rfc3339());
+        Ok(new)
     })?;
     Ok(respond(
         StatusCode::OK,

@@ -20,9 +20,11 @@ use super::encode::{Versioned, watch_event};
 use super::params::{parse_rv_param, selectors};
 use super::{ApiState, Output, ResourceRequest, stream_response, table};
 use crate::error::ApiError;
+use crate::faults::ClientId;
 use crate::resources::ResourceDef;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Change, ChangeType, GroupResource, WatchStart};
+use crate::world::World;
 
 /// How often a watch that asked for bookmarks gets one.
 pub(crate) const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
@@ -160,6 +162,8 @@ pub(crate) fn watch(state: &ApiState, req: ResourceRequest) -> Result<Response, 
         deadline: timeout.map(|t| Instant::now() + Duration::from_secs(t)),
         shutdown: state.shutdown.clone(),
         drops,
+        world: Arc::clone(&state.world),
+        client: req.client.clone(),
     };
     tokio::spawn(task.run(start));
     let stream = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
@@ -174,6 +178,9 @@ struct WatchTask {
     deadline: Option<Instant>,
     shutdown: tokio_util::sync::CancellationToken,
     drops: tokio::sync::watch::Receiver<u64>,
+    world: Arc<World>,
+    /// Whose watch it is: a held client gets no event until its hold ends.
+    client: ClientId,
 }
 
 impl WatchTask {
@@ -185,12 +192,12 @@ impl WatchTask {
         } = start;
         for change in &initial {
             if let Some(line) = self.filter.event_for(change)
-                && self.tx.send(line).await.is_err()
+                && !self.deliver(line).await
             {
                 return;
             }
         }
-        if self.send_initial && self.tx.send(self.filter.bookmark(rv, true)).await.is_err() {
+        if self.send_initial && !self.deliver(self.filter.bookmark(rv, true)).await {
             return;
         }
         // Every change up to `last_rv` has been seen (sent or filtered out), so a bookmark at
@@ -234,9 +241,21 @@ impl WatchTask {
                 },
                 _ = ticker.tick(), if self.bookmarks => self.filter.bookmark(last_rv, false),
             };
-            if self.tx.send(line).await.is_err() {
+            if !self.deliver(line).await {
                 break;
             }
         }
+    }
+
+    /// Sends one line once the client is not held (events queue up behind a partition and
+    /// arrive when it heals). False when the watch is over: the client left or the server is
+    /// stopping.
+    async fn deliver(&self, line: Bytes) -> bool {
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => return false,
+            () = self.world.faults.wait_client(&self.client) => {}
+        }
+        self.tx.send(line).await.is_ok()
     }
 }

@@ -17,20 +17,10 @@ use steerer_sim::{Sim, SimConfig, Timing};
 const NS: &str = "conformance";
 
 /// Steps whose answers differ between the simulator and kube-apiserver, and why.
-const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
-    (
-        "server-side apply by a second manager without force",
-        "no managedFields: the simulator merges instead of answering 409 Conflict",
-    ),
-    (
-        "managedFields after server-side apply",
-        "the simulator records no field ownership",
-    ),
-    (
-        "delete namespace",
-        "the simulator deletes a namespace at once; kube-apiserver marks it Terminating",
-    ),
-];
+const KNOWN_DIFFERENCES: &[(&str, &str)] = &[(
+    "delete namespace",
+    "the simulator deletes a namespace at once; kube-apiserver marks it Terminating",
+)];
 
 /// One substrate under test: a client, and how to make older resourceVersions unreachable.
 struct Substrate {
@@ -63,11 +53,27 @@ async fn call(
     content_type: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let request = http::Request::builder()
+    call_as(client, None, method, path, content_type, body).await
+}
+
+/// `call` with a User-Agent header (kube-rs sends none of its own).
+async fn call_as(
+    client: &kube::Client,
+    user_agent: Option<&str>,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = http::Request::builder()
         .method(method)
         .uri(path)
         .header("Content-Type", content_type)
-        .header("Accept", "application/json")
+        .header("Accept", "application/json");
+    if let Some(user_agent) = user_agent {
+        request = request.header("User-Agent", user_agent);
+    }
+    let request = request
         .body(kube::client::Body::from(
             body.map(|b| serde_json::to_vec(&b).unwrap())
                 .unwrap_or_default(),
@@ -90,6 +96,31 @@ const APPLY: &str = "application/apply-patch+yaml";
 /// The parts of an error answer a client acts on: code and reason.
 fn error_of(status: u16, body: &Value) -> Value {
     json!({"http": status, "code": body["code"], "reason": body["reason"], "kind": body["kind"]})
+}
+
+/// An apply conflict as a client reads it: code, reason, message and the causes (field,
+/// manager) in `details`.
+fn conflict_of(status: u16, body: &Value) -> Value {
+    json!({"http": status, "code": body["code"], "reason": body["reason"],
+           "message": body["message"], "details": body["details"]})
+}
+
+/// An object's `managedFields` without the times: manager, operation, apiVersion, subresource
+/// and the fields each owns, sorted (kube-apiserver orders entries by time, to the second).
+fn owners(body: &Value) -> Value {
+    let mut entries: Vec<Value> = body["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            json!({"manager": e["manager"], "operation": e["operation"],
+                   "apiVersion": e["apiVersion"], "subresource": e["subresource"],
+                   "fieldsType": e["fieldsType"], "fieldsV1": e["fieldsV1"]})
+        })
+        .collect();
+    entries.sort_by_key(Value::to_string);
+    json!(entries)
 }
 
 fn config_map(name: &str, value: &str) -> Value {
@@ -165,6 +196,138 @@ fn deployment_status(body: &Value) -> Value {
     })
 }
 
+/// Server-side apply and field ownership: a first manager's apply, a second manager refused
+/// (409) on a field the first owns, sharing a field by applying its value, taking fields over
+/// with force, an apply that leaves fields out, and updates taking and removing fields. Then a
+/// Lease the way kube-lease-manager holds one: acquired by apply, renewed and released by
+/// strategic-merge patches under the same field manager.
+async fn ssa_steps(client: &kube::Client, steps: &mut Vec<(&'static str, Value)>) {
+    let cms = format!("/api/v1/namespaces/{NS}/configmaps");
+    let applied = format!("{cms}/applied");
+    let config = |data: Value| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "applied", "namespace": NS}, "data": data})
+    };
+    let apply = |manager: &'static str, force: bool, data: Value| {
+        let path = format!(
+            "{applied}?fieldManager={manager}{}",
+            if force { "&force=true" } else { "" }
+        );
+        let body = config(data);
+        async move { call(client, "PATCH", &path, APPLY, Some(body)).await }
+    };
+    let ssa_result = |status: u16, body: &Value| json!({"http": status, "data": body["data"], "owners": owners(body)});
+
+    let (status, body) = apply(
+        "first",
+        false,
+        json!({"owner": "first", "shared": "x", "mine": "1"}),
+    )
+    .await;
+    steps.push(("server-side apply creates", ssa_result(status, &body)));
+    let (status, body) = apply("second", false, json!({"owner": "second"})).await;
+    steps.push((
+        "server-side apply by a second manager without force",
+        conflict_of(status, &body),
+    ));
+    let (status, body) = apply("second", false, json!({"shared": "x"})).await;
+    steps.push((
+        "server-side apply of the same value shares the field",
+        ssa_result(status, &body),
+    ));
+    let (status, body) = apply("second", true, json!({"owner": "second", "shared": "x"})).await;
+    steps.push(("server-side apply forced", ssa_result(status, &body)));
+    let (status, body) = apply("first", false, json!({"shared": "x"})).await;
+    steps.push((
+        "server-side apply leaving fields out",
+        ssa_result(status, &body),
+    ));
+    let (status, body) = call(
+        client,
+        "PATCH",
+        &format!("{applied}?fieldManager=editor"),
+        MERGE,
+        Some(json!({"data": {"shared": "y", "owner": null}})),
+    )
+    .await;
+    steps.push((
+        "merge patch of applied fields by another manager",
+        ssa_result(status, &body),
+    ));
+    let (status, body) = apply("first", false, json!({"shared": "x"})).await;
+    steps.push((
+        "server-side apply of a field an update took over",
+        conflict_of(status, &body),
+    ));
+
+    // A Lease, as kube-lease-manager uses one.
+    let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases");
+    let lease = format!("{leases}/leader");
+    let (status, body) = call(
+        client,
+        "POST",
+        &leases,
+        JSON,
+        Some(
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "leader"}}),
+        ),
+    )
+    .await;
+    steps.push((
+        "create lease",
+        json!({"http": status, "spec": body["spec"], "owners": owners(&body)}),
+    ));
+    let acquire = |identity: &'static str, time: &'static str| {
+        let path = format!("{lease}?fieldManager=kube-lease-manager-{identity}");
+        let body = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                          "spec": {"acquireTime": time, "renewTime": time,
+                                   "holderIdentity": identity, "leaseDurationSeconds": 2}});
+        async move { call(client, "PATCH", &path, APPLY, Some(body)).await }
+    };
+    let strategic = |identity: &'static str, spec: Value| {
+        let path = format!("{lease}?fieldManager=kube-lease-manager-{identity}");
+        let body = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": spec});
+        async move { call(client, "PATCH", &path, STRATEGIC, Some(body)).await }
+    };
+    let lease_result = |status: u16, body: &Value| {
+        json!({"http": status, "holder": body["spec"]["holderIdentity"],
+               "spec": body["spec"], "owners": owners(body)})
+    };
+    let (status, body) = acquire("a", "2025-01-01T00:00:00.000000Z").await;
+    steps.push(("lease acquired by apply", lease_result(status, &body)));
+    let (status, body) = strategic("a", json!({"leaseTransitions": 1})).await;
+    steps.push(("lease transitions counted", lease_result(status, &body)));
+    let (status, body) = strategic(
+        "a",
+        json!({"renewTime": "2025-01-01T00:00:01.000000Z", "leaseDurationSeconds": 2}),
+    )
+    .await;
+    steps.push(("lease renewed", lease_result(status, &body)));
+    let (status, body) = acquire("b", "2025-01-01T00:00:02.000000Z").await;
+    steps.push((
+        "lease held by another: apply without force",
+        conflict_of(status, &body),
+    ));
+    let (status, body) = strategic(
+        "b",
+        json!({"acquireTime": null, "renewTime": null, "holderIdentity": null,
+               "leaseDurationSeconds": null}),
+    )
+    .await;
+    steps.push(("expired lease released", lease_result(status, &body)));
+    let (status, body) = acquire("b", "2025-01-01T00:00:05.000000Z").await;
+    steps.push((
+        "released lease acquired by another",
+        lease_result(status, &body),
+    ));
+    let (status, body) = acquire("c", "2025-01-01T00:00:05.000000Z").await;
+    steps.push((
+        "lease acquired meanwhile: a third manager's apply",
+        conflict_of(status, &body),
+    ));
+}
+
 /// Plays the script against one substrate and returns (step, answer) pairs.
 async fn script(substrate: &Substrate) -> Vec<(&'static str, Value)> {
     let client = &substrate.client;
@@ -195,6 +358,10 @@ async fn script(substrate: &Substrate) -> Vec<(&'static str, Value)> {
         json!({"http": status, "data": created["data"], "kind": created["kind"],
                "has resourceVersion": created["metadata"]["resourceVersion"].is_string(),
                "has creationTimestamp": created["metadata"]["creationTimestamp"].is_string()}),
+    ));
+    steps.push((
+        "managedFields of a create without a User-Agent",
+        owners(&created),
     ));
     let first_rv = created["metadata"]["resourceVersion"]
         .as_str()
@@ -273,6 +440,19 @@ async fn script(substrate: &Substrate) -> Vec<(&'static str, Value)> {
     )
     .await;
     steps.push(("merge patch", json!({"http": status, "data": body["data"]})));
+    let (status, body) = call_as(
+        client,
+        Some("conformance-editor/1.0 (linux/amd64)"),
+        "PATCH",
+        &format!("{cms}/a"),
+        MERGE,
+        Some(json!({"data": {"k2": "by the editor"}})),
+    )
+    .await;
+    steps.push((
+        "managedFields of a patch by a client with a User-Agent",
+        json!({"http": status, "owners": owners(&body)}),
+    ));
     let (status, body) = call(
         client,
         "PATCH",
@@ -298,53 +478,7 @@ async fn script(substrate: &Substrate) -> Vec<(&'static str, Value)> {
     let (_, body) = call(client, "GET", &format!("{cms}/a"), JSON, None).await;
     steps.push(("after the failed json patch", json!({"data": body["data"]})));
 
-    // Server-side apply: a new object, then a second manager taking a field over.
-    let applied = json!({"apiVersion": "v1", "kind": "ConfigMap",
-                         "metadata": {"name": "applied", "namespace": NS},
-                         "data": {"owner": "first"}});
-    let (status, body) = call(
-        client,
-        "PATCH",
-        &format!("{cms}/applied?fieldManager=first"),
-        APPLY,
-        Some(applied),
-    )
-    .await;
-    steps.push((
-        "server-side apply creates",
-        json!({"http": status, "data": body["data"]}),
-    ));
-    steps.push((
-        "managedFields after server-side apply",
-        json!({"has managedFields": body["metadata"]["managedFields"].is_array()}),
-    ));
-    let takeover = json!({"apiVersion": "v1", "kind": "ConfigMap",
-                          "metadata": {"name": "applied", "namespace": NS},
-                          "data": {"owner": "second"}});
-    let (status, body) = call(
-        client,
-        "PATCH",
-        &format!("{cms}/applied?fieldManager=second"),
-        APPLY,
-        Some(takeover.clone()),
-    )
-    .await;
-    steps.push((
-        "server-side apply by a second manager without force",
-        json!({"http": status, "reason": body["reason"]}),
-    ));
-    let (status, body) = call(
-        client,
-        "PATCH",
-        &format!("{cms}/applied?fieldManager=second&force=true"),
-        APPLY,
-        Some(takeover),
-    )
-    .await;
-    steps.push((
-        "server-side apply forced",
-        json!({"http": status, "data": body["data"]}),
-    ));
+    ssa_steps(client, &mut steps).await;
 
     // A stale update: a replace carrying the first resourceVersion.
     let mut stale = config_map("a", "stale");
@@ -441,7 +575,8 @@ async fn script(substrate: &Substrate) -> Vec<(&'static str, Value)> {
     let (status, body) = call(client, "POST", &vss, JSON, Some(virtual_service("web"))).await;
     steps.push((
         "create virtualservice",
-        json!({"http": status, "generation": body["metadata"]["generation"]}),
+        json!({"http": status, "generation": body["metadata"]["generation"],
+               "owners": owners(&body)}),
     ));
     let vs = format!("{vss}/web");
     let (status, body) = call(
@@ -455,7 +590,7 @@ async fn script(substrate: &Substrate) -> Vec<(&'static str, Value)> {
     steps.push((
         "patch status subresource",
         json!({"http": status, "status": body["status"], "hosts": body["spec"]["hosts"],
-               "generation": body["metadata"]["generation"]}),
+               "generation": body["metadata"]["generation"], "owners": owners(&body)}),
     ));
     let (status, body) = call(
         client,
@@ -468,7 +603,7 @@ async fn script(substrate: &Substrate) -> Vec<(&'static str, Value)> {
     steps.push((
         "status through the main resource is ignored",
         json!({"http": status, "status": body["status"],
-               "generation": body["metadata"]["generation"]}),
+               "generation": body["metadata"]["generation"], "owners": owners(&body)}),
     ));
     let (status, body) = call(
         client,

@@ -322,3 +322,129 @@ async fn watches_send_events_bookmarks_and_end_on_timeout_or_drop() {
     let (_, ended) = read_events(watch, Duration::from_secs(5), |_| false).await;
     assert!(ended, "the watch ended when watches were dropped");
 }
+
+/// A kube-rs client that sends `user_agent` with every request, as a replica of a server under
+/// test would be told apart.
+async fn client_as(sim: &steerer_sim::Sim, user_agent: &str) -> kube::Client {
+    let mut config = sim.kube_config().await.unwrap();
+    config
+        .headers
+        .push((http::header::USER_AGENT, user_agent.parse().unwrap()));
+    kube::Client::try_from(config).unwrap()
+}
+
+#[tokio::test]
+async fn a_held_client_waits_and_hears_nothing_until_released_while_others_are_served() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, PostParams, WatchEvent, WatchParams};
+    use steerer_sim::faults::ClientMatch;
+
+    let sim = start().await;
+    let a: Api<ConfigMap> = Api::default_namespaced(client_as(&sim, "replica-a/1.0").await);
+    let b: Api<ConfigMap> = Api::default_namespaced(client_as(&sim, "replica-b/1.0").await);
+    let rv = sim.world().store.current_rv().to_string();
+    let mut a_events = a.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+
+    let replica_a = ClientMatch::UserAgent("replica-a".into());
+    sim.faults().hold_client(replica_a.clone(), Duration::MAX);
+    // The other replica is served as usual while the first is cut off.
+    let created = tokio::time::timeout(
+        Duration::from_secs(2),
+        b.create(
+            &PostParams::default(),
+            &serde_json::from_value(config_map("x")).unwrap(),
+        ),
+    )
+    .await
+    .expect("the other client is not held")
+    .unwrap();
+    let a_get = tokio::spawn(async move { a.get("x").await });
+    let quiet = tokio::time::timeout(Duration::from_millis(500), a_events.next()).await;
+    assert!(quiet.is_err(), "a held client's watch delivered {quiet:?}");
+    assert!(!a_get.is_finished(), "a held client's request was answered");
+    assert_eq!(sim.faults().held_clients().len(), 1);
+
+    sim.faults().release_client(&replica_a);
+    let got = tokio::time::timeout(Duration::from_secs(2), a_get)
+        .await
+        .expect("the held request is served after the release")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.metadata.uid, created.metadata.uid);
+    match tokio::time::timeout(Duration::from_secs(2), a_events.next()).await {
+        Ok(Some(Ok(WatchEvent::Added(cm)))) => assert_eq!(cm.metadata.name.as_deref(), Some("x")),
+        other => panic!("expected the queued ADDED event, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn clients_are_held_by_bearer_token_for_a_while_and_through_the_admin_endpoints() {
+    use steerer_sim::faults::ClientMatch;
+
+    let sim = start().await;
+    let base = format!("http://{}", sim.api_addr());
+    let http = reqwest::Client::new();
+    let get_as = |token: &str| http.get(format!("{base}{CMS}")).bearer_auth(token).send();
+
+    // A timed hold ends by itself.
+    sim.faults().hold_client(
+        ClientMatch::BearerToken("held".into()),
+        Duration::from_millis(400),
+    );
+    let started = Instant::now();
+    assert_eq!(get_as("free").await.unwrap().status(), 200);
+    assert!(started.elapsed() < Duration::from_millis(300));
+    assert_eq!(get_as("held").await.unwrap().status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(350));
+
+    // A kube-rs client carries a token of its own in its Config.
+    let mut config = sim.kube_config().await.unwrap();
+    config.auth_info.token = Some("replica-t".to_owned().into());
+    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::default_namespaced(kube::Client::try_from(config).unwrap());
+    sim.faults().hold_client(
+        ClientMatch::BearerToken("replica-t".into()),
+        Duration::from_millis(400),
+    );
+    let started = Instant::now();
+    api.list(&Default::default()).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(350));
+
+    // The same through /sim: hold until released, listed in /sim/faults.
+    let post = |path: &str, body: Value| http.post(format!("{base}/sim/{path}")).json(&body).send();
+    let r = post("hold-client", json!({"userAgent": "script"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let faults: Value = http
+        .get(format!("{base}/sim/faults"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(faults["clientHolds"][0]["userAgent"], "script");
+    let held = tokio::spawn(
+        http.get(format!("{base}{CMS}"))
+            .header("User-Agent", "script/1")
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished());
+    let r = post("release-client", json!({"userAgent": "script"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = tokio::time::timeout(Duration::from_secs(2), held)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = post("hold-client", json!({"userAgent": "a", "bearerToken": "b"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

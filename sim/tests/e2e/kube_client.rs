@@ -148,7 +148,7 @@ async fn typed_deployment_crud_and_every_patch_type_work() {
         Some(3)
     );
 
-    // Server-side apply (simplified: merged into the object).
+    // Server-side apply: a new field, then another manager refused, then forcing.
     let applied = api
         .patch(
             "web",
@@ -162,6 +162,32 @@ async fn typed_deployment_crud_and_every_patch_type_work() {
         applied.annotations().get("a").map(String::as_str),
         Some("b")
     );
+    let managers: Vec<(String, String)> = applied
+        .managed_fields()
+        .iter()
+        .map(|e| {
+            (
+                e.manager.clone().unwrap_or_default(),
+                e.operation.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        managers.contains(&("test".into(), "Apply".into())),
+        "{managers:?}"
+    );
+    let other = Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                                    "metadata": {"name": "web", "annotations": {"a": "c"}}}));
+    let err = api
+        .patch("web", &PatchParams::apply("other"), &other)
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(err), (409, "Conflict".to_owned()));
+    let forced = api
+        .patch("web", &PatchParams::apply("other").force(), &other)
+        .await
+        .unwrap();
+    assert_eq!(forced.annotations().get("a").map(String::as_str), Some("c"));
 
     // Scale subresource.
     let scale = api

@@ -11,6 +11,7 @@ mod controllers;
 mod faults;
 mod kube_client;
 mod kubectl;
+mod leader_election;
 mod mesh_mode;
 mod mesh_prometheus;
 mod scale;
