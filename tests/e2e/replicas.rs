@@ -16,6 +16,8 @@ use steerer::v1::{
     RolloutEvent, WatchRolloutRequest,
 };
 use steerer_server::leader::LeaderConfig;
+use steerer_server::telemetry::Telemetry;
+use steerer_sim::faults::ClientMatch;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -23,9 +25,11 @@ fn seconds(seconds: i64) -> prost_types::Duration {
     prost_types::Duration { seconds, nanos: 0 }
 }
 
-/// Replicas by identity.
+/// Replicas by identity, each with a Kubernetes client whose User-Agent is its identity (so
+/// the simulator can cut one off) and metrics of its own.
 struct Replicas {
     servers: BTreeMap<String, ServerHandle>,
+    telemetry: BTreeMap<String, Telemetry>,
 }
 
 impl Replicas {
@@ -35,6 +39,7 @@ impl Replicas {
             server.stop().await.unwrap();
         }
         let mut servers = BTreeMap::new();
+        let mut telemetry = BTreeMap::new();
         for i in 0..n {
             let identity = format!("replica-{i}");
             let mut config = h.config.clone();
@@ -46,9 +51,43 @@ impl Replicas {
                 lease_duration: Duration::from_secs(4),
                 renew_before: Duration::from_secs(2),
             });
-            servers.insert(identity, start_server(config, h.kube_config.clone()).await);
+            let replica_telemetry = Telemetry::default();
+            config.telemetry = replica_telemetry.clone();
+            config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+            let mut kube_config = h.kube_config.clone();
+            kube_config
+                .headers
+                .push((http::header::USER_AGENT, identity.parse().unwrap()));
+            servers.insert(identity.clone(), start_server(config, kube_config).await);
+            telemetry.insert(identity, replica_telemetry);
         }
-        Replicas { servers }
+        Replicas { servers, telemetry }
+    }
+
+    /// Whether a replica's own metrics say it leads.
+    async fn says_it_leads(&self, identity: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let addr = loop {
+            if let Some(addr) = self.telemetry[identity].metrics_addr() {
+                break addr;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no metrics endpoint"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let text = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("steerer_leader "))
+            .unwrap_or_else(|| panic!("no steerer_leader in\n{text}"));
+        line.ends_with(" 1")
     }
 
     fn addr(&self, identity: &str) -> SocketAddr {
@@ -328,4 +367,63 @@ async fn a_follower_forwards_start_and_abort_to_the_leader_and_serves_reads_itse
     .await;
     assert!(done.message.contains("withdrawn"), "{}", done.message);
     assert_eq!(h.weights().await, (100, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_api_server_stops_leading_before_another_takes_over() {
+    let mut h = Harness::start().await;
+    let world = h.sim().world().clone();
+    let faults = &world.faults;
+    let replicas = Replicas::start(&mut h, 3).await;
+    let cut_off = replicas.leader(&h, None).await;
+    let watcher = replicas.follower(&cut_off);
+    let mut client = replicas.client(&watcher).await;
+    let weights = crate::rollout_faults::WeightLog::start(&h).await;
+    let started = start(
+        &mut client,
+        h.request(Analysis {
+            step_weight: Some(20),
+            interval: Some(seconds(1)),
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+    wait_until(&mut client, &started.id, |r| r.canary_weight >= 20).await;
+    assert!(replicas.says_it_leads(&cut_off).await);
+
+    // A network partition: the leader's requests (renewals, writes, watches) wait.
+    let held = ClientMatch::UserAgent(cut_off.clone());
+    faults.hold_client(held.clone(), Duration::MAX);
+    let next = replicas.leader(&h, Some(&cut_off)).await;
+    assert!(
+        !replicas.says_it_leads(&cut_off).await,
+        "the cut-off leader still leads while {next} holds the lease"
+    );
+    let done = wait_until(&mut client, &started.id, |r| {
+        matches!(
+            r.phase(),
+            Phase::Succeeded | Phase::RolledBack | Phase::Aborted | Phase::Failed
+        )
+    })
+    .await;
+    assert_eq!(done.phase(), Phase::Succeeded, "{}", done.message);
+
+    // The partition heals: whatever the old leader had on the wire is refused (every write
+    // is conditional on what it read), so nothing moves back.
+    faults.release_client(&held);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = get(&mut client, &started.id).await;
+    assert_eq!(after.phase(), Phase::Succeeded);
+    assert_eq!(after.last_sequence, done.last_sequence);
+    assert_eq!(h.weights().await, (100, 0));
+    let seen = weights.canary_weights();
+    assert!(
+        seen.windows(2).all(|w| w[1] > w[0] || w[1] == 0),
+        "canary weights only ever rose, then went to 0: {seen:?}"
+    );
+    let events =
+        crate::common::collect_events(&mut client, &started.id, 0, Duration::from_secs(5)).await;
+    let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..=done.last_sequence).collect::<Vec<_>>());
 }

@@ -27,13 +27,13 @@ fn seconds(seconds: i64) -> prost_types::Duration {
 }
 
 /// Records every (GA, canary) weight pair the example VirtualService takes, from a watch.
-struct WeightLog {
+pub(crate) struct WeightLog {
     seen: Arc<Mutex<Vec<(u64, u64)>>>,
     task: JoinHandle<()>,
 }
 
 impl WeightLog {
-    async fn start(h: &Harness) -> WeightLog {
+    pub(crate) async fn start(h: &Harness) -> WeightLog {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let api = virtual_services(&h.kube);
         let log = seen.clone();
@@ -74,7 +74,7 @@ impl WeightLog {
 
     /// The canary weights seen so far, consecutive repeats removed; asserts each pair sums
     /// to 100.
-    fn canary_weights(&self) -> Vec<u64> {
+    pub(crate) fn canary_weights(&self) -> Vec<u64> {
         let seen = self.seen.lock().unwrap().clone();
         for (ga, canary) in &seen {
             assert_eq!(ga + canary, 100, "weights {ga}/{canary} in {seen:?}");
