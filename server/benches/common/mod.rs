@@ -490,6 +490,8 @@ impl World {
     /// Targets `t00000`, `t00001`, … each with GA, canary and VirtualService.
     pub fn with_targets(n: usize) -> Self {
         let world = Self::default();
+        // Memory figures are the server's: the fake keeps no log of the calls it gets.
+        world.workloads.inner.quiet();
         for i in 0..n {
             let t = target(i);
             world.workloads.add_target(&t);

@@ -93,7 +93,8 @@ pub(crate) struct Driver {
     pub view: watch::Sender<Rollout>,
     pub commands: mpsc::Receiver<Envelope>,
     pub shutdown: CancellationToken,
-    unfinished: Option<Unfinished>,
+    /// Boxed: rare, and a decision is large next to an idle driver.
+    unfinished: Option<Box<Unfinished>>,
     /// Write conflicts in a row.
     conflicts: u32,
     /// Set when another writer keeps changing the rollout: this driver stops.
@@ -138,8 +139,10 @@ impl Driver {
     }
 
     pub async fn run(mut self) {
+        // The step futures are boxed while they run, so an idle driver (most of them, most of
+        // the time) holds a small future rather than the largest step's state.
         if !self.state.phase.is_terminal() {
-            self.reconcile_weight().await;
+            Box::pin(self.reconcile_weight()).await;
         }
         let mut wake = Instant::now();
         while !self.state.phase.is_terminal() && !self.given_up {
@@ -148,12 +151,12 @@ impl Driver {
                 _ = self.shutdown.cancelled() => break,
                 envelope = self.commands.recv() => {
                     let Some(envelope) = envelope else { break };
-                    let answer = self.command(envelope.command).await;
+                    let answer = Box::pin(self.command(envelope.command)).await;
                     let _ = envelope.reply.send(answer);
                     wake = Instant::now();
                 }
                 _ = tokio::time::sleep_until(wake) => {
-                    wake = Instant::now() + self.tick().await;
+                    wake = Instant::now() + Box::pin(self.tick()).await;
                 }
             }
         }
@@ -258,11 +261,11 @@ impl Driver {
             Err(error) => {
                 tracing::warn!(rollout = %self.state.id, error = %error.message, "step failed; retrying");
                 if error.acted {
-                    self.unfinished = Some(Unfinished {
+                    self.unfinished = Some(Box::new(Unfinished {
                         decision,
                         at: now,
                         replays: 0,
-                    });
+                    }));
                 }
                 self.retry_delay()
             }
@@ -312,11 +315,11 @@ impl Driver {
             }
             let Some(pause) = pauses.next() else {
                 if error.acted {
-                    self.unfinished = Some(Unfinished {
+                    self.unfinished = Some(Box::new(Unfinished {
                         decision,
                         at: now,
                         replays: 0,
-                    });
+                    }));
                 }
                 return Err(EngineError::Interrupted(format!(
                     "rollout {}: {}",
@@ -336,11 +339,11 @@ impl Driver {
             if let Err(error) = self.commit(&decision, now).await {
                 tracing::warn!(rollout = %self.state.id, error = %error.message, "scale-down after abort failed; retrying");
                 if error.acted {
-                    self.unfinished = Some(Unfinished {
+                    self.unfinished = Some(Box::new(Unfinished {
                         decision,
                         at: now,
                         replays: 0,
-                    });
+                    }));
                 }
             }
         }

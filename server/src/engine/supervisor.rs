@@ -136,6 +136,12 @@ impl Supervisor {
         }
     }
 
+    /// The adapters (engine tests build drivers of their own).
+    #[cfg(test)]
+    pub(crate) fn ports_for_tests(&self) -> Ports {
+        self.ports.clone()
+    }
+
     /// The engine settings.
     pub fn config(&self) -> &EngineConfig {
         &self.config

@@ -20,9 +20,18 @@ struct FakeState {
     hpas: Vec<HpaView>,
     calls: Vec<String>,
     events: Vec<(String, String)>,
+    /// Keep no call log (benchmarks that must not grow with the calls they make).
+    quiet: bool,
 }
 
 impl FakeWorkloads {
+    /// Stops recording calls (`calls()` stays as it is), for benchmarks of memory.
+    pub fn quiet(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.quiet = true;
+        }
+    }
+
     /// A settled Deployment with one container `app` running `image`.
     pub fn settled(namespace: &str, name: &str, replicas: u32, image: &str) -> DeploymentView {
         DeploymentView {
@@ -112,7 +121,9 @@ impl FakeWorkloads {
             .state
             .lock()
             .map_err(|_| WorkloadError::Patch("poisoned".into()))?;
-        state.calls.push(call);
+        if !state.quiet {
+            state.calls.push(call);
+        }
         let d = state
             .deployments
             .get_mut(&(namespace.to_owned(), name.to_owned()))
