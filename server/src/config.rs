@@ -62,6 +62,15 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Re-read the token files on SIGHUP (the binary; tests leave the signal alone).
     pub reload_on_sighup: bool,
+    /// Authenticate with the cluster (TokenReview, client certificates) and authorize every
+    /// call with a SubjectAccessReview (`None` = token files, or no authentication).
+    pub kubernetes_auth: Option<crate::api::kubeauth::KubeAuthConfig>,
+    /// Limits per caller and in total.
+    pub limits: crate::api::limits::LimitsConfig,
+    /// Append an audit line per mutating call to this file (JSON lines).
+    pub audit_log: Option<PathBuf>,
+    /// Largest request message accepted.
+    pub max_request_bytes: usize,
     /// Leader election among replicas (`None` = this server leads on its own).
     pub leader: Option<crate::leader::LeaderConfig>,
     /// Serve `GET /metrics` (steerer's own metrics) on this address; port 0 picks a free one,
@@ -83,7 +92,12 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    pub(crate) fn server_config(&self) -> Result<tonic::transport::ServerTlsConfig, ServerError> {
+    /// The TLS settings; `optional_client_certificate` lets clients without a certificate in
+    /// (they authenticate otherwise).
+    pub(crate) fn server_config(
+        &self,
+        optional_client_certificate: bool,
+    ) -> Result<tonic::transport::ServerTlsConfig, ServerError> {
         let read = |what: &str, path: &PathBuf| {
             std::fs::read(path)
                 .map_err(|e| ServerError::Config(format!("{what} {}: {e}", path.display())))
@@ -94,10 +108,12 @@ impl TlsFiles {
         );
         let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
         if let Some(ca) = &self.client_ca {
-            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
-                "client CA",
-                ca,
-            )?));
+            tls = tls
+                .client_ca_root(tonic::transport::Certificate::from_pem(read(
+                    "client CA",
+                    ca,
+                )?))
+                .client_auth_optional(optional_client_certificate);
         }
         Ok(tls)
     }
@@ -125,11 +141,18 @@ impl Default for ServerConfig {
             tls: None,
             reload_on_sighup: false,
             leader: None,
+            kubernetes_auth: None,
+            limits: crate::api::limits::LimitsConfig::default(),
+            audit_log: None,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             metrics_listen: None,
             telemetry: Telemetry::default(),
         }
     }
 }
+
+/// Default of [`ServerConfig::max_request_bytes`]: far above any valid request.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 impl ServerConfig {
     /// Checks names and defaults.
@@ -157,6 +180,13 @@ impl ServerConfig {
                 humantime::format_duration(MAX_SCALE_DOWN_DELAY),
                 humantime::format_duration(self.scale_down_delay)
             )));
+        }
+        if self.kubernetes_auth.is_some()
+            && (self.token_file.is_some() || self.read_only_token_file.is_some())
+        {
+            return Err(ServerError::Config(
+                "--auth kubernetes and token files exclude each other".into(),
+            ));
         }
         if let Some(leader) = &self.leader {
             leader.validate().map_err(ServerError::Config)?;

@@ -146,7 +146,7 @@ async fn serve_inner(
     let auto = config
         .auto
         .then(|| (ports.workloads.clone(), config.namespaces.clone()));
-    let (resumed, election) = match (&config.leader, client) {
+    let (resumed, election) = match (&config.leader, client.clone()) {
         (Some(leader), Some(client)) => {
             // Follow every replica's records before serving, and lead only once elected.
             supervisor.step_down().await;
@@ -219,9 +219,35 @@ async fn serve_inner(
         )
         .map_err(|e| ServerError::Config(e.to_string()))?,
     );
+    let authentication = match (&config.kubernetes_auth, client) {
+        (Some(kube_auth), Some(client)) => api::auth::Authentication::Kubernetes(Arc::new(
+            api::kubeauth::KubeAuth::new(client, kube_auth.clone()),
+        )),
+        (Some(_), None) => {
+            return Err(ServerError::Config(
+                "--auth kubernetes needs the Kubernetes API".into(),
+            ));
+        }
+        (None, _) => api::auth::Authentication::Tokens(auth.clone()),
+    };
+    let limits = Arc::new(api::limits::Limits::new(config.limits));
+    let audit = Arc::new(
+        api::audit::Audit::open(config.audit_log.as_deref()).map_err(|e| {
+            ServerError::Config(format!(
+                "audit log {}: {e}",
+                config
+                    .audit_log
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ))
+        })?,
+    );
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
-        builder = builder.tls_config(tls.server_config()?)?;
+        // With Kubernetes authentication a client certificate is one way in, a token another.
+        builder =
+            builder.tls_config(tls.server_config(config.kubernetes_auth.is_some())?)?;
     }
     let draining = CancellationToken::new();
     if config.reload_on_sighup {
@@ -232,15 +258,17 @@ async fn serve_inner(
         config.namespaces.clone(),
         draining.clone(),
     )
-    .with_telemetry(telemetry.clone());
+    .with_telemetry(telemetry.clone())
+    .with_limits(limits.clone())
+    .with_audit(audit);
     if let Some(election) = &election {
         service = service.with_forwarding(api::forward::Forwarder::new(election.subscribe()));
     }
     // Every RolloutService call is authorized here, before a handler runs; health and
     // reflection stay open. Outside that, every call is counted, refused ones included.
     let service = tower::Layer::layer(
-        &api::auth::AuthLayer::new(auth.clone()),
-        RolloutServiceServer::new(service),
+        &api::auth::AuthLayer::new(authentication, limits),
+        RolloutServiceServer::new(service).max_decoding_message_size(config.max_request_bytes),
     );
     let service = tower::Layer::layer(&telemetry::GrpcMetricsLayer::new(telemetry), service);
     let addr = listener.local_addr().ok();
@@ -251,6 +279,7 @@ async fn serve_inner(
         tls = config.tls.is_some(),
         mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         tokens = auth.enabled(),
+        kubernetes_auth = config.kubernetes_auth.is_some(),
         metrics = ?metrics_endpoint.as_ref().map(|m| m.addr()),
         "steerer server listening"
     );

@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use steerer_server::domain::AnalysisSettings;
+use steerer_server::api::kubeauth::KubeAuthConfig;
+use steerer_server::api::limits::LimitsConfig;
 use steerer_server::leader::LeaderConfig;
 use steerer_server::{ServerConfig, TlsFiles};
 
@@ -137,9 +139,49 @@ struct Flags {
     /// example 0.0.0.0:9102. Not served when unset.
     #[arg(long, env = "STEERER_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// How callers are authenticated: `tokens` (the token files; open without them) or
+    /// `kubernetes` (tokens the cluster accepts, checked with a TokenReview, and client
+    /// certificates under --client-ca; every call authorized with a SubjectAccessReview on
+    /// steerer.dev/rollouts).
+    #[arg(long, env = "STEERER_AUTH", value_enum, default_value = "tokens")]
+    auth: AuthMode,
+    /// Audience a caller's token must be meant for (repeatable; default: the API server's).
+    #[arg(long = "auth-audience", env = "STEERER_AUTH_AUDIENCES", value_delimiter = ',')]
+    auth_audiences: Vec<String>,
+    /// How long a TokenReview or SubjectAccessReview answer is reused.
+    #[arg(long, env = "STEERER_AUTH_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    auth_cache_ttl: Duration,
+    /// Append one JSON line per mutating call (caller, RPC, namespace, target, rollout,
+    /// outcome) to this file; the lines are logged in any case.
+    #[arg(long, env = "STEERER_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "STEERER_MAX_REQUEST_BYTES", default_value_t = steerer_server::config::DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
+    /// Open WatchRollout streams in all.
+    #[arg(long, env = "STEERER_MAX_WATCHES", default_value_t = 10_000)]
+    max_watches: usize,
+    /// Open WatchRollout streams per caller.
+    #[arg(long, env = "STEERER_MAX_WATCHES_PER_CALLER", default_value_t = 100)]
+    max_watches_per_caller: usize,
+    /// Mutating calls (start, abort, pause, resume, promote) per caller per minute; 0 = no
+    /// limit.
+    #[arg(long, env = "STEERER_MUTATIONS_PER_MINUTE", default_value_t = 60)]
+    mutations_per_minute: u32,
+    /// How long a watch stream may go unread before it ends, naming the sequence to resume
+    /// from.
+    #[arg(long, env = "STEERER_WATCH_SEND_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    watch_send_timeout: Duration,
     /// Log as JSON lines.
     #[arg(long, env = "STEERER_LOG_JSON")]
     log_json: bool,
+}
+
+/// How callers are authenticated.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AuthMode {
+    Tokens,
+    Kubernetes,
 }
 
 /// The pod name, else the host name.
@@ -202,6 +244,21 @@ async fn main() -> anyhow::Result<()> {
             _ => None,
         },
         reload_on_sighup: true,
+        kubernetes_auth: match flags.auth {
+            AuthMode::Kubernetes => Some(KubeAuthConfig {
+                audiences: flags.auth_audiences,
+                cache_ttl: flags.auth_cache_ttl,
+            }),
+            AuthMode::Tokens => None,
+        },
+        limits: LimitsConfig {
+            mutations_per_minute: flags.mutations_per_minute,
+            watches_per_caller: flags.max_watches_per_caller,
+            watches: flags.max_watches,
+            slow_reader: flags.watch_send_timeout,
+        },
+        audit_log: flags.audit_log,
+        max_request_bytes: flags.max_request_bytes,
         leader: if flags.leader_elect {
             Some(LeaderConfig {
                 namespace: flags.lease_namespace,

@@ -11,7 +11,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::future::{Either, Ready, ready};
+use futures::future::BoxFuture;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use super::access::{Access, AllowAll, Caller, Verb};
+use super::kubeauth::{KubeAuth, certificate_caller};
+use super::limits::Limits;
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 use tonic::Status;
@@ -23,9 +28,9 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// A file's (modified, length): a change of either means a reload.
 type Stamp = (SystemTime, u64);
 
-/// What a call needs.
+/// What a call needs of a token-file token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub enum TokenAccess {
     /// Get, List, Watch.
     Read,
     /// Start, Abort, Pause, Resume, Promote.
@@ -178,7 +183,7 @@ impl Auth {
 
     /// Checks a call's `authorization: Bearer TOKEN` header for `access`; `None` (an RPC
     /// nobody classified) is denied to every token.
-    pub fn check(&self, headers: &http::HeaderMap, access: Option<Access>) -> Result<(), Status> {
+    pub fn check(&self, headers: &http::HeaderMap, access: Option<TokenAccess>) -> Result<(), Status> {
         if !self.enabled() {
             return Ok(());
         }
@@ -203,7 +208,7 @@ impl Auth {
             return Err(Status::unauthenticated("the bearer token is not valid"));
         }
         match access {
-            Some(Access::Write) if !writer => Err(Status::permission_denied(
+            Some(TokenAccess::Write) if !writer => Err(Status::permission_denied(
                 "this token is read-only: it may get, list and watch rollouts, not change them",
             )),
             Some(_) => Ok(()),
@@ -216,25 +221,41 @@ impl Auth {
 
 /// The access each `steerer.v1.RolloutService` RPC needs. A method missing here is denied to
 /// every token: a new RPC must be classified before anyone can call it.
-pub fn rpc_access(method: &str) -> Option<Access> {
+pub fn rpc_access(method: &str) -> Option<TokenAccess> {
     match method {
-        "GetRollout" | "ListRollouts" | "WatchRollout" => Some(Access::Read),
+        "GetRollout" | "ListRollouts" | "WatchRollout" => Some(TokenAccess::Read),
         "StartRollout" | "AbortRollout" | "PauseRollout" | "ResumeRollout" | "PromoteRollout" => {
-            Some(Access::Write)
+            Some(TokenAccess::Write)
         }
         _ => None,
     }
 }
 
-/// Authenticates and authorizes every call of the service it wraps before a handler runs.
+/// How calls are authenticated, and who authorizes them.
+#[derive(Clone)]
+pub enum Authentication {
+    /// Token files (or none: every call is open); a token's kind decides what it may do.
+    Tokens(Arc<Auth>),
+    /// Tokens the cluster accepts (TokenReview) and client certificates; every call is
+    /// authorized with a SubjectAccessReview.
+    Kubernetes(Arc<KubeAuth>),
+}
+
+/// Authenticates every call of the service it wraps, gives its handler the caller's
+/// [`Access`], limits the rate of mutating calls, and refuses any successful answer whose
+/// handler did not obtain an authorization decision (deny by default).
 #[derive(Clone)]
 pub struct AuthLayer {
-    auth: Arc<Auth>,
+    authentication: Authentication,
+    limits: Arc<Limits>,
 }
 
 impl AuthLayer {
-    pub fn new(auth: Arc<Auth>) -> Self {
-        Self { auth }
+    pub fn new(authentication: Authentication, limits: Arc<Limits>) -> Self {
+        Self {
+            authentication,
+            limits,
+        }
     }
 }
 
@@ -244,21 +265,94 @@ impl<S> tower::Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Authorized {
             inner,
-            auth: self.auth.clone(),
+            authentication: self.authentication.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
 
-/// A gRPC service whose calls pass [`Auth::check`] first; a refused call is answered with its
-/// status and never reaches the service.
+/// A gRPC service behind [`AuthLayer`].
 #[derive(Clone)]
 pub struct Authorized<S> {
     inner: S,
-    auth: Arc<Auth>,
+    authentication: Authentication,
+    limits: Arc<Limits>,
 }
 
 impl<S: NamedService> NamedService for Authorized<S> {
     const NAME: &'static str = S::NAME;
+}
+
+/// The short, non-secret name a token-file token is known by in logs and records.
+fn token_name(token: &str) -> String {
+    format!("token:{}", &hex::encode(digest(token))[..12])
+}
+
+fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, Status> {
+    let Some(header) = headers.get("authorization") else {
+        return Ok(None);
+    };
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(Some)
+        .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer TOKEN`"))
+}
+
+/// Who is calling, and the authorizer of their calls.
+async fn authenticate(
+    authentication: &Authentication,
+    headers: &http::HeaderMap,
+    certificate: Option<Vec<u8>>,
+    verb: Verb,
+) -> Result<Access, Status> {
+    match authentication {
+        Authentication::Tokens(auth) => {
+            let access = match verb.is_mutating() {
+                true => TokenAccess::Write,
+                false => TokenAccess::Read,
+            };
+            auth.check(headers, Some(access))?;
+            let caller = match bearer(headers)? {
+                Some(token) if auth.enabled() => Caller {
+                    user: token_name(token),
+                    groups: Vec::new(),
+                },
+                _ => Caller::anonymous(),
+            };
+            Ok(Access::new(caller, Arc::new(AllowAll)))
+        }
+        Authentication::Kubernetes(kube) => {
+            let caller = match bearer(headers)? {
+                Some(token) => kube.review_token(token).await?,
+                None => {
+                    match certificate {
+                        Some(der) => certificate_caller(&der)?,
+                        None => {
+                            return Err(Status::unauthenticated(
+                                "a bearer token or a client certificate is required",
+                            ));
+                        }
+                    }
+                }
+            };
+            Ok(Access::new(caller, kube.clone()))
+        }
+    }
+}
+
+/// Whether a response is a success (an error answer carries `grpc-status` in its headers).
+fn succeeded(response: &http::Response<tonic::body::Body>) -> bool {
+    response
+        .headers()
+        .get("grpc-status")
+        .is_none_or(|code| code.as_bytes() == b"0")
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Authorized<S>
@@ -267,22 +361,66 @@ where
             http::Request<B>,
             Response = http::Response<tonic::body::Body>,
             Error = Infallible,
-        >,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = Infallible;
-    type Future = Either<S::Future, Ready<Result<S::Response, Infallible>>>;
+    type Future = BoxFuture<'static, Result<S::Response, Infallible>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().rsplit('/').next().unwrap_or_default();
-        match self.auth.check(request.headers(), rpc_access(method)) {
-            Ok(()) => Either::Left(self.inner.call(request)),
-            Err(status) => Either::Right(ready(Ok(status.into_http()))),
-        }
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The clone that was polled ready serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let authentication = self.authentication.clone();
+        let limits = self.limits.clone();
+        let method = request
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        Box::pin(async move {
+            let Some(verb) = Verb::of_method(&method) else {
+                return Ok(Status::permission_denied(
+                    "this RPC is not open to anyone (the server does not classify it)",
+                )
+                .into_http());
+            };
+            let certificate = request
+                .extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|info| info.peer_certs())
+                .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
+            let headers = request.headers().clone();
+            let access = match authenticate(&authentication, &headers, certificate, verb).await {
+                Ok(access) => access,
+                Err(status) => return Ok(status.into_http()),
+            };
+            if verb.is_mutating()
+                && let Err(status) = limits.take_mutation(&access.caller().user)
+            {
+                return Ok(status.into_http());
+            }
+            request.extensions_mut().insert(access.clone());
+            let response = inner.call(request).await?;
+            if succeeded(&response) && !access.decided() {
+                tracing::error!(verb = verb.as_str(), "a handler answered without authorizing the call; refused");
+                return Ok(Status::permission_denied(
+                    "this call was not authorized (the server refuses calls it did not authorize)",
+                )
+                .into_http());
+            }
+            Ok(response)
+        })
     }
 }
 
@@ -306,8 +444,8 @@ mod tests {
         headers
     }
 
-    const READ: Option<Access> = Some(Access::Read);
-    const WRITE: Option<Access> = Some(Access::Write);
+    const READ: Option<TokenAccess> = Some(TokenAccess::Read);
+    const WRITE: Option<TokenAccess> = Some(TokenAccess::Write);
 
     #[test]
     fn open_auth_lets_every_call_through() {

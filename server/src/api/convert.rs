@@ -96,6 +96,7 @@ pub fn rollout(r: &Rollout) -> pb::Rollout {
         last_sequence: r.last_sequence,
         request_id: r.request_id.clone(),
         images: r.images.clone().into_iter().collect(),
+        created_by: r.created_by.clone(),
     }
 }
 

@@ -2,9 +2,13 @@
 //! conversion, behind the authorization layer (`auth`). The only module that knows tonic and
 //! the generated types.
 
+pub mod access;
+pub mod audit;
 pub mod auth;
 pub mod convert;
 pub mod forward;
+pub mod kubeauth;
+pub mod limits;
 pub mod validate;
 pub mod watch;
 
@@ -36,6 +40,10 @@ pub struct Api {
     forward: Option<forward::Forwarder>,
     /// Counts the open watch streams.
     telemetry: Telemetry,
+    /// Caps on open watch streams.
+    limits: Arc<limits::Limits>,
+    /// Where mutating calls are recorded.
+    audit: Arc<audit::Audit>,
 }
 
 impl Api {
@@ -52,7 +60,21 @@ impl Api {
             draining,
             forward: None,
             telemetry: Telemetry::default(),
+            limits: Arc::new(limits::Limits::new(limits::LimitsConfig::default())),
+            audit: Arc::default(),
         }
+    }
+
+    /// Caps open watch streams with `limits` (shared with the authentication layer).
+    pub fn with_limits(mut self, limits: Arc<limits::Limits>) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Records mutating calls in `audit`.
+    pub fn with_audit(mut self, audit: Arc<audit::Audit>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Forwards mutating calls to the leader while this replica does not lead.
@@ -82,21 +104,81 @@ impl Api {
         }
     }
 
-    /// Validates the id, hands an operator's command to the rollout's driver and answers with
-    /// the rollout as the command left it.
-    async fn run_command(
+    /// The namespace of an existing rollout (NOT_FOUND for an unknown id).
+    async fn namespace_of(&self, rollout: &str) -> Result<crate::domain::Rollout, Status> {
+        self.supervisor.get(rollout).await.map_err(convert::status)
+    }
+
+    /// Records a mutating call's outcome and passes it on.
+    fn audited<T>(
         &self,
+        access: &access::Access,
+        rpc: &'static str,
+        (namespace, target, rollout): (&str, &str, &str),
+        answer: Result<Response<T>, Status>,
+        rollout_of: impl Fn(&T) -> (String, String),
+    ) -> Result<Response<T>, Status> {
+        let (outcome, message, rollout, target) = match &answer {
+            Ok(response) => {
+                let (id, target) = rollout_of(response.get_ref());
+                ("OK".to_owned(), String::new(), id, target)
+            }
+            Err(status) => (
+                audit::code_name(status.code()).to_owned(),
+                status.message().to_owned(),
+                rollout.to_owned(),
+                target.to_owned(),
+            ),
+        };
+        self.audit.record(&audit::Entry {
+            time: chrono::Utc::now(),
+            caller: access.caller().user.clone(),
+            rpc,
+            namespace: namespace.to_owned(),
+            target,
+            rollout,
+            outcome,
+            message,
+        });
+        answer
+    }
+
+    /// An operator's command: the rollout's namespace is authorized for `verb`, then the
+    /// command goes to the leader (forwarded when this replica follows) and is audited.
+    async fn run_command<T>(
+        &self,
+        request: Request<T>,
+        rpc: &'static str,
+        verb: access::Verb,
         rollout: &str,
         command: Command,
+        forward: impl AsyncFnOnce(
+            &forward::Forwarder,
+            Request<T>,
+        ) -> Result<Response<pb::Rollout>, Status>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        let access = access::of(&request)?;
         id(rollout)?;
-        let rollout = self
-            .supervisor
-            .command(rollout, command)
-            .await
-            .map_err(convert::status)?;
-        Ok(Response::new(convert::rollout(&rollout)))
+        let found = self.namespace_of(rollout).await?;
+        let place = (found.namespace.as_str(), found.target.as_str(), rollout);
+        if let Err(status) = access.require(verb, &found.namespace).await {
+            return self.audited(&access, rpc, place, Err(status), summary);
+        }
+        let answer = match self.follower() {
+            Some(leader) => forward(leader, request).await,
+            None => self
+                .supervisor
+                .command_by(rollout, command, Some(access.caller().user.clone()))
+                .await
+                .map(|r| Response::new(convert::rollout(&r)))
+                .map_err(convert::status),
+        };
+        self.audited(&access, rpc, place, answer, summary)
     }
+}
+
+fn summary(r: &pb::Rollout) -> (String, String) {
+    (r.id.clone(), r.target.clone())
 }
 
 fn invalid(e: Invalid) -> Status {
@@ -113,10 +195,8 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::StartRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        if let Some(leader) = self.follower() {
-            return leader.start(request).await;
-        }
-        let r = request.into_inner();
+        let access = access::of(&request)?;
+        let r = request.get_ref();
         validate::dns1123_label("namespace", &r.namespace).map_err(invalid)?;
         validate::dns1123_label("target", &r.target).map_err(invalid)?;
         validate::canary(&r.target, &r.canary).map_err(invalid)?;
@@ -130,7 +210,17 @@ impl RolloutService for Api {
                 "canary_replicas must be between 1 and 1000",
             ));
         }
-        self.served(&r.namespace)?;
+        let (namespace, target) = (r.namespace.clone(), r.target.clone());
+        let place = (namespace.as_str(), target.as_str(), "");
+        if let Err(status) = access.require(access::Verb::Start, &namespace).await {
+            return self.audited(&access, "StartRollout", place, Err(status), summary);
+        }
+        self.served(&namespace)?;
+        if let Some(leader) = self.follower() {
+            let answer = leader.start(request).await;
+            return self.audited(&access, "StartRollout", place, answer, summary);
+        }
+        let r = request.into_inner();
         let started = self
             .supervisor
             .start(StartRequest {
@@ -142,19 +232,25 @@ impl RolloutService for Api {
                 analysis,
                 request_id: r.request_id,
                 canary_replicas: r.canary_replicas,
+                created_by: access.caller().user.clone(),
             })
             .await
-            .map_err(convert::status)?;
-        Ok(Response::new(convert::rollout(&started)))
+            .map(|r| Response::new(convert::rollout(&r)))
+            .map_err(convert::status);
+        self.audited(&access, "StartRollout", place, started, summary)
     }
 
     async fn get_rollout(
         &self,
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        let access = access::of(&request)?;
         let r = request.into_inner();
         id(&r.id)?;
-        let rollout = self.supervisor.get(&r.id).await.map_err(convert::status)?;
+        let rollout = self.namespace_of(&r.id).await?;
+        access
+            .require(access::Verb::Get, &rollout.namespace)
+            .await?;
         Ok(Response::new(convert::rollout(&rollout)))
     }
 
@@ -162,6 +258,7 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        let access = access::of(&request)?;
         let r = request.into_inner();
         validate::optional_label("namespace", &r.namespace).map_err(invalid)?;
         validate::optional_label("target", &r.target).map_err(invalid)?;
@@ -171,7 +268,29 @@ impl RolloutService for Api {
         if !r.namespace.is_empty() {
             self.served(&r.namespace)?;
         }
+        // Across namespaces, a caller who may not list everywhere sees the namespaces it may
+        // list.
+        let visible = if !r.namespace.is_empty() {
+            access.require(access::Verb::List, &r.namespace).await?;
+            None
+        } else if access.allows(access::Verb::List, "").await? {
+            None
+        } else {
+            let mut visible = Vec::new();
+            for namespace in self
+                .supervisor
+                .namespaces_with_rollouts()
+                .await
+                .map_err(convert::status)?
+            {
+                if access.allows(access::Verb::List, &namespace).await? {
+                    visible.push(namespace);
+                }
+            }
+            Some(visible)
+        };
         let query = ListQuery {
+            visible,
             filter: Filter {
                 namespace: (!r.namespace.is_empty()).then_some(r.namespace),
                 target: (!r.target.is_empty()).then_some(r.target),
@@ -202,29 +321,49 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::WatchRolloutRequest>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        let access = access::of(&request)?;
         let r = request.into_inner();
         id(&r.id)?;
+        let rollout = self.namespace_of(&r.id).await?;
+        access
+            .require(access::Verb::Watch, &rollout.namespace)
+            .await?;
+        let permit = self.limits.open_watch(&access.caller().user)?;
         let mut source =
             watch::EventSource::open(self.supervisor.clone(), &r.id, r.from_sequence).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let draining = self.draining.clone();
         // Dropped with the task, however it ends: drained, client gone, or an error sent.
         let open = self.telemetry.watch_stream();
+        let slow_reader = self.limits.config().slow_reader;
         tokio::spawn(async move {
             let _open = open;
+            let _permit = permit;
             loop {
                 let event = tokio::select! {
                     _ = draining.cancelled() => break,
                     _ = tx.closed() => break,
                     event = source.next() => event,
                 };
-                let answer = match event {
+                let (answer, sequence) = match event {
                     None => break,
-                    Some(event) => event.map(|e| convert::event(&e)),
+                    Some(Ok(event)) => (Ok(convert::event(&event)), event.sequence),
+                    Some(Err(status)) => (Err(status), 0),
                 };
                 let failed = answer.is_err();
-                if tx.send(answer).await.is_err() || failed {
-                    break;
+                match tokio::time::timeout(slow_reader, tx.send(answer)).await {
+                    Ok(Ok(())) if !failed => {}
+                    Ok(_) => break,
+                    Err(_) => {
+                        // The client has read nothing for a while: the server buffers no
+                        // more for it. What it has not read yet is followed by where to
+                        // resume.
+                        let ended = Status::resource_exhausted(format!(
+                            "the client read too slowly; watch again with from_sequence {sequence}"
+                        ));
+                        let _ = tokio::time::timeout(slow_reader, tx.send(Err(ended))).await;
+                        break;
+                    }
                 }
             }
         });
@@ -235,47 +374,67 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::AbortRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        if let Some(leader) = self.follower() {
-            return leader.abort(request).await;
-        }
-        let r = request.into_inner();
+        let r = request.get_ref().clone();
         validate::reason(&r.reason).map_err(invalid)?;
-        self.run_command(&r.id, Command::Abort { reason: r.reason })
-            .await
+        let command = Command::Abort { reason: r.reason };
+        self.run_command(
+            request,
+            "AbortRollout",
+            access::Verb::Abort,
+            &r.id,
+            command,
+            async |leader, request| leader.abort(request).await,
+        )
+        .await
     }
 
     async fn pause_rollout(
         &self,
         request: Request<pb::PauseRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        if let Some(leader) = self.follower() {
-            return leader.pause(request).await;
-        }
-        let r = request.into_inner();
+        let r = request.get_ref().clone();
         validate::reason(&r.reason).map_err(invalid)?;
-        self.run_command(&r.id, Command::Pause { reason: r.reason })
-            .await
+        let command = Command::Pause { reason: r.reason };
+        self.run_command(
+            request,
+            "PauseRollout",
+            access::Verb::Pause,
+            &r.id,
+            command,
+            async |leader, request| leader.pause(request).await,
+        )
+        .await
     }
 
     async fn resume_rollout(
         &self,
         request: Request<pb::ResumeRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        if let Some(leader) = self.follower() {
-            return leader.resume(request).await;
-        }
-        let r = request.into_inner();
-        self.run_command(&r.id, Command::Resume).await
+        let id = request.get_ref().id.clone();
+        self.run_command(
+            request,
+            "ResumeRollout",
+            access::Verb::Resume,
+            &id,
+            Command::Resume,
+            async |leader, request| leader.resume(request).await,
+        )
+        .await
     }
 
     async fn promote_rollout(
         &self,
         request: Request<pb::PromoteRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        if let Some(leader) = self.follower() {
-            return leader.promote(request).await;
-        }
-        let r = request.into_inner();
-        self.run_command(&r.id, Command::Promote).await
+        let id = request.get_ref().id.clone();
+        self.run_command(
+            request,
+            "PromoteRollout",
+            access::Verb::Promote,
+            &id,
+            Command::Promote,
+            async |leader, request| leader.promote(request).await,
+        )
+        .await
     }
 }

@@ -303,6 +303,9 @@ pub struct Rollout {
     /// the rest of the delay.
     #[serde(default)]
     pub traffic_off_canary_at: Option<DateTime<Utc>>,
+    /// Who started it (the authenticated caller).
+    #[serde(default)]
+    pub created_by: String,
 }
 
 impl Rollout {
@@ -351,6 +354,7 @@ impl Rollout {
             route_fingerprint: None,
             promoted_template: None,
             traffic_off_canary_at: None,
+            created_by: String::new(),
         }
     }
 }

@@ -123,6 +123,16 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Names who caused this decision (an operator's command) in its events and message.
+    pub fn attribute_to(&mut self, by: &str) {
+        for event in &mut self.events {
+            event.message = format!("{} (by {by})", event.message);
+        }
+        if let Some(last) = self.events.last() {
+            self.next.message = last.message.clone();
+        }
+    }
+
     fn new(state: &Rollout) -> Self {
         Self {
             next: state.clone(),

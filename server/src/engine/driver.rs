@@ -83,6 +83,8 @@ impl ActError {
 /// A command with the channel its answer goes back on.
 pub(crate) struct Envelope {
     pub command: Command,
+    /// Who sent it; the events it causes say so.
+    pub by: Option<String>,
     pub reply: oneshot::Sender<Result<Rollout, EngineError>>,
 }
 
@@ -151,7 +153,7 @@ impl Driver {
                 _ = self.shutdown.cancelled() => break,
                 envelope = self.commands.recv() => {
                     let Some(envelope) = envelope else { break };
-                    let answer = Box::pin(self.command(envelope.command)).await;
+                    let answer = Box::pin(self.command(envelope.command, envelope.by)).await;
                     let _ = envelope.reply.send(answer);
                     wake = Instant::now();
                 }
@@ -272,7 +274,11 @@ impl Driver {
         }
     }
 
-    async fn command(&mut self, command: Command) -> Result<Rollout, EngineError> {
+    async fn command(
+        &mut self,
+        command: Command,
+        by: Option<String>,
+    ) -> Result<Rollout, EngineError> {
         // A command is decided on the recorded state, so a half-applied step is recorded
         // first. An abort does not wait for it: its weight write supersedes the step's.
         if let Err(error) = self.finish_unfinished().await {
@@ -286,8 +292,11 @@ impl Driver {
         }
         let now = Utc::now();
         let obs = self.observe(None).await;
-        let decision = decide::apply_command(&self.state, &command, &obs, now)
+        let mut decision = decide::apply_command(&self.state, &command, &obs, now)
             .map_err(|refused| EngineError::Refused(refused.0))?;
+        if let Some(by) = by.filter(|b| !b.is_empty()) {
+            decision.attribute_to(&by);
+        }
         let mut pauses = command_backoff();
         let mut attempt = 1;
         while let Err(error) = self.commit(&decision, now).await {

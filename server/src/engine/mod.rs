@@ -81,6 +81,8 @@ pub struct StartRequest {
     pub analysis: AnalysisSettings,
     pub request_id: String,
     pub canary_replicas: Option<u32>,
+    /// Who asked (the authenticated caller).
+    pub created_by: String,
 }
 
 /// Errors of engine operations: what went wrong. What a caller is told (a gRPC status) is

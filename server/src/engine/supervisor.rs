@@ -58,6 +58,9 @@ pub struct Cursor {
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     pub filter: Filter,
+    /// Only these namespaces (`None` = every namespace the filter allows): the ones the caller
+    /// may list.
+    pub visible: Option<Vec<String>>,
     /// Only these phases (empty = any).
     pub phases: Vec<Phase>,
     pub active_only: bool,
@@ -80,6 +83,10 @@ pub struct Page {
 pub fn page(mut rollouts: Vec<Rollout>, query: &ListQuery) -> Page {
     rollouts.retain(|r| {
         query.filter.matches(r)
+            && query
+                .visible
+                .as_ref()
+                .is_none_or(|v| v.contains(&r.namespace))
             && (!query.active_only || !r.phase.is_terminal())
             && (query.phases.is_empty() || query.phases.contains(&r.phase))
             && query
@@ -417,6 +424,22 @@ impl Supervisor {
         Ok(page(rollouts, query))
     }
 
+    /// The namespaces that hold rollouts (records or active ones), sorted.
+    pub async fn namespaces_with_rollouts(&self) -> Result<Vec<String>, EngineError> {
+        let mut namespaces: Vec<String> = self
+            .ports
+            .store
+            .list(&Filter::default())
+            .await?
+            .into_iter()
+            .chain(self.snapshot())
+            .map(|r| r.namespace)
+            .collect();
+        namespaces.sort();
+        namespaces.dedup();
+        Ok(namespaces)
+    }
+
     /// Deletes finished records past the retention, in every served namespace.
     pub async fn prune(&self) {
         prune_records(&self.ports, &Filter::default(), self.config.retention).await;
@@ -517,6 +540,7 @@ impl Supervisor {
             now,
         );
         rollout.request_id = request.request_id.clone();
+        rollout.created_by = request.created_by.clone();
         rollout.images = request.images.clone();
         rollout.canary_replicas = request.canary_replicas;
         let (rollout, started) =
@@ -583,6 +607,16 @@ impl Supervisor {
     /// Sends a command to a rollout's driver and waits for the outcome. Commands on a
     /// finished rollout: abort changes nothing, the others are refused.
     pub async fn command(&self, id: &str, command: Command) -> Result<Rollout, EngineError> {
+        self.command_by(id, command, None).await
+    }
+
+    /// [`command`](Self::command) on behalf of a caller, whom the events it causes name.
+    pub async fn command_by(
+        &self,
+        id: &str,
+        command: Command,
+        by: Option<String>,
+    ) -> Result<Rollout, EngineError> {
         let entry = {
             let entries = self
                 .entries
@@ -607,6 +641,7 @@ impl Supervisor {
         if sender
             .send(Envelope {
                 command: command.clone(),
+                by,
                 reply,
             })
             .await
