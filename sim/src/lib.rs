@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod auth;
 pub mod control_plane;
 pub mod controllers;
 pub mod error;
