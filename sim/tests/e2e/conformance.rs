@@ -99,10 +99,15 @@ fn error_of(status: u16, body: &Value) -> Value {
 }
 
 /// An apply conflict as a client reads it: code, reason, message and the causes (field,
-/// manager) in `details`.
+/// manager) in `details`, sorted (kube-apiserver lists the causes of one apply in no fixed
+/// order).
 fn conflict_of(status: u16, body: &Value) -> Value {
+    let mut details = body["details"].clone();
+    if let Some(causes) = details.get_mut("causes").and_then(Value::as_array_mut) {
+        causes.sort_by_key(Value::to_string);
+    }
     json!({"http": status, "code": body["code"], "reason": body["reason"],
-           "message": body["message"], "details": body["details"]})
+           "message": body["message"], "details": details})
 }
 
 /// An object's `managedFields` without the times: manager, operation, apiVersion, subresource
