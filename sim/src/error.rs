@@ -187,6 +187,78 @@ impl ApiError {
         err
     }
 
+    /// 405 MethodNotAllowed for a verb a resource does not serve at all (a review asked to
+    /// list), in kube-apiserver's words.
+    pub fn method_not_allowed() -> Self {
+        let mut err = Self::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        );
+        err.details = Some(json!({}));
+        err
+    }
+
+    /// 401 Unauthorized: a request whose credentials do not authenticate.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    /// 422 Invalid naming a kind (`TokenRequest.authentication.k8s.io`), as kube-apiserver's
+    /// `NewInvalid` words it: one cause per field error, the name and kind in `details` when
+    /// not empty.
+    pub fn invalid_kind(kind: &str, group: &str, name: &str, errors: &[FieldError]) -> Self {
+        let qualified = format!("{kind}.{group}");
+        let summary = match errors {
+            [one] => one.to_string(),
+            many => format!(
+                "[{}]",
+                many.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let mut err = Self::new(
+            422,
+            "Invalid",
+            format!("{qualified} \"{name}\" is invalid: {summary}"),
+        );
+        let mut details = json!({"group": group});
+        if !name.is_empty() {
+            details["name"] = json!(name);
+        }
+        if !kind.is_empty() {
+            details["kind"] = json!(kind);
+        }
+        details["causes"] = errors
+            .iter()
+            .map(|e| json!({"reason": e.reason, "message": e.detail, "field": e.field}))
+            .collect();
+        err.details = Some(details);
+        err
+    }
+
+    /// 409 Conflict on a kind (`TokenRequest.authentication.k8s.io`) for a reason of its own.
+    pub fn conflict_because(kind: &str, group: &str, name: &str, why: &str) -> Self {
+        let qualified = if group.is_empty() {
+            kind.to_owned()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let mut err = Self::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {qualified} \"{name}\": {why}"),
+        );
+        let mut details = json!({"name": name, "kind": kind});
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        err.details = Some(details);
+        err
+    }
+
     /// The `Status` object the API server sends for this error.
     pub fn to_status(&self) -> Value {
         let mut status = json!({
@@ -202,6 +274,34 @@ impl ApiError {
             status["details"] = details.clone();
         }
         status
+    }
+}
+
+/// One invalid field of an object, as kube-apiserver's `field.Error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// `FieldValueInvalid`, `FieldValueRequired`, ...
+    pub reason: &'static str,
+    /// The field path (`spec.expirationSeconds`).
+    pub field: String,
+    /// `Invalid value: 60: may not specify a duration less than 10 minutes`.
+    pub detail: String,
+}
+
+impl FieldError {
+    /// An invalid value: `value` is already rendered as Go renders it (`60`, `"x"`, `null`).
+    pub fn invalid(field: &str, value: &str, why: &str) -> Self {
+        Self {
+            reason: "FieldValueInvalid",
+            field: field.to_owned(),
+            detail: format!("Invalid value: {value}: {why}"),
+        }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.detail)
     }
 }
 
@@ -256,6 +356,9 @@ pub enum SimError {
     /// The kubeconfig could not be built or written.
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
+    /// The service-account signing key could not be made.
+    #[error("service-account tokens: {0}")]
+    Tokens(#[from] crate::auth::tokens::TokenError),
     /// Any other I/O failure.
     #[error("{0}")]
     Io(#[from] std::io::Error),

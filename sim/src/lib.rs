@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod auth;
 pub mod control_plane;
 pub mod controllers;
 pub mod error;
@@ -85,7 +86,12 @@ impl Sim {
         let metrics_addr = metrics_listener.local_addr()?;
 
         let store = Arc::new(Store::new(config.history_limit));
+        let tokens = auth::tokens::TokenIssuer::generate(
+            &config.service_account_issuer,
+            &config.api_audiences,
+        )?;
         let world = Arc::new(World {
+            tokens,
             registry: resources::Registry::with_builtins(),
             faults: Faults::default(),
             mesh: mesh::Mesh::new(config.request_rate),
@@ -156,6 +162,26 @@ impl Sim {
     /// Fault injection and request counters.
     pub fn faults(&self) -> &Faults {
         &self.world.faults
+    }
+
+    /// A token for a service account with any lifetime in seconds (negative: already expired,
+    /// though TokenReview allows a minute of leeway, as kube-apiserver does), which the
+    /// TokenRequest API would refuse under 10 minutes: for tests of expiry.
+    pub fn issue_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audiences: &[String],
+        lifetime_seconds: i64,
+    ) -> Result<String, ApiError> {
+        api::reviews::issue_unchecked(
+            &self.world,
+            namespace,
+            service_account,
+            audiences,
+            lifetime_seconds,
+        )
+        .map(|issued| issued.token)
     }
 
     /// Sets the load figure an HPA follows (1.0 = at target utilisation).

@@ -53,6 +53,13 @@ struct Args {
     /// Test timing: rolling updates and HPA reactions in about a second.
     #[arg(long)]
     fast: bool,
+    /// The `iss` of the service-account tokens the TokenRequest API signs.
+    #[arg(long, default_value = steerer_sim::world::DEFAULT_SERVICE_ACCOUNT_ISSUER)]
+    service_account_issuer: String,
+    /// The API server's audiences, comma-separated: the default audience of a TokenRequest and
+    /// what a TokenReview without audiences checks (default: the issuer).
+    #[arg(long, value_delimiter = ',')]
+    api_audiences: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +192,8 @@ async fn run_sim(args: Args) -> anyhow::Result<()> {
         metrics_listen: args.metrics_listen,
         apply: args.apply,
         timing,
+        service_account_issuer: args.service_account_issuer,
+        api_audiences: args.api_audiences,
         ..SimConfig::default()
     };
     if let Some(rate) = args.request_rate {

@@ -50,6 +50,8 @@ pub const VERBS: [&str; 8] = [
 ];
 
 const RBAC: &str = "rbac.authorization.k8s.io";
+const AUTHENTICATION: &str = "authentication.k8s.io";
+const AUTHORIZATION: &str = "authorization.k8s.io";
 
 /// A column of `kubectl get` output (a CRD's `additionalPrinterColumns`).
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +97,11 @@ pub struct ResourceDef {
     pub columns: Vec<PrinterColumn>,
     /// The CRD that defined this resource (`virtualservices.networking.istio.io`).
     pub crd: Option<String>,
+    /// A review (TokenReview, SubjectAccessReview, ...): only `create`, answered and never
+    /// stored.
+    pub review: bool,
+    /// Whether `/token` (the TokenRequest API) is a subresource (ServiceAccounts).
+    pub token: bool,
 }
 
 impl ResourceDef {
@@ -114,7 +121,24 @@ impl ResourceDef {
             builtin: true,
             columns: Vec::new(),
             crd: None,
+            review: false,
+            token: false,
         }
+    }
+
+    fn create_only(mut self) -> Self {
+        self.review = true;
+        self
+    }
+
+    fn with_token(mut self) -> Self {
+        self.token = true;
+        self
+    }
+
+    /// The verbs the resource serves.
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if self.review { &["create"] } else { &VERBS }
     }
 
     fn short(mut self, names: &[&str]) -> Self {
@@ -164,7 +188,7 @@ impl ResourceDef {
             "singularName": self.singular,
             "namespaced": self.namespaced,
             "kind": self.kind,
-            "verbs": VERBS,
+            "verbs": self.verbs(),
         });
         if !self.short_names.is_empty() {
             main["shortNames"] = json!(self.short_names);
@@ -180,6 +204,17 @@ impl ResourceDef {
                 "namespaced": self.namespaced,
                 "kind": self.kind,
                 "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if self.token {
+            out.push(json!({
+                "name": format!("{}/token", self.plural),
+                "singularName": "",
+                "namespaced": self.namespaced,
+                "group": AUTHENTICATION,
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
             }));
         }
         if self.scale {
@@ -207,6 +242,13 @@ impl ResourceDef {
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if self.token {
+            subresources.push(json!({
+                "subresource": "token",
+                "responseKind": {"group": AUTHENTICATION, "version": "v1", "kind": "TokenRequest"},
+                "verbs": ["create"],
+            }));
+        }
         if self.scale {
             subresources.push(json!({
                 "subresource": "scale",
@@ -219,7 +261,7 @@ impl ResourceDef {
             "responseKind": {"group": self.group, "version": version, "kind": self.kind},
             "scope": if self.namespaced { "Namespaced" } else { "Cluster" },
             "singularResource": self.singular,
-            "verbs": VERBS,
+            "verbs": self.verbs(),
         });
         if !self.short_names.is_empty() {
             out["shortNames"] = json!(self.short_names);
@@ -263,7 +305,11 @@ impl Registry {
     /// horizontalpodautoscalers; coordination.k8s.io/v1 leases; policy/v1
     /// poddisruptionbudgets (stored, never enforced); events.k8s.io/v1 events;
     /// rbac.authorization.k8s.io/v1 roles, rolebindings, clusterroles and clusterrolebindings
-    /// (stored, never enforced); and apiextensions.k8s.io/v1 customresourcedefinitions.
+    /// (stored, evaluated by SubjectAccessReviews, never enforced on requests);
+    /// authentication.k8s.io/v1 tokenreviews and selfsubjectreviews and authorization.k8s.io/v1
+    /// subjectaccessreviews, selfsubjectaccessreviews and localsubjectaccessreviews (answered,
+    /// never stored); the `serviceaccounts/token` subresource; and apiextensions.k8s.io/v1
+    /// customresourcedefinitions.
     pub fn with_builtins() -> Self {
         let defs = vec![
             ResourceDef::builtin("", "v1", "namespaces", "Namespace", false)
@@ -281,7 +327,8 @@ impl Registry {
                 .in_all()
                 .with_status(),
             ResourceDef::builtin("", "v1", "serviceaccounts", "ServiceAccount", true)
-                .short(&["sa"]),
+                .short(&["sa"])
+                .with_token(),
             ResourceDef::builtin("apps", "v1", "deployments", "Deployment", true)
                 .short(&["deploy"])
                 .in_all()
@@ -312,8 +359,8 @@ impl Registry {
             .short(&["pdb"])
             .with_status(),
             ResourceDef::builtin("events.k8s.io", "v1", "events", "Event", true).short(&["ev"]),
-            // RBAC objects are stored so that installation manifests apply; the simulator does
-            // not authorize requests, so their rules have no effect.
+            // RBAC objects are stored so that installation manifests apply, and evaluated on
+            // demand by SubjectAccessReviews; the simulator does not authorize its own requests.
             ResourceDef::builtin(RBAC, "v1", "roles", "Role", true),
             ResourceDef::builtin(RBAC, "v1", "rolebindings", "RoleBinding", true),
             ResourceDef::builtin(RBAC, "v1", "clusterroles", "ClusterRole", false),
@@ -324,6 +371,41 @@ impl Registry {
                 "ClusterRoleBinding",
                 false,
             ),
+            // Reviews: answered on demand (`api::reviews`), never stored.
+            ResourceDef::builtin(AUTHENTICATION, "v1", "tokenreviews", "TokenReview", false)
+                .create_only(),
+            ResourceDef::builtin(
+                AUTHENTICATION,
+                "v1",
+                "selfsubjectreviews",
+                "SelfSubjectReview",
+                false,
+            )
+            .create_only(),
+            ResourceDef::builtin(
+                AUTHORIZATION,
+                "v1",
+                "subjectaccessreviews",
+                "SubjectAccessReview",
+                false,
+            )
+            .create_only(),
+            ResourceDef::builtin(
+                AUTHORIZATION,
+                "v1",
+                "selfsubjectaccessreviews",
+                "SelfSubjectAccessReview",
+                false,
+            )
+            .create_only(),
+            ResourceDef::builtin(
+                AUTHORIZATION,
+                "v1",
+                "localsubjectaccessreviews",
+                "LocalSubjectAccessReview",
+                true,
+            )
+            .create_only(),
             ResourceDef::builtin(
                 "apiextensions.k8s.io",
                 "v1",
@@ -533,6 +615,8 @@ impl Registry {
             builtin: false,
             columns,
             crd: Some(name.to_owned()),
+            review: false,
+            token: false,
         })
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::faults::Faults;
 use crate::store::Store;
-use crate::{controllers, mesh, resources};
+use crate::{auth, controllers, mesh, resources};
 
 /// How fast simulated time runs: every delay the simulator plays.
 #[derive(Debug, Clone)]
@@ -61,7 +61,16 @@ pub struct SimConfig {
     pub request_rate: f64,
     /// Changes kept for watches to replay from; older resourceVersions get 410 Expired.
     pub history_limit: usize,
+    /// The `iss` of the service-account tokens the simulator signs (kube-apiserver's
+    /// `--service-account-issuer`).
+    pub service_account_issuer: String,
+    /// The API server's audiences: what a TokenRequest defaults to and a TokenReview without
+    /// audiences checks (kube-apiserver's `--api-audiences`; empty means the issuer).
+    pub api_audiences: Vec<String>,
 }
+
+/// The issuer `tests/cluster/up.sh` gives kube-apiserver, and the simulator's default.
+pub const DEFAULT_SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc";
 
 impl Default for SimConfig {
     fn default() -> Self {
@@ -73,6 +82,8 @@ impl Default for SimConfig {
             timing: Timing::default(),
             request_rate: 50.0,
             history_limit: 10_000,
+            service_account_issuer: DEFAULT_SERVICE_ACCOUNT_ISSUER.to_owned(),
+            api_audiences: Vec::new(),
         }
     }
 }
@@ -90,6 +101,8 @@ pub struct World {
     pub mesh: mesh::Mesh,
     /// Load figures HPAs follow.
     pub loads: controllers::Loads,
+    /// Signs and reviews service-account tokens (TokenRequest, TokenReview).
+    pub tokens: auth::tokens::TokenIssuer,
     /// The configuration it was started with.
     pub config: SimConfig,
 }

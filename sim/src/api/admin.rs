@@ -17,6 +17,7 @@
 //! | `POST /sim/reset-counts` | | zeroes the counters |
 //! | `POST /sim/error-rate` | `{"namespace": "default", "deployment": "web-canary", "rate": 0.2}` (`null` restores the annotation) | overrides a workload's 5xx rate |
 //! | `POST /sim/load` | `{"namespace": "default", "hpa": "web", "load": 2.0}` | sets the load an HPA follows |
+//! | `POST /sim/token` | `{"namespace": "ci", "serviceAccount": "deployer", "audiences"?: ["steerer"], "expirationSeconds": -120}` | a token for that service account with any lifetime (negative: already expired; TokenReview allows a minute of leeway), for tests of expiry; `{"token", "expirationTimestamp"}` |
 //!
 //! Every answer is JSON; a bad body gets a 400 `Status`.
 
@@ -46,6 +47,7 @@ GET    /sim/counts                 requests by verb and resource
 POST   /sim/reset-counts           zero the counters
 POST   /sim/error-rate             {\"namespace\", \"deployment\", \"rate\": number|null}
 POST   /sim/load                   {\"namespace\", \"hpa\", \"load\"}
+POST   /sim/token                  {\"namespace\", \"serviceAccount\", \"audiences\"?, \"expirationSeconds\"}: a token of any lifetime
 ";
 
 #[derive(Deserialize)]
@@ -93,6 +95,17 @@ fn held_clients(faults: &crate::faults::Faults) -> Vec<Value> {
             held
         })
         .collect()
+}
+
+/// The body of `POST /sim/token`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TokenBody {
+    namespace: String,
+    service_account: String,
+    #[serde(default)]
+    audiences: Vec<String>,
+    expiration_seconds: i64,
 }
 
 /// The body of `POST /sim/error-rate`.
@@ -236,6 +249,20 @@ fn run(
             let l = parse_load(body)?;
             world.loads.set(&l.namespace, &l.hpa, l.load);
             ok(&json!({}))
+        }
+        (&Method::POST, ["token"]) => {
+            let t: TokenBody = parse(body)?;
+            let issued = super::reviews::issue_unchecked(
+                world,
+                &t.namespace,
+                &t.service_account,
+                &t.audiences,
+                t.expiration_seconds,
+            )?;
+            let expires = chrono::DateTime::from_timestamp(issued.expires_at, 0)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            ok(&json!({"token": issued.token, "expirationTimestamp": expires}))
         }
         (m, p) => {
             return Err(ApiError::no_route(&format!("{m} /sim/{}", p.join("/"))));

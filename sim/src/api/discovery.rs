@@ -1,6 +1,8 @@
 //! Discovery and the server's other read-only endpoints: `/api`, `/apis` (legacy and
-//! aggregated `apidiscovery.k8s.io/v2`), `/apis/GROUP[/VERSION]`, `/version`, health checks and
-//! a minimal `/openapi/v2` that lets kubectl's client-side validation pass.
+//! aggregated `apidiscovery.k8s.io/v2`), `/apis/GROUP[/VERSION]`, `/version`, health checks,
+//! a minimal `/openapi/v2` that lets kubectl's client-side validation pass, and the
+//! service-account issuer's OpenID discovery (`/.well-known/openid-configuration`,
+//! `/openid/v1/jwks`).
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, header};
@@ -73,6 +75,8 @@ pub(crate) fn handle(
             "platform": "linux/amd64",
         })),
         ["openapi", "v2"] => openapi_v2(headers),
+        [".well-known", "openid-configuration"] => ok(&state.world.tokens.openid_configuration()),
+        ["openid", "v1", "jwks"] => ok(&state.world.tokens.jwks()),
         ["openapi", "v3"] => ok(&json!({"paths": {}})),
         ["api"] if wants_aggregated(headers) => aggregated(&json!({
             "kind": "APIGroupDiscoveryList",

@@ -11,6 +11,8 @@ mod discovery;
 pub mod encode;
 pub(crate) mod objects;
 mod params;
+mod proto;
+pub(crate) mod reviews;
 mod table;
 mod watch;
 
@@ -326,10 +328,19 @@ fn parse_resource_request(
         return Err(ApiError::no_route(path));
     }
     if let Some(sub) = &sub {
-        let served = (sub == "status" && def.status) || (sub == "scale" && def.scale);
+        let served = (sub == "status" && def.status)
+            || (sub == "scale" && def.scale)
+            || (sub == "token" && def.token);
         if !served {
             return Err(ApiError::no_route(path));
         }
+    }
+    // Reviews and TokenRequests are only ever created.
+    if def.review && name.is_some() {
+        return Err(ApiError::no_route(path));
+    }
+    if (def.review || sub.as_deref() == Some("token")) && method != Method::POST {
+        return Err(ApiError::method_not_allowed());
     }
     let watch_param = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     let gr = def.group_resource();
@@ -338,6 +349,7 @@ fn parse_resource_request(
         (&Method::GET, true) => Verb::Get,
         (&Method::GET, false) => Verb::List,
         (&Method::POST, false) => Verb::Create,
+        (&Method::POST, true) if sub.as_deref() == Some("token") => Verb::Create,
         (&Method::PUT, true) => Verb::Update,
         (&Method::PATCH, true) => Verb::Patch,
         (&Method::DELETE, true) if sub.is_none() => Verb::Delete,

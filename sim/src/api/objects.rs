@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::encode::{ListBody, Versioned, versioned_value};
 use super::params::{parse_rv_param, selectors};
-use super::{ApiState, Output, ResourceRequest, respond, table, watch};
+use super::{ApiState, Output, ResourceRequest, respond, reviews, table, watch};
 use crate::admission;
 use crate::error::ApiError;
 use crate::faults::Verb;
@@ -29,6 +29,9 @@ pub(crate) async fn dispatch(state: &ApiState, req: ResourceRequest) -> Result<R
         return Err(ApiError::method_not_supported(&req.gr(), req.verb.as_str()));
     }
     let world = &state.world;
+    if req.def.review || req.sub.as_deref() == Some("token") {
+        return reviews::handle(world, &req);
+    }
     match (req.verb, req.sub.as_deref()) {
         (Verb::Watch, _) => watch::watch(state, req),
         (Verb::List, _) => list(world, &req),
@@ -398,7 +401,7 @@ fn create(world: &World, req: &ResourceRequest) -> Result<Response, ApiError> {
 }
 
 /// The field manager of a write and how it writes, for `managedFields`.
-fn writer_of(req: &ResourceRequest, operation: Operation) -> Writer {
+pub(crate) fn writer_of(req: &ResourceRequest, operation: Operation) -> Writer {
     let user_agent = req
         .headers
         .get(header::USER_AGENT)

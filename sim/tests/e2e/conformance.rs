@@ -3,6 +3,11 @@
 //! compared step by step. Steps on which the simulator is known to differ are listed in
 //! `KNOWN_DIFFERENCES` (and in the README's simulator section); they are asserted to still
 //! differ, so the list cannot go stale.
+//!
+//! A second script ([`auth`]) holds the TokenRequest, TokenReview and access-review APIs to
+//! kube-apiserver's answers, on the same two substrates.
+
+mod auth;
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +31,8 @@ const KNOWN_DIFFERENCES: &[(&str, &str)] = &[(
 struct Substrate {
     name: &'static str,
     client: kube::Client,
+    /// What `client` was built from (for clients with other credentials).
+    config: kube::Config,
     sim: Option<Sim>,
 }
 
@@ -99,10 +106,15 @@ fn error_of(status: u16, body: &Value) -> Value {
 }
 
 /// An apply conflict as a client reads it: code, reason, message and the causes (field,
-/// manager) in `details`.
+/// manager) in `details`, sorted (kube-apiserver lists the causes of one apply in no fixed
+/// order).
 fn conflict_of(status: u16, body: &Value) -> Value {
+    let mut details = body["details"].clone();
+    if let Some(causes) = details.get_mut("causes").and_then(Value::as_array_mut) {
+        causes.sort_by_key(Value::to_string);
+    }
     json!({"http": status, "code": body["code"], "reason": body["reason"],
-           "message": body["message"], "details": body["details"]})
+           "message": body["message"], "details": details})
 }
 
 /// An object's `managedFields` without the times: manager, operation, apiVersion, subresource
@@ -669,9 +681,11 @@ async fn the_simulator_answers_the_script_as_kube_apiserver_does() {
     .await
     .unwrap()
     .unwrap_or_else(|e| panic!("{e}"));
+    let real_config = real_cluster.kube_config().await.unwrap();
     let real = Substrate {
         name: "kube-apiserver",
-        client: kube::Client::try_from(real_cluster.kube_config().await.unwrap()).unwrap(),
+        client: kube::Client::try_from(real_config.clone()).unwrap(),
+        config: real_config,
         sim: None,
     };
     let sim = Sim::start(SimConfig {
@@ -681,14 +695,18 @@ async fn the_simulator_answers_the_script_as_kube_apiserver_does() {
     })
     .await
     .unwrap();
+    let sim_config = sim.kube_config().await.unwrap();
     let simulated = Substrate {
         name: "steerer-sim",
-        client: kube::Client::try_from(sim.kube_config().await.unwrap()).unwrap(),
+        client: kube::Client::try_from(sim_config.clone()).unwrap(),
+        config: sim_config,
         sim: Some(sim),
     };
 
-    let expected = script(&real).await;
-    let got = script(&simulated).await;
+    let mut expected = script(&real).await;
+    expected.extend(auth::script(&real).await);
+    let mut got = script(&simulated).await;
+    got.extend(auth::script(&simulated).await);
     drop(real_cluster);
 
     assert_eq!(

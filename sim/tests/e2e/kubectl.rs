@@ -8,7 +8,7 @@ use serde_json::Value;
 use steerer_sim::{GroupResource, Sim};
 
 /// The kubectl to run: `$KUBECTL`, else `kubectl` on PATH.
-fn kubectl_bin() -> PathBuf {
+pub(crate) fn kubectl_bin() -> PathBuf {
     std::env::var_os("KUBECTL")
         .filter(|k| !k.is_empty())
         .map_or_else(|| PathBuf::from("kubectl"), PathBuf::from)

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod auth;
 mod bad_requests;
 mod binary;
 mod conformance;
