@@ -24,6 +24,7 @@ pub mod router;
 mod signals;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 pub mod workloads;
 
 use std::future::Future;
@@ -80,6 +81,11 @@ pub async fn serve(
         .map_err(|e| ServerError::Config(e.to_string()))?
         .with_telemetry(config.telemetry.clone()),
     );
+    let secret = Arc::new(config.webhook_secret()?);
+    let webhooks = Arc::new(
+        webhooks::http::HttpWebhooks::new(config.allow_list()?, secret.clone())
+            .map_err(|e| ServerError::Config(format!("webhook client: {e}")))?,
+    );
     let store = store::crd::CrdStore::new(client.clone(), config.namespaces.clone())
         .with_event_limit(config.event_limit);
     let legacy = store::configmap::LegacyRecords::new(client.clone(), config.namespaces.clone());
@@ -94,10 +100,11 @@ pub async fn serve(
         router,
         metrics,
         store: Arc::new(store),
+        webhooks,
         hub: events::Hub::with_limit(events::DEFAULT_MEMORY_EVENTS),
         telemetry: config.telemetry.clone(),
     };
-    serve_inner(config, listener, ports, Some(client), shutdown).await
+    serve_inner(config, listener, ports, Some((client, secret)), shutdown).await
 }
 
 /// Runs the server over the given adapters (the Kubernetes ones, or fakes in tests), leading
@@ -116,10 +123,15 @@ async fn serve_inner(
     config: ServerConfig,
     listener: TcpListener,
     ports: Ports,
-    client: Option<kube::Client>,
+    kubernetes: Option<(kube::Client, Arc<webhooks::http::WebhookSecret>)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    let (client, secret) = match kubernetes {
+        Some((client, secret)) => (Some(client), Some(secret)),
+        None => (None, None),
+    };
+    let templates = Arc::new(config.templates()?);
     let telemetry = ports.telemetry.clone();
     let metrics_endpoint = match config.metrics_listen {
         Some(addr) => Some(telemetry::MetricsEndpoint::start(addr, telemetry.clone()).await?),
@@ -127,7 +139,10 @@ async fn serve_inner(
     };
     // Without leader election the server drives every rollout; with it, only once elected.
     telemetry.set_leader(config.leader.is_none());
-    let supervisor = Arc::new(Supervisor::new(ports.clone(), config.engine()));
+    let supervisor = Arc::new(Supervisor::new(
+        ports.clone(),
+        config.engine(templates.clone())?,
+    ));
     // Weak: the telemetry lives in the supervisor's ports, and must not keep it alive.
     let held = Arc::downgrade(&supervisor);
     telemetry.set_rollouts_source(Arc::new(move || {
@@ -225,7 +240,14 @@ async fn serve_inner(
     }
     let draining = CancellationToken::new();
     if config.reload_on_sighup {
-        signals::reload_on_sighup(auth.clone(), draining.clone());
+        signals::reload_on_sighup(
+            signals::Reloadable {
+                auth: auth.clone(),
+                templates,
+                secret,
+            },
+            draining.clone(),
+        );
     }
     let mut service = api::Api::new(
         supervisor.clone(),
@@ -251,6 +273,8 @@ async fn serve_inner(
         tls = config.tls.is_some(),
         mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         tokens = auth.enabled(),
+        metric_templates = supervisor.config().templates.names().len(),
+        webhook_allow = %supervisor.config().webhook_allow.describe(),
         metrics = ?metrics_endpoint.as_ref().map(|m| m.addr()),
         "steerer server listening"
     );

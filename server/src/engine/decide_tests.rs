@@ -24,7 +24,7 @@ fn settings() -> AnalysisSettings {
         max_failed_checks: 3,
         progress_deadline: Duration::from_secs(10),
         min_request_rate: 1.0,
-        max_latency_p99_ms: None,
+        ..Default::default()
     }
 }
 
@@ -1528,7 +1528,16 @@ mod evaluation {
             evaluate(&sample(Some(99.0), Some(5.0)), &settings()),
             Verdict::Pass {
                 measured: "success rate 99.00% meets 99%".to_owned(),
-                request_rate: 5.0
+                request_rate: Some(5.0),
+                checks: vec![CheckResult {
+                    kind: CheckKind::SuccessRate,
+                    name: "success_rate".into(),
+                    value: Some(99.0),
+                    min: Some(99.0),
+                    max: None,
+                    outcome: CheckOutcome::Passed,
+                    detail: String::new(),
+                }],
             }
         );
     }
@@ -1574,6 +1583,7 @@ mod evaluation {
                 measured,
                 failed,
                 request_rate,
+                checks,
             } => {
                 assert_eq!(why, "p99 latency 936.2ms above ceiling 200ms");
                 assert_eq!(
@@ -1587,7 +1597,10 @@ mod evaluation {
                         latency_p99: true
                     }
                 );
-                assert_eq!(request_rate, 5.0);
+                assert_eq!(request_rate, Some(5.0));
+                assert_eq!(checks[1].name, "latency_p99_ms");
+                assert_eq!(checks[1].outcome, CheckOutcome::Failed);
+                assert_eq!(checks[1].max, Some(200.0));
             }
             other => panic!("{other:?}"),
         }

@@ -10,6 +10,7 @@ use crate::events::Hub;
 use crate::metrics::fake::FakeMetrics;
 use crate::router::fake::FakeRouter;
 use crate::store::memory::MemoryStore;
+use crate::webhooks::fake::FakeWebhooks;
 use crate::workloads::fake::FakeWorkloads;
 
 struct World {
@@ -17,6 +18,7 @@ struct World {
     router: Arc<FakeRouter>,
     metrics: Arc<FakeMetrics>,
     store: Arc<MemoryStore>,
+    webhooks: Arc<FakeWebhooks>,
 }
 
 impl World {
@@ -35,6 +37,7 @@ impl World {
             router,
             metrics,
             store: Arc::new(MemoryStore::default()),
+            webhooks: Arc::new(FakeWebhooks::default()),
         }
     }
 
@@ -44,6 +47,7 @@ impl World {
             router: self.router.clone(),
             metrics: self.metrics.clone(),
             store: self.store.clone(),
+            webhooks: self.webhooks.clone(),
             hub: Hub::new(),
             telemetry: Default::default(),
         };
@@ -69,7 +73,7 @@ fn fast() -> crate::domain::AnalysisSettings {
         max_failed_checks: 2,
         progress_deadline: Duration::from_secs(5),
         min_request_rate: 1.0,
-        max_latency_p99_ms: None,
+        ..Default::default()
     }
 }
 
