@@ -1,6 +1,6 @@
 //! In-memory webhooks for engine tests: an answer set per hook name, and every call recorded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use futures::future::BoxFuture;
@@ -13,6 +13,8 @@ use crate::domain::{HookOutcome, Webhook};
 pub struct FakeWebhooks {
     answers: Mutex<HashMap<String, HookOutcome>>,
     calls: Mutex<Vec<Payload>>,
+    /// Hooks that never answer (their timeout is the caller's business).
+    hanging: Mutex<HashSet<String>>,
 }
 
 impl FakeWebhooks {
@@ -20,6 +22,13 @@ impl FakeWebhooks {
     pub fn answer(&self, name: &str, outcome: HookOutcome) {
         if let Ok(mut answers) = self.answers.lock() {
             answers.insert(name.to_owned(), outcome);
+        }
+    }
+
+    /// Makes the hook named `name` never answer.
+    pub fn hang(&self, name: &str) {
+        if let Ok(mut hanging) = self.hanging.lock() {
+            hanging.insert(name.to_owned());
         }
     }
 
@@ -48,6 +57,15 @@ impl Webhooks for FakeWebhooks {
             .ok()
             .and_then(|a| a.get(&hook.name).cloned())
             .unwrap_or_else(|| Self::status(200));
-        Box::pin(async move { answer })
+        let hangs = self
+            .hanging
+            .lock()
+            .is_ok_and(|hanging| hanging.contains(&hook.name));
+        Box::pin(async move {
+            if hangs {
+                std::future::pending::<()>().await;
+            }
+            answer
+        })
     }
 }

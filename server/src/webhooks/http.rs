@@ -221,4 +221,155 @@ mod tests {
         assert_eq!(secret.key().unwrap().as_slice(), b"rotated");
         assert!(WebhookSecret::load(&dir.path().join("missing")).is_err());
     }
+
+    /// A local hook server: `/ok` answers 200 and records the signature header and body,
+    /// `/no` 403 with a reason, `/moved` a redirect, `/slow` never in time.
+    async fn hook_server() -> (String, Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>) {
+        use axum::Router;
+        use axum::body::Bytes;
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::post;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let app = Router::new()
+            .route(
+                "/ok",
+                post(move |headers: HeaderMap, body: Bytes| async move {
+                    let signature = headers
+                        .get(SIGNATURE_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    log.lock().unwrap().push((signature, body.to_vec()));
+                    StatusCode::OK
+                }),
+            )
+            .route(
+                "/no",
+                post(|| async { (StatusCode::FORBIDDEN, "not\nbefore 18:00") }),
+            )
+            .route(
+                "/moved",
+                post(|| async { (StatusCode::FOUND, [("location", "http://evil.example/")]) }),
+            )
+            .route(
+                "/slow",
+                post(|| async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    StatusCode::OK
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, seen)
+    }
+
+    fn webhook(url: String, timeout: Duration) -> Webhook {
+        Webhook {
+            name: "hook".into(),
+            kind: crate::domain::WebhookKind::Rollout,
+            url,
+            timeout,
+            metadata: Default::default(),
+        }
+    }
+
+    fn payload() -> Payload {
+        Payload {
+            name: "hook".into(),
+            kind: "ROLLOUT",
+            namespace: "test".into(),
+            target: "podinfo".into(),
+            canary: "podinfo-canary".into(),
+            rollout_id: "r1".into(),
+            revision: "abc".into(),
+            phase: "PROGRESSING",
+            canary_weight: 20,
+            metadata: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_posts_the_signed_body_and_reports_answers_refusals_redirects_and_timeouts() {
+        let (base, seen) = hook_server().await;
+        let allow = AllowList::parse(&["127.0.0.1".to_owned()]).unwrap();
+        let hooks = HttpWebhooks::new(allow, Arc::new(WebhookSecret::from_key(b"s3cret"))).unwrap();
+        let second = Duration::from_secs(1);
+        let body = payload();
+
+        let ok = hooks
+            .call(&webhook(format!("{base}/ok"), second), &body)
+            .await;
+        assert_eq!(
+            ok,
+            HookOutcome::Answered {
+                status: 200,
+                body: String::new()
+            }
+        );
+        let (signature, sent) = seen.lock().unwrap()[0].clone();
+        assert_eq!(signature, super::signature(b"s3cret", &sent));
+        let sent: serde_json::Value = serde_json::from_slice(&sent).unwrap();
+        assert_eq!(sent["rolloutId"], "r1");
+        assert_eq!(sent["canaryWeight"], 20);
+
+        let no = hooks
+            .call(&webhook(format!("{base}/no"), second), &body)
+            .await;
+        assert_eq!(
+            no,
+            HookOutcome::Answered {
+                status: 403,
+                body: "not before 18:00".into()
+            }
+        );
+        let moved = hooks
+            .call(&webhook(format!("{base}/moved"), second), &body)
+            .await;
+        assert!(
+            matches!(moved, HookOutcome::Answered { status: 302, .. }),
+            "a redirect is an answer, not followed: {moved:?}"
+        );
+        let slow = hooks
+            .call(
+                &webhook(format!("{base}/slow"), Duration::from_millis(200)),
+                &body,
+            )
+            .await;
+        assert_eq!(slow, HookOutcome::Failed("timed out after 200ms".into()));
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let refused = hooks
+            .call(&webhook(format!("http://127.0.0.1:{port}/"), second), &body)
+            .await;
+        assert!(
+            matches!(&refused, HookOutcome::Failed(why) if why.starts_with("could not connect")),
+            "{refused:?}"
+        );
+        let elsewhere = hooks
+            .call(&webhook("http://localhost/ok".into(), second), &body)
+            .await;
+        assert!(
+            matches!(&elsewhere, HookOutcome::Failed(why) if why.contains("not allowed")),
+            "{elsewhere:?}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 1, "only /ok recorded a call");
+    }
+
+    #[tokio::test]
+    async fn without_a_secret_the_body_goes_unsigned() {
+        let (base, seen) = hook_server().await;
+        let allow = AllowList::parse(&["127.0.0.1".to_owned()]).unwrap();
+        let hooks = HttpWebhooks::new(allow, Arc::new(WebhookSecret::none())).unwrap();
+        let ok = hooks
+            .call(
+                &webhook(format!("{base}/ok"), Duration::from_secs(1)),
+                &payload(),
+            )
+            .await;
+        assert!(matches!(ok, HookOutcome::Answered { status: 200, .. }));
+        assert_eq!(seen.lock().unwrap()[0].0, "");
+    }
 }
