@@ -20,7 +20,8 @@ export KUBECTL="$K8S_BIN/kubectl"
 # Suites (modules of tests/e2e) that run on both substrates: everything they do, a real
 # cluster can do too.
 BOTH=(rollout_promote rollout_rollback rollout_halts rollout_control rollout_endings rollout_records artifacts
-  cli_rollout grpcurl python_client rollout_latency own_metrics replicas)
+  cli_rollout grpcurl python_client rollout_latency own_metrics replicas rollout_templates
+  rollout_webhooks rollout_approval)
 
 status=0
 echo "== tests on the simulator"

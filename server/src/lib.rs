@@ -50,6 +50,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    // Before anything touches the cluster: a bad template or an unreadable webhook secret is a
+    // start-up error saying which.
+    let templates = Arc::new(config.templates()?);
+    let secret = Arc::new(config.webhook_secret()?);
+    let webhooks = Arc::new(
+        webhooks::http::HttpWebhooks::new(config.allow_list()?, secret.clone())
+            .map_err(|e| ServerError::Config(format!("webhook client: {e}")))?,
+    );
     let caches = CancellationToken::new();
     let _stop_caches = caches.clone().drop_guard();
     let workloads = Arc::new(workloads::kube::KubeWorkloads::start(
@@ -81,11 +89,6 @@ pub async fn serve(
         .map_err(|e| ServerError::Config(e.to_string()))?
         .with_telemetry(config.telemetry.clone()),
     );
-    let secret = Arc::new(config.webhook_secret()?);
-    let webhooks = Arc::new(
-        webhooks::http::HttpWebhooks::new(config.allow_list()?, secret.clone())
-            .map_err(|e| ServerError::Config(format!("webhook client: {e}")))?,
-    );
     let store = store::crd::CrdStore::new(client.clone(), config.namespaces.clone())
         .with_event_limit(config.event_limit);
     let legacy = store::configmap::LegacyRecords::new(client.clone(), config.namespaces.clone());
@@ -104,7 +107,15 @@ pub async fn serve(
         hub: events::Hub::with_limit(events::DEFAULT_MEMORY_EVENTS),
         telemetry: config.telemetry.clone(),
     };
-    serve_inner(config, listener, ports, Some((client, secret)), shutdown).await
+    serve_inner(
+        config,
+        listener,
+        ports,
+        templates,
+        Some((client, secret)),
+        shutdown,
+    )
+    .await
 }
 
 /// Runs the server over the given adapters (the Kubernetes ones, or fakes in tests), leading
@@ -116,13 +127,16 @@ pub async fn serve_with(
     ports: Ports,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    serve_inner(config, listener, ports, None, shutdown).await
+    config.validate()?;
+    let templates = Arc::new(config.templates()?);
+    serve_inner(config, listener, ports, templates, None, shutdown).await
 }
 
 async fn serve_inner(
     config: ServerConfig,
     listener: TcpListener,
     ports: Ports,
+    templates: Arc<metrics::templates::MetricTemplates>,
     kubernetes: Option<(kube::Client, Arc<webhooks::http::WebhookSecret>)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
@@ -131,7 +145,6 @@ async fn serve_inner(
         Some((client, secret)) => (Some(client), Some(secret)),
         None => (None, None),
     };
-    let templates = Arc::new(config.templates()?);
     let telemetry = ports.telemetry.clone();
     let metrics_endpoint = match config.metrics_listen {
         Some(addr) => Some(telemetry::MetricsEndpoint::start(addr, telemetry.clone()).await?),
