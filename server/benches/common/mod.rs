@@ -614,7 +614,7 @@ pub fn start_request(
                 nanos: 0,
             }),
             min_request_rate: Some(1.0),
-            max_latency_p99_ms: None,
+            ..Default::default()
         }),
         ..Default::default()
     }
