@@ -610,16 +610,11 @@ fn hooks_judged(
                 .iter()
                 .find(|a| a.kind == kind && a.name == hook.name)
             {
-                Some(answer) if answer.passed() => Judged::new(
+                // A 2xx passes, anything else (no answer included) fails: see `HookAnswer`.
+                Some(answer) => Judged::new(
                     answer.result(),
                     format!("webhook {}: {}", hook.name, answer.detail()),
                 ),
-                Some(answer) => {
-                    let phrase = format!("webhook {}: {}", hook.name, answer.detail());
-                    let mut result = answer.result();
-                    result.outcome = CheckOutcome::Failed;
-                    Judged::new(result, phrase)
-                }
                 None => Judged::without_data(
                     check(CheckKind::Webhook, &hook.name, None, None, None),
                     format!("webhook {}: not called", hook.name),
