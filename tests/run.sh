@@ -20,7 +20,8 @@ export KUBECTL="$K8S_BIN/kubectl"
 # Suites (modules of tests/e2e) that run on both substrates: everything they do, a real
 # cluster can do too.
 BOTH=(rollout_promote rollout_rollback rollout_halts rollout_control rollout_endings rollout_records artifacts
-  cli_rollout grpcurl python_client rollout_latency own_metrics replicas)
+  cli_rollout grpcurl python_client rollout_latency own_metrics replicas rollout_templates
+  rollout_webhooks rollout_approval)
 # Tests of those suites that drive the simulator itself (a client cut off from the API server).
 SIM_ONLY=(replicas::a_leader_cut_off_from_the_api_server_stops_leading_before_another_takes_over)
 skips=()

@@ -181,7 +181,7 @@ async fn run(k: usize, interval: Duration) -> anyhow::Result<()> {
             max_failed_checks: 3,
             progress_deadline: Duration::from_secs(60),
             min_request_rate: 0.5,
-            max_latency_p99_ms: None,
+            ..Default::default()
         },
         metrics_window: Duration::from_secs(4).max(interval),
         metrics_timeout: Duration::from_secs(3),

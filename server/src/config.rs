@@ -3,12 +3,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::AnalysisSettings;
 use crate::engine::EngineConfig;
 use crate::error::ServerError;
+use crate::metrics::templates::MetricTemplates;
 use crate::telemetry::Telemetry;
+use crate::webhooks::AllowList;
+use crate::webhooks::http::WebhookSecret;
 use crate::{api, engine, events};
 
 /// Most events a rollout may keep: at up to 700 bytes each, they fill most of a 1 MiB
@@ -76,6 +80,14 @@ pub struct ServerConfig {
     /// Serve `GET /metrics` (steerer's own metrics) on this address; port 0 picks a free one,
     /// recorded in [`Telemetry::metrics_addr`](crate::telemetry::Telemetry::metrics_addr).
     pub metrics_listen: Option<SocketAddr>,
+    /// The operator's metric templates file (YAML or JSON: name -> PromQL template), read at
+    /// start-up and on SIGHUP; `None` = no templates.
+    pub metric_templates: Option<PathBuf>,
+    /// Hosts webhooks may be sent to (`host`, `host:port`, `*.suffix`); empty = none.
+    pub webhook_allow: Vec<String>,
+    /// File of the key webhook bodies are signed with (HMAC-SHA256), read at start-up and
+    /// on SIGHUP; `None` = unsigned.
+    pub webhook_secret_file: Option<PathBuf>,
     /// The metrics `serve` records into. Clones share it: build the Kubernetes client with
     /// [`telemetry::kube_client`](crate::telemetry::kube_client) and this same value so its
     /// requests are counted too. (`serve_with` uses the one in its `Ports`.)
@@ -146,6 +158,9 @@ impl Default for ServerConfig {
             audit_log: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             metrics_listen: None,
+            metric_templates: None,
+            webhook_allow: Vec::new(),
+            webhook_secret_file: None,
             telemetry: Telemetry::default(),
         }
     }
@@ -194,11 +209,41 @@ impl ServerConfig {
         if self.prometheus_url.is_empty() {
             return Err(ServerError::Config("prometheus url is required".into()));
         }
+        self.allow_list()?;
         Ok(())
     }
 
-    pub(crate) fn engine(&self) -> EngineConfig {
-        EngineConfig {
+    /// The webhook allow-list, parsed.
+    pub(crate) fn allow_list(&self) -> Result<AllowList, ServerError> {
+        AllowList::parse(&self.webhook_allow).map_err(|e| ServerError::Config(e.0))
+    }
+
+    /// The metric templates, read and checked: a template with a problem is an error naming
+    /// it.
+    pub(crate) fn templates(&self) -> Result<MetricTemplates, ServerError> {
+        match &self.metric_templates {
+            Some(path) => {
+                MetricTemplates::load(path).map_err(|e| ServerError::Config(e.to_string()))
+            }
+            None => Ok(MetricTemplates::default()),
+        }
+    }
+
+    /// The webhook secret, read.
+    pub(crate) fn webhook_secret(&self) -> Result<WebhookSecret, ServerError> {
+        match &self.webhook_secret_file {
+            Some(path) => WebhookSecret::load(path).map_err(|e| ServerError::Config(e.to_string())),
+            None => Ok(WebhookSecret::none()),
+        }
+    }
+
+    pub(crate) fn engine(
+        &self,
+        templates: Arc<MetricTemplates>,
+    ) -> Result<EngineConfig, ServerError> {
+        Ok(EngineConfig {
+            templates,
+            webhook_allow: self.allow_list()?,
             defaults: self.defaults.clone(),
             metrics_window: self.metrics_window,
             auto: self.auto,
@@ -208,6 +253,6 @@ impl ServerConfig {
                 per_target: self.retain_per_target,
                 max_age: self.retain_for,
             },
-        }
+        })
     }
 }

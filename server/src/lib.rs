@@ -24,6 +24,7 @@ pub mod router;
 mod signals;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 pub mod workloads;
 
 use std::future::Future;
@@ -49,6 +50,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    // Before anything touches the cluster: a bad template or an unreadable webhook secret is a
+    // start-up error saying which.
+    let templates = Arc::new(config.templates()?);
+    let secret = Arc::new(config.webhook_secret()?);
+    let webhooks = Arc::new(
+        webhooks::http::HttpWebhooks::new(config.allow_list()?, secret.clone())
+            .map_err(|e| ServerError::Config(format!("webhook client: {e}")))?,
+    );
     let caches = CancellationToken::new();
     let _stop_caches = caches.clone().drop_guard();
     let workloads = Arc::new(workloads::kube::KubeWorkloads::start(
@@ -94,10 +103,19 @@ pub async fn serve(
         router,
         metrics,
         store: Arc::new(store),
+        webhooks,
         hub: events::Hub::with_limit(events::DEFAULT_MEMORY_EVENTS),
         telemetry: config.telemetry.clone(),
     };
-    serve_inner(config, listener, ports, Some(client), shutdown).await
+    serve_inner(
+        config,
+        listener,
+        ports,
+        templates,
+        Some((client, secret)),
+        shutdown,
+    )
+    .await
 }
 
 /// Runs the server over the given adapters (the Kubernetes ones, or fakes in tests), leading
@@ -109,17 +127,24 @@ pub async fn serve_with(
     ports: Ports,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    serve_inner(config, listener, ports, None, shutdown).await
+    config.validate()?;
+    let templates = Arc::new(config.templates()?);
+    serve_inner(config, listener, ports, templates, None, shutdown).await
 }
 
 async fn serve_inner(
     config: ServerConfig,
     listener: TcpListener,
     ports: Ports,
-    client: Option<kube::Client>,
+    templates: Arc<metrics::templates::MetricTemplates>,
+    kubernetes: Option<(kube::Client, Arc<webhooks::http::WebhookSecret>)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    let (client, secret) = match kubernetes {
+        Some((client, secret)) => (Some(client), Some(secret)),
+        None => (None, None),
+    };
     let telemetry = ports.telemetry.clone();
     let metrics_endpoint = match config.metrics_listen {
         Some(addr) => Some(telemetry::MetricsEndpoint::start(addr, telemetry.clone()).await?),
@@ -127,7 +152,10 @@ async fn serve_inner(
     };
     // Without leader election the server drives every rollout; with it, only once elected.
     telemetry.set_leader(config.leader.is_none());
-    let supervisor = Arc::new(Supervisor::new(ports.clone(), config.engine()));
+    let supervisor = Arc::new(Supervisor::new(
+        ports.clone(),
+        config.engine(templates.clone())?,
+    ));
     // Weak: the telemetry lives in the supervisor's ports, and must not keep it alive.
     let held = Arc::downgrade(&supervisor);
     telemetry.set_rollouts_source(Arc::new(move || {
@@ -246,12 +274,18 @@ async fn serve_inner(
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
         // With Kubernetes authentication a client certificate is one way in, a token another.
-        builder =
-            builder.tls_config(tls.server_config(config.kubernetes_auth.is_some())?)?;
+        builder = builder.tls_config(tls.server_config(config.kubernetes_auth.is_some())?)?;
     }
     let draining = CancellationToken::new();
     if config.reload_on_sighup {
-        signals::reload_on_sighup(auth.clone(), draining.clone());
+        signals::reload_on_sighup(
+            signals::Reloadable {
+                auth: auth.clone(),
+                templates,
+                secret,
+            },
+            draining.clone(),
+        );
     }
     let mut service = api::Api::new(
         supervisor.clone(),
@@ -280,6 +314,8 @@ async fn serve_inner(
         mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         tokens = auth.enabled(),
         kubernetes_auth = config.kubernetes_auth.is_some(),
+        metric_templates = supervisor.config().templates.names().len(),
+        webhook_allow = %supervisor.config().webhook_allow.describe(),
         metrics = ?metrics_endpoint.as_ref().map(|m| m.addr()),
         "steerer server listening"
     );

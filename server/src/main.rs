@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use steerer_server::domain::AnalysisSettings;
 use steerer_server::api::kubeauth::KubeAuthConfig;
 use steerer_server::api::limits::LimitsConfig;
+use steerer_server::domain::AnalysisSettings;
 use steerer_server::leader::LeaderConfig;
 use steerer_server::{ServerConfig, TlsFiles};
 
@@ -53,6 +53,27 @@ struct Flags {
     /// Default canary requests per second below which a check has no data.
     #[arg(long, env = "STEERER_MIN_REQUEST_RATE", default_value_t = 1.0)]
     min_request_rate: f64,
+    /// Default ceiling for the canary's p99 request duration in milliseconds, for rollouts
+    /// that do not set one. Unset: latency is checked only when a rollout asks.
+    #[arg(long, env = "STEERER_MAX_LATENCY_P99_MS")]
+    max_latency_p99_ms: Option<f64>,
+    /// YAML or JSON file of metric templates (template name -> PromQL with {{ namespace }},
+    /// {{ target }}, {{ canary }} and {{ interval }}); StartRollout's analysis.metrics name
+    /// them. Read at start-up (a bad template is an error naming it) and on SIGHUP.
+    #[arg(long, env = "STEERER_METRIC_TEMPLATES")]
+    metric_templates: Option<PathBuf>,
+    /// Host webhooks may be sent to: host, host:port or *.suffix; repeat for several. None
+    /// allowed by default.
+    #[arg(
+        long = "webhook-allow",
+        env = "STEERER_WEBHOOK_ALLOW",
+        value_delimiter = ','
+    )]
+    webhook_allow: Vec<String>,
+    /// File of the key webhook bodies are signed with: the X-Steerer-Signature header carries
+    /// sha256= and the hex HMAC-SHA256 of the body. Read at start-up and on SIGHUP.
+    #[arg(long, env = "STEERER_WEBHOOK_SECRET_FILE")]
+    webhook_secret_file: Option<PathBuf>,
     /// Shortest Prometheus rate() window; a check uses max(interval, this), never reaching
     /// back before the revision under analysis got traffic, and none runs before it has had
     /// traffic this long.
@@ -146,7 +167,11 @@ struct Flags {
     #[arg(long, env = "STEERER_AUTH", value_enum, default_value = "tokens")]
     auth: AuthMode,
     /// Audience a caller's token must be meant for (repeatable; default: the API server's).
-    #[arg(long = "auth-audience", env = "STEERER_AUTH_AUDIENCES", value_delimiter = ',')]
+    #[arg(
+        long = "auth-audience",
+        env = "STEERER_AUTH_AUDIENCES",
+        value_delimiter = ','
+    )]
     auth_audiences: Vec<String>,
     /// How long a TokenReview or SubjectAccessReview answer is reused.
     #[arg(long, env = "STEERER_AUTH_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -222,7 +247,8 @@ async fn main() -> anyhow::Result<()> {
             max_failed_checks: flags.max_failed_checks,
             progress_deadline: flags.progress_deadline,
             min_request_rate: flags.min_request_rate,
-            max_latency_p99_ms: None,
+            max_latency_p99_ms: flags.max_latency_p99_ms,
+            ..AnalysisSettings::default()
         },
         metrics_window: flags.metrics_window,
         event_limit: flags.event_limit,
@@ -277,6 +303,9 @@ async fn main() -> anyhow::Result<()> {
             None
         },
         metrics_listen: flags.metrics_listen,
+        metric_templates: flags.metric_templates,
+        webhook_allow: flags.webhook_allow,
+        webhook_secret_file: flags.webhook_secret_file,
         ..ServerConfig::default()
     };
     if let Some(leader) = &config.leader

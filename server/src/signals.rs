@@ -1,13 +1,43 @@
-//! Signals the running server reacts to: SIGHUP re-reads the token files.
+//! Signals the running server reacts to: SIGHUP re-reads the token files, the metric
+//! templates and the webhook secret.
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
+use crate::metrics::templates::MetricTemplates;
+use crate::webhooks::http::WebhookSecret;
 
-/// Re-reads the token files on every SIGHUP until the server drains.
-pub(crate) fn reload_on_sighup(auth: Arc<api::auth::Auth>, draining: CancellationToken) {
+/// What SIGHUP re-reads.
+pub(crate) struct Reloadable {
+    pub auth: Arc<api::auth::Auth>,
+    pub templates: Arc<MetricTemplates>,
+    pub secret: Option<Arc<WebhookSecret>>,
+}
+
+impl Reloadable {
+    /// Re-reads everything; a file that no longer reads or checks leaves what it held as it
+    /// was, and the log says why.
+    fn reload(&self) {
+        tracing::info!("SIGHUP: re-reading token files, metric templates and the webhook secret");
+        self.auth.reload();
+        match self.templates.reload() {
+            Ok(count) => tracing::info!(count, "metric templates re-read"),
+            Err(error) => {
+                tracing::error!(%error, "metric templates not re-read; the ones in use stay");
+            }
+        }
+        if let Some(secret) = &self.secret
+            && let Err(error) = secret.reload()
+        {
+            tracing::error!(%error, "webhook secret not re-read; the one in use stays");
+        }
+    }
+}
+
+/// Re-reads on every SIGHUP until the server drains.
+pub(crate) fn reload_on_sighup(reloadable: Reloadable, draining: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -26,8 +56,7 @@ pub(crate) fn reload_on_sighup(auth: Arc<api::auth::Auth>, draining: Cancellatio
                         if received.is_none() {
                             break;
                         }
-                        tracing::info!("SIGHUP: re-reading token files");
-                        auth.reload();
+                        reloadable.reload();
                     }
                 }
             }
@@ -35,6 +64,6 @@ pub(crate) fn reload_on_sighup(auth: Arc<api::auth::Auth>, draining: Cancellatio
     }
     #[cfg(not(unix))]
     {
-        let _ = (auth, draining);
+        let _ = (reloadable, draining);
     }
 }

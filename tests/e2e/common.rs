@@ -84,7 +84,7 @@ pub fn test_server_config() -> ServerConfig {
             max_failed_checks: 3,
             progress_deadline: Duration::from_secs(30),
             min_request_rate: 0.5,
-            max_latency_p99_ms: None,
+            ..Default::default()
         },
         metrics_window: Duration::from_secs(4),
         metrics_timeout: Duration::from_secs(3),

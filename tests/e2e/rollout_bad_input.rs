@@ -274,7 +274,7 @@ async fn second_active_rollout_is_refused_and_request_id_returns_the_first() {
         }),
         ..Default::default()
     };
-    let mut first = h.request(slow);
+    let mut first = h.request(slow.clone());
     first.request_id = "ci-build-42".into();
     let started = h.start_rollout(first.clone()).await;
     let again = h.start_rollout(first).await;

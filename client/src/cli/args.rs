@@ -174,6 +174,28 @@ pub struct StartArgs {
     #[arg(long, value_name = "MS", value_parser = parse_millis)]
     pub max_latency_p99_ms: Option<f64>,
 
+    /// Check an operator-defined metric template: TEMPLATE:MIN..MAX, either bound may be left
+    /// out (request-rate:1.. , error-ratio:..0.01); repeatable.
+    #[arg(long = "metric", value_name = "TEMPLATE:MIN..MAX", value_parser = parse_metric)]
+    pub metrics: Vec<MetricArg>,
+
+    /// Call a webhook: NAME=TYPE:URL, TYPE one of confirm-rollout, pre-rollout, rollout,
+    /// confirm-promotion, post-rollout, rollback; repeatable. The server must allow the host.
+    #[arg(long = "webhook", value_name = "NAME=TYPE:URL", value_parser = parse_webhook)]
+    pub webhooks: Vec<WebhookArg>,
+
+    /// How long every webhook has to answer (server default 10s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub webhook_timeout: Option<Duration>,
+
+    /// Metadata sent in a webhook's body: NAME:KEY=VALUE; repeatable.
+    #[arg(long = "webhook-metadata", value_name = "NAME:KEY=VALUE", value_parser = parse_webhook_metadata)]
+    pub webhook_metadata: Vec<(String, String, String)>,
+
+    /// Hold at the maximum weight (checks go on) until `steerer promote ID`.
+    #[arg(long)]
+    pub require_approval: bool,
+
     /// Replicas for a canary that sits at zero (default: GA's replica count).
     #[arg(long, value_name = "N")]
     pub canary_replicas: Option<u32>,
@@ -367,6 +389,107 @@ pub fn parse_millis(value: &str) -> Result<f64, String> {
     Ok(ms)
 }
 
+/// A metric check from the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricArg {
+    pub template: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// A webhook from the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookArg {
+    pub name: String,
+    pub kind: steerer::v1::WebhookType,
+    pub url: String,
+}
+
+/// `TEMPLATE:MIN..MAX`, either bound optional but not both.
+pub fn parse_metric(value: &str) -> Result<MetricArg, String> {
+    let usage = || {
+        format!(
+            "expected TEMPLATE:MIN..MAX with at least one bound (request-rate:1.. or error-ratio:..0.01), got {value:?}"
+        )
+    };
+    let (template, range) = value.split_once(':').ok_or_else(usage)?;
+    if let Some(problem) = dns1123_label_problem(template) {
+        return Err(format!(
+            "template name {template:?} is not valid: it {problem}"
+        ));
+    }
+    let (min, max) = range.split_once("..").ok_or_else(usage)?;
+    let bound = |text: &str| -> Result<Option<f64>, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        match text.parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok(Some(v)),
+            _ => Err(format!("{text:?} in {value:?} is not a finite number")),
+        }
+    };
+    let (min, max) = (bound(min)?, bound(max)?);
+    match (min, max) {
+        (None, None) => Err(usage()),
+        (Some(lo), Some(hi)) if lo > hi => Err(format!("{value:?}: MIN is above MAX")),
+        _ => Ok(MetricArg {
+            template: template.to_owned(),
+            min,
+            max,
+        }),
+    }
+}
+
+/// `NAME=TYPE:URL`.
+pub fn parse_webhook(value: &str) -> Result<WebhookArg, String> {
+    let usage = || {
+        format!(
+            "expected NAME=TYPE:URL (load-test=pre-rollout:http://loadtester.test/), got {value:?}"
+        )
+    };
+    let (name, rest) = value.split_once('=').ok_or_else(usage)?;
+    if let Some(problem) = dns1123_label_problem(name) {
+        return Err(format!("webhook name {name:?} is not valid: it {problem}"));
+    }
+    let (kind, url) = rest.split_once(':').ok_or_else(usage)?;
+    use steerer::v1::WebhookType;
+    let kind = match kind.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+        "confirm-rollout" => WebhookType::ConfirmRollout,
+        "pre-rollout" => WebhookType::PreRollout,
+        "rollout" => WebhookType::Rollout,
+        "confirm-promotion" => WebhookType::ConfirmPromotion,
+        "post-rollout" => WebhookType::PostRollout,
+        "rollback" => WebhookType::Rollback,
+        other => {
+            return Err(format!(
+                "unknown webhook type {other:?}: one of confirm-rollout, pre-rollout, rollout, confirm-promotion, post-rollout, rollback"
+            ));
+        }
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "webhook {name}: {url:?} is not an http:// or https:// URL"
+        ));
+    }
+    Ok(WebhookArg {
+        name: name.to_owned(),
+        kind,
+        url: url.to_owned(),
+    })
+}
+
+/// `NAME:KEY=VALUE`.
+pub fn parse_webhook_metadata(value: &str) -> Result<(String, String, String), String> {
+    let usage = || format!("expected NAME:KEY=VALUE (load-test:cmd=hey -z 1m), got {value:?}");
+    let (name, entry) = value.split_once(':').ok_or_else(usage)?;
+    let (key, val) = entry.split_once('=').ok_or_else(usage)?;
+    if name.is_empty() || key.is_empty() {
+        return Err(usage());
+    }
+    Ok((name.to_owned(), key.to_owned(), val.to_owned()))
+}
+
 pub fn parse_id(value: &str) -> Result<String, String> {
     let id = value.trim();
     if id.is_empty() {
@@ -484,6 +607,58 @@ mod tests {
         assert_eq!(start.progress_deadline, Some(Duration::from_secs(300)));
         assert_eq!(start.threshold, Some(99.5));
         assert!(start.wait);
+    }
+
+    #[test]
+    fn metrics_take_a_template_and_one_or_two_bounds() {
+        assert_eq!(
+            parse_metric("request-rate:1.."),
+            Ok(MetricArg {
+                template: "request-rate".into(),
+                min: Some(1.0),
+                max: None
+            })
+        );
+        assert_eq!(parse_metric("error-ratio:..0.01").unwrap().max, Some(0.01));
+        assert_eq!(parse_metric("x:0.5..2").unwrap().min, Some(0.5));
+        for bad in [
+            "request-rate",
+            "request-rate:..",
+            "x:2..1",
+            "X:1..",
+            "x:a..",
+            "x:1",
+        ] {
+            assert!(parse_metric(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn webhooks_take_a_name_a_type_and_a_url() {
+        let hook = parse_webhook("load=pre-rollout:http://loadtester.test:8080/run").unwrap();
+        assert_eq!(hook.name, "load");
+        assert_eq!(hook.kind, steerer::v1::WebhookType::PreRollout);
+        assert_eq!(hook.url, "http://loadtester.test:8080/run");
+        assert_eq!(
+            parse_webhook("gate=CONFIRM_PROMOTION:https://gate/")
+                .unwrap()
+                .kind,
+            steerer::v1::WebhookType::ConfirmPromotion
+        );
+        for bad in [
+            "load",
+            "load=pre-rollout",
+            "load=later:http://x/",
+            "load=rollout:ftp://x/",
+            "Load=rollout:http://x/",
+        ] {
+            assert!(parse_webhook(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_webhook_metadata("load:cmd=hey -z 1m"),
+            Ok(("load".into(), "cmd".into(), "hey -z 1m".into()))
+        );
+        assert!(parse_webhook_metadata("load=cmd").is_err());
     }
 
     #[test]

@@ -183,6 +183,32 @@ fn start_request(start: StartArgs) -> StartRolloutRequest {
             progress_deadline: start.progress_deadline.map(duration),
             min_request_rate: start.min_request_rate,
             max_latency_p99_ms: start.max_latency_p99_ms,
+            metrics: start
+                .metrics
+                .into_iter()
+                .map(|m| steerer::v1::MetricCheck {
+                    template: m.template,
+                    min: m.min,
+                    max: m.max,
+                })
+                .collect(),
+            webhooks: start
+                .webhooks
+                .into_iter()
+                .map(|w| steerer::v1::Webhook {
+                    metadata: start
+                        .webhook_metadata
+                        .iter()
+                        .filter(|(name, _, _)| *name == w.name)
+                        .map(|(_, key, value)| (key.clone(), value.clone()))
+                        .collect(),
+                    name: w.name,
+                    r#type: w.kind as i32,
+                    url: w.url,
+                    timeout: start.webhook_timeout.map(duration),
+                })
+                .collect(),
+            require_approval: start.require_approval,
         }),
         request_id: start.request_id.unwrap_or_default(),
         canary_replicas: start.canary_replicas,
@@ -249,6 +275,15 @@ mod tests {
             "ci-7",
             "--max-latency-p99-ms",
             "250",
+            "--metric",
+            "request-rate:1..",
+            "--webhook",
+            "load=pre-rollout:http://loadtester.test/",
+            "--webhook-metadata",
+            "load:cmd=hey -z 1m",
+            "--webhook-timeout",
+            "2m",
+            "--require-approval",
         ])
         .unwrap();
         let Command::Start(start) = cli.command else {
@@ -261,6 +296,13 @@ mod tests {
         assert_eq!(request.request_id, "ci-7");
         let analysis = request.analysis.unwrap();
         assert_eq!(analysis.max_latency_p99_ms, Some(250.0));
+        assert_eq!(analysis.metrics[0].template, "request-rate");
+        assert_eq!(analysis.metrics[0].min, Some(1.0));
+        let hook = &analysis.webhooks[0];
+        assert_eq!(hook.r#type(), steerer::v1::WebhookType::PreRollout);
+        assert_eq!(hook.metadata["cmd"], "hey -z 1m");
+        assert_eq!(hook.timeout.unwrap().seconds, 120);
+        assert!(analysis.require_approval);
         assert_eq!(
             analysis.interval,
             Some(prost_types::Duration {

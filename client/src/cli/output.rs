@@ -9,7 +9,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use steerer_client::Outcome;
-use steerer_client::proto::{Analysis, AnalysisResult, EventType, Phase, Rollout, RolloutEvent};
+use steerer_client::proto::{
+    Analysis, AnalysisResult, CheckKind, CheckResult, EventType, Phase, Rollout, RolloutEvent,
+    WebhookType,
+};
 
 use super::exit::CliError;
 
@@ -65,6 +68,8 @@ pub struct JsonRollout {
     pub last_sequence: u64,
     pub request_id: String,
     pub images: BTreeMap<String, String>,
+    /// What the rollout holds for (empty: nothing), e.g. "approval: call PromoteRollout".
+    pub waiting_for: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -77,6 +82,28 @@ pub struct JsonAnalysis {
     pub progress_deadline_seconds: Option<f64>,
     pub min_request_rate: Option<f64>,
     pub max_latency_p99_ms: Option<f64>,
+    pub metrics: Vec<JsonMetricCheck>,
+    pub webhooks: Vec<JsonWebhook>,
+    pub require_approval: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonMetricCheck {
+    pub template: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonWebhook {
+    pub name: String,
+    /// `CONFIRM_ROLLOUT`, `PRE_ROLLOUT`, `ROLLOUT`, `CONFIRM_PROMOTION`, `POST_ROLLOUT`,
+    /// `ROLLBACK`.
+    #[serde(rename = "type")]
+    pub webhook_type: &'static str,
+    pub url: String,
+    pub timeout_seconds: Option<f64>,
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,7 +112,21 @@ pub struct JsonAnalysisResult {
     pub request_rate: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub failed_metrics: Vec<String>,
+    pub checks: Vec<JsonCheck>,
     pub time: Option<String>,
+}
+
+/// One value of a check against its bound, or one webhook's answer.
+#[derive(Debug, Serialize)]
+pub struct JsonCheck {
+    pub name: String,
+    /// `SUCCESS_RATE`, `LATENCY`, `METRIC` or `WEBHOOK`.
+    pub kind: &'static str,
+    pub value: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub passed: bool,
+    pub detail: String,
 }
 
 /// One event, as `watch` and `start --wait` print it with `-o json`.
@@ -103,6 +144,7 @@ pub struct JsonEvent {
     pub request_rate: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub failed_metrics: Vec<String>,
+    pub checks: Vec<JsonCheck>,
     pub failed_checks: u32,
     pub message: String,
 }
@@ -139,8 +181,129 @@ impl From<&Analysis> for JsonAnalysis {
             progress_deadline_seconds: seconds(a.progress_deadline.as_ref()),
             min_request_rate: a.min_request_rate,
             max_latency_p99_ms: a.max_latency_p99_ms,
+            metrics: a
+                .metrics
+                .iter()
+                .map(|m| JsonMetricCheck {
+                    template: m.template.clone(),
+                    min: m.min,
+                    max: m.max,
+                })
+                .collect(),
+            webhooks: a
+                .webhooks
+                .iter()
+                .map(|w| JsonWebhook {
+                    name: w.name.clone(),
+                    webhook_type: webhook_type_name(w.r#type()),
+                    url: w.url.clone(),
+                    timeout_seconds: seconds(w.timeout.as_ref()),
+                    metadata: w.metadata.clone().into_iter().collect(),
+                })
+                .collect(),
+            require_approval: a.require_approval,
         }
     }
+}
+
+impl From<&CheckResult> for JsonCheck {
+    fn from(c: &CheckResult) -> Self {
+        Self {
+            name: c.name.clone(),
+            kind: check_kind_name(c.kind()),
+            value: c.value,
+            min: c.min,
+            max: c.max,
+            passed: c.passed,
+            detail: c.detail.clone(),
+        }
+    }
+}
+
+/// `WEBHOOK_TYPE_PRE_ROLLOUT` → `PRE_ROLLOUT`.
+pub fn webhook_type_name(t: WebhookType) -> &'static str {
+    let name = t.as_str_name();
+    name.strip_prefix("WEBHOOK_TYPE_").unwrap_or(name)
+}
+
+/// `CHECK_KIND_METRIC` → `METRIC`.
+pub fn check_kind_name(k: CheckKind) -> &'static str {
+    let name = k.as_str_name();
+    name.strip_prefix("CHECK_KIND_").unwrap_or(name)
+}
+
+/// A number as the CLI shows it: at most three decimals, no trailing zeros.
+fn number(value: f64) -> String {
+    if !value.is_finite() {
+        return value.to_string();
+    }
+    let text = format!("{value:.3}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// One check for `get`: `error-ratio: 0.2 (max 0.01) FAILED (metric error-ratio 0.2 above
+/// max 0.01)`, `smoke: passed (HTTP 200)`, `latency_p99_ms: (max 200) no data (…)`.
+pub fn check_line(c: &CheckResult) -> String {
+    let mut line = format!("{}:", c.name);
+    match (c.kind(), c.value) {
+        (CheckKind::SuccessRate, Some(v)) => line.push_str(&format!(" {}", percent(v))),
+        (CheckKind::Latency, Some(v)) => line.push_str(&format!(" {v:.1}ms")),
+        (_, Some(v)) => line.push_str(&format!(" {}", number(v))),
+        (_, None) => {}
+    }
+    match (c.min, c.max) {
+        (Some(min), Some(max)) => {
+            line.push_str(&format!(" (min {}, max {})", number(min), number(max)));
+        }
+        (Some(min), None) => line.push_str(&format!(" (min {})", number(min))),
+        (None, Some(max)) => line.push_str(&format!(" (max {})", number(max))),
+        (None, None) => {}
+    }
+    line.push(' ');
+    line.push_str(verdict(c));
+    if !c.detail.is_empty() && (c.kind() == CheckKind::Webhook || !c.passed) {
+        line.push_str(&format!(" ({})", c.detail));
+    }
+    line
+}
+
+/// `passed`, `FAILED`, or `no data` (not passed, nothing measured, not a webhook).
+fn verdict(c: &CheckResult) -> &'static str {
+    if c.passed {
+        "passed"
+    } else if c.value.is_none() && c.kind() != CheckKind::Webhook {
+        "no data"
+    } else {
+        "FAILED"
+    }
+}
+
+/// The checks of an event line: `checks=[success_rate 99.9% ok, error-ratio 0.2 FAILED, …]`.
+fn checks_field(checks: &[CheckResult]) -> String {
+    let items: Vec<String> = checks
+        .iter()
+        .map(|c| {
+            let value = match (c.kind(), c.value) {
+                (CheckKind::SuccessRate, Some(v)) => format!(" {}", percent(v)),
+                (CheckKind::Latency, Some(v)) => format!(" {v:.1}ms"),
+                (_, Some(v)) => format!(" {}", number(v)),
+                (CheckKind::Webhook, None) => format!(" {}", c.detail),
+                (_, None) => String::new(),
+            };
+            let verdict = match verdict(c) {
+                "passed" => "ok",
+                "no data" => "no-data",
+                other => other,
+            };
+            format!("{}{value} {verdict}", c.name)
+        })
+        .collect();
+    format!("checks=[{}]", items.join(", "))
 }
 
 impl From<&AnalysisResult> for JsonAnalysisResult {
@@ -150,6 +313,7 @@ impl From<&AnalysisResult> for JsonAnalysisResult {
             request_rate: r.request_rate,
             latency_p99_ms: r.latency_p99_ms,
             failed_metrics: r.failed_metrics.clone(),
+            checks: r.checks.iter().map(JsonCheck::from).collect(),
             time: format_time(r.time.as_ref()),
         }
     }
@@ -177,6 +341,7 @@ impl From<&Rollout> for JsonRollout {
             last_sequence: r.last_sequence,
             request_id: r.request_id.clone(),
             images: r.images.clone().into_iter().collect(),
+            waiting_for: r.waiting_for.clone(),
         }
     }
 }
@@ -195,6 +360,7 @@ impl From<&RolloutEvent> for JsonEvent {
             request_rate: e.request_rate,
             latency_p99_ms: e.latency_p99_ms,
             failed_metrics: e.failed_metrics.clone(),
+            checks: e.checks.iter().map(JsonCheck::from).collect(),
             failed_checks: e.failed_checks,
             message: e.message.clone(),
         }
@@ -223,7 +389,8 @@ fn percent(value: f64) -> String {
 
 /// One event as a plain line:
 /// `2026-11-26T10:00:01Z  CHECK_PASSED  weight=20  success=99.9%  p99=47.5ms  rate=12.5/s  failed=0  phase=PROGRESSING  message`
-/// (`p99` only when the rollout checks latency).
+/// (`p99` only when the rollout checks latency), then on check and webhook events
+/// `checks=[…]`: every value against its verdict.
 pub fn event_line(event: &RolloutEvent) -> String {
     let time = format_time(event.time.as_ref())
         .unwrap_or_else(|| Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true));
@@ -246,6 +413,10 @@ pub fn event_line(event: &RolloutEvent) -> String {
         event.failed_checks,
         phase_name(event.phase())
     ));
+    if !event.checks.is_empty() {
+        line.push_str("  ");
+        line.push_str(&checks_field(&event.checks));
+    }
     if !event.message.is_empty() {
         line.push_str("  ");
         line.push_str(&event.message);
@@ -298,7 +469,32 @@ pub fn rollout_details(r: &Rollout) -> String {
         if let Some(max) = a.max_latency_p99_ms {
             parts.push(format!("p99 <= {max}ms"));
         }
+        for m in &a.metrics {
+            let bounds = match (m.min, m.max) {
+                (Some(min), Some(max)) => format!("in [{}, {}]", number(min), number(max)),
+                (Some(min), None) => format!(">= {}", number(min)),
+                (None, Some(max)) => format!("<= {}", number(max)),
+                (None, None) => String::new(),
+            };
+            parts.push(format!("{} {bounds}", m.template));
+        }
+        if a.require_approval {
+            parts.push("promotion needs approval".to_owned());
+        }
         field("analysis:", parts.join(", "));
+        for w in &a.webhooks {
+            field(
+                "webhook:",
+                format!(
+                    "{} ({}) {}",
+                    w.name,
+                    webhook_type_name(w.r#type())
+                        .to_ascii_lowercase()
+                        .replace('_', "-"),
+                    w.url
+                ),
+            );
+        }
     }
     if let Some(last) = &r.last_analysis {
         let success = last
@@ -319,6 +515,9 @@ pub fn rollout_details(r: &Rollout) -> String {
             format!(" (failed: {})", last.failed_metrics.join(", "))
         };
         field("last check:", format!("{success}{p99}{rate}{failed}"));
+        for check in &last.checks {
+            field("", format!("  {}", check_line(check)));
+        }
     }
     let mut images: Vec<_> = r.images.iter().collect();
     images.sort();
@@ -330,6 +529,14 @@ pub fn rollout_details(r: &Rollout) -> String {
             .collect::<Vec<_>>()
             .join(", "),
     );
+    if !r.waiting_for.is_empty() {
+        let how = if r.waiting_for.starts_with("approval") {
+            format!(" (steerer promote {})", r.id)
+        } else {
+            String::new()
+        };
+        field("waiting for:", format!("{}{how}", r.waiting_for));
+    }
     field("message:", r.message.clone());
     field(
         "created:",
@@ -673,6 +880,126 @@ mod tests {
         let value = serde_json::to_value(JsonEvent::from(&failed)).unwrap();
         assert_eq!(value["latency_p99_ms"], 936.24);
         assert_eq!(value["failed_metrics"][0], "latency_p99_ms");
+    }
+
+    fn result(kind: CheckKind, name: &str, value: Option<f64>, passed: bool) -> CheckResult {
+        CheckResult {
+            name: name.into(),
+            kind: kind as i32,
+            value,
+            passed,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn check_events_show_every_value_with_its_verdict_in_lines_and_json() {
+        let failed = RolloutEvent {
+            r#type: EventType::CheckFailed as i32,
+            failed_metrics: vec!["error-ratio".into(), "smoke".into()],
+            checks: vec![
+                CheckResult {
+                    min: Some(95.0),
+                    ..result(CheckKind::SuccessRate, "success_rate", Some(99.94), true)
+                },
+                CheckResult {
+                    max: Some(0.01),
+                    detail: "metric error-ratio 0.2 above max 0.01".into(),
+                    ..result(CheckKind::Metric, "error-ratio", Some(0.2), false)
+                },
+                CheckResult {
+                    detail: "no data for metric queue".into(),
+                    ..result(CheckKind::Metric, "queue", None, false)
+                },
+                CheckResult {
+                    detail: "HTTP 500".into(),
+                    ..result(CheckKind::Webhook, "smoke", None, false)
+                },
+            ],
+            message: "check failed".into(),
+            ..event()
+        };
+        let line = event_line(&failed);
+        assert!(
+            line.contains(
+                "checks=[success_rate 99.9% ok, error-ratio 0.2 FAILED, queue no-data, smoke HTTP 500 FAILED]  check failed"
+            ),
+            "{line}"
+        );
+        let value = serde_json::to_value(JsonEvent::from(&failed)).unwrap();
+        assert_eq!(value["checks"][1]["name"], "error-ratio");
+        assert_eq!(value["checks"][1]["kind"], "METRIC");
+        assert_eq!(value["checks"][1]["max"], 0.01);
+        assert_eq!(value["checks"][1]["passed"], false);
+        assert_eq!(value["checks"][3]["detail"], "HTTP 500");
+        assert_eq!(value["failed_metrics"][1], "smoke");
+        // Events without checks say nothing of them.
+        assert!(!event_line(&event()).contains("checks="));
+    }
+
+    #[test]
+    fn get_lists_each_check_and_what_the_rollout_waits_for() {
+        let rollout = Rollout {
+            id: "r-1".into(),
+            namespace: "shop".into(),
+            target: "checkout".into(),
+            phase: Phase::Progressing as i32,
+            waiting_for: "approval: call PromoteRollout".into(),
+            analysis: Some(Analysis {
+                metrics: vec![steerer_client::proto::MetricCheck {
+                    template: "request-rate".into(),
+                    min: Some(1.0),
+                    max: None,
+                }],
+                webhooks: vec![steerer_client::proto::Webhook {
+                    name: "gate".into(),
+                    r#type: WebhookType::ConfirmPromotion as i32,
+                    url: "http://hooks.example/gate".into(),
+                    ..Default::default()
+                }],
+                require_approval: true,
+                ..Default::default()
+            }),
+            last_analysis: Some(AnalysisResult {
+                success_rate: Some(100.0),
+                checks: vec![
+                    CheckResult {
+                        min: Some(1.0),
+                        ..result(CheckKind::Metric, "request-rate", Some(12.5), true)
+                    },
+                    CheckResult {
+                        detail: "HTTP 200".into(),
+                        ..result(CheckKind::Webhook, "gate", None, true)
+                    },
+                    CheckResult {
+                        max: Some(200.0),
+                        detail: "no canary latency in the metrics".into(),
+                        ..result(CheckKind::Latency, "latency_p99_ms", None, false)
+                    },
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = rollout_details(&rollout);
+        for expected in [
+            "request-rate >= 1, promotion needs approval",
+            "webhook:        gate (confirm-promotion) http://hooks.example/gate",
+            "  request-rate: 12.5 (min 1) passed",
+            "  gate: passed (HTTP 200)",
+            "  latency_p99_ms: (max 200) no data (no canary latency in the metrics)",
+            "waiting for:    approval: call PromoteRollout (steerer promote r-1)",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in\n{text}");
+        }
+        let value = serde_json::to_value(JsonRollout::from(&rollout)).unwrap();
+        assert_eq!(value["waiting_for"], "approval: call PromoteRollout");
+        assert_eq!(value["analysis"]["require_approval"], true);
+        assert_eq!(
+            value["analysis"]["webhooks"][0]["type"],
+            "CONFIRM_PROMOTION"
+        );
+        assert_eq!(value["last_analysis"]["checks"][0]["value"], 12.5);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use steerer_server::events::Hub;
 use steerer_server::metrics::{Coverage, Metrics, MetricsError};
 use steerer_server::router::{Resolved, RouteRef, RouteView, Router, RouterError};
 use steerer_server::store::{Filter, Store, StoreError, Stored};
+use steerer_server::webhooks::fake::FakeWebhooks;
 use steerer_server::workloads::fake::FakeWorkloads;
 use steerer_server::workloads::{DeploymentView, HpaView, WorkloadError, Workloads};
 use tokio::net::TcpListener;
@@ -419,6 +420,11 @@ impl Metrics for BenchMetrics {
         });
         Box::pin(async move { Ok(sample) })
     }
+
+    /// The benches' rollouts check no metric templates.
+    fn value<'a>(&'a self, _promql: &'a str) -> BoxFuture<'a, Result<Option<f64>, MetricsError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// A store that counts writes and keeps nothing (the real one keeps state in the API
@@ -506,6 +512,7 @@ impl World {
             router: self.router.clone(),
             metrics: self.metrics.clone(),
             store: self.store.clone(),
+            webhooks: Arc::new(FakeWebhooks::default()),
             // As the server keeps it: the newest events of active rollouts only.
             hub: Hub::with_limit(steerer_server::events::DEFAULT_MEMORY_EVENTS),
             telemetry: Default::default(),
@@ -609,7 +616,7 @@ pub fn start_request(
                 nanos: 0,
             }),
             min_request_rate: Some(1.0),
-            max_latency_p99_ms: None,
+            ..Default::default()
         }),
         ..Default::default()
     }

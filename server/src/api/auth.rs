@@ -183,7 +183,11 @@ impl Auth {
 
     /// Checks a call's `authorization: Bearer TOKEN` header for `access`; `None` (an RPC
     /// nobody classified) is denied to every token.
-    pub fn check(&self, headers: &http::HeaderMap, access: Option<TokenAccess>) -> Result<(), Status> {
+    pub fn check(
+        &self,
+        headers: &http::HeaderMap,
+        access: Option<TokenAccess>,
+    ) -> Result<(), Status> {
         if !self.enabled() {
             return Ok(());
         }
@@ -331,16 +335,14 @@ async fn authenticate(
         Authentication::Kubernetes(kube) => {
             let caller = match bearer(headers)? {
                 Some(token) => kube.review_token(token).await?,
-                None => {
-                    match certificate {
-                        Some(der) => certificate_caller(&der)?,
-                        None => {
-                            return Err(Status::unauthenticated(
-                                "a bearer token or a client certificate is required",
-                            ));
-                        }
+                None => match certificate {
+                    Some(der) => certificate_caller(&der)?,
+                    None => {
+                        return Err(Status::unauthenticated(
+                            "a bearer token or a client certificate is required",
+                        ));
                     }
-                }
+                },
             };
             Ok(Access::new(caller, kube.clone()))
         }
@@ -413,7 +415,10 @@ where
             request.extensions_mut().insert(access.clone());
             let response = inner.call(request).await?;
             if succeeded(&response) && !access.decided() {
-                tracing::error!(verb = verb.as_str(), "a handler answered without authorizing the call; refused");
+                tracing::error!(
+                    verb = verb.as_str(),
+                    "a handler answered without authorizing the call; refused"
+                );
                 return Ok(Status::permission_denied(
                     "this call was not authorized (the server refuses calls it did not authorize)",
                 )

@@ -5,7 +5,10 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use steerer::v1 as pb;
 
-use crate::domain::{AnalysisSettings, EventKind, Phase, Rollout, RolloutEvent};
+use crate::domain::{
+    AnalysisSettings, CheckKind, CheckOutcome, CheckResult, EventKind, Phase, Rollout,
+    RolloutEvent, WebhookKind,
+};
 use crate::engine::EngineError;
 use crate::router::RouterError;
 
@@ -54,6 +57,35 @@ pub fn event_type(k: EventKind) -> pb::EventType {
         EventKind::Succeeded => pb::EventType::Succeeded,
         EventKind::Failed => pb::EventType::Failed,
         EventKind::Restarted => pb::EventType::Restarted,
+        EventKind::Webhook => pb::EventType::Webhook,
+    }
+}
+
+pub fn webhook_type(k: WebhookKind) -> pb::WebhookType {
+    match k {
+        WebhookKind::ConfirmRollout => pb::WebhookType::ConfirmRollout,
+        WebhookKind::PreRollout => pb::WebhookType::PreRollout,
+        WebhookKind::Rollout => pb::WebhookType::Rollout,
+        WebhookKind::ConfirmPromotion => pb::WebhookType::ConfirmPromotion,
+        WebhookKind::PostRollout => pb::WebhookType::PostRollout,
+        WebhookKind::Rollback => pb::WebhookType::Rollback,
+    }
+}
+
+pub fn check(c: &CheckResult) -> pb::CheckResult {
+    pb::CheckResult {
+        name: c.name.clone(),
+        kind: match c.kind {
+            CheckKind::SuccessRate => pb::CheckKind::SuccessRate,
+            CheckKind::Latency => pb::CheckKind::Latency,
+            CheckKind::Metric => pb::CheckKind::Metric,
+            CheckKind::Webhook => pb::CheckKind::Webhook,
+        } as i32,
+        value: c.value,
+        min: c.min,
+        max: c.max,
+        passed: c.outcome == CheckOutcome::Passed,
+        detail: c.detail.clone(),
     }
 }
 
@@ -67,6 +99,27 @@ pub fn analysis(s: &AnalysisSettings) -> pb::Analysis {
         progress_deadline: Some(duration(s.progress_deadline)),
         min_request_rate: Some(s.min_request_rate),
         max_latency_p99_ms: s.max_latency_p99_ms,
+        metrics: s
+            .metrics
+            .iter()
+            .map(|m| pb::MetricCheck {
+                template: m.template.clone(),
+                min: m.min,
+                max: m.max,
+            })
+            .collect(),
+        webhooks: s
+            .webhooks
+            .iter()
+            .map(|w| pb::Webhook {
+                name: w.name.clone(),
+                r#type: webhook_type(w.kind) as i32,
+                url: w.url.clone(),
+                timeout: Some(duration(w.timeout)),
+                metadata: w.metadata.clone().into_iter().collect(),
+            })
+            .collect(),
+        require_approval: s.require_approval,
     }
 }
 
@@ -82,12 +135,13 @@ pub fn rollout(r: &Rollout) -> pb::Rollout {
         canary_weight: r.canary_weight,
         failed_checks: r.failed_checks,
         analysis: Some(analysis(&r.analysis)),
-        last_analysis: r.last_analysis.map(|a| pb::AnalysisResult {
+        last_analysis: r.last_analysis.as_ref().map(|a| pb::AnalysisResult {
             success_rate: a.sample.success_rate,
             request_rate: a.sample.request_rate,
             time: Some(timestamp(a.time)),
             latency_p99_ms: a.sample.latency_p99_ms,
-            failed_metrics: a.failed.names(),
+            failed_metrics: a.failed_names(),
+            checks: a.checks.iter().map(check).collect(),
         }),
         message: r.message.clone(),
         created_at: Some(timestamp(r.created_at)),
@@ -97,6 +151,7 @@ pub fn rollout(r: &Rollout) -> pb::Rollout {
         request_id: r.request_id.clone(),
         images: r.images.clone().into_iter().collect(),
         created_by: r.created_by.clone(),
+        waiting_for: r.gates.waiting_for.clone().unwrap_or_default(),
     }
 }
 
@@ -113,7 +168,8 @@ pub fn event(e: &RolloutEvent) -> pb::RolloutEvent {
         failed_checks: e.failed_checks,
         message: e.message.clone(),
         latency_p99_ms: e.latency_p99_ms,
-        failed_metrics: e.failed.names(),
+        failed_metrics: e.failed_names(),
+        checks: e.checks.iter().map(check).collect(),
     }
 }
 

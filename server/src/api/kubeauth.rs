@@ -33,16 +33,19 @@ pub struct KubeAuthConfig {
 
 type Decision = (String, Vec<String>, Verb, String);
 
+/// A cache of answers with the time each was had.
+type Cache<K, V> = Mutex<HashMap<K, (Instant, V)>>;
+
 /// TokenReviews and SubjectAccessReviews through the API server.
 pub struct KubeAuth {
     client: kube::Client,
     config: KubeAuthConfig,
-    tokens: Mutex<HashMap<[u8; 32], (Instant, Option<Caller>)>>,
-    decisions: Mutex<HashMap<Decision, (Instant, bool)>>,
+    tokens: Cache<[u8; 32], Option<Caller>>,
+    decisions: Cache<Decision, bool>,
 }
 
 fn cached<K: std::hash::Hash + Eq, V: Clone>(
-    map: &Mutex<HashMap<K, (Instant, V)>>,
+    map: &Cache<K, V>,
     key: &K,
     ttl: Duration,
 ) -> Option<V> {
@@ -52,7 +55,7 @@ fn cached<K: std::hash::Hash + Eq, V: Clone>(
         .map(|(_, v)| v.clone())
 }
 
-fn remember<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, (Instant, V)>>, key: K, value: V) {
+fn remember<K: std::hash::Hash + Eq, V>(map: &Cache<K, V>, key: K, value: V) {
     if let Ok(mut map) = map.lock() {
         if map.len() >= MAX_CACHED {
             map.clear();

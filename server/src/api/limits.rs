@@ -163,7 +163,11 @@ mod tests {
         }
         let refused = limits.take_mutation("ci").unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert!(refused.message().contains("more than 3"), "{}", refused.message());
+        assert!(
+            refused.message().contains("more than 3"),
+            "{}",
+            refused.message()
+        );
         limits.take_mutation("operator").unwrap();
     }
 

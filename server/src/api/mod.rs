@@ -203,8 +203,16 @@ impl RolloutService for Api {
         validate::optional_label("virtual_service", &r.virtual_service).map_err(invalid)?;
         validate::token("request_id", &r.request_id, false).map_err(invalid)?;
         let images = validate::images(&r.images).map_err(invalid)?;
-        let analysis = validate::analysis(r.analysis.as_ref(), &self.supervisor.config().defaults)
-            .map_err(invalid)?;
+        let config = self.supervisor.config();
+        let mut analysis =
+            validate::analysis(r.analysis.as_ref(), &config.defaults).map_err(invalid)?;
+        validate::judged_on(
+            r.analysis.as_ref(),
+            &mut analysis,
+            &config.templates,
+            &config.webhook_allow,
+        )
+        .map_err(invalid)?;
         if r.canary_replicas.is_some_and(|n| n == 0 || n > 1000) {
             return Err(Status::invalid_argument(
                 "canary_replicas must be between 1 and 1000",

@@ -7,7 +7,10 @@ use std::time::Duration;
 use steerer::names::LabelProblem;
 use steerer::v1 as pb;
 
-use crate::domain::AnalysisSettings;
+use crate::domain::judging::DEFAULT_WEBHOOK_TIMEOUT;
+use crate::domain::{AnalysisSettings, MetricCheck, Webhook, WebhookKind};
+use crate::metrics::templates::MetricTemplates;
+use crate::webhooks::AllowList;
 
 /// A rejected field, for a person.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,6 +22,15 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_FAILED_CHECKS: u32 = 1000;
 const MAX_REQUEST_RATE: f64 = 1e9;
+/// Metric checks per rollout (each adds a query per check and a line to every check event).
+pub const MAX_METRIC_CHECKS: usize = 10;
+/// Webhooks per rollout.
+pub const MAX_WEBHOOKS: usize = 10;
+const MAX_METADATA_ENTRIES: usize = 20;
+const MAX_METADATA_CHARS: usize = 256;
+const MAX_URL_CHARS: usize = 2048;
+const MIN_WEBHOOK_TIMEOUT: Duration = Duration::from_millis(100);
+const MAX_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A DNS-1123 label: 1..=63 of `a-z`, `0-9`, `-`, starting and ending alphanumeric. Every
 /// namespace, Deployment, Service, VirtualService and container name must be one; that is also
@@ -171,8 +183,168 @@ pub fn analysis(
     if let Some(v) = a.max_latency_p99_ms {
         s.max_latency_p99_ms = Some(v);
     }
+    s.require_approval = s.require_approval || a.require_approval;
     check_analysis(&s)?;
     Ok(s)
+}
+
+/// The request's metric checks and webhooks, into `settings`: every template one the server
+/// knows, every bound a finite number, every webhook named, typed, timed and sent only to a
+/// host `allow` allows.
+pub fn judged_on(
+    request: Option<&pb::Analysis>,
+    settings: &mut AnalysisSettings,
+    templates: &MetricTemplates,
+    allow: &AllowList,
+) -> Result<(), Invalid> {
+    let Some(a) = request else {
+        return Ok(());
+    };
+    if !a.metrics.is_empty() {
+        settings.metrics = metric_checks(&a.metrics, templates)?;
+    }
+    if !a.webhooks.is_empty() {
+        settings.webhooks = webhooks(&a.webhooks, allow)?;
+    }
+    Ok(())
+}
+
+/// Metric checks: at most `MAX_METRIC_CHECKS`, each naming a known template with at least
+/// one finite bound, `min <= max`.
+pub fn metric_checks(
+    checks: &[pb::MetricCheck],
+    templates: &MetricTemplates,
+) -> Result<Vec<MetricCheck>, Invalid> {
+    if checks.len() > MAX_METRIC_CHECKS {
+        return Err(Invalid(format!(
+            "analysis.metrics has {} checks; at most {MAX_METRIC_CHECKS}",
+            checks.len()
+        )));
+    }
+    checks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let field = format!("analysis.metrics[{i}]");
+            dns1123_label(&format!("{field}.template"), &c.template)?;
+            if !templates.contains(&c.template) {
+                let known = templates.names();
+                return Err(Invalid(format!(
+                    "{field}.template {:?} is not a metric template this server knows ({})",
+                    c.template,
+                    if known.is_empty() {
+                        "it has none: see --metric-templates".to_owned()
+                    } else {
+                        format!("it knows {}", known.join(", "))
+                    }
+                )));
+            }
+            for (bound, value) in [("min", c.min), ("max", c.max)] {
+                if let Some(v) = value
+                    && !v.is_finite()
+                {
+                    return Err(Invalid(format!(
+                        "{field}.{bound} {v} must be a finite number"
+                    )));
+                }
+            }
+            match (c.min, c.max) {
+                (None, None) => Err(Invalid(format!(
+                    "{field} ({}) needs a bound: min, max or both",
+                    c.template
+                ))),
+                (Some(min), Some(max)) if min > max => Err(Invalid(format!(
+                    "{field} ({}) has min {min} above max {max}",
+                    c.template
+                ))),
+                _ => Ok(MetricCheck {
+                    template: c.template.clone(),
+                    min: c.min,
+                    max: c.max,
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Webhooks: at most `MAX_WEBHOOKS`, names unique DNS-1123 labels, a type, an http(s) URL
+/// whose host `allow` allows, a timeout of 100ms to 5m (default 10s), bounded metadata.
+pub fn webhooks(hooks: &[pb::Webhook], allow: &AllowList) -> Result<Vec<Webhook>, Invalid> {
+    if hooks.len() > MAX_WEBHOOKS {
+        return Err(Invalid(format!(
+            "analysis.webhooks has {} webhooks; at most {MAX_WEBHOOKS}",
+            hooks.len()
+        )));
+    }
+    let mut out: Vec<Webhook> = Vec::new();
+    for (i, h) in hooks.iter().enumerate() {
+        let field = format!("analysis.webhooks[{i}]");
+        dns1123_label(&format!("{field}.name"), &h.name)?;
+        if out.iter().any(|w| w.name == h.name) {
+            return Err(Invalid(format!(
+                "{field}.name {:?} is used twice; webhook names must be unique",
+                h.name
+            )));
+        }
+        let field = format!("{field} ({})", h.name);
+        let kind = match pb::WebhookType::try_from(h.r#type) {
+            Ok(pb::WebhookType::ConfirmRollout) => WebhookKind::ConfirmRollout,
+            Ok(pb::WebhookType::PreRollout) => WebhookKind::PreRollout,
+            Ok(pb::WebhookType::Rollout) => WebhookKind::Rollout,
+            Ok(pb::WebhookType::ConfirmPromotion) => WebhookKind::ConfirmPromotion,
+            Ok(pb::WebhookType::PostRollout) => WebhookKind::PostRollout,
+            Ok(pb::WebhookType::Rollback) => WebhookKind::Rollback,
+            Ok(pb::WebhookType::Unspecified) | Err(_) => {
+                return Err(Invalid(format!(
+                    "{field}: type {} is not a webhook type (CONFIRM_ROLLOUT, PRE_ROLLOUT, ROLLOUT, CONFIRM_PROMOTION, POST_ROLLOUT or ROLLBACK)",
+                    h.r#type
+                )));
+            }
+        };
+        if h.url.chars().count() > MAX_URL_CHARS {
+            return Err(Invalid(format!(
+                "{field}: url is longer than {MAX_URL_CHARS} characters"
+            )));
+        }
+        allow
+            .check(&h.url)
+            .map_err(|refused| Invalid(format!("{field}: {refused}")))?;
+        let timeout = match &h.timeout {
+            Some(t) => duration(&format!("{field}.timeout"), t)?,
+            None => DEFAULT_WEBHOOK_TIMEOUT,
+        };
+        if !(MIN_WEBHOOK_TIMEOUT..=MAX_WEBHOOK_TIMEOUT).contains(&timeout) {
+            return Err(Invalid(format!(
+                "{field}: timeout {} must be between 100ms and 5m",
+                humantime::format_duration(timeout)
+            )));
+        }
+        if h.metadata.len() > MAX_METADATA_ENTRIES {
+            return Err(Invalid(format!(
+                "{field}: metadata has {} entries; at most {MAX_METADATA_ENTRIES}",
+                h.metadata.len()
+            )));
+        }
+        for (key, value) in &h.metadata {
+            if key.is_empty()
+                || key.chars().count() > MAX_METADATA_CHARS
+                || value.chars().count() > MAX_METADATA_CHARS
+                || key.chars().chain(value.chars()).any(char::is_control)
+            {
+                return Err(Invalid(format!(
+                    "{field}: metadata keys and values must be at most {MAX_METADATA_CHARS} characters without control characters, keys not empty"
+                )));
+            }
+        }
+        out.push(Webhook {
+            name: h.name.clone(),
+            kind,
+            url: h.url.clone(),
+            timeout,
+            metadata: h.metadata.clone().into_iter().collect(),
+        });
+    }
+    Ok(out)
 }
 
 /// Range checks of analysis settings (also applied to the server's defaults).
@@ -463,6 +635,135 @@ mod tests {
         assert_eq!(
             analysis(Some(&a), &d).unwrap().max_latency_p99_ms,
             Some(200.0)
+        );
+    }
+
+    fn known() -> (MetricTemplates, AllowList) {
+        use crate::metrics::templates::Template;
+        let templates = MetricTemplates::from_map(
+            [(
+                "request-rate".to_owned(),
+                Template::parse("request-rate", "sum(rate(x[{{ interval }}]))").unwrap(),
+            )]
+            .into(),
+        );
+        (
+            templates,
+            AllowList::parse(&["hooks.example".to_owned()]).unwrap(),
+        )
+    }
+
+    fn hook(name: &str, kind: pb::WebhookType, url: &str) -> pb::Webhook {
+        pb::Webhook {
+            name: name.into(),
+            r#type: kind as i32,
+            url: url.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn metric_checks_and_webhooks_are_taken_with_their_defaults() {
+        let (templates, allow) = known();
+        let request = pb::Analysis {
+            metrics: vec![pb::MetricCheck {
+                template: "request-rate".into(),
+                min: Some(1.0),
+                max: None,
+            }],
+            webhooks: vec![hook(
+                "gate",
+                pb::WebhookType::ConfirmPromotion,
+                "http://hooks.example/gate",
+            )],
+            require_approval: true,
+            ..Default::default()
+        };
+        let mut s = analysis(Some(&request), &AnalysisSettings::default()).unwrap();
+        judged_on(Some(&request), &mut s, &templates, &allow).unwrap();
+        assert!(s.require_approval);
+        assert_eq!(s.metrics[0].min, Some(1.0));
+        assert_eq!(s.webhooks[0].kind, WebhookKind::ConfirmPromotion);
+        assert_eq!(s.webhooks[0].timeout, DEFAULT_WEBHOOK_TIMEOUT);
+    }
+
+    #[test]
+    fn unknown_templates_bad_bounds_and_disallowed_or_bad_webhooks_are_refused_saying_why() {
+        let (templates, allow) = known();
+        let metric = |template: &str, min, max| pb::Analysis {
+            metrics: vec![pb::MetricCheck {
+                template: template.into(),
+                min,
+                max,
+            }],
+            ..Default::default()
+        };
+        let hooks = |hooks: Vec<pb::Webhook>| pb::Analysis {
+            webhooks: hooks,
+            ..Default::default()
+        };
+        let timed = |seconds| pb::Webhook {
+            timeout: Some(prost_types::Duration { seconds, nanos: 0 }),
+            ..hook("slow", pb::WebhookType::Rollout, "http://hooks.example/")
+        };
+        let url = "http://hooks.example/x";
+        for (request, says) in [
+            (
+                metric("error-rate", Some(1.0), None),
+                "not a metric template this server knows (it knows request-rate)",
+            ),
+            (metric("request-rate", None, None), "needs a bound"),
+            (metric("request-rate", Some(2.0), Some(1.0)), "above max"),
+            (metric("request-rate", Some(f64::NAN), None), "finite"),
+            (metric("Request_Rate", Some(1.0), None), "DNS-1123"),
+            (
+                hooks(vec![hook(
+                    "gate",
+                    pb::WebhookType::Rollout,
+                    "http://evil.example/",
+                )]),
+                "url host evil.example:80 is not allowed",
+            ),
+            (
+                hooks(vec![hook(
+                    "gate",
+                    pb::WebhookType::Rollout,
+                    "gopher://hooks.example/",
+                )]),
+                "http:// or https://",
+            ),
+            (
+                hooks(vec![hook("gate", pb::WebhookType::Unspecified, url)]),
+                "not a webhook type",
+            ),
+            (
+                hooks(vec![
+                    hook("a", pb::WebhookType::Rollout, url),
+                    hook("a", pb::WebhookType::Rollback, url),
+                ]),
+                "used twice",
+            ),
+            (
+                hooks(vec![hook("", pb::WebhookType::Rollout, url)]),
+                "required",
+            ),
+            (hooks(vec![timed(0)]), "between 100ms and 5m"),
+            (hooks(vec![timed(301)]), "between 100ms and 5m"),
+        ] {
+            let mut s = AnalysisSettings::default();
+            let error = judged_on(Some(&request), &mut s, &templates, &allow).unwrap_err();
+            assert!(error.0.contains(says), "{says}: {error}");
+        }
+        let nothing_allowed = judged_on(
+            Some(&hooks(vec![hook("gate", pb::WebhookType::Rollout, url)])),
+            &mut AnalysisSettings::default(),
+            &templates,
+            &AllowList::default(),
+        )
+        .unwrap_err();
+        assert!(
+            nothing_allowed.0.contains("allows no webhook host"),
+            "{nothing_allowed}"
         );
     }
 

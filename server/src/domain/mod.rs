@@ -2,8 +2,13 @@
 //! and (in `views`) what the engine sees of the cluster. Free of kube, tonic and the generated
 //! types so the engine and its tests stay plain Rust.
 
+pub mod judging;
 pub mod views;
 
+pub use judging::{
+    CheckKind, CheckOutcome, CheckResult, Gates, HookAnswer, HookOutcome, MetricCheck, Webhook,
+    WebhookKind, failed_names,
+};
 pub use views::{DeploymentView, HpaView, RouteView, promoted_template, template_hash};
 
 use std::collections::BTreeMap;
@@ -99,6 +104,8 @@ pub enum EventKind {
     Succeeded,
     Failed,
     Restarted,
+    /// Webhooks answered in a way worth recording (a confirmation, the post-rollout call).
+    Webhook,
 }
 
 impl EventKind {
@@ -122,6 +129,7 @@ impl EventKind {
             EventKind::Succeeded => "Succeeded",
             EventKind::Failed => "Failed",
             EventKind::Restarted => "Restarted",
+            EventKind::Webhook => "Webhook",
         }
     }
 
@@ -161,6 +169,27 @@ pub struct AnalysisSettings {
     /// Ceiling for the canary's p99 request duration in milliseconds; `None`: not checked.
     #[serde(default)]
     pub max_latency_p99_ms: Option<f64>,
+    /// Checks on operator-defined metric templates, all of which must pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricCheck>,
+    /// Webhooks called as the rollout goes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
+    /// Hold at the maximum weight until an operator promotes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_approval: bool,
+}
+
+impl AnalysisSettings {
+    /// The rollout's webhooks of one kind.
+    pub fn hooks(&self, kind: WebhookKind) -> impl Iterator<Item = &Webhook> {
+        self.webhooks.iter().filter(move |w| w.kind == kind)
+    }
+
+    /// Whether the rollout has a webhook of this kind.
+    pub fn has_hooks(&self, kind: WebhookKind) -> bool {
+        self.hooks(kind).next().is_some()
+    }
 }
 
 impl Default for AnalysisSettings {
@@ -174,6 +203,9 @@ impl Default for AnalysisSettings {
             progress_deadline: Duration::from_secs(600),
             min_request_rate: 1.0,
             max_latency_p99_ms: None,
+            metrics: Vec::new(),
+            webhooks: Vec::new(),
+            require_approval: false,
         }
     }
 }
@@ -216,13 +248,16 @@ impl Breaches {
 }
 
 /// The last analysis check of a rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnalysisRecord {
     pub sample: Sample,
     pub time: DateTime<Utc>,
-    /// Which bounds the check missed (none when it passed or had no data).
+    /// Which built-in bounds the check missed (none when it passed or had no data).
     #[serde(default)]
     pub failed: Breaches,
+    /// Every value the check measured against its bound, and every webhook answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckResult>,
 }
 
 /// How a rollback ends: the terminal phase it reaches and why.
@@ -306,6 +341,9 @@ pub struct Rollout {
     /// Who started it (the authenticated caller).
     #[serde(default)]
     pub created_by: String,
+    /// The confirmations and one-off webhooks passed, and what the rollout waits for.
+    #[serde(default)]
+    pub gates: Gates,
 }
 
 impl Rollout {
@@ -355,6 +393,7 @@ impl Rollout {
             promoted_template: None,
             traffic_off_canary_at: None,
             created_by: String::new(),
+            gates: Gates::default(),
         }
     }
 }
@@ -374,9 +413,27 @@ pub struct RolloutEvent {
     pub message: String,
     #[serde(default)]
     pub latency_p99_ms: Option<f64>,
-    /// On a failed check, the bounds it missed.
+    /// On a failed check, the built-in bounds it missed.
     #[serde(default)]
     pub failed: Breaches,
+    /// On check (and webhook) events, every value measured against its bound and every
+    /// webhook answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckResult>,
+}
+
+impl RolloutEvent {
+    /// The checks this event says missed their bound.
+    pub fn failed_names(&self) -> Vec<String> {
+        failed_names(&self.failed, &self.checks)
+    }
+}
+
+impl AnalysisRecord {
+    /// The checks this record says missed their bound.
+    pub fn failed_names(&self) -> Vec<String> {
+        failed_names(&self.failed, &self.checks)
+    }
 }
 
 /// Serde for durations as whole milliseconds, readable in the stored JSON.

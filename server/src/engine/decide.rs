@@ -2,16 +2,21 @@
 //! time, `decide` says which actions to take, the next state and the events to record.
 //! Commands from callers (abort, pause, resume, promote) go through `apply_command`, pure too;
 //! so do the first state of a rollout (`start`), the weight a restarted server reads back
-//! (`resumed_at`) and the judgement of one measurement (`evaluate`). Every rollout rule lives
-//! here; no I/O: the driver observes before and acts after. Depends on domain types only.
+//! (`resumed_at`), the judgement of one measurement (`evaluate`, `evaluate_all`) and which
+//! webhooks are due before a decision (`hooks_due`). Every rollout rule lives here; no I/O:
+//! the driver observes (and calls the webhooks due) before and acts after. Depends on domain
+//! types only.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::domain::judging::number;
 use crate::domain::{
-    AnalysisRecord, AnalysisSettings, Breaches, DeploymentView, Ending, EventKind, HpaView, Phase,
-    QuietRepeats, Rollout, RolloutEvent, RouteView, Sample, promoted_template, template_hash,
+    AnalysisRecord, AnalysisSettings, Breaches, CheckKind, CheckOutcome, CheckResult,
+    DeploymentView, Ending, EventKind, Gates, HookAnswer, HpaView, MetricCheck, Phase,
+    QuietRepeats, Rollout, RolloutEvent, RouteView, Sample, WebhookKind, promoted_template,
+    template_hash,
 };
 
 /// How often a rollout that waits on Kubernetes (readiness, GA's rollout) looks again.
@@ -55,6 +60,19 @@ pub struct Observation {
     pub scale_down_delay: Duration,
     /// An action of the last decision failed in a way retrying cannot fix.
     pub failure: Option<ActionFailure>,
+    /// What each metric template of the rollout yielded, by template name, when a check was
+    /// due: `Ok(None)` is no data, `Err` a failed query or a template the server no longer
+    /// has.
+    pub metric_values: Vec<(String, Result<Option<f64>, String>)>,
+    /// The answers of the webhooks `hooks_due` named, called just before deciding.
+    pub hooks: Vec<HookAnswer>,
+}
+
+impl Observation {
+    /// The answers of the rollout's webhooks of one kind.
+    fn answers(&self, kind: WebhookKind) -> Vec<&HookAnswer> {
+        self.hooks.iter().filter(|a| a.kind == kind).collect()
+    }
 }
 
 /// An action that failed with an error retrying cannot fix (a missing object, a 403, a 422).
@@ -88,8 +106,10 @@ pub struct EventDraft {
     pub failed_checks: u32,
     pub sample: Option<Sample>,
     pub message: String,
-    /// On a failed check, the bounds it missed.
+    /// On a failed check, the built-in bounds it missed.
     pub failed: Breaches,
+    /// On check and webhook events, every value against its bound and every answer.
+    pub checks: Vec<CheckResult>,
 }
 
 impl EventDraft {
@@ -108,6 +128,7 @@ impl EventDraft {
             message: self.message,
             latency_p99_ms: self.sample.and_then(|s| s.latency_p99_ms),
             failed: self.failed,
+            checks: self.checks,
         }
     }
 }
@@ -144,10 +165,18 @@ impl Decision {
 
     /// Records an event with the next state's phase, weight and failed checks as they are now.
     fn emit(&mut self, kind: EventKind, message: String) {
-        self.emit_with(kind, message, None);
+        self.emit_check(kind, message, None, Vec::new(), Breaches::default());
     }
 
-    fn emit_with(&mut self, kind: EventKind, message: String, sample: Option<Sample>) {
+    /// Records a check (or webhook) event with what it measured.
+    fn emit_check(
+        &mut self,
+        kind: EventKind,
+        message: String,
+        sample: Option<Sample>,
+        checks: Vec<CheckResult>,
+        failed: Breaches,
+    ) {
         self.next.message = message.clone();
         self.events.push(EventDraft {
             kind,
@@ -156,8 +185,16 @@ impl Decision {
             failed_checks: self.next.failed_checks,
             sample,
             message,
-            failed: Breaches::default(),
+            failed,
+            checks,
         });
+    }
+
+    /// Records an event that leaves the rollout's message as it is.
+    fn note(&mut self, kind: EventKind, message: String, checks: Vec<CheckResult>) {
+        let kept = self.next.message.clone();
+        self.emit_check(kind, message, None, checks, Breaches::default());
+        self.next.message = kept;
     }
 
     /// Whether anything needs persisting.
@@ -214,9 +251,34 @@ pub fn start(
                 .max_latency_p99_ms
                 .map(|max| format!(", p99 latency <= {max}ms"))
                 .unwrap_or_default()
-        ),
+        ) + &judged_on(settings),
     );
     d
+}
+
+/// What a rollout is judged on besides its success rate and latency, for its first event.
+fn judged_on(settings: &AnalysisSettings) -> String {
+    let mut parts = Vec::new();
+    if !settings.metrics.is_empty() {
+        let metrics: Vec<String> = settings
+            .metrics
+            .iter()
+            .map(|m| format!("{} {}", m.template, m.bounds()))
+            .collect();
+        parts.push(format!("metrics {}", metrics.join(", ")));
+    }
+    if !settings.webhooks.is_empty() {
+        let hooks: Vec<String> = settings
+            .webhooks
+            .iter()
+            .map(|w| format!("{} ({})", w.name, w.kind.name()))
+            .collect();
+        parts.push(format!("webhooks {}", hooks.join(", ")));
+    }
+    if settings.require_approval {
+        parts.push("promotion awaits approval (PromoteRollout)".to_owned());
+    }
+    parts.iter().map(|p| format!("; {p}")).collect()
 }
 
 /// After a restart the VirtualService is the truth about traffic: a step may have been
@@ -288,19 +350,331 @@ pub fn command_on_finished(state: &Rollout, command: &Command) -> Result<(), Ref
 /// The verdict on one measurement of the canary.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    /// Too little traffic, or values that are not numbers: neither a pass nor a failure.
-    /// `key` names the kind of reason (its repeats are recorded sparingly), `why` says it.
-    NoData { key: &'static str, why: String },
-    /// Every checked metric is within its bound; `measured` says each value against it.
-    Pass { measured: String, request_rate: f64 },
-    /// At least one metric missed its bound: `why` says those that did, `measured` every
-    /// value against its bound, `failed` which ones missed.
+    /// Too little traffic, or values that are not numbers, and no failure: neither a pass nor
+    /// a failure. `key` names the kind of reason (its repeats are recorded sparingly), `why`
+    /// says it.
+    NoData {
+        key: &'static str,
+        why: String,
+        checks: Vec<CheckResult>,
+    },
+    /// Every checked value is within its bound; `measured` says each value against it.
+    Pass {
+        measured: String,
+        request_rate: Option<f64>,
+        checks: Vec<CheckResult>,
+    },
+    /// At least one value missed its bound: `why` says those that did, `measured` every
+    /// value against its bound, `failed` which built-in bounds missed (`checks` says the
+    /// rest).
     Fail {
         why: String,
         measured: String,
-        request_rate: f64,
+        request_rate: Option<f64>,
         failed: Breaches,
+        checks: Vec<CheckResult>,
     },
+}
+
+impl Verdict {
+    /// Every value of the check against its bound.
+    pub fn checks(&self) -> &[CheckResult] {
+        match self {
+            Verdict::NoData { checks, .. }
+            | Verdict::Pass { checks, .. }
+            | Verdict::Fail { checks, .. } => checks,
+        }
+    }
+}
+
+/// One value judged against its bound: as the breakdown records it and as messages say it.
+#[derive(Debug, Clone, PartialEq)]
+struct Judged {
+    result: CheckResult,
+    /// The value against its bound, as a check message says it.
+    phrase: String,
+    /// No data: the kind of reason (`QuietRepeats::key`) and the reason.
+    no_data: Option<(&'static str, String)>,
+}
+
+impl Judged {
+    fn new(result: CheckResult, phrase: String) -> Self {
+        Self {
+            result,
+            phrase,
+            no_data: None,
+        }
+    }
+
+    fn without_data(
+        mut result: CheckResult,
+        phrase: String,
+        key: &'static str,
+        why: String,
+    ) -> Self {
+        result.outcome = CheckOutcome::NoData;
+        result.detail = why.clone();
+        Self {
+            result,
+            phrase,
+            no_data: Some((key, why)),
+        }
+    }
+}
+
+/// A check result of `kind` named `name`, before its outcome is known.
+fn check(
+    kind: CheckKind,
+    name: &str,
+    value: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+) -> CheckResult {
+    CheckResult {
+        kind,
+        name: name.to_owned(),
+        value,
+        min,
+        max,
+        outcome: CheckOutcome::Passed,
+        detail: String::new(),
+    }
+}
+
+/// `result` failed, saying `phrase`.
+fn failing(mut result: CheckResult, phrase: String) -> Judged {
+    result.outcome = CheckOutcome::Failed;
+    result.detail = phrase.clone();
+    Judged::new(result, phrase)
+}
+
+/// The success rate and (with a ceiling) the latency of a measurement, judged. A request rate
+/// below the minimum, or a missing, NaN or infinite success rate, leaves both without data; a
+/// success rate outside 0..=100 fails. A p99 above the ceiling, NaN or infinite fails; a
+/// missing one is no data. `sample` is `Err((key, why))` when there was no measurement.
+fn builtin(
+    sample: Result<&Sample, (&'static str, String)>,
+    settings: &AnalysisSettings,
+) -> Vec<Judged> {
+    let threshold = settings.success_rate_threshold;
+    let ceiling = settings.max_latency_p99_ms;
+    let success_check = |value| {
+        check(
+            CheckKind::SuccessRate,
+            "success_rate",
+            value,
+            Some(threshold),
+            None,
+        )
+    };
+    let latency_check = |value| check(CheckKind::Latency, "latency_p99_ms", value, None, ceiling);
+    let judged = match sample {
+        Err(reason) => Err((reason, None, None)),
+        Ok(s) => {
+            let rate = s.request_rate.filter(|r| r.is_finite());
+            let success = s.success_rate.filter(|v| v.is_finite());
+            match (rate, success) {
+                (Some(rate), _) if rate < settings.min_request_rate => Err((
+                    (
+                        "request rate below the minimum",
+                        format!(
+                            "canary request rate {rate:.2}/s below the minimum {}/s",
+                            settings.min_request_rate
+                        ),
+                    ),
+                    success,
+                    s.latency_p99_ms,
+                )),
+                (Some(_), Some(success)) => Ok((success, s.latency_p99_ms)),
+                _ => Err((
+                    (
+                        "no canary traffic",
+                        "no canary traffic in the metrics".to_owned(),
+                    ),
+                    None,
+                    None,
+                )),
+            }
+        }
+    };
+    let (success, p99) = match judged {
+        Ok(values) => values,
+        Err(((key, why), success, p99)) => {
+            let mut out = vec![Judged::without_data(
+                success_check(success),
+                format!("success rate not judged ({why})"),
+                key,
+                why.clone(),
+            )];
+            if let Some(max) = ceiling {
+                out.push(Judged::without_data(
+                    latency_check(p99),
+                    format!("p99 latency not judged (ceiling {max}ms)"),
+                    key,
+                    why,
+                ));
+            }
+            return out;
+        }
+    };
+    let mut out = vec![if !(0.0..=100.0).contains(&success) {
+        failing(
+            success_check(Some(success)),
+            format!("success rate {success} is out of range"),
+        )
+    } else if success < threshold {
+        failing(
+            success_check(Some(success)),
+            format!("success rate {success:.2}% below threshold {threshold}%"),
+        )
+    } else {
+        Judged::new(
+            success_check(Some(success)),
+            format!("success rate {success:.2}% meets {threshold}%"),
+        )
+    }];
+    if let Some(max) = ceiling {
+        out.push(match p99 {
+            None => Judged::without_data(
+                latency_check(None),
+                format!("p99 latency unmeasured (ceiling {max}ms)"),
+                "no canary latency",
+                "no canary latency in the metrics".to_owned(),
+            ),
+            Some(p99) if !p99.is_finite() => failing(
+                latency_check(Some(p99)),
+                format!("p99 latency {p99} is not a number of milliseconds"),
+            ),
+            Some(p99) if p99 > max => failing(
+                latency_check(Some(p99)),
+                format!("p99 latency {p99:.1}ms above ceiling {max}ms"),
+            ),
+            Some(p99) => Judged::new(
+                latency_check(Some(p99)),
+                format!("p99 latency {p99:.1}ms within {max}ms"),
+            ),
+        });
+    }
+    out
+}
+
+/// A metric template's value judged against its bounds: nothing (no series, NaN, a failed
+/// query, a template the server no longer has) is no data; an infinite value fails.
+fn metric_judged(check_of: &MetricCheck, value: Option<&Result<Option<f64>, String>>) -> Judged {
+    let name = &check_of.template;
+    let result = |value| check(CheckKind::Metric, name, value, check_of.min, check_of.max);
+    let no_data = |key, why: String| {
+        Judged::without_data(result(None), format!("metric {name}: no data"), key, why)
+    };
+    let value = match value {
+        None => {
+            return no_data(
+                "metric not measured",
+                format!("metric {name} was not measured"),
+            );
+        }
+        Some(Err(error)) => {
+            return no_data("metric query failed", format!("metric {name}: {error}"));
+        }
+        Some(Ok(None)) => return no_data("no metric data", format!("no data for metric {name}")),
+        Some(Ok(Some(v))) if v.is_nan() => {
+            return no_data("no metric data", format!("no data for metric {name}"));
+        }
+        Some(Ok(Some(v))) => *v,
+    };
+    if !value.is_finite() {
+        return failing(
+            result(Some(value)),
+            format!("metric {name} {value} is not a finite number"),
+        );
+    }
+    if let Some(min) = check_of.min.filter(|min| value < *min) {
+        return failing(
+            result(Some(value)),
+            format!("metric {name} {} below min {}", number(value), number(min)),
+        );
+    }
+    if let Some(max) = check_of.max.filter(|max| value > *max) {
+        return failing(
+            result(Some(value)),
+            format!("metric {name} {} above max {}", number(value), number(max)),
+        );
+    }
+    Judged::new(
+        result(Some(value)),
+        format!("metric {name} {} {}", number(value), check_of.bounds()),
+    )
+}
+
+/// The rollout's webhooks of `kind` judged by their answers: 2xx passes, any other answer or
+/// none (a timeout, a refused connection) fails; a hook that was not called has no data.
+fn hooks_judged(
+    settings: &AnalysisSettings,
+    kind: WebhookKind,
+    answers: &[HookAnswer],
+) -> Vec<Judged> {
+    settings
+        .hooks(kind)
+        .map(|hook| {
+            match answers
+                .iter()
+                .find(|a| a.kind == kind && a.name == hook.name)
+            {
+                // A 2xx passes, anything else (no answer included) fails: see `HookAnswer`.
+                Some(answer) => Judged::new(
+                    answer.result(),
+                    format!("webhook {}: {}", hook.name, answer.detail()),
+                ),
+                None => Judged::without_data(
+                    check(CheckKind::Webhook, &hook.name, None, None, None),
+                    format!("webhook {}: not called", hook.name),
+                    "webhook not called",
+                    format!("webhook {} was not called", hook.name),
+                ),
+            }
+        })
+        .collect()
+}
+
+/// The verdict on judged values: a failure of any fails the check (naming every failure);
+/// else a value without data makes it no data; else it passes.
+fn verdict(judged: Vec<Judged>, request_rate: Option<f64>) -> Verdict {
+    let checks: Vec<CheckResult> = judged.iter().map(|j| j.result.clone()).collect();
+    let failed_of = |kind| {
+        judged
+            .iter()
+            .any(|j| j.result.kind == kind && j.result.outcome == CheckOutcome::Failed)
+    };
+    let (failures, others): (Vec<&Judged>, Vec<&Judged>) = judged
+        .iter()
+        .partition(|j| j.result.outcome == CheckOutcome::Failed);
+    let phrases = |list: &[&Judged]| {
+        list.iter()
+            .map(|j| j.phrase.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !failures.is_empty() {
+        let all: Vec<&Judged> = failures.iter().chain(others.iter()).copied().collect();
+        return Verdict::Fail {
+            why: phrases(&failures),
+            measured: phrases(&all),
+            request_rate,
+            failed: Breaches {
+                success_rate: failed_of(CheckKind::SuccessRate),
+                latency_p99: failed_of(CheckKind::Latency),
+            },
+            checks,
+        };
+    }
+    if let Some((key, why)) = judged.iter().find_map(|j| j.no_data.clone()) {
+        return Verdict::NoData { key, why, checks };
+    }
+    Verdict::Pass {
+        measured: phrases(&others),
+        request_rate,
+        checks,
+    }
 }
 
 /// Judges one measurement against the analysis settings: a pure function, so each metric's
@@ -309,77 +683,42 @@ pub enum Verdict {
 /// latency ceiling, a p99 above it fails, a NaN or infinite p99 fails, and a missing p99 is
 /// no data (unless the success rate already failed the check).
 pub fn evaluate(sample: &Sample, settings: &AnalysisSettings) -> Verdict {
-    let rate = sample.request_rate.filter(|r| r.is_finite());
-    let success = sample.success_rate.filter(|s| s.is_finite());
-    let (rate, success) = match (rate, success) {
-        (Some(rate), _) if rate < settings.min_request_rate => {
-            return Verdict::NoData {
-                key: "request rate below the minimum",
-                why: format!(
-                    "canary request rate {rate:.2}/s below the minimum {}/s",
-                    settings.min_request_rate
-                ),
-            };
-        }
-        (Some(rate), Some(success)) => (rate, success),
-        _ => {
-            return Verdict::NoData {
-                key: "no canary traffic",
-                why: "no canary traffic in the metrics".to_owned(),
-            };
-        }
-    };
-    let mut failed = Breaches::default();
-    let mut failures = Vec::new();
-    let mut measured = Vec::new();
-    let threshold = settings.success_rate_threshold;
-    if !(0.0..=100.0).contains(&success) {
-        failed.success_rate = true;
-        failures.push(format!("success rate {success} is out of range"));
-    } else if success < threshold {
-        failed.success_rate = true;
-        failures.push(format!(
-            "success rate {success:.2}% below threshold {threshold}%"
-        ));
-    } else {
-        measured.push(format!("success rate {success:.2}% meets {threshold}%"));
-    }
-    if let Some(max) = settings.max_latency_p99_ms {
-        match sample.latency_p99_ms {
-            None if !failed.success_rate => {
-                return Verdict::NoData {
-                    key: "no canary latency",
-                    why: "no canary latency in the metrics".to_owned(),
-                };
-            }
-            None => measured.push(format!("p99 latency unmeasured (ceiling {max}ms)")),
-            Some(p99) if !p99.is_finite() => {
-                failed.latency_p99 = true;
-                failures.push(format!("p99 latency {p99} is not a number of milliseconds"));
-            }
-            Some(p99) if p99 > max => {
-                failed.latency_p99 = true;
-                failures.push(format!("p99 latency {p99:.1}ms above ceiling {max}ms"));
-            }
-            Some(p99) => measured.push(format!("p99 latency {p99:.1}ms within {max}ms")),
-        }
-    }
-    let why = failures.join(", ");
-    measured = failures.into_iter().chain(measured).collect();
-    let measured = measured.join(", ");
-    if failed == Breaches::default() {
-        Verdict::Pass {
-            measured,
-            request_rate: rate,
-        }
-    } else {
-        Verdict::Fail {
-            why,
-            measured,
-            request_rate: rate,
-            failed,
-        }
-    }
+    evaluate_all(Ok(sample), &[], &[], settings)
+}
+
+/// Judges a whole check: the measurement (`Err((key, why))` when there was none), each
+/// metric template's value, and each rollout webhook's answer. Any failure fails the check;
+/// else anything without data makes it no data (never a pass); else it passes.
+pub fn evaluate_all(
+    sample: Result<&Sample, (&'static str, String)>,
+    metric_values: &[(String, Result<Option<f64>, String>)],
+    hooks: &[HookAnswer],
+    settings: &AnalysisSettings,
+) -> Verdict {
+    let request_rate = sample
+        .as_ref()
+        .ok()
+        .and_then(|s| s.request_rate)
+        .filter(|r| r.is_finite());
+    let mut judged = builtin(sample, settings);
+    judged.extend(settings.metrics.iter().map(|m| {
+        metric_judged(
+            m,
+            metric_values
+                .iter()
+                .find(|(name, _)| *name == m.template)
+                .map(|(_, v)| v),
+        )
+    }));
+    judged.extend(hooks_judged(settings, WebhookKind::Rollout, hooks));
+    verdict(judged, request_rate)
+}
+
+/// ` (12.5 req/s)`, or nothing without a request rate.
+fn rate_note(request_rate: Option<f64>) -> String {
+    request_rate
+        .map(|r| format!(" ({r:.1} req/s)"))
+        .unwrap_or_default()
 }
 
 /// A caller's command.
@@ -437,6 +776,420 @@ pub fn evidence_window(
     }
     let whole = Duration::from_secs(age.as_secs());
     Ok(if whole.is_zero() { age } else { whole })
+}
+
+/// Whether a check is due now: the rollout progresses above weight zero, an interval has
+/// passed, the revision has had a metrics window of its own traffic, and nothing holds it
+/// back (both Deployments settled and healthy, the canary still the revision analysed, the
+/// VirtualService as steerer left it). What `progressing` requires before it judges, so the
+/// driver measures and calls webhooks only for a check that will be judged.
+pub fn check_due(state: &Rollout, obs: &Observation, now: DateTime<Utc>) -> bool {
+    if sample_window(state, now, obs.metrics_window).is_none() {
+        return false;
+    }
+    let (Some(ga), Some(canary)) = (&obs.ga, &obs.canary) else {
+        return false;
+    };
+    canary.revision() == state.revision
+        && obs.route != RouteView::Missing
+        && route_edit(state, obs).is_none()
+        && halt_reason("canary", canary, obs.canary_hpa.as_ref()).is_none()
+        && halt_reason("GA", ga, obs.ga_hpa.as_ref()).is_none()
+}
+
+/// The webhooks to call before the next decision, by kind: confirm-rollout (and rollback)
+/// once an interval while a pending rollout awaits confirmation (`gate_called_at`: when
+/// they were last called), pre-rollout when the canary is ready for its first step (again
+/// an interval after a failed attempt), rollout, rollback and (at the maximum weight)
+/// confirm-promotion with every check, post-rollout once all traffic has left the canary
+/// for good. Only kinds the rollout has.
+pub fn hooks_due(
+    state: &Rollout,
+    obs: &Observation,
+    now: DateTime<Utc>,
+    gate_called_at: Option<DateTime<Utc>>,
+) -> Vec<WebhookKind> {
+    let settings = &state.analysis;
+    let mut due = Vec::new();
+    let mut add = |kind| {
+        if settings.has_hooks(kind) {
+            due.push(kind);
+        }
+    };
+    match state.phase {
+        Phase::Pending if awaits_confirmation(state) => {
+            let again = gate_called_at.is_none_or(|at| {
+                (now - at).to_std().unwrap_or(Duration::ZERO) >= settings.interval
+            });
+            if again {
+                add(WebhookKind::ConfirmRollout);
+                add(WebhookKind::Rollback);
+            }
+        }
+        Phase::Pending if pre_rollout_due(state, obs, now) => add(WebhookKind::PreRollout),
+        Phase::Progressing if check_due(state, obs, now) => {
+            add(WebhookKind::Rollout);
+            add(WebhookKind::Rollback);
+            if state.canary_weight >= settings.max_weight {
+                add(WebhookKind::ConfirmPromotion);
+            }
+        }
+        Phase::RollingBack | Phase::Promoting if post_rollout_due(state) => {
+            add(WebhookKind::PostRollout);
+        }
+        _ => {}
+    }
+    due
+}
+
+/// The phase a webhook's body names: the rollout's, except for post-rollout webhooks, which
+/// get the phase the rollout ends in.
+pub fn hook_phase(state: &Rollout, kind: WebhookKind) -> Phase {
+    match (kind, state.phase) {
+        (WebhookKind::PostRollout, Phase::Promoting) => Phase::Succeeded,
+        (WebhookKind::PostRollout, Phase::RollingBack) => {
+            state.ending.as_ref().map_or(Phase::RolledBack, |e| e.phase)
+        }
+        _ => state.phase,
+    }
+}
+
+/// A pending rollout with confirm-rollout webhooks that have not all said yes.
+fn awaits_confirmation(state: &Rollout) -> bool {
+    !state.gates.rollout_confirmed && state.analysis.has_hooks(WebhookKind::ConfirmRollout)
+}
+
+/// A prepared canary that is ready for its first step but has pre-rollout webhooks to pass,
+/// an interval after the last attempt.
+fn pre_rollout_due(state: &Rollout, obs: &Observation, now: DateTime<Utc>) -> bool {
+    if !state.prepared
+        || state.gates.pre_rollout_passed
+        || !state.analysis.has_hooks(WebhookKind::PreRollout)
+        || interval_elapsed(state, now).is_some()
+    {
+        return false;
+    }
+    let (Some(ga), Some(canary)) = (&obs.ga, &obs.canary) else {
+        return false;
+    };
+    route_edit(state, obs).is_none()
+        && halt_reason("canary", canary, obs.canary_hpa.as_ref()).is_none()
+        && halt_reason("GA", ga, obs.ga_hpa.as_ref()).is_none()
+}
+
+/// All traffic has left the canary for good (a promotion routed it to GA, or a rollback)
+/// and the post-rollout webhooks have not been called.
+fn post_rollout_due(state: &Rollout) -> bool {
+    !state.gates.post_rollout_sent
+        && state.analysis.has_hooks(WebhookKind::PostRollout)
+        && (state.phase == Phase::RollingBack
+            || (state.phase == Phase::Promoting && state.traffic_off_canary_at.is_some()))
+}
+
+/// What a rollout waits for when it needs an operator's approval to promote.
+pub const APPROVAL: &str = "approval: call PromoteRollout";
+
+/// Whether every webhook of `kind` said yes: `Ok` says how they answered; `Err` names the
+/// first that did not (or was not asked), as what the rollout waits for.
+fn gate(state: &Rollout, kind: WebhookKind, answers: &[&HookAnswer]) -> Result<String, String> {
+    let mut said = Vec::new();
+    for hook in state.analysis.hooks(kind) {
+        match answers.iter().find(|a| a.name == hook.name) {
+            Some(answer) if answer.passed() => {
+                said.push(format!("{} answered {}", hook.name, answer.detail()));
+            }
+            Some(answer) => {
+                return Err(format!(
+                    "{} webhook {} ({})",
+                    kind.name(),
+                    hook.name,
+                    answer.detail()
+                ));
+            }
+            None => return Err(format!("{} webhook {}", kind.name(), hook.name)),
+        }
+    }
+    Ok(said.join(", "))
+}
+
+/// The breakdown entries of some answers.
+fn results(answers: &[&HookAnswer]) -> Vec<CheckResult> {
+    answers.iter().map(|a| a.result()).collect()
+}
+
+/// A rollback webhook answered 2xx: the rollout rolls back now, its event carrying the
+/// answers. Returns whether it did.
+fn rollback_asked(d: &mut Decision, obs: &Observation, now: DateTime<Utc>) -> bool {
+    let answers = obs.answers(WebhookKind::Rollback);
+    let Some(yes) = answers.iter().find(|a| a.passed()) else {
+        return false;
+    };
+    begin_rollback(
+        d,
+        Phase::RolledBack,
+        format!("rollback webhook {} answered {}", yes.name, yes.detail()),
+        now,
+        obs.scale_down_delay,
+    );
+    if let Some(event) = d.events.last_mut() {
+        event.checks = results(&answers);
+    }
+    true
+}
+
+/// The confirm-rollout gate of a pending rollout: `true` once every confirm-rollout webhook
+/// has answered 2xx (recorded, with an event); until then the rollout is halted saying what
+/// it waits for, bounded by the progress deadline.
+fn rollout_confirmed(
+    d: &mut Decision,
+    state: &Rollout,
+    obs: &Observation,
+    now: DateTime<Utc>,
+) -> bool {
+    if !awaits_confirmation(state) {
+        return true;
+    }
+    let answers = obs.answers(WebhookKind::ConfirmRollout);
+    let waiting = if answers.is_empty() {
+        state
+            .gates
+            .waiting_for
+            .clone()
+            .unwrap_or_else(|| "the confirm-rollout webhooks".to_owned())
+    } else {
+        match gate(state, WebhookKind::ConfirmRollout, &answers) {
+            Ok(said) => {
+                d.next.gates.rollout_confirmed = true;
+                d.next.gates.waiting_for = None;
+                d.next.halted_since = None;
+                d.next.halt_reason = None;
+                d.emit_check(
+                    EventKind::Webhook,
+                    format!("confirm-rollout: {said}; the rollout goes ahead"),
+                    None,
+                    results(&answers),
+                    Breaches::default(),
+                );
+                return true;
+            }
+            Err(waiting) => waiting,
+        }
+    };
+    d.next.gates.waiting_for = Some(waiting.clone());
+    halted(
+        d,
+        state,
+        format!("waiting for {waiting}"),
+        now,
+        obs.scale_down_delay,
+    );
+    false
+}
+
+/// The pre-rollout gate of a ready canary: `true` once every pre-rollout webhook has
+/// answered 2xx (a passed check). A refusal fails a check, counted toward
+/// `max_failed_checks`, and is tried again an interval later.
+fn pre_rollout_passed(
+    d: &mut Decision,
+    state: &Rollout,
+    obs: &Observation,
+    now: DateTime<Utc>,
+) -> bool {
+    let settings = &state.analysis;
+    if state.gates.pre_rollout_passed || !settings.has_hooks(WebhookKind::PreRollout) {
+        return true;
+    }
+    d.next.halted_since = None;
+    d.next.halt_reason = None;
+    if obs.answers(WebhookKind::PreRollout).is_empty() {
+        // Not due yet: an interval after the last attempt.
+        d.wake = interval_elapsed(state, now).unwrap_or_else(|| poll(state));
+        return false;
+    }
+    d.next.last_step_at = Some(now);
+    d.wake = settings.interval;
+    let judged = verdict(
+        hooks_judged(settings, WebhookKind::PreRollout, &obs.hooks),
+        None,
+    );
+    let record = |checks: &[CheckResult]| AnalysisRecord {
+        sample: Sample::default(),
+        time: now,
+        failed: Breaches::default(),
+        checks: checks.to_vec(),
+    };
+    match judged {
+        Verdict::Pass {
+            measured, checks, ..
+        } => {
+            d.next.gates.pre_rollout_passed = true;
+            d.next.last_analysis = Some(record(&checks));
+            d.emit_check(
+                EventKind::CheckPassed,
+                format!("pre-rollout check passed: {measured}"),
+                None,
+                checks,
+                Breaches::default(),
+            );
+            true
+        }
+        Verdict::NoData { key, why, checks } => {
+            no_data(
+                d,
+                state,
+                Sample::default(),
+                checks,
+                (key, why),
+                (now, obs.scale_down_delay),
+            );
+            false
+        }
+        Verdict::Fail {
+            why,
+            measured,
+            checks,
+            ..
+        } => {
+            d.next.failed_checks = state.failed_checks + 1;
+            d.next.last_analysis = Some(record(&checks));
+            let failed_checks = d.next.failed_checks;
+            d.emit_check(
+                EventKind::CheckFailed,
+                format!(
+                    "pre-rollout check failed: {measured}, failed check {failed_checks} of {}",
+                    settings.max_failed_checks
+                ),
+                None,
+                checks,
+                Breaches::default(),
+            );
+            if failed_checks >= settings.max_failed_checks {
+                begin_rollback(
+                    d,
+                    Phase::RolledBack,
+                    format!("{failed_checks} failed checks: pre-rollout {why}"),
+                    now,
+                    obs.scale_down_delay,
+                );
+            }
+            false
+        }
+    }
+}
+
+/// Whether the promotion of a check that passed at the maximum weight may go ahead: `Ok`
+/// (saying how the confirm-promotion webhooks answered, if any) or `Err` with what it waits
+/// for: a confirm-promotion webhook's yes, then an operator's approval.
+fn promotion_gate(state: &Rollout, obs: &Observation) -> Result<Option<String>, String> {
+    let mut said = None;
+    if state.analysis.has_hooks(WebhookKind::ConfirmPromotion) {
+        let answers = obs.answers(WebhookKind::ConfirmPromotion);
+        said = Some(gate(state, WebhookKind::ConfirmPromotion, &answers)?);
+    }
+    if state.analysis.require_approval {
+        return Err(APPROVAL.to_owned());
+    }
+    Ok(said)
+}
+
+/// Key of the quiet repeats of passing checks while a promotion waits.
+const HELD: &str = "held at the maximum weight";
+
+/// A check passed at the maximum weight but the promotion waits (for confirm-promotion
+/// webhooks or an operator's approval): the rollout holds there and its checks go on, so a
+/// failing canary is still rolled back. The wait is announced once; passing checks while it
+/// lasts are recorded a few times, then once per quiet window, like repeated "no data".
+fn held(
+    d: &mut Decision,
+    state: &Rollout,
+    (message, sample, checks): (String, Sample, Vec<CheckResult>),
+    waiting: String,
+    now: DateTime<Utc>,
+) {
+    let repeat = state
+        .quiet
+        .as_ref()
+        .filter(|q| q.key == HELD && q.weight == state.canary_weight);
+    let in_a_row = repeat.map_or(1, |q| q.in_a_row + 1);
+    let record = match repeat {
+        None => true,
+        Some(q) => {
+            in_a_row <= REPEATS_IN_FULL
+                || (now - q.recorded_at).to_std().unwrap_or(Duration::ZERO) >= quiet_window(state)
+        }
+    };
+    if record {
+        let note = repeat
+            .filter(|q| q.unrecorded > 0)
+            .map(|q| {
+                format!(
+                    " ({} more passing checks since {} not recorded)",
+                    q.unrecorded,
+                    q.recorded_at.format("%H:%M:%S UTC")
+                )
+            })
+            .unwrap_or_default();
+        d.emit_check(
+            EventKind::CheckPassed,
+            format!("{message}{note}"),
+            Some(sample),
+            checks,
+            Breaches::default(),
+        );
+        d.next.quiet = Some(QuietRepeats {
+            key: HELD.to_owned(),
+            weight: state.canary_weight,
+            recorded_at: now,
+            in_a_row,
+            unrecorded: 0,
+        });
+    } else if let Some(q) = repeat {
+        d.next.quiet = Some(QuietRepeats {
+            in_a_row,
+            unrecorded: q.unrecorded + 1,
+            ..q.clone()
+        });
+    }
+    let reason = format!("halted: waiting for {waiting}");
+    if state.gates.waiting_for.as_deref() != Some(waiting.as_str()) {
+        d.emit(EventKind::Halted, reason.clone());
+    }
+    d.next.gates.waiting_for = Some(waiting);
+    d.next.message = reason;
+}
+
+/// The post-rollout webhooks are called once all traffic has left the canary for good, and
+/// the rollout ends only after: returns whether they are still to be called. Their answers
+/// are recorded (an event that leaves the rollout's message alone) and change nothing else.
+fn post_rollout_pending(d: &mut Decision, state: &Rollout, obs: &Observation) -> bool {
+    if !post_rollout_due(state) {
+        return false;
+    }
+    let answers = obs.answers(WebhookKind::PostRollout);
+    if answers.is_empty() {
+        d.wake = poll(state);
+        return true;
+    }
+    d.next.gates.post_rollout_sent = true;
+    let refused: Vec<String> = answers
+        .iter()
+        .filter(|a| !a.passed())
+        .map(|a| format!("{} ({})", a.name, a.detail()))
+        .collect();
+    let message = if refused.is_empty() {
+        let said: Vec<String> = answers
+            .iter()
+            .map(|a| format!("{} answered {}", a.name, a.detail()))
+            .collect();
+        format!("post-rollout webhooks called: {}", said.join(", "))
+    } else {
+        format!(
+            "post-rollout webhook {} failed; it is informational and changes nothing",
+            refused.join(", ")
+        )
+    };
+    d.note(EventKind::Webhook, message, results(&answers));
+    false
 }
 
 /// `None` when an interval has passed since the last step, else the time left.
@@ -504,10 +1257,18 @@ pub fn decide(state: &Rollout, obs: &Observation, now: DateTime<Utc>) -> Decisio
         Phase::RollingBack => rolling_back(&mut d, state, obs, now),
         Phase::Paused | Phase::Succeeded | Phase::RolledBack | Phase::Aborted | Phase::Failed => {}
     }
+    settle_gates(&mut d);
     if d.changes(state) {
         d.next.updated_at = now;
     }
     d
+}
+
+/// A rollout no longer pending or progressing waits for nothing.
+fn settle_gates(d: &mut Decision) {
+    if !matches!(d.next.phase, Phase::Pending | Phase::Progressing) {
+        d.next.gates.waiting_for = None;
+    }
 }
 
 /// Applies a caller's command. Commands that change nothing (aborting a finished rollout,
@@ -551,6 +1312,7 @@ pub fn apply_command(
             Phase::Pending | Phase::Progressing => {
                 d.next.paused_from = Some(phase);
                 d.next.phase = Phase::Paused;
+                d.next.gates.waiting_for = None;
                 let message = if reason.trim().is_empty() {
                     format!("paused at canary weight {}%", state.canary_weight)
                 } else {
@@ -635,6 +1397,7 @@ pub fn apply_command(
             }
         },
     }
+    settle_gates(&mut d);
     d.next.updated_at = now;
     Ok(d)
 }
@@ -914,6 +1677,9 @@ fn pending(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime<U
         return;
     };
     d.wake = poll(state);
+    if rollback_asked(d, obs, now) || !rollout_confirmed(d, state, obs, now) {
+        return;
+    }
     if !state.prepared {
         let mut steps = Vec::new();
         if state.canary_weight != 0 {
@@ -957,6 +1723,9 @@ fn pending(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime<U
         .or_else(|| halt_reason("GA", ga, obs.ga_hpa.as_ref()));
     if let Some(reason) = halt {
         halted(d, state, reason, now, obs.scale_down_delay);
+        return;
+    }
+    if !pre_rollout_passed(d, state, obs, now) {
         return;
     }
     let revision = canary.revision();
@@ -1035,8 +1804,10 @@ fn restart(d: &mut Decision, state: &Rollout, revision: &str) {
     d.next.promoting_since = None;
     d.next.promoted_template = None;
     d.next.quiet = None;
-    // The new revision's evidence starts with its own first step.
+    // The new revision's evidence starts with its own first step, and it passes its own
+    // confirmations and pre-rollout webhooks.
     d.next.traffic_since = None;
+    d.next.gates = Gates::default();
     d.wake = poll(state);
     d.emit(
         EventKind::Restarted,
@@ -1092,40 +1863,44 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
     let settings = &state.analysis;
     d.next.last_step_at = Some(now);
     d.wake = settings.interval;
-    let sample = match &obs.sample {
-        Some(Ok(sample)) => *sample,
-        Some(Err(error)) => {
-            no_data(
-                d,
-                state,
-                Sample::default(),
-                (
-                    "metrics unavailable",
-                    format!("metrics unavailable: {error}"),
-                ),
-                (now, obs.scale_down_delay),
-            );
-            return;
-        }
-        None => {
-            no_data(
-                d,
-                state,
-                Sample::default(),
-                ("no measurement", "no measurement".to_owned()),
-                (now, obs.scale_down_delay),
-            );
-            return;
-        }
+    if rollback_asked(d, obs, now) {
+        return;
+    }
+    let (sample, measurement) = match &obs.sample {
+        Some(Ok(sample)) => (*sample, Ok(sample)),
+        Some(Err(error)) => (
+            Sample::default(),
+            Err((
+                "metrics unavailable",
+                format!("metrics unavailable: {error}"),
+            )),
+        ),
+        None => (
+            Sample::default(),
+            Err(("no measurement", "no measurement".to_owned())),
+        ),
     };
-    d.next.last_analysis = Some(AnalysisRecord {
-        sample,
-        time: now,
-        failed: Breaches::default(),
-    });
-    let (why, measured, rate, failed) = match evaluate(&sample, settings) {
-        Verdict::NoData { key, why } => {
-            no_data(d, state, sample, (key, why), (now, obs.scale_down_delay));
+    let measured_at_all = measurement.is_ok();
+    let verdict = evaluate_all(measurement, &obs.metric_values, &obs.hooks, settings);
+    if measured_at_all {
+        // A check without a measurement leaves the last one on record.
+        d.next.last_analysis = Some(AnalysisRecord {
+            sample,
+            time: now,
+            failed: Breaches::default(),
+            checks: verdict.checks().to_vec(),
+        });
+    }
+    let (why, measured, rate, failed, checks) = match verdict {
+        Verdict::NoData { key, why, checks } => {
+            no_data(
+                d,
+                state,
+                sample,
+                checks,
+                (key, why),
+                (now, obs.scale_down_delay),
+            );
             return;
         }
         Verdict::Fail {
@@ -1133,32 +1908,50 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
             measured,
             request_rate,
             failed,
-        } => (why, measured, request_rate, failed),
+            checks,
+        } => (why, measured, request_rate, failed, checks),
         Verdict::Pass {
             measured,
             request_rate,
+            checks,
         } => {
             d.next.halted_since = None;
-            d.next.quiet = None;
-            d.emit_with(
-                EventKind::CheckPassed,
-                format!(
-                    "check passed at weight {}%: {measured} ({request_rate:.1} req/s)",
-                    state.canary_weight
-                ),
-                Some(sample),
+            let message = format!(
+                "check passed at weight {}%: {measured}{}",
+                state.canary_weight,
+                rate_note(request_rate)
             );
-            if state.canary_weight >= settings.max_weight {
-                begin_promotion(
-                    d,
-                    ga,
-                    canary,
-                    obs,
-                    "analysis passed at the maximum weight",
-                    now,
+            if state.canary_weight < settings.max_weight {
+                d.next.quiet = None;
+                d.emit_check(
+                    EventKind::CheckPassed,
+                    message,
+                    Some(sample),
+                    checks,
+                    Breaches::default(),
                 );
-            } else {
                 step_up(d, state, now, "check passed".to_owned());
+                return;
+            }
+            match promotion_gate(state, obs) {
+                Ok(confirmed) => {
+                    d.next.quiet = None;
+                    d.emit_check(
+                        EventKind::CheckPassed,
+                        message,
+                        Some(sample),
+                        checks,
+                        Breaches::default(),
+                    );
+                    let why = match confirmed {
+                        Some(said) => format!(
+                            "analysis passed at the maximum weight and confirm-promotion said yes ({said})"
+                        ),
+                        None => "analysis passed at the maximum weight".to_owned(),
+                    };
+                    begin_promotion(d, ga, canary, obs, &why, now);
+                }
+                Err(waiting) => held(d, state, (message, sample, checks), waiting, now),
             }
             return;
         }
@@ -1170,17 +1963,18 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
         record.failed = failed;
     }
     let failed_checks = d.next.failed_checks;
-    d.emit_with(
+    d.emit_check(
         EventKind::CheckFailed,
         format!(
-            "check failed at weight {}%: {measured} ({rate:.1} req/s), failed check {failed_checks} of {}",
-            state.canary_weight, settings.max_failed_checks
+            "check failed at weight {}%: {measured}{}, failed check {failed_checks} of {}",
+            state.canary_weight,
+            rate_note(rate),
+            settings.max_failed_checks
         ),
         Some(sample),
+        checks,
+        failed,
     );
-    if let Some(event) = d.events.last_mut() {
-        event.failed = failed;
-    }
     if failed_checks >= settings.max_failed_checks {
         begin_rollback(
             d,
@@ -1199,6 +1993,7 @@ fn no_data(
     d: &mut Decision,
     state: &Rollout,
     sample: Sample,
+    checks: Vec<CheckResult>,
     (key, why): (&str, String),
     (now, delay): (DateTime<Utc>, Duration),
 ) {
@@ -1232,10 +2027,12 @@ fn no_data(
                 )
             })
             .unwrap_or_default();
-        d.emit_with(
+        d.emit_check(
             EventKind::CheckNoData,
             format!("{message}{note}"),
             Some(sample),
+            checks,
+            Breaches::default(),
         );
         d.next.quiet = Some(QuietRepeats {
             key: key.to_owned(),
@@ -1301,6 +2098,9 @@ fn promoting(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime
     if state.traffic_off_canary_at.is_some() {
         // Promoted and all traffic on GA: the canary waits out the scale-down delay (a
         // canary deleted meanwhile has nothing left to scale down).
+        if post_rollout_pending(d, state, obs) {
+            return;
+        }
         if drained(d, state, obs, now) {
             succeeded(d, state, obs.canary.as_ref(), now);
         }
@@ -1596,7 +2396,7 @@ fn begin_rollback(
 }
 
 fn rolling_back(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime<Utc>) {
-    if !drained(d, state, obs, now) {
+    if post_rollout_pending(d, state, obs) || !drained(d, state, obs, now) {
         return;
     }
     let ending = state.ending.clone().unwrap_or(Ending {

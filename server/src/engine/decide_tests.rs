@@ -24,7 +24,7 @@ fn settings() -> AnalysisSettings {
         max_failed_checks: 3,
         progress_deadline: Duration::from_secs(10),
         min_request_rate: 1.0,
-        max_latency_p99_ms: None,
+        ..Default::default()
     }
 }
 
@@ -1528,7 +1528,16 @@ mod evaluation {
             evaluate(&sample(Some(99.0), Some(5.0)), &settings()),
             Verdict::Pass {
                 measured: "success rate 99.00% meets 99%".to_owned(),
-                request_rate: 5.0
+                request_rate: Some(5.0),
+                checks: vec![CheckResult {
+                    kind: CheckKind::SuccessRate,
+                    name: "success_rate".into(),
+                    value: Some(99.0),
+                    min: Some(99.0),
+                    max: None,
+                    outcome: CheckOutcome::Passed,
+                    detail: String::new(),
+                }],
             }
         );
     }
@@ -1574,6 +1583,7 @@ mod evaluation {
                 measured,
                 failed,
                 request_rate,
+                checks,
             } => {
                 assert_eq!(why, "p99 latency 936.2ms above ceiling 200ms");
                 assert_eq!(
@@ -1587,7 +1597,10 @@ mod evaluation {
                         latency_p99: true
                     }
                 );
-                assert_eq!(request_rate, 5.0);
+                assert_eq!(request_rate, Some(5.0));
+                assert_eq!(checks[1].name, "latency_p99_ms");
+                assert_eq!(checks[1].outcome, CheckOutcome::Failed);
+                assert_eq!(checks[1].max, Some(200.0));
             }
             other => panic!("{other:?}"),
         }
@@ -1748,5 +1761,654 @@ mod lifecycle {
         assert!(!ga_runs_canary(&ga, &canary));
         ga.template = promoted_template(&canary.template, &canary.selector, &ga.selector);
         assert!(ga_runs_canary(&ga, &canary));
+    }
+}
+
+/// Metric templates, webhooks and approval: each gate as a pure rule.
+mod gates {
+    use super::*;
+    use crate::domain::{CheckKind, CheckOutcome, Gates, HookAnswer, HookOutcome, MetricCheck};
+    use crate::domain::{Webhook, WebhookKind};
+
+    fn hook(name: &str, kind: WebhookKind) -> Webhook {
+        Webhook {
+            name: name.into(),
+            kind,
+            url: format!("http://127.0.0.1/{name}"),
+            timeout: Duration::from_secs(1),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    fn answered(name: &str, kind: WebhookKind, status: u16) -> HookAnswer {
+        HookAnswer {
+            name: name.into(),
+            kind,
+            outcome: HookOutcome::Answered {
+                status,
+                body: String::new(),
+            },
+        }
+    }
+
+    fn unanswered(name: &str, kind: WebhookKind, why: &str) -> HookAnswer {
+        HookAnswer {
+            name: name.into(),
+            kind,
+            outcome: HookOutcome::Failed(why.into()),
+        }
+    }
+
+    fn hooked(kinds: &[(&str, WebhookKind)]) -> impl FnOnce(&mut Rollout) {
+        let hooks: Vec<Webhook> = kinds.iter().map(|(n, k)| hook(n, *k)).collect();
+        move |r: &mut Rollout| r.analysis.webhooks = hooks
+    }
+
+    /// `o` with these webhook answers.
+    fn answering(o: Observation, hooks: Vec<HookAnswer>) -> Observation {
+        Observation { hooks, ..o }
+    }
+
+    fn metric(template: &str, min: Option<f64>, max: Option<f64>) -> MetricCheck {
+        MetricCheck {
+            template: template.into(),
+            min,
+            max,
+        }
+    }
+
+    fn with_metrics(o: Observation, values: &[(&str, Result<Option<f64>, String>)]) -> Observation {
+        Observation {
+            metric_values: values
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), v.clone()))
+                .collect(),
+            ..o
+        }
+    }
+
+    // Metric templates.
+
+    #[test]
+    fn a_template_within_its_bounds_passes_and_one_outside_fails_naming_it_with_its_value() {
+        let state = Fixture::new()
+            .progressing(30, 0)
+            .with(|r| {
+                r.analysis.metrics = vec![
+                    metric("request-rate", Some(1.0), None),
+                    metric("error-ratio", None, Some(0.01)),
+                ];
+            })
+            .done();
+        let good = with_metrics(
+            measured(100.0, 20.0),
+            &[
+                ("request-rate", Ok(Some(20.0))),
+                ("error-ratio", Ok(Some(0.0))),
+            ],
+        );
+        let d = decide(&state, &good, t(1));
+        assert_eq!(
+            kinds(&d),
+            vec![EventKind::CheckPassed, EventKind::WeightChanged]
+        );
+        let checks = &d.events[0].checks;
+        assert_eq!(checks.len(), 3, "{checks:?}");
+        assert_eq!(
+            (checks[1].name.as_str(), checks[1].value, checks[1].min),
+            ("request-rate", Some(20.0), Some(1.0))
+        );
+        assert!(checks.iter().all(|c| c.outcome == CheckOutcome::Passed));
+        assert!(
+            d.events[0].message.contains("metric request-rate 20 >= 1")
+                && d.events[0].message.contains("metric error-ratio 0 <= 0.01"),
+            "{}",
+            d.events[0].message
+        );
+
+        let bad = with_metrics(
+            measured(100.0, 20.0),
+            &[
+                ("request-rate", Ok(Some(20.0))),
+                ("error-ratio", Ok(Some(0.2))),
+            ],
+        );
+        let d = decide(&state, &bad, t(1));
+        assert_eq!(kinds(&d), vec![EventKind::CheckFailed]);
+        assert_eq!(d.next.failed_checks, 1);
+        let event = d.events[0].clone().record("r1", 2, t(1));
+        assert_eq!(event.failed_names(), ["error-ratio"]);
+        assert!(
+            event
+                .message
+                .starts_with("check failed at weight 30%: metric error-ratio 0.2 above max 0.01, "),
+            "{}",
+            event.message
+        );
+        let record = d.next.last_analysis.unwrap();
+        assert_eq!(record.failed_names(), ["error-ratio"]);
+        assert_eq!(record.checks[2].value, Some(0.2));
+        assert_eq!(record.checks[2].outcome, CheckOutcome::Failed);
+    }
+
+    #[test]
+    fn a_template_without_data_or_whose_query_failed_is_no_data_never_a_pass() {
+        let state = Fixture::new()
+            .progressing(30, 0)
+            .with(|r| r.analysis.metrics = vec![metric("request-rate", Some(1.0), None)])
+            .done();
+        for value in [
+            Ok(None),
+            Ok(Some(f64::NAN)),
+            Err("prometheus query timed out".to_owned()),
+        ] {
+            let o = with_metrics(measured(100.0, 20.0), &[("request-rate", value.clone())]);
+            let d = decide(&state, &o, t(1));
+            assert_eq!(kinds(&d), vec![EventKind::CheckNoData], "{value:?}");
+            assert_eq!(d.next.canary_weight, 30);
+            assert_eq!(d.next.failed_checks, 0);
+            let check = &d.events[0].checks[1];
+            assert_eq!(check.outcome, CheckOutcome::NoData);
+            assert!(!check.detail.is_empty());
+        }
+        // Not measured at all (a template the server no longer has comes as an error).
+        let d = decide(&state, &measured(100.0, 20.0), t(1));
+        assert_eq!(kinds(&d), vec![EventKind::CheckNoData]);
+    }
+
+    #[test]
+    fn an_infinite_template_value_fails_and_a_failing_template_fails_even_with_little_traffic() {
+        let state = Fixture::new()
+            .progressing(30, 0)
+            .with(|r| r.analysis.metrics = vec![metric("queue", None, Some(10.0))])
+            .done();
+        let inf = with_metrics(measured(100.0, 20.0), &[("queue", Ok(Some(f64::INFINITY)))]);
+        assert_eq!(
+            kinds(&decide(&state, &inf, t(1))),
+            vec![EventKind::CheckFailed]
+        );
+        let quiet = with_metrics(measured(100.0, 0.1), &[("queue", Ok(Some(50.0)))]);
+        let d = decide(&state, &quiet, t(1));
+        assert_eq!(kinds(&d), vec![EventKind::CheckFailed]);
+        assert!(
+            d.events[0].message.contains("success rate not judged"),
+            "{}",
+            d.events[0].message
+        );
+    }
+
+    // Rollout and rollback webhooks.
+
+    #[test]
+    fn a_rollout_webhook_that_refuses_or_does_not_answer_fails_the_check() {
+        let state = Fixture::new()
+            .progressing(30, 0)
+            .with(hooked(&[("smoke", WebhookKind::Rollout)]))
+            .done();
+        let ok = answering(
+            measured(100.0, 20.0),
+            vec![answered("smoke", WebhookKind::Rollout, 200)],
+        );
+        let d = decide(&state, &ok, t(1));
+        assert_eq!(
+            kinds(&d),
+            vec![EventKind::CheckPassed, EventKind::WeightChanged]
+        );
+        assert!(d.events[0].message.contains("webhook smoke: HTTP 200"));
+        for answer in [
+            answered("smoke", WebhookKind::Rollout, 500),
+            unanswered("smoke", WebhookKind::Rollout, "timed out after 1s"),
+            unanswered("smoke", WebhookKind::Rollout, "could not connect: refused"),
+        ] {
+            let o = answering(measured(100.0, 20.0), vec![answer.clone()]);
+            let d = decide(&state, &o, t(1));
+            assert_eq!(kinds(&d), vec![EventKind::CheckFailed], "{answer:?}");
+            let event = d.events[0].clone().record("r1", 2, t(1));
+            assert_eq!(event.failed_names(), ["smoke"]);
+            let check = &event.checks[1];
+            assert_eq!(check.kind, CheckKind::Webhook);
+            assert_eq!(check.detail, answer.detail());
+        }
+    }
+
+    #[test]
+    fn a_rollback_webhook_saying_yes_rolls_back_at_once_and_anything_else_carries_on() {
+        let state = Fixture::new()
+            .progressing(30, 0)
+            .with(hooked(&[("kill", WebhookKind::Rollback)]))
+            .done();
+        let yes = answering(
+            measured(100.0, 20.0),
+            vec![answered("kill", WebhookKind::Rollback, 200)],
+        );
+        let d = decide(&state, &yes, t(1));
+        assert_eq!(d.actions, vec![Action::SetCanaryWeight(0)]);
+        assert_eq!(kinds(&d), vec![EventKind::RollingBack]);
+        assert_eq!(
+            d.next.ending.as_ref().unwrap().reason,
+            "rollback webhook kill answered HTTP 200"
+        );
+        assert_eq!(d.events[0].checks[0].name, "kill");
+        for carry_on in [
+            answered("kill", WebhookKind::Rollback, 404),
+            unanswered("kill", WebhookKind::Rollback, "timed out after 1s"),
+        ] {
+            let o = answering(measured(100.0, 20.0), vec![carry_on]);
+            let d = decide(&state, &o, t(1));
+            assert_eq!(
+                kinds(&d),
+                vec![EventKind::CheckPassed, EventKind::WeightChanged]
+            );
+        }
+    }
+
+    #[test]
+    fn check_webhooks_are_due_only_with_a_check_that_will_be_judged() {
+        let state = Fixture::new()
+            .progressing(100, 0)
+            .with(hooked(&[
+                ("smoke", WebhookKind::Rollout),
+                ("kill", WebhookKind::Rollback),
+                ("gate", WebhookKind::ConfirmPromotion),
+                ("load", WebhookKind::PreRollout),
+            ]))
+            .done();
+        let due = hooks_due(&state, &windowed(obs()), t(1), None);
+        assert_eq!(
+            due,
+            [
+                WebhookKind::Rollout,
+                WebhookKind::Rollback,
+                WebhookKind::ConfirmPromotion
+            ]
+        );
+        // Before the interval, or while the canary rolls out, nothing is called.
+        let early = t(0) + ms(400);
+        assert!(hooks_due(&state, &windowed(obs()), early, None).is_empty());
+        let mut rolling = windowed(obs());
+        rolling.canary.as_mut().unwrap().updated_replicas = 1;
+        assert!(hooks_due(&state, &rolling, t(1), None).is_empty());
+        // Below the maximum weight, no confirm-promotion.
+        let lower = Fixture(state.clone()).with(|r| r.canary_weight = 50).done();
+        assert_eq!(
+            hooks_due(&lower, &windowed(obs()), t(1), None),
+            [WebhookKind::Rollout, WebhookKind::Rollback]
+        );
+    }
+
+    // Confirm-rollout.
+
+    fn awaiting_confirmation() -> Rollout {
+        Fixture::new()
+            .with(hooked(&[
+                ("approve", WebhookKind::ConfirmRollout),
+                ("kill", WebhookKind::Rollback),
+            ]))
+            .done()
+    }
+
+    #[test]
+    fn a_start_waits_for_confirm_rollout_halted_before_preparing_the_canary() {
+        let state = awaiting_confirmation();
+        let mut o = obs();
+        o.canary.as_mut().unwrap().spec_replicas = 0;
+        let no = answering(
+            o.clone(),
+            vec![
+                answered("approve", WebhookKind::ConfirmRollout, 403),
+                answered("kill", WebhookKind::Rollback, 404),
+            ],
+        );
+        let d = decide(&state, &no, t(1));
+        assert!(d.actions.is_empty(), "nothing prepared: {:?}", d.actions);
+        assert!(!d.next.prepared);
+        assert_eq!(kinds(&d), vec![EventKind::Halted]);
+        assert_eq!(
+            d.events[0].message,
+            "halted: waiting for confirm-rollout webhook approve (HTTP 403)"
+        );
+        assert_eq!(
+            d.next.gates.waiting_for.as_deref(),
+            Some("confirm-rollout webhook approve (HTTP 403)")
+        );
+        // Between calls nothing is said again.
+        let between = decide(&d.next, &o, t(2));
+        assert!(between.events.is_empty() && between.actions.is_empty());
+        // The gate is asked once an interval.
+        assert_eq!(
+            hooks_due(&d.next, &o, t(1) + ms(500), Some(t(1))),
+            Vec::<WebhookKind>::new()
+        );
+        assert_eq!(
+            hooks_due(&d.next, &o, t(2), Some(t(1))),
+            [WebhookKind::ConfirmRollout, WebhookKind::Rollback]
+        );
+        let yes = answering(
+            o.clone(),
+            vec![
+                answered("approve", WebhookKind::ConfirmRollout, 200),
+                answered("kill", WebhookKind::Rollback, 404),
+            ],
+        );
+        let d = decide(&d.next, &yes, t(3));
+        assert_eq!(kinds(&d), vec![EventKind::Webhook, EventKind::Preparing]);
+        assert!(d.next.gates.rollout_confirmed);
+        assert_eq!(d.next.gates.waiting_for, None);
+        assert_eq!(d.actions, vec![Action::ScaleCanary(3)]);
+        assert!(
+            d.events[0]
+                .message
+                .contains("confirm-rollout: approve answered HTTP 200")
+        );
+        // Confirmed for good: never asked again.
+        assert!(hooks_due(&d.next, &o, t(60), Some(t(3))).is_empty());
+    }
+
+    #[test]
+    fn waiting_for_confirm_rollout_is_bounded_by_the_progress_deadline_and_a_rollback_hook() {
+        let waiting = Fixture(awaiting_confirmation())
+            .with(|r| {
+                r.halted_since = Some(t(0));
+                r.halt_reason = Some("waiting for confirm-rollout webhook approve".into());
+            })
+            .done();
+        let d = decide(&waiting, &obs(), t(11));
+        assert_eq!(d.next.phase, Phase::RollingBack);
+        assert!(d.next.ending.unwrap().reason.starts_with(
+            "progress deadline of 10s exceeded: waiting for the confirm-rollout webhooks"
+        ),);
+        let killed = answering(
+            obs(),
+            vec![
+                answered("approve", WebhookKind::ConfirmRollout, 403),
+                answered("kill", WebhookKind::Rollback, 200),
+            ],
+        );
+        let d = decide(&awaiting_confirmation(), &killed, t(1));
+        assert_eq!(d.next.phase, Phase::RollingBack);
+        assert_eq!(kinds(&d), vec![EventKind::RollingBack]);
+    }
+
+    // Pre-rollout.
+
+    fn ready_with_load_test() -> Rollout {
+        Fixture::new()
+            .prepared()
+            .with(hooked(&[("load", WebhookKind::PreRollout)]))
+            .done()
+    }
+
+    #[test]
+    fn pre_rollout_runs_once_the_canary_is_ready_and_a_refusal_fails_a_check_at_weight_zero() {
+        let state = ready_with_load_test();
+        assert_eq!(
+            hooks_due(&state, &obs(), t(1), None),
+            [WebhookKind::PreRollout]
+        );
+        let mut rolling = obs();
+        rolling.canary.as_mut().unwrap().updated_replicas = 1;
+        assert!(hooks_due(&state, &rolling, t(1), None).is_empty());
+
+        let no = answering(obs(), vec![answered("load", WebhookKind::PreRollout, 500)]);
+        let d = decide(&state, &no, t(1));
+        assert!(d.actions.is_empty(), "no traffic moves: {:?}", d.actions);
+        assert_eq!(kinds(&d), vec![EventKind::CheckFailed]);
+        assert_eq!(d.next.phase, Phase::Pending);
+        assert_eq!(d.next.failed_checks, 1);
+        assert_eq!(
+            d.events[0].message,
+            "pre-rollout check failed: webhook load: HTTP 500, failed check 1 of 3"
+        );
+        assert_eq!(
+            d.next.last_analysis.as_ref().unwrap().checks[0].name,
+            "load"
+        );
+        // Tried again an interval later, not before.
+        assert!(hooks_due(&d.next, &obs(), t(1) + ms(500), None).is_empty());
+        assert_eq!(
+            hooks_due(&d.next, &obs(), t(2), None),
+            [WebhookKind::PreRollout]
+        );
+        let waiting = decide(&d.next, &obs(), t(1) + ms(500));
+        assert!(waiting.events.is_empty() && waiting.actions.is_empty());
+
+        let yes = answering(obs(), vec![answered("load", WebhookKind::PreRollout, 200)]);
+        let d = decide(&d.next, &yes, t(2));
+        assert_eq!(
+            kinds(&d),
+            vec![EventKind::CheckPassed, EventKind::WeightChanged]
+        );
+        assert_eq!(d.actions, vec![Action::SetCanaryWeight(10)]);
+        assert!(d.next.gates.pre_rollout_passed);
+        assert_eq!(d.next.phase, Phase::Progressing);
+    }
+
+    #[test]
+    fn pre_rollout_refused_max_failed_checks_times_rolls_back() {
+        let state = Fixture(ready_with_load_test())
+            .with(|r| r.failed_checks = 2)
+            .done();
+        let no = answering(
+            obs(),
+            vec![unanswered(
+                "load",
+                WebhookKind::PreRollout,
+                "timed out after 1s",
+            )],
+        );
+        let d = decide(&state, &no, t(1));
+        assert_eq!(
+            kinds(&d),
+            vec![EventKind::CheckFailed, EventKind::RollingBack]
+        );
+        assert_eq!(
+            d.next.ending.unwrap().reason,
+            "3 failed checks: pre-rollout webhook load: timed out after 1s"
+        );
+    }
+
+    // Confirm-promotion and approval.
+
+    fn at_max(f: impl FnOnce(&mut Rollout)) -> Rollout {
+        Fixture::new().progressing(100, 0).with(f).done()
+    }
+
+    #[test]
+    fn confirm_promotion_holds_at_the_maximum_weight_until_it_says_yes() {
+        let state = at_max(hooked(&[("gate", WebhookKind::ConfirmPromotion)]));
+        let no = answering(
+            measured(100.0, 20.0),
+            vec![answered("gate", WebhookKind::ConfirmPromotion, 423)],
+        );
+        let d = decide(&state, &no, t(1));
+        assert!(d.actions.is_empty());
+        assert_eq!(kinds(&d), vec![EventKind::CheckPassed, EventKind::Halted]);
+        assert_eq!(d.next.phase, Phase::Progressing);
+        assert_eq!(
+            d.next.message,
+            "halted: waiting for confirm-promotion webhook gate (HTTP 423)"
+        );
+        // The next check says nothing new about the wait.
+        let d = decide(&d.next, &no, t(2));
+        assert_eq!(kinds(&d), vec![EventKind::CheckPassed]);
+        let yes = answering(
+            measured(100.0, 20.0),
+            vec![answered("gate", WebhookKind::ConfirmPromotion, 200)],
+        );
+        let d = decide(&d.next, &yes, t(3));
+        assert_eq!(
+            kinds(&d),
+            vec![EventKind::CheckPassed, EventKind::Promoting]
+        );
+        assert_eq!(d.next.gates.waiting_for, None);
+        assert!(
+            d.events[1]
+                .message
+                .contains("confirm-promotion said yes (gate answered HTTP 200)")
+        );
+    }
+
+    #[test]
+    fn approval_holds_at_the_maximum_weight_while_checks_go_on_until_promote() {
+        let state = at_max(|r| {
+            r.analysis.require_approval = true;
+            r.analysis.max_failed_checks = 2;
+        });
+        let d = decide(&state, &measured(100.0, 20.0), t(1));
+        assert!(d.actions.is_empty());
+        assert_eq!(kinds(&d), vec![EventKind::CheckPassed, EventKind::Halted]);
+        assert_eq!(
+            d.next.message,
+            "halted: waiting for approval: call PromoteRollout"
+        );
+        assert_eq!(d.next.gates.waiting_for.as_deref(), Some(APPROVAL));
+        // Still judged: failing checks count and roll back, approval or not.
+        let held = d.next;
+        let d = decide(&held, &measured(50.0, 20.0), t(2));
+        assert_eq!(kinds(&d), vec![EventKind::CheckFailed]);
+        assert_eq!(d.next.gates.waiting_for.as_deref(), Some(APPROVAL));
+        let d = decide(&d.next, &measured(50.0, 20.0), t(3));
+        assert_eq!(d.next.phase, Phase::RollingBack);
+        assert_eq!(d.next.gates.waiting_for, None);
+        // PromoteRollout is the approval.
+        let d = apply_command(&held, &Command::Promote, &obs(), t(2)).unwrap();
+        assert_eq!(d.next.phase, Phase::Promoting);
+        assert_eq!(d.next.gates.waiting_for, None);
+    }
+
+    #[test]
+    fn passing_checks_while_held_are_recorded_a_few_times_then_once_per_quiet_window() {
+        let mut state = at_max(|r| r.analysis.require_approval = true);
+        let mut recorded = Vec::new();
+        for second in 1..=40 {
+            let d = decide(&state, &measured(100.0, 20.0), t(second));
+            recorded.extend(
+                d.events
+                    .iter()
+                    .filter(|e| e.kind == EventKind::CheckPassed)
+                    .map(|_| second),
+            );
+            assert_eq!(d.next.phase, Phase::Progressing);
+            state = d.next;
+        }
+        // Three in full, then one a quiet window (a minute) after the last recorded.
+        assert_eq!(recorded, [1, 2, 3]);
+        let d = decide(&state, &measured(100.0, 20.0), t(63));
+        assert_eq!(kinds(&d), vec![EventKind::CheckPassed]);
+        assert!(
+            d.events[0].message.contains("more passing checks since"),
+            "{}",
+            d.events[0].message
+        );
+        assert_eq!(
+            d.next.message,
+            "halted: waiting for approval: call PromoteRollout"
+        );
+    }
+
+    // Post-rollout.
+
+    #[test]
+    fn post_rollout_is_called_once_traffic_left_the_canary_and_the_rollout_ends_after() {
+        let state = Fixture(rolling_back(Some(0)))
+            .with(hooked(&[("notify", WebhookKind::PostRollout)]))
+            .done();
+        assert_eq!(hook_phase(&state, WebhookKind::PostRollout), Phase::Aborted);
+        assert_eq!(
+            hooks_due(&state, &at(0, obs()), t(1), None),
+            [WebhookKind::PostRollout]
+        );
+        // Not called yet: the rollout does not end.
+        let d = decide(&state, &at(0, obs()), t(1));
+        assert_eq!(d.next.phase, Phase::RollingBack);
+        assert!(d.events.is_empty());
+        let failed = answering(
+            at(0, obs()),
+            vec![answered("notify", WebhookKind::PostRollout, 500)],
+        );
+        let d = decide(&state, &failed, t(1));
+        assert_eq!(kinds(&d), vec![EventKind::Webhook, EventKind::Aborted]);
+        assert!(
+            d.events[0]
+                .message
+                .contains("post-rollout webhook notify (HTTP 500) failed; it is informational"),
+            "{}",
+            d.events[0].message
+        );
+        assert_eq!(d.events[0].checks[0].outcome, CheckOutcome::Failed);
+        assert_eq!(d.next.phase, Phase::Aborted);
+        assert!(d.next.gates.post_rollout_sent);
+        assert!(hooks_due(&d.next, &at(0, obs()), t(2), None).is_empty());
+    }
+
+    #[test]
+    fn post_rollout_after_a_promotion_names_the_success_and_leaves_the_message_alone() {
+        let state = Fixture(promoting())
+            .with(|r| {
+                r.traffic_off_canary_at = Some(t(0));
+                r.message = "GA runs revision x; canary scaled down in 30s".into();
+            })
+            .with(hooked(&[("notify", WebhookKind::PostRollout)]))
+            .done();
+        assert_eq!(
+            hook_phase(&state, WebhookKind::PostRollout),
+            Phase::Succeeded
+        );
+        let sent = delayed(answering(
+            at(0, obs()),
+            vec![answered("notify", WebhookKind::PostRollout, 204)],
+        ));
+        let d = decide(&state, &sent, t(1));
+        assert_eq!(kinds(&d), vec![EventKind::Webhook]);
+        assert_eq!(d.next.phase, Phase::Promoting, "waits out the delay");
+        assert_eq!(d.next.message, state.message);
+        assert_eq!(
+            d.events[0].message,
+            "post-rollout webhooks called: notify answered HTTP 204"
+        );
+    }
+
+    #[test]
+    fn a_new_revision_passes_its_own_gates_again() {
+        let state = Fixture::new()
+            .progressing(30, 0)
+            .with(|r| {
+                r.gates = Gates {
+                    rollout_confirmed: true,
+                    pre_rollout_passed: true,
+                    post_rollout_sent: false,
+                    waiting_for: None,
+                };
+                r.revision = "old".into();
+            })
+            .done();
+        let d = decide(&state, &obs(), t(1));
+        assert_eq!(kinds(&d), vec![EventKind::Restarted]);
+        assert_eq!(d.next.gates, Gates::default());
+    }
+
+    #[test]
+    fn state_stored_before_gates_and_breakdowns_existed_still_loads() {
+        let state = Fixture::new()
+            .progressing(30, 0)
+            .with(|r| {
+                r.last_analysis = Some(AnalysisRecord {
+                    sample: Sample::default(),
+                    time: t(0),
+                    failed: Breaches::default(),
+                    checks: Vec::new(),
+                })
+            })
+            .done();
+        let stored = serde_json::to_value(&state).unwrap();
+        assert!(stored.get("gates").is_some());
+        let mut old = stored.clone();
+        old.as_object_mut().unwrap().remove("gates");
+        let loaded: Rollout = serde_json::from_value(old).unwrap();
+        assert_eq!(loaded.gates, Gates::default());
+        assert!(loaded.last_analysis.unwrap().checks.is_empty());
+        // A settings record without webhooks, metrics or approval keeps none.
+        assert!(stored["analysis"].get("webhooks").is_none());
+        assert!(!loaded.analysis.require_approval);
     }
 }

@@ -1,5 +1,7 @@
-//! One driver task per active rollout: observe, decide, act, persist, publish, in that order,
-//! one step at a time, so a step is never left half-written by shutdown.
+//! One driver task per active rollout: observe (calling the webhooks that are due), decide,
+//! act, persist, publish, in that order, one step at a time, so a step is never left
+//! half-written by shutdown. Observing writes nothing, so a command or shutdown arriving
+//! while it waits on a slow webhook interrupts it.
 
 use std::time::Duration;
 
@@ -12,9 +14,11 @@ use tokio_util::sync::CancellationToken;
 use super::decide::{self, Action, ActionFailure, Command, Decision, Observation};
 use super::{EngineConfig, EngineError, Ports};
 use crate::domain::promoted_template;
-use crate::domain::{EventKind, Phase, Rollout, RolloutEvent};
+use crate::domain::{EventKind, HookAnswer, Phase, Rollout, RolloutEvent, WebhookKind};
+use crate::metrics::templates::Vars;
 use crate::router::RouteRef;
 use crate::store::StoreError;
+use crate::webhooks::Payload;
 
 /// Longest and shortest delay before a failed step is tried again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -105,6 +109,15 @@ pub(crate) struct Driver {
     unrecorded_weight: Option<u32>,
     /// An action that failed in a way retrying cannot fix, for the next decision.
     failure: Option<ActionFailure>,
+    /// When the confirm-rollout webhooks were last called (they are asked once an interval).
+    gate_called_at: Option<DateTime<Utc>>,
+}
+
+/// What the driver knows besides the state, for an observation.
+#[derive(Clone)]
+struct Known {
+    unrecorded_weight: Option<u32>,
+    failure: Option<ActionFailure>,
 }
 
 impl Driver {
@@ -128,6 +141,14 @@ impl Driver {
             given_up: false,
             unrecorded_weight: None,
             failure: None,
+            gate_called_at: None,
+        }
+    }
+
+    fn known(&self) -> Known {
+        Known {
+            unrecorded_weight: self.unrecorded_weight,
+            failure: self.failure.clone(),
         }
     }
 
@@ -156,11 +177,41 @@ impl Driver {
                     let answer = Box::pin(self.command(envelope.command, envelope.by)).await;
                     let _ = envelope.reply.send(answer);
                     wake = Instant::now();
+                    continue;
                 }
-                _ = tokio::time::sleep_until(wake) => {
-                    wake = Instant::now() + Box::pin(self.tick()).await;
-                }
+                _ = tokio::time::sleep_until(wake) => {}
             }
+            if self.unfinished.is_some() {
+                wake = Instant::now() + Box::pin(self.replay()).await;
+                continue;
+            }
+            let now = Utc::now();
+            let known = self.known();
+            let gate_called_at = self.gate_called_at;
+            // Observing may wait on webhooks for as long as their timeouts; it writes nothing,
+            // so a command or shutdown arriving meanwhile drops it rather than wait.
+            let (obs, gate_called) = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                envelope = self.commands.recv() => {
+                    let Some(envelope) = envelope else { break };
+                    let answer = Box::pin(self.command(envelope.command, envelope.by)).await;
+                    let _ = envelope.reply.send(answer);
+                    wake = Instant::now();
+                    continue;
+                }
+                observed = Box::pin(observe(
+                    &self.ports,
+                    &self.config,
+                    &self.state,
+                    known,
+                    Some((now, gate_called_at)),
+                )) => observed,
+            };
+            if gate_called {
+                self.gate_called_at = Some(now);
+            }
+            wake = Instant::now() + Box::pin(self.tick(obs, now)).await;
         }
         // Commands that raced the end get the final state.
         self.commands.close();
@@ -229,24 +280,24 @@ impl Driver {
         }
     }
 
-    async fn tick(&mut self) -> Duration {
-        if self.unfinished.is_some() {
-            let wake = self
-                .unfinished
-                .as_ref()
-                .map_or(Duration::ZERO, |u| u.decision.wake);
-            return match self.finish_unfinished().await {
-                Ok(()) => wake,
-                Err(_) if self.failure.is_some() => Duration::ZERO,
-                Err(error) => {
-                    tracing::warn!(rollout = %self.state.id, %error, "recording the step failed; retrying");
-                    self.retry_delay()
-                }
-            };
+    /// Replays a half-applied step; returns when to look again.
+    async fn replay(&mut self) -> Duration {
+        let wake = self
+            .unfinished
+            .as_ref()
+            .map_or(Duration::ZERO, |u| u.decision.wake);
+        match self.finish_unfinished().await {
+            Ok(()) => wake,
+            Err(_) if self.failure.is_some() => Duration::ZERO,
+            Err(error) => {
+                tracing::warn!(rollout = %self.state.id, %error, "recording the step failed; retrying");
+                self.retry_delay()
+            }
         }
-        let now = Utc::now();
-        let window = decide::sample_window(&self.state, now, self.config.metrics_window);
-        let obs = self.observe(window).await;
+    }
+
+    /// Decides on what was observed at `now`, acts and records; returns when to look again.
+    async fn tick(&mut self, obs: Observation, now: DateTime<Utc>) -> Duration {
         let decision = decide::decide(&self.state, &obs, now);
         let wake = decision.wake;
         match self.commit(&decision, now).await {
@@ -291,7 +342,7 @@ impl Driver {
             self.unfinished = None;
         }
         let now = Utc::now();
-        let obs = self.observe(None).await;
+        let obs = self.observe().await;
         let mut decision = decide::apply_command(&self.state, &command, &obs, now)
             .map_err(|refused| EngineError::Refused(refused.0))?;
         if let Some(by) = by.filter(|b| !b.is_empty()) {
@@ -306,7 +357,7 @@ impl Driver {
                 tracing::warn!(rollout = %self.state.id, error = %error.message, "command failed and retrying cannot fix it");
                 self.failure = Some(failure);
                 let now = Utc::now();
-                let obs = self.observe(None).await;
+                let obs = self.observe().await;
                 // Decided on the recorded state, with the ending the command meant (an
                 // abort's reason), so the FAILED message keeps the operator's words.
                 let mut intent = self.state.clone();
@@ -343,7 +394,7 @@ impl Driver {
         // scaled down before the answer too.
         if self.state.phase == Phase::RollingBack {
             let now = Utc::now();
-            let obs = self.observe(None).await;
+            let obs = self.observe().await;
             let decision = decide::decide(&self.state, &obs, now);
             if let Err(error) = self.commit(&decision, now).await {
                 tracing::warn!(rollout = %self.state.id, error = %error.message, "scale-down after abort failed; retrying");
@@ -359,46 +410,12 @@ impl Driver {
         Ok(self.state.clone())
     }
 
-    /// Reads the workloads from the caches and, when `window` is given, measures the canary
-    /// over it.
-    async fn observe(&self, window: Option<Duration>) -> Observation {
-        let w = &self.ports.workloads;
-        let ns = &self.state.namespace;
-        let ga = w.deployment(ns, &self.state.target);
-        let canary = w.deployment(ns, &self.state.canary);
-        let ga_runs_canary = match (&ga, &canary) {
-            (Some(ga), Some(canary)) => decide::ga_runs_canary(ga, canary),
-            _ => false,
-        };
-        let sample = match window.filter(|_| canary.is_some()) {
-            Some(window) => Some(
-                self.ports
-                    .metrics
-                    .sample(
-                        ns,
-                        &self.state.canary,
-                        window,
-                        self.state.analysis.max_latency_p99_ms.is_some(),
-                    )
-                    .await
-                    .map_err(|e| e.to_string()),
-            ),
-            None => None,
-        };
-        let route = self.ports.router.observe(&self.route()).await;
-        Observation {
-            ga_hpa: w.hpa_for(ns, &self.state.target),
-            canary_hpa: w.hpa_for(ns, &self.state.canary),
-            ga,
-            canary,
-            sample,
-            ga_runs_canary,
-            metrics_window: self.config.metrics_window,
-            route,
-            unrecorded_weight: self.unrecorded_weight,
-            scale_down_delay: self.config.scale_down_delay,
-            failure: self.failure.clone(),
-        }
+    /// What a command is decided on: the cluster as the caches have it, no measurement, no
+    /// webhook called.
+    async fn observe(&self) -> Observation {
+        observe(&self.ports, &self.config, &self.state, self.known(), None)
+            .await
+            .0
     }
 
     async fn act(&mut self, action: &Action) -> Result<(), ActError> {
@@ -622,6 +639,141 @@ pub(crate) fn announce(ports: &Ports, state: &Rollout, events: &[RolloutEvent]) 
                 .await;
         }
     });
+}
+
+/// Reads the workloads and the VirtualService from the caches; for a tick (`Some((now, when
+/// the confirm-rollout webhooks were last called))`) also measures the canary and reads its
+/// metric templates when a check is due, and calls the webhooks `decide::hooks_due` names.
+/// Returns the observation and whether the confirm-rollout webhooks were called.
+async fn observe(
+    ports: &Ports,
+    config: &EngineConfig,
+    state: &Rollout,
+    known: Known,
+    tick: Option<(DateTime<Utc>, Option<DateTime<Utc>>)>,
+) -> (Observation, bool) {
+    let w = &ports.workloads;
+    let ns = &state.namespace;
+    let ga = w.deployment(ns, &state.target);
+    let canary = w.deployment(ns, &state.canary);
+    let ga_runs_canary = match (&ga, &canary) {
+        (Some(ga), Some(canary)) => decide::ga_runs_canary(ga, canary),
+        _ => false,
+    };
+    let route = ports
+        .router
+        .observe(&RouteRef {
+            namespace: state.namespace.clone(),
+            virtual_service: state.virtual_service.clone(),
+            ga_service: state.target.clone(),
+            canary_service: state.canary.clone(),
+        })
+        .await;
+    let mut obs = Observation {
+        ga_hpa: w.hpa_for(ns, &state.target),
+        canary_hpa: w.hpa_for(ns, &state.canary),
+        ga,
+        canary,
+        sample: None,
+        ga_runs_canary,
+        metrics_window: config.metrics_window,
+        route,
+        unrecorded_weight: known.unrecorded_weight,
+        scale_down_delay: config.scale_down_delay,
+        failure: known.failure,
+        metric_values: Vec::new(),
+        hooks: Vec::new(),
+    };
+    let Some((now, gate_called_at)) = tick else {
+        return (obs, false);
+    };
+    let window = decide::check_due(state, &obs, now)
+        .then(|| decide::sample_window(state, now, config.metrics_window))
+        .flatten();
+    let due = decide::hooks_due(state, &obs, now, gate_called_at);
+    let (measured, hooks) = futures::join!(
+        measure(ports, config, state, window),
+        call_hooks(ports, state, &due)
+    );
+    if let Some((sample, metric_values)) = measured {
+        obs.sample = Some(sample);
+        obs.metric_values = metric_values;
+    }
+    obs.hooks = hooks;
+    (obs, due.contains(&WebhookKind::ConfirmRollout))
+}
+
+/// A check's measurement over `window`: the canary's sample and the value of each metric
+/// template the rollout checks (each distinct template queried once).
+async fn measure(
+    ports: &Ports,
+    config: &EngineConfig,
+    state: &Rollout,
+    window: Option<Duration>,
+) -> Option<(
+    Result<crate::domain::Sample, String>,
+    Vec<(String, Result<Option<f64>, String>)>,
+)> {
+    let window = window?;
+    let sample = ports.metrics.sample(
+        &state.namespace,
+        &state.canary,
+        window,
+        state.analysis.max_latency_p99_ms.is_some(),
+    );
+    let mut templates: Vec<&str> = state
+        .analysis
+        .metrics
+        .iter()
+        .map(|m| m.template.as_str())
+        .collect();
+    templates.sort_unstable();
+    templates.dedup();
+    let vars = Vars {
+        namespace: &state.namespace,
+        target: &state.target,
+        canary: &state.canary,
+        interval: window,
+    };
+    let values = futures::future::join_all(templates.into_iter().map(|name| {
+        let query = config.templates.render(name, &vars);
+        async move {
+            let value = match query {
+                Some(query) => ports.metrics.value(&query).await.map_err(|e| e.to_string()),
+                None => Err(format!(
+                    "template {name} is no longer defined on this server (--metric-templates)"
+                )),
+            };
+            (name.to_owned(), value)
+        }
+    }));
+    let (sample, values) = futures::join!(sample, values);
+    Some((sample.map_err(|e| e.to_string()), values))
+}
+
+/// Calls the rollout's webhooks of the kinds `due`, all at once, and returns their answers.
+async fn call_hooks(ports: &Ports, state: &Rollout, due: &[WebhookKind]) -> Vec<HookAnswer> {
+    let calls = state
+        .analysis
+        .webhooks
+        .iter()
+        .filter(|hook| due.contains(&hook.kind))
+        .map(|hook| async move {
+            let payload = Payload::new(state, hook, decide::hook_phase(state, hook.kind));
+            let outcome = ports.webhooks.call(hook, &payload).await;
+            let answer = HookAnswer {
+                name: hook.name.clone(),
+                kind: hook.kind,
+                outcome,
+            };
+            if answer.passed() {
+                tracing::debug!(rollout = %state.id, webhook = %hook.name, kind = hook.kind.name(), answer = %answer.detail(), "webhook answered");
+            } else {
+                tracing::warn!(rollout = %state.id, webhook = %hook.name, kind = hook.kind.name(), answer = %answer.detail(), "webhook said no or did not answer");
+            }
+            answer
+        });
+    futures::future::join_all(calls).await
 }
 
 #[cfg(test)]

@@ -13,10 +13,12 @@ use std::time::Duration;
 
 use crate::domain::AnalysisSettings;
 use crate::events::Hub;
+use crate::metrics::templates::MetricTemplates;
 use crate::metrics::{Metrics, MetricsError};
 use crate::router::{Router, RouterError};
 use crate::store::prune::Retention;
 use crate::store::{Store, StoreError};
+use crate::webhooks::{AllowList, Webhooks};
 use crate::workloads::Workloads;
 
 pub use decide::{Action, Command, Decision, Observation, decide};
@@ -29,6 +31,7 @@ pub struct Ports {
     pub router: Arc<dyn Router>,
     pub metrics: Arc<dyn Metrics>,
     pub store: Arc<dyn Store>,
+    pub webhooks: Arc<dyn Webhooks>,
     pub hub: Hub,
     /// Counts checks and finished rollouts from the events the engine records.
     pub telemetry: crate::telemetry::Telemetry,
@@ -50,6 +53,10 @@ pub struct EngineConfig {
     pub scale_down_delay: Duration,
     /// Finished rollout records kept.
     pub retention: Retention,
+    /// The operator's metric templates, by name.
+    pub templates: Arc<MetricTemplates>,
+    /// The hosts webhooks may be sent to.
+    pub webhook_allow: AllowList,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +68,8 @@ impl Default for EngineConfig {
             auto_interval: Duration::from_secs(2),
             scale_down_delay: DEFAULT_SCALE_DOWN_DELAY,
             retention: Retention::default(),
+            templates: Arc::default(),
+            webhook_allow: AllowList::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::events::Hub;
 use crate::metrics::fake::FakeMetrics;
 use crate::router::fake::FakeRouter;
 use crate::store::memory::MemoryStore;
+use crate::webhooks::fake::FakeWebhooks;
 use crate::workloads::fake::FakeWorkloads;
 
 struct World {
@@ -17,6 +18,7 @@ struct World {
     router: Arc<FakeRouter>,
     metrics: Arc<FakeMetrics>,
     store: Arc<MemoryStore>,
+    webhooks: Arc<FakeWebhooks>,
 }
 
 impl World {
@@ -35,6 +37,7 @@ impl World {
             router,
             metrics,
             store: Arc::new(MemoryStore::default()),
+            webhooks: Arc::new(FakeWebhooks::default()),
         }
     }
 
@@ -44,6 +47,7 @@ impl World {
             router: self.router.clone(),
             metrics: self.metrics.clone(),
             store: self.store.clone(),
+            webhooks: self.webhooks.clone(),
             hub: Hub::new(),
             telemetry: Default::default(),
         };
@@ -69,7 +73,7 @@ fn fast() -> crate::domain::AnalysisSettings {
         max_failed_checks: 2,
         progress_deadline: Duration::from_secs(5),
         min_request_rate: 1.0,
-        max_latency_p99_ms: None,
+        ..Default::default()
     }
 }
 
@@ -662,4 +666,109 @@ async fn an_idle_driver_keeps_a_small_future() {
     let run = driver.run();
     let size = std::mem::size_of_val(&run);
     assert!(size < 4096, "the driver's future takes {size} bytes");
+}
+
+fn webhook(name: &str, kind: crate::domain::WebhookKind) -> crate::domain::Webhook {
+    crate::domain::Webhook {
+        name: name.into(),
+        kind,
+        url: format!("http://127.0.0.1/{name}"),
+        timeout: Duration::from_secs(300),
+        metadata: [("team".to_owned(), "shop".to_owned())].into(),
+    }
+}
+
+#[tokio::test]
+async fn webhooks_are_called_as_the_rollout_goes_with_the_phase_they_concern() {
+    use crate::domain::WebhookKind;
+    let w = World::new();
+    let s = w.supervisor();
+    let mut req = request();
+    req.analysis.webhooks = vec![
+        webhook("approve", WebhookKind::ConfirmRollout),
+        webhook("load", WebhookKind::PreRollout),
+        webhook("notify", WebhookKind::PostRollout),
+    ];
+    let r = s.start(req).await.unwrap();
+    let done = wait_for(&s, &r.id, |r| r.phase.is_terminal()).await;
+    assert_eq!(done.phase, Phase::Succeeded, "{}", done.message);
+    let calls: Vec<(String, &str, u32)> = w
+        .webhooks
+        .calls()
+        .iter()
+        .map(|c| (c.name.clone(), c.phase, c.canary_weight))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("approve".to_owned(), "PENDING", 0),
+            ("load".to_owned(), "PENDING", 0),
+            ("notify".to_owned(), "SUCCEEDED", 0),
+        ]
+    );
+    let first = &w.webhooks.calls()[0];
+    assert_eq!(first.rollout_id, r.id);
+    assert_eq!(first.metadata["team"], "shop");
+    assert!(done.gates.post_rollout_sent);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rollout_that_needs_approval_waits_at_the_maximum_weight_until_promoted() {
+    let w = World::new();
+    let s = w.supervisor();
+    let mut req = request();
+    req.analysis.step_weight = 50;
+    req.analysis.require_approval = true;
+    let r = s.start(req).await.unwrap();
+    let held = wait_for(&s, &r.id, |r| r.gates.waiting_for.is_some()).await;
+    assert_eq!(held.phase, Phase::Progressing);
+    assert_eq!(held.canary_weight, 100);
+    assert_eq!(
+        held.message,
+        "halted: waiting for approval: call PromoteRollout"
+    );
+    let promoted = s.command(&r.id, Command::Promote).await.unwrap();
+    assert_eq!(promoted.gates.waiting_for, None);
+    let done = wait_for(&s, &r.id, |r| r.phase.is_terminal()).await;
+    assert_eq!(done.phase, Phase::Succeeded, "{}", done.message);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_abort_is_not_kept_waiting_by_a_webhook_that_does_not_answer() {
+    use crate::domain::WebhookKind;
+    let w = World::new();
+    w.webhooks.hang("smoke");
+    let s = w.supervisor();
+    let mut req = request();
+    req.analysis.webhooks = vec![webhook("smoke", WebhookKind::Rollout)];
+    let r = s.start(req).await.unwrap();
+    // The first check calls the hook, which never answers (its timeout is five minutes).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while w.webhooks.calls().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hook was never called"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let abort = s.command(
+        &r.id,
+        Command::Abort {
+            reason: "stop".into(),
+        },
+    );
+    // Bounded only so that a hang fails the test instead of blocking it.
+    let aborted = tokio::time::timeout(Duration::from_secs(60), abort)
+        .await
+        .expect("the abort waited for the webhook")
+        .unwrap();
+    assert!(
+        matches!(aborted.phase, Phase::RollingBack | Phase::Aborted),
+        "{:?}",
+        aborted.phase
+    );
+    assert_eq!(w.router.weight("test", "podinfo"), Some(0));
+    s.shutdown().await;
 }

@@ -9,6 +9,9 @@ use futures::future::BoxFuture;
 use super::{Coverage, Metrics, MetricsError};
 use crate::domain::Sample;
 
+/// What a template query yields.
+type Value = Result<Option<f64>, MetricsError>;
+
 /// Samples set by the test.
 #[derive(Default)]
 pub struct FakeMetrics {
@@ -16,6 +19,10 @@ pub struct FakeMetrics {
     queries: Mutex<usize>,
     /// What `coverage` answers; `None`: every workload asked about is reported.
     coverage: Mutex<Option<Result<Coverage, MetricsError>>>,
+    /// What `value` answers for a query containing each fragment.
+    values: Mutex<Vec<(String, Value)>>,
+    /// Every query `value` was asked.
+    asked: Mutex<Vec<String>>,
 }
 
 impl FakeMetrics {
@@ -40,6 +47,19 @@ impl FakeMetrics {
         if let Ok(mut c) = self.coverage.lock() {
             *c = coverage;
         }
+    }
+
+    /// Sets what `value` answers for queries that contain `fragment` (the last one set
+    /// wins); other queries yield nothing.
+    pub fn set_value(&self, fragment: &str, value: Result<Option<f64>, MetricsError>) {
+        if let Ok(mut v) = self.values.lock() {
+            v.push((fragment.to_owned(), value));
+        }
+    }
+
+    /// The queries `value` was asked, in order.
+    pub fn asked(&self) -> Vec<String> {
+        self.asked.lock().map(|a| a.clone()).unwrap_or_default()
     }
 
     /// Queries made so far.
@@ -87,5 +107,23 @@ impl Metrics for FakeMetrics {
                 ..s
             });
         Box::pin(async move { result })
+    }
+
+    fn value<'a>(&'a self, promql: &'a str) -> BoxFuture<'a, Result<Option<f64>, MetricsError>> {
+        if let Ok(mut a) = self.asked.lock() {
+            a.push(promql.to_owned());
+        }
+        let answer = self
+            .values
+            .lock()
+            .ok()
+            .and_then(|v| {
+                v.iter()
+                    .rev()
+                    .find(|(fragment, _)| promql.contains(fragment.as_str()))
+                    .map(|(_, value)| value.clone())
+            })
+            .unwrap_or(Ok(None));
+        Box::pin(async move { answer })
     }
 }

@@ -1,9 +1,11 @@
-//! Canary metrics: the trait the engine measures through. Judging a sample against the
-//! thresholds is the engine's (`engine::decide`); fetching it is a provider's.
+//! Canary metrics: the trait the engine measures through, and the operator's metric
+//! templates (`templates`). Judging a sample against the thresholds is the engine's
+//! (`engine::decide`); fetching it is a provider's.
 
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod prometheus;
+pub mod templates;
 
 use std::time::Duration;
 
@@ -54,4 +56,9 @@ pub trait Metrics: Send + Sync {
         window: Duration,
         latency: bool,
     ) -> BoxFuture<'a, Result<Sample, MetricsError>>;
+
+    /// The one number an operator's query (a rendered metric template) yields now: `None`
+    /// when it yields nothing (an empty result, NaN); an error when the query fails or
+    /// yields several series.
+    fn value<'a>(&'a self, promql: &'a str) -> BoxFuture<'a, Result<Option<f64>, MetricsError>>;
 }

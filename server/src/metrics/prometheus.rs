@@ -1,7 +1,8 @@
 //! Prometheus over its HTTP API. One grouped query per metric serves every rollout: the
 //! success and request rates of all workloads come back in two queries, and the p99
 //! latencies in a third made only when a rollout checks latency, each shared by all the
-//! drivers that ask within a short freshness window.
+//! drivers that ask within a short freshness window. Metric templates are the exception:
+//! each is the operator's own query for one rollout, run as it is for every check.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -162,6 +163,18 @@ impl Metrics for PrometheusMetrics {
             })
         })
     }
+
+    fn value<'a>(&'a self, promql: &'a str) -> BoxFuture<'a, Result<Option<f64>, MetricsError>> {
+        value_of(&self.api, promql)
+    }
+}
+
+/// What a check reads of an operator's query: one number, or nothing.
+fn value_of(api: &QueryApi, promql: &str) -> BoxFuture<'static, Result<Option<f64>, MetricsError>> {
+    let api = api.clone();
+    let promql = promql.to_owned();
+    let at = evaluation_time(SystemTime::now());
+    async move { api.run(&promql, &at, parse_single).await }.boxed()
 }
 
 /// The batch for `secs` younger than `freshness`, or a new one from `fetch`.
@@ -376,6 +389,66 @@ fn parse_table(body: &str, keep: fn(&f64) -> bool) -> Result<Table, MetricsError
         }
     }
     Ok(table)
+}
+
+#[derive(Deserialize)]
+struct AnyResponse {
+    status: String,
+    #[serde(default)]
+    data: Option<AnyData>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AnyData {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    result: serde_json::Value,
+}
+
+/// Parses the answer to an operator's query, which must yield one number: a scalar, or a
+/// vector of at most one sample. An empty vector or NaN is no number (`None`: no data);
+/// infinities are kept, so the check fails on them.
+pub fn parse_single(body: &str) -> Result<Option<f64>, MetricsError> {
+    let response: AnyResponse =
+        serde_json::from_str(body).map_err(|e| MetricsError::Response(e.to_string()))?;
+    if response.status != "success" {
+        return Err(MetricsError::Query(
+            response.error.unwrap_or_else(|| response.status.clone()),
+        ));
+    }
+    let data = response
+        .data
+        .ok_or_else(|| MetricsError::Response("no data".into()))?;
+    let sample = match data.result_type.as_str() {
+        "scalar" => data.result,
+        "vector" => {
+            let series = data.result.as_array().cloned().unwrap_or_default();
+            match series.as_slice() {
+                [] => return Ok(None),
+                [one] => one.get("value").cloned().unwrap_or_default(),
+                many => {
+                    return Err(MetricsError::Response(format!(
+                        "the query yields {} series; a metric template must yield one number (aggregate it, e.g. with sum)",
+                        many.len()
+                    )));
+                }
+            }
+        }
+        other => {
+            return Err(MetricsError::Response(format!(
+                "the query yields a {other}; a metric template must yield one number"
+            )));
+        }
+    };
+    let value = sample
+        .get(1)
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| MetricsError::Response(format!("unreadable sample {sample}")))?
+        .parse::<f64>()
+        .map_err(|e| MetricsError::Response(format!("unreadable value: {e}")))?;
+    Ok((!value.is_nan()).then_some(value))
 }
 
 /// The number of results of an instant query.
@@ -615,6 +688,44 @@ mod tests {
         );
         assert!(text.contains("steerer_prometheus_query_errors_total{reason=\"query\"} 1\n"));
         assert!(text.contains("steerer_prometheus_query_errors_total{reason=\"timeout\"} 0\n"));
+    }
+
+    #[test]
+    fn a_template_answer_is_one_number_or_nothing() {
+        let scalar = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"12.5"]}}"#;
+        assert_eq!(parse_single(scalar).unwrap(), Some(12.5));
+        let one = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"0.25"]}]}}"#;
+        assert_eq!(parse_single(one).unwrap(), Some(0.25));
+        let empty = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+        assert_eq!(parse_single(empty).unwrap(), None);
+        let nan = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"NaN"]}}"#;
+        assert_eq!(parse_single(nan).unwrap(), None);
+        let inf = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"+Inf"]}}"#;
+        assert!(parse_single(inf).unwrap().unwrap().is_infinite());
+        let two = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"a":"1"},"value":[1,"1"]},{"metric":{"a":"2"},"value":[1,"2"]}]}}"#;
+        let error = parse_single(two).unwrap_err().to_string();
+        assert!(error.contains("yields 2 series"), "{error}");
+        let matrix = r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
+        assert!(parse_single(matrix).is_err());
+        let refused = r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
+        assert!(matches!(parse_single(refused), Err(MetricsError::Query(m)) if m == "parse error"));
+    }
+
+    #[tokio::test]
+    async fn a_template_query_is_sent_as_it_is() {
+        let (base, seen) = fake_prometheus().await;
+        let metrics =
+            PrometheusMetrics::new(&base, Duration::from_secs(5), vec![], Duration::ZERO).unwrap();
+        let error = metrics
+            .value("sum by (x) (up{job=\"a\"})")
+            .await
+            .unwrap_err();
+        // The stand-in answers every query with two series: too many for a template.
+        assert!(error.to_string().contains("yields 2 series"), "{error}");
+        let asked = seen.lock().unwrap().clone();
+        assert_eq!(asked.len(), 1);
+        assert!(asked[0].contains("query=sum+by+%28x%29"), "{asked:?}");
     }
 
     #[test]

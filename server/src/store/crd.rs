@@ -633,6 +633,7 @@ mod tests {
             message: String::new(),
             latency_p99_ms: None,
             failed: Default::default(),
+            checks: Vec::new(),
         }
     }
 

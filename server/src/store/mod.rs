@@ -144,6 +144,7 @@ mod tests {
                 message: format!("event {sequence}"),
                 latency_p99_ms: None,
                 failed: Default::default(),
+                checks: Vec::new(),
             })
             .collect()
     }
