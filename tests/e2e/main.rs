@@ -31,3 +31,4 @@ mod rollout_service;
 mod rollout_templates;
 mod rollout_webhooks;
 mod server_auth;
+mod server_kube_auth;
