@@ -22,12 +22,11 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-type Client = RolloutServiceClient<
-    InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
->;
+/// Adds the caller's bearer token to each request.
+type Interceptor =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+
+type Client = RolloutServiceClient<InterceptedService<Channel, Interceptor>>;
 
 /// A client presenting `token` (or none).
 async fn client_with(h: &Harness, token: Option<String>) -> Client {
@@ -36,9 +35,7 @@ async fn client_with(h: &Harness, token: Option<String>) -> Client {
         .connect()
         .await
         .unwrap();
-    let interceptor: Box<
-        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
-    > = Box::new(move |mut request: tonic::Request<()>| {
+    let interceptor: Interceptor = Box::new(move |mut request: tonic::Request<()>| {
         if let Some(token) = &token {
             let value: MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
             request.metadata_mut().insert("authorization", value);
