@@ -9,6 +9,8 @@ pub mod convert;
 pub mod forward;
 pub mod kubeauth;
 pub mod limits;
+#[cfg(test)]
+mod proptests;
 pub mod validate;
 pub mod watch;
 
