@@ -434,3 +434,72 @@ async fn an_expired_token_an_unanswering_api_server_and_a_stream_cap_are_refused
         .await;
     assert!(fresh.is_ok(), "{fresh:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_names_the_caller_by_its_common_name() {
+    let tls = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options(&dir.path().join("audit.jsonl"));
+    options.server.tls = Some(steerer_server::TlsFiles {
+        cert: tls.join("server.pem"),
+        key: tls.join("server.key"),
+        client_ca: Some(tls.join("ca.pem")),
+    });
+    let h = Harness::start_with(options).await;
+    apply_example_roles(&h).await;
+    // The fixture's client certificate says CN=ci-pipeline.
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "ci-pipeline-deploys"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "steerer-ci"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "ci-pipeline"}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(h.kube.clone(), NS)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let endpoint = format!("https://{}", h.addr());
+    let pipeline = steerer_client::Client::builder(&endpoint)
+        .ca_certificate_file(tls.join("ca.pem"))
+        .client_identity_files(tls.join("client.pem"), tls.join("client.key"))
+        .connect()
+        .await
+        .unwrap();
+    let request = h.request(Analysis {
+        interval: Some(seconds(30)),
+        ..Default::default()
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let started = loop {
+        match pipeline.start(request.clone()).await {
+            Ok(started) => break started,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                assert!(error.to_string().contains("may not start"), "{error}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    };
+    assert_eq!(started.created_by, "ci-pipeline");
+    let refused = pipeline
+        .abort(&started.id, "not mine".to_owned())
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains(&format!(
+            "ci-pipeline may not abort rollouts.steerer.dev in namespace {NS}"
+        )),
+        "{refused}"
+    );
+    // Without a certificate or a token the TLS connection is accepted, the call is not.
+    let anonymous = steerer_client::Client::builder(&endpoint)
+        .ca_certificate_file(tls.join("ca.pem"))
+        .connect()
+        .await
+        .unwrap();
+    let refused = anonymous.get(&started.id).await.unwrap_err();
+    assert!(
+        matches!(refused, steerer_client::ClientError::Unauthenticated { .. }),
+        "{refused:?}"
+    );
+}

@@ -542,4 +542,54 @@ mod tests {
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
     }
+
+    fn call_to(method: &str) -> http::Request<()> {
+        http::Request::builder()
+            .uri(format!("/steerer.v1.RolloutService/{method}"))
+            .body(())
+            .unwrap()
+    }
+
+    fn code(response: &http::Response<tonic::body::Body>) -> Option<String> {
+        response
+            .headers()
+            .get("grpc-status")
+            .map(|c| c.to_str().unwrap().to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_call_its_handler_did_not_authorize_is_refused_and_an_unknown_rpc_never_runs() {
+        use tower::{Layer, Service};
+        let layer = AuthLayer::new(
+            Authentication::Tokens(Arc::new(Auth::open())),
+            Arc::new(Limits::new(Default::default())),
+        );
+        // A handler that forgets to authorize, and one that does not.
+        let forgetful = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let careful = tower::service_fn(|request: http::Request<()>| async move {
+            let access = request.extensions().get::<Access>().cloned().unwrap();
+            access.require(Verb::Get, "test").await.unwrap();
+            Ok::<_, Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let refused = layer
+            .layer(forgetful)
+            .call(call_to("GetRollout"))
+            .await
+            .unwrap();
+        assert_eq!(code(&refused).as_deref(), Some("7"), "PERMISSION_DENIED");
+        let answered = layer
+            .layer(careful)
+            .call(call_to("GetRollout"))
+            .await
+            .unwrap();
+        assert_eq!(code(&answered), None, "the handler's own answer");
+        let unknown = layer
+            .layer(careful)
+            .call(call_to("DropEverything"))
+            .await
+            .unwrap();
+        assert_eq!(code(&unknown).as_deref(), Some("7"));
+    }
 }
