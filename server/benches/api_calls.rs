@@ -1,5 +1,5 @@
 //! Benchmark: the Kubernetes API requests and Prometheus queries a rollout costs. The real
-//! server (`serve`: watch caches, Istio router, ConfigMap state, Prometheus metrics) runs
+//! server (`serve`: watch caches, Istio router, Rollout records, Prometheus metrics) runs
 //! against the simulated cluster with the example workloads and a real Prometheus scraping
 //! its mesh; the simulator counts API requests by verb and resource, and Prometheus counts
 //! the queries it answered (`prometheus_http_requests_total`).
