@@ -24,7 +24,7 @@ pub struct EventSource {
     next: u64,
     subscription: Option<Subscription>,
     /// Events read from the store, to deliver before following the hub again.
-    stored: VecDeque<RolloutEvent>,
+    stored: VecDeque<Arc<RolloutEvent>>,
     idle_refills: u32,
     done: bool,
 }
@@ -50,7 +50,7 @@ impl EventSource {
         Ok(source)
     }
 
-    fn deliver(&mut self, event: RolloutEvent) -> Option<Result<RolloutEvent, Status>> {
+    fn deliver(&mut self, event: Arc<RolloutEvent>) -> Option<Result<Arc<RolloutEvent>, Status>> {
         self.next = event.sequence + 1;
         self.idle_refills = 0;
         if event.phase.is_terminal() {
@@ -61,7 +61,7 @@ impl EventSource {
     }
 
     /// The next event; `None` after the terminal one (or when the server drains).
-    pub async fn next(&mut self) -> Option<Result<RolloutEvent, Status>> {
+    pub async fn next(&mut self) -> Option<Result<Arc<RolloutEvent>, Status>> {
         loop {
             if self.done {
                 return None;
@@ -131,6 +131,7 @@ impl EventSource {
         self.stored = events
             .into_iter()
             .filter(|e| e.sequence >= self.next)
+            .map(Arc::new)
             .collect();
         if self.stored.is_empty()
             && !rollout.phase.is_terminal()

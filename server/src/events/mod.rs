@@ -46,8 +46,9 @@ pub enum WatchError {
 
 struct Topic {
     /// The newest events, in sequence order with no gaps.
-    log: VecDeque<RolloutEvent>,
-    live: broadcast::Sender<RolloutEvent>,
+    /// Shared by every subscriber: fan-out copies a pointer, not the event.
+    log: VecDeque<Arc<RolloutEvent>>,
+    live: broadcast::Sender<Arc<RolloutEvent>>,
 }
 
 impl Topic {
@@ -68,7 +69,7 @@ impl Topic {
     }
 
     /// The kept events from `from` (0 = the oldest kept); `Err(oldest)` when `from` is older.
-    fn since(&self, from: u64) -> Result<VecDeque<RolloutEvent>, u64> {
+    fn since(&self, from: u64) -> Result<VecDeque<Arc<RolloutEvent>>, u64> {
         let oldest = self.oldest();
         if from != 0 && from < oldest {
             return Err(oldest);
@@ -141,12 +142,13 @@ impl Hub {
                     got: event.sequence,
                 });
             }
+            let event = Arc::new(event.clone());
             topic.log.push_back(event.clone());
             while topic.log.len() > self.limit {
                 topic.log.pop_front();
             }
             // No receivers is fine: nobody is watching.
-            let _ = topic.live.send(event.clone());
+            let _ = topic.live.send(event);
         }
         Ok(())
     }
@@ -210,7 +212,10 @@ impl Hub {
 
     /// The rollout's kept events from `from` (0 = the oldest kept).
     pub fn since(&self, id: &str, from: u64) -> Result<Vec<RolloutEvent>, WatchError> {
-        since(id, &self.topic(id)?, from)
+        Ok(since(id, &self.topic(id)?, from)?
+            .into_iter()
+            .map(|e| RolloutEvent::clone(&e))
+            .collect())
     }
 
     /// Registers a rollout with no events yet (so it can be watched before its first event).
@@ -223,26 +228,27 @@ impl Hub {
     }
 }
 
-fn since(id: &str, topic: &SharedTopic, from: u64) -> Result<Vec<RolloutEvent>, WatchError> {
+fn since(
+    id: &str,
+    topic: &SharedTopic,
+    from: u64,
+) -> Result<VecDeque<Arc<RolloutEvent>>, WatchError> {
     let topic = topic
         .lock()
         .map_err(|_| WatchError::NotFound(id.to_owned()))?;
-    topic
-        .since(from)
-        .map(Vec::from)
-        .map_err(|oldest| WatchError::Dropped {
-            id: id.to_owned(),
-            requested: from,
-            oldest,
-        })
+    topic.since(from).map_err(|oldest| WatchError::Dropped {
+        id: id.to_owned(),
+        requested: from,
+        oldest,
+    })
 }
 
 /// One watcher's view of a rollout's events.
 pub struct Subscription {
     id: String,
     topic: SharedTopic,
-    live: broadcast::Receiver<RolloutEvent>,
-    backlog: VecDeque<RolloutEvent>,
+    live: broadcast::Receiver<Arc<RolloutEvent>>,
+    backlog: VecDeque<Arc<RolloutEvent>>,
     next: u64,
     done: bool,
 }
@@ -251,7 +257,7 @@ impl Subscription {
     /// The next event in sequence order; `None` after the terminal event. An error (then
     /// `None`) when the watcher fell so far behind that the events it needs next were
     /// dropped from the log.
-    pub async fn next(&mut self) -> Option<Result<RolloutEvent, WatchError>> {
+    pub async fn next(&mut self) -> Option<Result<Arc<RolloutEvent>, WatchError>> {
         loop {
             if self.done {
                 return None;
@@ -263,7 +269,7 @@ impl Subscription {
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Too slow for the live buffer: catch up from the log.
                         match since(&self.id, &self.topic, self.next) {
-                            Ok(backlog) => self.backlog = backlog.into(),
+                            Ok(backlog) => self.backlog = backlog,
                             Err(error) => {
                                 self.done = true;
                                 return Some(Err(error));
