@@ -68,11 +68,14 @@ pub struct Caller {
     pub groups: Vec<String>,
 }
 
+/// The user name of every caller of a server without authentication.
+pub const ANONYMOUS: &str = "anonymous";
+
 impl Caller {
     /// The caller of a server without authentication.
     pub fn anonymous() -> Self {
         Caller {
-            user: "anonymous".into(),
+            user: ANONYMOUS.into(),
             groups: Vec::new(),
         }
     }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use tonic::Status;
 
+use super::access::ANONYMOUS;
+
 /// The limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitsConfig {
@@ -33,9 +35,6 @@ impl Default for LimitsConfig {
         }
     }
 }
-
-/// The caller of a server without authentication (see [`super::access::Caller::anonymous`]).
-const ANONYMOUS: &str = "anonymous";
 
 struct Bucket {
     tokens: f64,

@@ -278,29 +278,7 @@ impl RolloutService for Api {
         if !r.namespace.is_empty() {
             self.served(&r.namespace)?;
         }
-        // Across namespaces, a caller who may not list everywhere sees the namespaces it may
-        // list.
-        let visible = if !r.namespace.is_empty() {
-            access.require(access::Verb::List, &r.namespace).await?;
-            None
-        } else if access.allows(access::Verb::List, "").await? {
-            None
-        } else {
-            let mut visible = Vec::new();
-            for namespace in self
-                .supervisor
-                .namespaces_with_rollouts()
-                .await
-                .map_err(convert::status)?
-            {
-                if access.allows(access::Verb::List, &namespace).await? {
-                    visible.push(namespace);
-                }
-            }
-            Some(visible)
-        };
         let query = ListQuery {
-            visible,
             filter: Filter {
                 namespace: (!r.namespace.is_empty()).then_some(r.namespace),
                 target: (!r.target.is_empty()).then_some(r.target),
@@ -310,11 +288,33 @@ impl RolloutService for Api {
             page_size,
             after,
         };
-        let page = self
+        let everywhere = match &query.filter.namespace {
+            Some(namespace) => {
+                access.require(access::Verb::List, namespace).await?;
+                true
+            }
+            None => access.allows(access::Verb::List, "").await?,
+        };
+        let mut listed = self
             .supervisor
-            .list(&query)
+            .listed(&query)
             .await
             .map_err(convert::status)?;
+        if !everywhere {
+            // Across namespaces, a caller who may not list everywhere sees the namespaces it
+            // may list in.
+            let mut namespaces: Vec<String> = listed.iter().map(|r| r.namespace.clone()).collect();
+            namespaces.sort();
+            namespaces.dedup();
+            let mut visible = Vec::new();
+            for namespace in namespaces {
+                if access.allows(access::Verb::List, &namespace).await? {
+                    visible.push(namespace);
+                }
+            }
+            listed.retain(|r| visible.contains(&r.namespace));
+        }
+        let page = crate::engine::supervisor::page(listed, &query);
         Ok(Response::new(pb::ListRolloutsResponse {
             rollouts: page.rollouts.iter().map(convert::rollout).collect(),
             next_page_token: page

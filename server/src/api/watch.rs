@@ -133,10 +133,7 @@ impl EventSource {
             .filter(|e| e.sequence >= self.next)
             .map(Arc::new)
             .collect();
-        if self.stored.is_empty()
-            && !rollout.phase.is_terminal()
-            && hub.subscribe(&self.id, 0).is_err()
-        {
+        if self.stored.is_empty() && !rollout.phase.is_terminal() && !hub.contains(&self.id) {
             // Stored as unfinished but not followed here (another server drives it, or it is
             // being resumed).
             return Err(Status::unavailable(format!(

@@ -58,9 +58,6 @@ pub struct Cursor {
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     pub filter: Filter,
-    /// Only these namespaces (`None` = every namespace the filter allows): the ones the caller
-    /// may list.
-    pub visible: Option<Vec<String>>,
     /// Only these phases (empty = any).
     pub phases: Vec<Phase>,
     pub active_only: bool,
@@ -83,10 +80,6 @@ pub struct Page {
 pub fn page(mut rollouts: Vec<Rollout>, query: &ListQuery) -> Page {
     rollouts.retain(|r| {
         query.filter.matches(r)
-            && query
-                .visible
-                .as_ref()
-                .is_none_or(|v| v.contains(&r.namespace))
             && (!query.active_only || !r.phase.is_terminal())
             && (query.phases.is_empty() || query.phases.contains(&r.phase))
             && query
@@ -413,31 +406,19 @@ impl Supervisor {
         Ok(self.ports.store.find(id).await?)
     }
 
-    /// One page of rollouts, newest first. Active-only listings are answered from memory;
-    /// the others read the store.
-    pub async fn list(&self, query: &ListQuery) -> Result<Page, EngineError> {
-        let rollouts = if query.active_only {
-            self.snapshot()
+    /// The rollouts a listing pages through, in no order: active-only listings are answered
+    /// from memory, the others read the store.
+    pub async fn listed(&self, query: &ListQuery) -> Result<Vec<Rollout>, EngineError> {
+        if query.active_only {
+            Ok(self.snapshot())
         } else {
-            self.ports.store.list(&query.filter).await?
-        };
-        Ok(page(rollouts, query))
+            Ok(self.ports.store.list(&query.filter).await?)
+        }
     }
 
-    /// The namespaces that hold rollouts (records or active ones), sorted.
-    pub async fn namespaces_with_rollouts(&self) -> Result<Vec<String>, EngineError> {
-        let mut namespaces: Vec<String> = self
-            .ports
-            .store
-            .list(&Filter::default())
-            .await?
-            .into_iter()
-            .chain(self.snapshot())
-            .map(|r| r.namespace)
-            .collect();
-        namespaces.sort();
-        namespaces.dedup();
-        Ok(namespaces)
+    /// One page of rollouts, newest first.
+    pub async fn list(&self, query: &ListQuery) -> Result<Page, EngineError> {
+        Ok(page(self.listed(query).await?, query))
     }
 
     /// Deletes finished records past the retention, in every served namespace.

@@ -177,16 +177,6 @@ impl Hub {
         self.topics.lock().is_ok_and(|t| t.contains_key(id))
     }
 
-    /// Rollouts the hub holds.
-    pub fn len(&self) -> usize {
-        self.topics.lock().map(|t| t.len()).unwrap_or(0)
-    }
-
-    /// Whether the hub holds no rollout.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Follows a rollout's events from `from` (0 = the oldest kept).
     pub fn subscribe(&self, id: &str, from: u64) -> Result<Subscription, WatchError> {
         let shared = self.topic(id)?;

@@ -117,11 +117,6 @@ impl CrdStore {
         known.get(id).map(|k| (k.resource_version.clone(), k.kept))
     }
 
-    /// Rollouts this server remembers between writes (unfinished ones it wrote or read).
-    pub fn remembered(&self) -> usize {
-        self.known.lock().map(|k| k.len()).unwrap_or(0)
-    }
-
     async fn list_objects(&self, filter: &Filter) -> Result<Vec<DynamicObject>, StoreError> {
         let mut selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
         if let Some(target) = &filter.target {
