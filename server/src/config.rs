@@ -22,6 +22,11 @@ pub const MAX_EVENT_LIMIT: usize = 1400;
 /// Longest scale-down delay: a rollout's end waits for it.
 pub const MAX_SCALE_DOWN_DELAY: Duration = Duration::from_secs(3600);
 
+/// Period of the shared check ticks, for intervals longer than it.
+pub const DEFAULT_CHECK_TICK: Duration = Duration::from_secs(5);
+/// Longest check tick: a check may wait that long for its tick.
+pub const MAX_CHECK_TICK: Duration = Duration::from_secs(600);
+
 /// Everything the server needs besides a listener and a Kubernetes client.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -37,6 +42,10 @@ pub struct ServerConfig {
     /// the revision under analysis got its first traffic, and no check runs before the
     /// revision has had traffic this long.
     pub metrics_window: Duration,
+    /// Checks of all rollouts fall on shared ticks every `min(interval, check_tick)` from
+    /// the Unix epoch, so one grouped Prometheus query serves every rollout checking on a
+    /// tick; zero: each rollout checks on its own schedule.
+    pub check_tick: Duration,
     /// Events kept per rollout in its record, newest first; older ones are dropped (a
     /// rollout's record is one custom resource, and an event takes 300 to 700 bytes of it).
     pub event_limit: usize,
@@ -139,6 +148,7 @@ impl Default for ServerConfig {
             namespaces: Vec::new(),
             defaults: AnalysisSettings::default(),
             metrics_window: Duration::from_secs(60),
+            check_tick: DEFAULT_CHECK_TICK,
             event_limit: events::DEFAULT_EVENT_LIMIT,
             retain_per_target: crate::store::prune::DEFAULT_RETAIN_PER_TARGET,
             retain_for: crate::store::prune::DEFAULT_RETAIN_FOR,
@@ -196,6 +206,13 @@ impl ServerConfig {
                 humantime::format_duration(self.scale_down_delay)
             )));
         }
+        if self.check_tick > MAX_CHECK_TICK {
+            return Err(ServerError::Config(format!(
+                "check tick must be at most {}, got {}",
+                humantime::format_duration(MAX_CHECK_TICK),
+                humantime::format_duration(self.check_tick)
+            )));
+        }
         if self.kubernetes_auth.is_some()
             && (self.token_file.is_some() || self.read_only_token_file.is_some())
         {
@@ -246,6 +263,7 @@ impl ServerConfig {
             webhook_allow: self.allow_list()?,
             defaults: self.defaults.clone(),
             metrics_window: self.metrics_window,
+            check_tick: self.check_tick,
             auto: self.auto,
             auto_interval: self.auto_interval,
             scale_down_delay: self.scale_down_delay,

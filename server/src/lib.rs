@@ -84,7 +84,8 @@ pub async fn serve(
             &config.prometheus_url,
             config.metrics_timeout,
             config.namespaces.clone(),
-            Duration::from_millis(500),
+            // The checks of one shared tick come within its slack; one batch serves them.
+            engine::decide::TICK_SLACK,
         )
         .map_err(|e| ServerError::Config(e.to_string()))?
         .with_telemetry(config.telemetry.clone()),

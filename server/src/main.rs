@@ -79,6 +79,11 @@ struct Flags {
     /// traffic this long.
     #[arg(long, env = "STEERER_METRICS_WINDOW", default_value = "1m", value_parser = humantime::parse_duration)]
     metrics_window: Duration,
+    /// Checks of all rollouts fall on shared ticks every min(interval, this), counted from
+    /// the Unix epoch, so one grouped Prometheus query serves every rollout checking on a
+    /// tick; a check waits for the next tick after its interval (0s: no ticks).
+    #[arg(long, env = "STEERER_CHECK_TICK", default_value = "5s", value_parser = humantime::parse_duration)]
+    check_tick: Duration,
     /// Events kept per rollout (1 to 1400); older ones are dropped, and watching from a
     /// dropped sequence answers OUT_OF_RANGE naming the oldest kept.
     #[arg(long, env = "STEERER_EVENT_LIMIT", default_value_t = steerer_server::events::DEFAULT_EVENT_LIMIT)]
@@ -251,6 +256,7 @@ async fn main() -> anyhow::Result<()> {
             ..AnalysisSettings::default()
         },
         metrics_window: flags.metrics_window,
+        check_tick: flags.check_tick,
         event_limit: flags.event_limit,
         retain_per_target: flags.retain_per_target,
         retain_for: flags.retain_for,

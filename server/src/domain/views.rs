@@ -3,6 +3,7 @@
 //! GA gets at promotion).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -26,8 +27,8 @@ pub struct DeploymentView {
     pub unavailable_replicas: u32,
     /// `spec.selector.matchLabels`.
     pub selector: BTreeMap<String, String>,
-    /// `spec.template` as JSON.
-    pub template: Value,
+    /// `spec.template` as JSON, shared by the copies of one view.
+    pub template: Arc<Value>,
 }
 
 impl DeploymentView {

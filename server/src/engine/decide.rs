@@ -28,6 +28,29 @@ pub const IDLE: Duration = Duration::from_secs(3600);
 pub const REPEATS_IN_FULL: u32 = 3;
 /// Shortest time between two recorded repeats of the same "no data" reason.
 pub const MIN_QUIET: Duration = Duration::from_secs(60);
+/// How long after a shared check tick a driver that wakes late still checks on it (at
+/// most half the tick's period). Grouped measurements are shared for as long.
+pub const TICK_SLACK: Duration = Duration::from_secs(1);
+
+/// Time from `now` to the next shared check tick; zero when `now` is on one. Ticks fall
+/// every `min(interval, tick)` counted from the Unix epoch, so the rollouts due for a check
+/// check together, and one grouped measurement serves them all. `now` is on a tick for
+/// `TICK_SLACK` (at most half a period) after it. A `tick` of zero makes every moment one.
+pub fn until_tick(now: DateTime<Utc>, interval: Duration, tick: Duration) -> Duration {
+    let period = i64::try_from(interval.min(tick).as_millis()).unwrap_or(i64::MAX);
+    if period == 0 {
+        return Duration::ZERO;
+    }
+    let slack = i64::try_from(TICK_SLACK.as_millis())
+        .unwrap_or(i64::MAX)
+        .min(period / 2);
+    let since = now.timestamp_millis().rem_euclid(period);
+    if since <= slack {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(u64::try_from(period - since).unwrap_or(0))
+    }
+}
 
 /// Time between two recorded repeats of the same "no data" reason: ten intervals, at least a
 /// minute. A long outage then adds a few events an hour, not one per interval.
@@ -50,6 +73,8 @@ pub struct Observation {
     /// The shortest window the metrics provider measures over (the engine's
     /// `metrics_window`): a revision is checked only once it has had traffic that long.
     pub metrics_window: Duration,
+    /// The engine's `check_tick`: checks wait for a shared tick (`until_tick`).
+    pub check_tick: Duration,
     /// The VirtualService as last seen.
     pub route: RouteView,
     /// A canary weight the driver wrote (or tried to) that the state does not record yet:
@@ -741,10 +766,12 @@ pub fn sample_window(
     state: &Rollout,
     now: DateTime<Utc>,
     metrics_window: Duration,
+    check_tick: Duration,
 ) -> Option<Duration> {
     if state.phase != Phase::Progressing
         || state.canary_weight == 0
         || interval_elapsed(state, now).is_some()
+        || !until_tick(now, state.analysis.interval, check_tick).is_zero()
     {
         return None;
     }
@@ -784,7 +811,7 @@ pub fn evidence_window(
 /// VirtualService as steerer left it). What `progressing` requires before it judges, so the
 /// driver measures and calls webhooks only for a check that will be judged.
 pub fn check_due(state: &Rollout, obs: &Observation, now: DateTime<Utc>) -> bool {
-    if sample_window(state, now, obs.metrics_window).is_none() {
+    if sample_window(state, now, obs.metrics_window, obs.check_tick).is_none() {
         return false;
     }
     let (Some(ga), Some(canary)) = (&obs.ga, &obs.canary) else {
@@ -1858,6 +1885,12 @@ fn progressing(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTi
     if let Err(left) = evidence_window(&d.next, now, obs.metrics_window) {
         // Still looked at once an interval, so the health gate halts a waiting rollout too.
         d.wake = left.min(state.analysis.interval);
+        return;
+    }
+    // Due: checked on the next shared tick, with the rollouts due then.
+    let tick = until_tick(now, state.analysis.interval, obs.check_tick);
+    if !tick.is_zero() {
+        d.wake = tick;
         return;
     }
     let settings = &state.analysis;

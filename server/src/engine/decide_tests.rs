@@ -173,7 +173,10 @@ fn ready_canary_gets_the_first_step() {
 fn nothing_happens_before_the_interval_elapses() {
     let state = Fixture::new().progressing(10, 0).done();
     let now = t(0) + chrono::Duration::milliseconds(400);
-    assert_eq!(sample_window(&state, now, Duration::from_secs(4)), None);
+    assert_eq!(
+        sample_window(&state, now, Duration::from_secs(4), Duration::ZERO),
+        None
+    );
     let d = decide(&state, &obs(), now);
     assert!(d.actions.is_empty() && d.events.is_empty());
     assert_eq!(d.wake, Duration::from_millis(600));
@@ -183,7 +186,7 @@ fn nothing_happens_before_the_interval_elapses() {
 fn passing_check_steps_up_by_step_weight() {
     let state = Fixture::new().progressing(10, 0).done();
     assert_eq!(
-        sample_window(&state, t(1), Duration::from_secs(4)),
+        sample_window(&state, t(1), Duration::from_secs(4), Duration::ZERO),
         Some(Duration::from_secs(4))
     );
     let d = decide(&state, &measured(100.0, 20.0), t(1));
@@ -445,7 +448,8 @@ fn a_new_canary_revision_restarts_from_weight_zero() {
         .with(|r| r.failed_checks = 1)
         .done();
     let mut o = measured(100.0, 10.0);
-    o.canary.as_mut().unwrap().template["spec"]["containers"][0]["image"] = json!("podinfo:9");
+    std::sync::Arc::make_mut(&mut o.canary.as_mut().unwrap().template)["spec"]["containers"][0]["image"] =
+        json!("podinfo:9");
     let d = decide(&state, &o, t(1));
     assert_eq!(d.actions, vec![Action::SetCanaryWeight(0)]);
     assert_eq!(kinds(&d), vec![EventKind::Restarted]);
@@ -456,7 +460,7 @@ fn a_new_canary_revision_restarts_from_weight_zero() {
 fn promoted_ga() -> DeploymentView {
     let mut g = ga();
     let c = canary();
-    g.template = promoted_template(&c.template, &c.selector, &g.selector);
+    g.template = promoted_template(&c.template, &c.selector, &g.selector).into();
     g
 }
 
@@ -543,7 +547,8 @@ fn a_promotion_stored_without_its_template_restarts_for_a_changed_canary() {
         .with(|r| r.phase = Phase::Promoting)
         .done();
     let mut o = obs();
-    o.canary.as_mut().unwrap().template["spec"]["containers"][0]["image"] = json!("podinfo:9");
+    std::sync::Arc::make_mut(&mut o.canary.as_mut().unwrap().template)["spec"]["containers"][0]["image"] =
+        json!("podinfo:9");
     let d = decide(&state, &o, t(1));
     assert_eq!(kinds(&d), vec![EventKind::Restarted]);
     assert!(!d.actions.contains(&Action::PromoteTemplate));
@@ -571,8 +576,8 @@ fn once_ga_has_the_promoted_template_a_changed_canary_never_restarts_or_reaches_
         })
         .done();
     let mut changed = at(100, obs());
-    changed.canary.as_mut().unwrap().template["spec"]["containers"][0]["image"] =
-        json!("podinfo:9");
+    std::sync::Arc::make_mut(&mut changed.canary.as_mut().unwrap().template)["spec"]["containers"]
+        [0]["image"] = json!("podinfo:9");
     // GA does not show the promoted template yet: wait, never copy the new revision.
     let d = decide(&state, &changed, t(1));
     assert!(d.actions.is_empty(), "{:?}", d.actions);
@@ -949,7 +954,7 @@ fn no_check_is_due_before_the_revision_has_had_one_metrics_window_of_traffic() {
         .with(|r| r.traffic_since = Some(t(0)))
         .done();
     let now = t(1) + ms(500);
-    assert_eq!(sample_window(&state, now, WINDOW), None);
+    assert_eq!(sample_window(&state, now, WINDOW, Duration::ZERO), None);
     let d = decide(&state, &windowed(obs()), now);
     assert!(
         d.actions.is_empty() && d.events.is_empty(),
@@ -993,7 +998,7 @@ fn the_first_check_measures_only_the_revisions_own_traffic() {
     // max(interval, window) = 10 s, cut at the revision's first traffic and rounded down to
     // whole seconds (the provider rounds up).
     assert_eq!(
-        sample_window(&state, t(6) + ms(700), WINDOW),
+        sample_window(&state, t(6) + ms(700), WINDOW, Duration::ZERO),
         Some(Duration::from_secs(6))
     );
     assert_eq!(
@@ -1015,14 +1020,18 @@ fn a_new_revision_starts_its_evidence_from_its_own_first_step() {
         .with(|r| r.traffic_since = Some(t(-100)))
         .done();
     let mut o = windowed(measured(100.0, 10.0));
-    o.canary.as_mut().unwrap().template["spec"]["containers"][0]["image"] = json!("podinfo:9");
+    std::sync::Arc::make_mut(&mut o.canary.as_mut().unwrap().template)["spec"]["containers"][0]["image"] =
+        json!("podinfo:9");
     let restarted = decide(&state, &o, t(1)).next;
     assert_eq!(restarted.traffic_since, None);
     let stepped = decide(&restarted, &o, t(2)).next;
     assert_eq!(stepped.canary_weight, 10);
     assert_eq!(stepped.traffic_since, Some(t(2)));
-    assert_eq!(sample_window(&stepped, t(5), WINDOW), None);
-    assert_eq!(sample_window(&stepped, t(6), WINDOW), Some(WINDOW));
+    assert_eq!(sample_window(&stepped, t(5), WINDOW, Duration::ZERO), None);
+    assert_eq!(
+        sample_window(&stepped, t(6), WINDOW, Duration::ZERO),
+        Some(WINDOW)
+    );
 }
 
 #[test]
@@ -1031,7 +1040,7 @@ fn a_resumed_rollout_that_does_not_know_when_traffic_began_counts_from_resumptio
         .progressing(30, 0)
         .with(|r| r.traffic_since = None)
         .done();
-    assert_eq!(sample_window(&state, t(10), WINDOW), None);
+    assert_eq!(sample_window(&state, t(10), WINDOW, Duration::ZERO), None);
     let d = decide(&state, &windowed(measured(100.0, 20.0)), t(10));
     assert!(d.events.is_empty() && d.actions.is_empty());
     assert_eq!(d.next.traffic_since, Some(t(10)));
@@ -1759,7 +1768,7 @@ mod lifecycle {
         let canary = canary();
         let mut ga = ga();
         assert!(!ga_runs_canary(&ga, &canary));
-        ga.template = promoted_template(&canary.template, &canary.selector, &ga.selector);
+        ga.template = promoted_template(&canary.template, &canary.selector, &ga.selector).into();
         assert!(ga_runs_canary(&ga, &canary));
     }
 }
@@ -2411,4 +2420,68 @@ mod gates {
         assert!(stored["analysis"].get("webhooks").is_none());
         assert!(!loaded.analysis.require_approval);
     }
+}
+
+#[test]
+fn checks_fall_on_shared_ticks_counted_from_the_epoch() {
+    let five = Duration::from_secs(5);
+    let ten = Duration::from_secs(10);
+    // t(0) is a whole multiple of 5 s (and 10 s) since the epoch.
+    assert_eq!(until_tick(t(0), ten, five), Duration::ZERO);
+    assert_eq!(
+        until_tick(t(0) + ms(900), ten, five),
+        Duration::ZERO,
+        "within the slack"
+    );
+    assert_eq!(
+        until_tick(t(0) + ms(1200), ten, five),
+        Duration::from_millis(3800)
+    );
+    assert_eq!(until_tick(t(3), ten, five), Duration::from_secs(2));
+    assert_eq!(until_tick(t(7), ten, five), Duration::from_secs(3));
+    // An interval shorter than the tick is the period, with half of it as slack.
+    let one = Duration::from_secs(1);
+    assert_eq!(until_tick(t(3) + ms(400), one, five), Duration::ZERO);
+    assert_eq!(
+        until_tick(t(3) + ms(600), one, five),
+        Duration::from_millis(400)
+    );
+    // No tick: every moment is one.
+    assert_eq!(
+        until_tick(t(3) + ms(600), ten, Duration::ZERO),
+        Duration::ZERO
+    );
+}
+
+#[test]
+fn a_due_check_waits_for_the_next_tick_and_then_runs_with_it() {
+    let state = Fixture::new()
+        .progressing(20, 0)
+        .with(|r| r.analysis.interval = Duration::from_secs(10))
+        .done();
+    let ticking = Observation {
+        check_tick: Duration::from_secs(5),
+        ..measured(100.0, 20.0)
+    };
+    // Due since t(10), but t(12) is 2 s past a tick: nothing is measured or decided yet.
+    assert_eq!(
+        sample_window(&state, t(12), Duration::from_secs(4), ticking.check_tick),
+        None
+    );
+    let waiting = decide(&state, &ticking, t(12));
+    assert!(waiting.actions.is_empty() && waiting.events.is_empty());
+    assert!(
+        !waiting.changes(&state),
+        "waiting for the tick writes nothing"
+    );
+    assert_eq!(waiting.wake, Duration::from_secs(3));
+    // On the tick: measured and judged, and the next check is an interval later.
+    assert!(sample_window(&state, t(15), Duration::from_secs(4), ticking.check_tick).is_some());
+    let checked = decide(&state, &ticking, t(15));
+    assert_eq!(checked.actions, vec![Action::SetCanaryWeight(30)]);
+    assert_eq!(checked.next.last_step_at, Some(t(15)));
+    assert_eq!(checked.wake, Duration::from_secs(10));
+    // Without ticks the same check runs at once.
+    let at_once = decide(&state, &measured(100.0, 20.0), t(12));
+    assert_eq!(at_once.actions, vec![Action::SetCanaryWeight(30)]);
 }

@@ -677,6 +677,7 @@ async fn observe(
         sample: None,
         ga_runs_canary,
         metrics_window: config.metrics_window,
+        check_tick: config.check_tick,
         route,
         unrecorded_weight: known.unrecorded_weight,
         scale_down_delay: config.scale_down_delay,
@@ -688,7 +689,7 @@ async fn observe(
         return (obs, false);
     };
     let window = decide::check_due(state, &obs, now)
-        .then(|| decide::sample_window(state, now, config.metrics_window))
+        .then(|| decide::sample_window(state, now, config.metrics_window, config.check_tick))
         .flatten();
     let due = decide::hooks_due(state, &obs, now, gate_called_at);
     let (measured, hooks) = futures::join!(

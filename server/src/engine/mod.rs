@@ -44,6 +44,10 @@ pub struct EngineConfig {
     pub defaults: AnalysisSettings,
     /// Shortest metrics window (rate() needs at least two scrapes in it).
     pub metrics_window: Duration,
+    /// Checks fall on shared ticks every `min(interval, check_tick)` (see
+    /// `decide::until_tick`), so one grouped query serves every rollout checking on a tick;
+    /// zero: each rollout checks on its own schedule.
+    pub check_tick: Duration,
     /// Watch for new canary revisions of labelled GA Deployments.
     pub auto: bool,
     /// How often auto mode looks for new revisions.
@@ -64,6 +68,7 @@ impl Default for EngineConfig {
         Self {
             defaults: AnalysisSettings::default(),
             metrics_window: Duration::from_secs(60),
+            check_tick: Duration::ZERO,
             auto: false,
             auto_interval: Duration::from_secs(2),
             scale_down_delay: DEFAULT_SCALE_DOWN_DELAY,

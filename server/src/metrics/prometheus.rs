@@ -1,8 +1,10 @@
 //! Prometheus over its HTTP API. One grouped query per metric serves every rollout: the
-//! success and request rates of all workloads come back in two queries, and the p99
-//! latencies in a third made only when a rollout checks latency, each shared by all the
-//! drivers that ask within a short freshness window. Metric templates are the exception:
-//! each is the operator's own query for one rollout, run as it is for every check.
+//! success and request rates of all workloads come back in one query, and the p99
+//! latencies in a second made only when a rollout checks latency, each shared by all the
+//! drivers that ask within a short freshness window. The workloads reported at all (what
+//! `StartRollout` checks first) come from one grouped query too, shared for longer. Metric
+//! templates are the exception: each is the operator's own query for one rollout, run as
+//! it is for every check.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,8 +20,15 @@ use crate::telemetry::Telemetry;
 
 type Table = HashMap<(String, String), f64>;
 type Batch = Shared<BoxFuture<'static, Result<Arc<(Table, Table)>, MetricsError>>>;
-type LatencyBatch = Shared<BoxFuture<'static, Result<Arc<Table>, MetricsError>>>;
+type TableBatch = Shared<BoxFuture<'static, Result<Arc<Table>, MetricsError>>>;
 type Batches<B> = Mutex<HashMap<u64, (Instant, B)>>;
+/// One series of an answer: its labels, (namespace, workload) and value.
+type Found = (HashMap<String, String>, (String, String), f64);
+
+/// How long one answer to "which workloads reported at all" serves the starts that follow.
+/// A workload missing from it is asked about on its own, so a stale answer can only say yes
+/// to a workload that did report within the lookback.
+const COVERAGE_FRESHNESS: Duration = Duration::from_secs(10);
 
 /// Canary metrics from Prometheus's `istio_requests_total` and
 /// `istio_request_duration_milliseconds`.
@@ -28,7 +37,8 @@ pub struct PrometheusMetrics {
     namespaces: Vec<String>,
     freshness: Duration,
     batches: Batches<Batch>,
-    latency_batches: Batches<LatencyBatch>,
+    latency_batches: Batches<TableBatch>,
+    coverage_batches: Batches<TableBatch>,
 }
 
 impl PrometheusMetrics {
@@ -56,6 +66,7 @@ impl PrometheusMetrics {
             freshness,
             batches: Mutex::new(HashMap::new()),
             latency_batches: Mutex::new(HashMap::new()),
+            coverage_batches: Mutex::new(HashMap::new()),
         })
     }
 
@@ -71,7 +82,7 @@ impl PrometheusMetrics {
         })
     }
 
-    fn latency_batch(&self, window: Duration) -> LatencyBatch {
+    fn latency_batch(&self, window: Duration) -> TableBatch {
         shared(
             &self.latency_batches,
             window_secs(window),
@@ -80,7 +91,7 @@ impl PrometheusMetrics {
         )
     }
 
-    fn fetch_latency(&self, window_secs: u64) -> LatencyBatch {
+    fn fetch_latency(&self, window_secs: u64) -> TableBatch {
         let api = self.api.clone();
         let promql = grouped_latency_query(window_secs, &self.namespaces);
         let at = evaluation_time(SystemTime::now());
@@ -91,20 +102,36 @@ impl PrometheusMetrics {
 
     fn fetch(&self, window_secs: u64) -> Batch {
         let api = self.api.clone();
-        let ok = grouped_query(window_secs, &self.namespaces, true);
-        let total = grouped_query(window_secs, &self.namespaces, false);
-        // Both queries are evaluated at the same instant: evaluated apart, a scrape landing in
-        // between could make the non-5xx rate exceed the total (a success rate over 100%).
+        // One query for both rates, so both are evaluated at the same instant: evaluated
+        // apart, a scrape landing in between could make the non-5xx rate exceed the total (a
+        // success rate over 100%).
+        let promql = grouped_rates_query(window_secs, &self.namespaces);
         let at = evaluation_time(SystemTime::now());
-        async move {
-            let (ok, total) = futures::try_join!(
-                api.run(&ok, &at, parse_vector),
-                api.run(&total, &at, parse_vector)
-            )?;
-            Ok(Arc::new((ok, total)))
-        }
-        .boxed()
-        .shared()
+        async move { Ok(Arc::new(api.run(&promql, &at, parse_rates).await?)) }
+            .boxed()
+            .shared()
+    }
+
+    /// Every workload of the served namespaces with a request series in the lookback.
+    fn reported(&self, lookback: Duration) -> TableBatch {
+        shared(
+            &self.coverage_batches,
+            window_secs(lookback),
+            COVERAGE_FRESHNESS,
+            |secs| {
+                let api = self.api.clone();
+                let promql = grouped_coverage_query(&self.namespaces, secs);
+                let at = evaluation_time(SystemTime::now());
+                async move { Ok(Arc::new(api.run(&promql, &at, parse_vector).await?)) }
+                    .boxed()
+                    .shared()
+            },
+        )
+    }
+
+    /// Whether the grouped answer can speak for `namespace`: it covers the served namespaces.
+    fn serves(&self, namespace: &str) -> bool {
+        self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace)
     }
 }
 
@@ -116,6 +143,23 @@ impl Metrics for PrometheusMetrics {
         lookback: Duration,
     ) -> BoxFuture<'a, Result<Coverage, MetricsError>> {
         Box::pin(async move {
+            // The starts of the same few seconds share one grouped answer; a workload it does
+            // not list (new since, or the answer failed) is asked about on its own.
+            if self.serves(namespace)
+                && let Ok(all) = self.reported(lookback).await
+            {
+                let reported: Vec<String> = workloads
+                    .iter()
+                    .filter(|w| all.contains_key(&(namespace.to_owned(), (*w).clone())))
+                    .cloned()
+                    .collect();
+                if !reported.is_empty() {
+                    return Ok(Coverage {
+                        reported,
+                        scraping: true,
+                    });
+                }
+            }
             let at = evaluation_time(SystemTime::now());
             let promql = coverage_query(namespace, workloads, window_secs(lookback));
             let found = self.api.run(&promql, &at, parse_vector).await?;
@@ -225,14 +269,24 @@ pub fn promql_string(value: &str) -> String {
     out
 }
 
-/// The request rate of every workload (`ok_only`: only non-5xx responses), grouped by
-/// namespace and workload. `namespaces` must be validated DNS-1123 labels.
-pub fn grouped_query(window_secs: u64, namespaces: &[String], ok_only: bool) -> String {
+/// The label of a [`grouped_rates_query`] answer saying which rate a series is.
+const RATE_LABEL: &str = "steerer_rate";
+
+/// The destination-reported selector of the served namespaces (`namespaces` must be validated
+/// DNS-1123 labels; empty = all).
+fn served_selector(namespaces: &[String]) -> String {
     let mut selector = String::from("reporter=\"destination\"");
     if !namespaces.is_empty() {
         selector.push_str(",destination_workload_namespace=~");
         selector.push_str(&promql_string(&namespaces.join("|")));
     }
+    selector
+}
+
+/// The request rate of every workload (`ok_only`: only non-5xx responses), grouped by
+/// namespace and workload. `namespaces` must be validated DNS-1123 labels.
+pub fn grouped_query(window_secs: u64, namespaces: &[String], ok_only: bool) -> String {
+    let mut selector = served_selector(namespaces);
     if ok_only {
         selector.push_str(",response_code!~\"5.*\"");
     }
@@ -241,15 +295,32 @@ pub fn grouped_query(window_secs: u64, namespaces: &[String], ok_only: bool) -> 
     )
 }
 
+/// Both rates of every workload in one query: the non-5xx rates labelled
+/// `steerer_rate="ok"`, the total rates `steerer_rate="total"`.
+pub fn grouped_rates_query(window_secs: u64, namespaces: &[String]) -> String {
+    let part = |ok_only: bool, name: &str| {
+        format!(
+            "label_replace({}, \"{RATE_LABEL}\", \"{name}\", \"\", \"\")",
+            grouped_query(window_secs, namespaces, ok_only)
+        )
+    };
+    format!("{} or {}", part(true, "ok"), part(false, "total"))
+}
+
+/// Every workload with any destination-reported request series over the trailing
+/// `lookback_secs`, one result per workload.
+pub fn grouped_coverage_query(namespaces: &[String], lookback_secs: u64) -> String {
+    format!(
+        "group by (destination_workload_namespace, destination_workload) (last_over_time(istio_requests_total{{{}}}[{lookback_secs}s]))",
+        served_selector(namespaces)
+    )
+}
+
 /// The p99 request duration (milliseconds) of every workload, grouped by namespace and
 /// workload, from the destination sidecars' histogram. `namespaces` must be validated
 /// DNS-1123 labels.
 pub fn grouped_latency_query(window_secs: u64, namespaces: &[String]) -> String {
-    let mut selector = String::from("reporter=\"destination\"");
-    if !namespaces.is_empty() {
-        selector.push_str(",destination_workload_namespace=~");
-        selector.push_str(&promql_string(&namespaces.join("|")));
-    }
+    let selector = served_selector(namespaces);
     format!(
         "histogram_quantile(0.99, sum by (le, destination_workload_namespace, destination_workload) (rate(istio_request_duration_milliseconds_bucket{{{selector}}}[{window_secs}s])))"
     )
@@ -350,6 +421,23 @@ pub fn parse_vector(body: &str) -> Result<Table, MetricsError> {
     parse_table(body, |v| v.is_finite())
 }
 
+/// Parses a [`grouped_rates_query`] answer into its non-5xx and total tables, dropping NaN
+/// and infinite values.
+pub fn parse_rates(body: &str) -> Result<(Table, Table), MetricsError> {
+    let (mut ok, mut total) = (Table::new(), Table::new());
+    for (labels, key, value) in series_of(body)? {
+        if !value.is_finite() {
+            continue;
+        }
+        match labels.get(RATE_LABEL).map(String::as_str) {
+            Some("ok") => ok.insert(key, value),
+            Some("total") => total.insert(key, value),
+            _ => continue,
+        };
+    }
+    Ok((ok, total))
+}
+
 /// Parses a latency answer: NaN (no requests in the window) is no data, but an infinite
 /// p99 (the quantile fell in the `+Inf` bucket) is kept, so the check fails on it.
 pub fn parse_latency_vector(body: &str) -> Result<Table, MetricsError> {
@@ -357,6 +445,16 @@ pub fn parse_latency_vector(body: &str) -> Result<Table, MetricsError> {
 }
 
 fn parse_table(body: &str, keep: fn(&f64) -> bool) -> Result<Table, MetricsError> {
+    Ok(series_of(body)?
+        .into_iter()
+        .filter(|(_, _, value)| keep(value))
+        .map(|(_, key, value)| (key, value))
+        .collect())
+}
+
+/// The series of an instant-vector answer that name a namespace and a workload: their
+/// labels, (namespace, workload) and value. Values that are not numbers are left out.
+fn series_of(body: &str) -> Result<Vec<Found>, MetricsError> {
     let response: Response =
         serde_json::from_str(body).map_err(|e| MetricsError::Response(e.to_string()))?;
     if response.status != "success" {
@@ -373,7 +471,7 @@ fn parse_table(body: &str, keep: fn(&f64) -> bool) -> Result<Table, MetricsError
             data.result_type
         )));
     }
-    let mut table = Table::new();
+    let mut found = Vec::with_capacity(data.result.len());
     for series in data.result {
         let (Some(ns), Some(wl)) = (
             series.metric.get("destination_workload_namespace"),
@@ -381,14 +479,12 @@ fn parse_table(body: &str, keep: fn(&f64) -> bool) -> Result<Table, MetricsError
         ) else {
             continue;
         };
-        match series.value.1.parse::<f64>() {
-            Ok(v) if keep(&v) => {
-                table.insert((ns.clone(), wl.clone()), v);
-            }
-            _ => {}
+        if let Ok(value) = series.value.1.parse::<f64>() {
+            let key = (ns.clone(), wl.clone());
+            found.push((series.metric, key, value));
         }
     }
-    Ok(table)
+    Ok(found)
 }
 
 #[derive(Deserialize)]
@@ -601,16 +697,28 @@ mod tests {
                         .unwrap_or_default()
                         .to_owned();
                     let latency = line.contains("histogram_quantile");
+                    let rates = line.contains("label_replace");
                     log.lock().unwrap().push(line);
-                    let (a, b) = if latency {
-                        ("47.5", "936")
+                    let series = |extra: &str, a: &str, b: &str| {
+                        format!(
+                            r#"{{"metric":{{"destination_workload_namespace":"test","destination_workload":"a"{extra}}},"value":[1,"{a}"]}},
+                            {{"metric":{{"destination_workload_namespace":"test","destination_workload":"b"{extra}}},"value":[1,"{b}"]}}"#
+                        )
+                    };
+                    let result = if latency {
+                        series("", "47.5", "936")
+                    } else if rates {
+                        // a: 9 of 10 requests succeed; b: 10 of 10.
+                        format!(
+                            "{},{}",
+                            series(r#","steerer_rate":"ok""#, "9", "10"),
+                            series(r#","steerer_rate":"total""#, "10", "10")
+                        )
                     } else {
-                        ("10", "10")
+                        series("", "1", "1")
                     };
                     let body = format!(
-                        r#"{{"status":"success","data":{{"resultType":"vector","result":[
-                        {{"metric":{{"destination_workload_namespace":"test","destination_workload":"a"}},"value":[1,"{a}"]}},
-                        {{"metric":{{"destination_workload_namespace":"test","destination_workload":"b"}},"value":[1,"{b}"]}}]}}}}"#
+                        r#"{{"status":"success","data":{{"resultType":"vector","result":[{result}]}}}}"#
                     );
                     let response = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -636,7 +744,8 @@ mod tests {
         let window = Duration::from_secs(30);
         let plain = metrics.sample("test", "a", window, false).await.unwrap();
         assert_eq!(plain.latency_p99_ms, None);
-        assert_eq!(plain.success_rate, Some(100.0));
+        assert_eq!(plain.success_rate, Some(90.0));
+        assert_eq!(plain.request_rate, Some(10.0));
         let latency_queries = || {
             seen.lock()
                 .unwrap()
@@ -655,8 +764,88 @@ mod tests {
         let c = metrics.sample("test", "c", window, true).await.unwrap();
         assert_eq!(c.latency_p99_ms, None, "no series: no data");
         assert_eq!(latency_queries(), 1, "{:?}", seen.lock().unwrap());
-        // The success and request rates: still their two grouped queries, shared by all.
-        assert_eq!(seen.lock().unwrap().len(), 3, "{:?}", seen.lock().unwrap());
+        // The success and request rates: still their one grouped query, shared by all.
+        assert_eq!(seen.lock().unwrap().len(), 2, "{:?}", seen.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn starts_share_one_answer_on_reported_workloads_and_ask_alone_about_the_others() {
+        let (base, seen) = fake_prometheus().await;
+        let metrics = PrometheusMetrics::new(
+            &base,
+            Duration::from_secs(5),
+            vec!["test".into()],
+            Duration::ZERO,
+        )
+        .unwrap();
+        let hour = Duration::from_secs(3600);
+        let ab = ["a".to_owned(), "a-canary".to_owned()];
+        let first = metrics.coverage("test", &ab, hour).await.unwrap();
+        assert_eq!(first.reported, ["a"]);
+        let b = ["b".to_owned(), "b-canary".to_owned()];
+        assert_eq!(
+            metrics.coverage("test", &b, hour).await.unwrap().reported,
+            ["b"]
+        );
+        let grouped = |seen: &Arc<Mutex<Vec<String>>>| {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|q| q.contains("group+by") || q.contains("group%20by"))
+                .count()
+        };
+        assert_eq!(seen.lock().unwrap().len(), 1, "{:?}", seen.lock().unwrap());
+        assert_eq!(grouped(&seen), 1, "{:?}", seen.lock().unwrap());
+        // Not in the shared answer: asked about by name (the fake answers a and b again, so
+        // c is not reported), then whether Prometheus scrapes anything at all.
+        let c = ["c".to_owned(), "c-canary".to_owned()];
+        let none = metrics.coverage("test", &c, hour).await.unwrap();
+        assert!(none.reported.is_empty());
+        assert!(none.scraping);
+        let asked = seen.lock().unwrap().clone();
+        assert_eq!(asked.len(), 3, "{asked:?}");
+        assert!(asked[1].contains("c-canary"), "{asked:?}");
+        // A namespace the server does not serve is never answered from the shared answer.
+        let other = metrics.coverage("prod", &ab, hour).await.unwrap();
+        assert!(other.reported.is_empty());
+        assert_eq!(seen.lock().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn one_query_carries_both_rates_told_apart_by_a_label() {
+        let q = grouped_rates_query(10, &["test".into()]);
+        assert_eq!(
+            q,
+            format!(
+                "label_replace({}, \"steerer_rate\", \"ok\", \"\", \"\") or label_replace({}, \"steerer_rate\", \"total\", \"\", \"\")",
+                grouped_query(10, &["test".into()], true),
+                grouped_query(10, &["test".into()], false)
+            )
+        );
+        promql_parser::parser::parse(&q).unwrap();
+        let body = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"destination_workload_namespace":"test","destination_workload":"a","steerer_rate":"ok"},"value":[1,"9"]},
+            {"metric":{"destination_workload_namespace":"test","destination_workload":"a","steerer_rate":"total"},"value":[1,"10"]},
+            {"metric":{"destination_workload_namespace":"test","destination_workload":"b","steerer_rate":"total"},"value":[1,"NaN"]},
+            {"metric":{"destination_workload_namespace":"test","destination_workload":"c"},"value":[1,"3"]}
+        ]}}"#;
+        let (ok, total) = parse_rates(body).unwrap();
+        let a = ("test".to_owned(), "a".to_owned());
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[&a], 9.0);
+        assert_eq!(total.len(), 1, "NaN and unlabelled series are left out");
+        assert_eq!(total[&a], 10.0);
+        assert!(parse_rates(r#"{"status":"error","error":"bad"}"#).is_err());
+    }
+
+    #[test]
+    fn grouped_coverage_query_asks_for_every_served_workload() {
+        let q = grouped_coverage_query(&["test".into(), "prod".into()], 3600);
+        assert_eq!(
+            q,
+            "group by (destination_workload_namespace, destination_workload) (last_over_time(istio_requests_total{reporter=\"destination\",destination_workload_namespace=~\"test|prod\"}[3600s]))"
+        );
+        promql_parser::parser::parse(&q).unwrap();
     }
 
     #[tokio::test]
@@ -681,12 +870,14 @@ mod tests {
             .coverage("test", &["a".to_owned()], Duration::from_secs(60))
             .await;
         assert!(matches!(failed, Err(MetricsError::Query(_))), "{failed:?}");
+        // One query for the sample; the coverage tried the shared answer, then the workload
+        // by name: both failed.
         let text = telemetry.encode().unwrap();
         assert!(
             text.contains("steerer_prometheus_query_duration_seconds_count 3\n"),
             "{text}"
         );
-        assert!(text.contains("steerer_prometheus_query_errors_total{reason=\"query\"} 1\n"));
+        assert!(text.contains("steerer_prometheus_query_errors_total{reason=\"query\"} 2\n"));
         assert!(text.contains("steerer_prometheus_query_errors_total{reason=\"timeout\"} 0\n"));
     }
 

@@ -1,7 +1,7 @@
 //! In-memory workloads for engine tests: writes settle instantly and every call is recorded.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -46,10 +46,10 @@ impl FakeWorkloads {
             ready_replicas: replicas,
             available_replicas: replicas,
             selector: BTreeMap::from([("app".to_owned(), name.to_owned())]),
-            template: json!({
+            template: Arc::new(json!({
                 "metadata": {"labels": {"app": name}},
                 "spec": {"containers": [{"name": "app", "image": image}]}
-            }),
+            })),
             ..Default::default()
         }
     }
@@ -199,8 +199,7 @@ impl Workloads for FakeWorkloads {
             namespace,
             name,
             |d| {
-                let containers = d
-                    .template
+                let containers = Arc::make_mut(&mut d.template)
                     .pointer_mut("/spec/containers")
                     .and_then(Value::as_array_mut)
                     .ok_or_else(|| WorkloadError::Patch("no containers".into()))?;
@@ -234,7 +233,7 @@ impl Workloads for FakeWorkloads {
             namespace,
             name,
             |d| {
-                d.template = template.clone();
+                d.template = Arc::new(template.clone());
                 d.generation += 1;
                 d.observed_generation = d.generation;
                 Ok(())

@@ -1,7 +1,8 @@
 //! Deployments and HPAs in the Kubernetes API: reads from watch caches, writes as patches that
 //! touch only replicas, images or the pod template, and Kubernetes Events on GA Deployments.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -23,6 +24,63 @@ pub struct KubeWorkloads {
     client: Client,
     deployments: Cache<Deployment>,
     hpas: Cache<HorizontalPodAutoscaler>,
+    views: Views,
+}
+
+/// The view of each cached Deployment, built once per version of it: rollouts look at their
+/// Deployments every time they wake, and building a view converts the whole pod template.
+#[derive(Default)]
+struct Views(Mutex<Memo>);
+
+#[derive(Default)]
+struct Memo {
+    /// (namespace, name) -> ("uid/resourceVersion", view).
+    views: HashMap<(String, String), (String, DeploymentView)>,
+    /// Views built since the memo last dropped those of Deployments gone from the cache.
+    built: usize,
+}
+
+/// Views built between two sweeps of the memo.
+const SWEEP_EVERY: usize = 1024;
+
+impl Views {
+    /// The view of `d`, from the memo when it holds this version (uid and resourceVersion).
+    /// Every `SWEEP_EVERY` views built, the views of Deployments no longer in `cached()` go.
+    fn of(&self, d: &Deployment, cached: impl FnOnce() -> Vec<Arc<Deployment>>) -> DeploymentView {
+        let version = format!(
+            "{}/{}",
+            d.metadata.uid.as_deref().unwrap_or_default(),
+            d.metadata.resource_version.as_deref().unwrap_or_default()
+        );
+        let key = (d.namespace().unwrap_or_default(), d.name_any());
+        let Ok(mut memo) = self.0.lock() else {
+            return deployment_view(d);
+        };
+        if let Some((seen, view)) = memo.views.get(&key)
+            && *seen == version
+        {
+            return view.clone();
+        }
+        let view = deployment_view(d);
+        memo.views.insert(key, (version, view.clone()));
+        memo.built += 1;
+        if memo.built >= SWEEP_EVERY {
+            memo.built = 0;
+            let live: HashSet<(String, String)> = cached()
+                .iter()
+                .map(|d| (d.namespace().unwrap_or_default(), d.name_any()))
+                .collect();
+            memo.views.retain(|key, _| live.contains(key));
+        }
+        view
+    }
+
+    /// Forgets the view of a Deployment no longer cached.
+    fn forget(&self, namespace: &str, name: &str) {
+        if let Ok(mut memo) = self.0.lock() {
+            memo.views.remove(&(namespace.to_owned(), name.to_owned()));
+        }
+    }
 }
 
 impl KubeWorkloads {
@@ -32,6 +90,7 @@ impl KubeWorkloads {
             deployments: Cache::start(&client, namespaces, stop),
             hpas: Cache::start(&client, namespaces, stop),
             client,
+            views: Views::default(),
         }
     }
 
@@ -103,9 +162,10 @@ pub fn deployment_view(d: &Deployment) -> DeploymentView {
         selector: spec
             .and_then(|s| s.selector.match_labels.clone())
             .unwrap_or_default(),
-        template: spec
-            .and_then(|s| serde_json::to_value(&s.template).ok())
-            .unwrap_or(Value::Null),
+        template: Arc::new(
+            spec.and_then(|s| serde_json::to_value(&s.template).ok())
+                .unwrap_or(Value::Null),
+        ),
     }
 }
 
@@ -135,9 +195,13 @@ fn hpa_view(h: &HorizontalPodAutoscaler) -> Option<HpaView> {
 
 impl Workloads for KubeWorkloads {
     fn deployment(&self, namespace: &str, name: &str) -> Option<DeploymentView> {
-        self.deployments
-            .get(namespace, name, &())
-            .map(|d| deployment_view(&d))
+        match self.deployments.get(namespace, name, &()) {
+            Some(d) => Some(self.views.of(&d, || self.deployments.all())),
+            None => {
+                self.views.forget(namespace, name);
+                None
+            }
+        }
     }
 
     fn hpa_for(&self, namespace: &str, deployment: &str) -> Option<HpaView> {
@@ -154,7 +218,7 @@ impl Workloads for KubeWorkloads {
             .all()
             .iter()
             .filter(|d| d.labels().get(key).map(String::as_str) == Some(value))
-            .map(|d| deployment_view(d))
+            .map(|d| self.views.of(d, || self.deployments.all()))
             .collect()
     }
 

@@ -66,6 +66,8 @@ const PATCH_WEIGHTS: &str = "patch weights of";
 
 /// Per (namespace, name): the object our last write returned.
 type Written = HashMap<(String, String), Arc<DynamicObject>>;
+/// (namespace, VirtualService, GA Service, canary Service) -> ("uid/resourceVersion", view).
+type Seen = HashMap<(String, String, String, String), (String, RouteView)>;
 
 /// Routes traffic by rewriting Istio VirtualService weights.
 pub struct IstioRouter {
@@ -75,6 +77,9 @@ pub struct IstioRouter {
     /// The object our last write returned, keyed by (namespace, name): while the cache still
     /// shows an older generation of the same object, the write's result is the fresher view.
     written: Mutex<Written>,
+    /// The view of each observed split, worked out once per version of its VirtualService:
+    /// rollouts look at their split every time they wake.
+    seen: Mutex<Seen>,
 }
 
 impl IstioRouter {
@@ -93,6 +98,50 @@ impl IstioRouter {
             client,
             resource,
             written: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The view of `route` in `vs`, from the memo when it holds this version of `vs`.
+    fn view_of(&self, vs: &DynamicObject, route: &RouteRef) -> RouteView {
+        let version = format!(
+            "{}/{}",
+            vs.metadata.uid.as_deref().unwrap_or_default(),
+            vs.metadata.resource_version.as_deref().unwrap_or_default()
+        );
+        let key = (
+            route.namespace.clone(),
+            route.virtual_service.clone(),
+            route.ga_service.clone(),
+            route.canary_service.clone(),
+        );
+        let Ok(mut seen) = self.seen.lock() else {
+            return route_view(&spec(vs), route);
+        };
+        if let Some((at, view)) = seen.get(&key)
+            && *at == version
+        {
+            return view.clone();
+        }
+        let view = route_view(&spec(vs), route);
+        seen.insert(key, (version, view.clone()));
+        // Now and then, the views of VirtualServices gone from the cache go too.
+        if seen.len().is_power_of_two() && seen.len() >= 1024 {
+            let live: std::collections::HashSet<(String, String)> = self
+                .cache
+                .all()
+                .iter()
+                .map(|vs| (vs.namespace().unwrap_or_default(), vs.name_any()))
+                .collect();
+            seen.retain(|(ns, name, _, _), _| live.contains(&(ns.clone(), name.clone())));
+        }
+        view
+    }
+
+    /// Forgets the views of a VirtualService no longer cached.
+    fn forget(&self, namespace: &str, name: &str) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.retain(|(ns, vs, _, _), _| !(ns == namespace && vs == name));
         }
     }
 
@@ -237,11 +286,14 @@ impl Router for IstioRouter {
         Box::pin(async move {
             let (ns, name) = (&route.namespace, &route.virtual_service);
             let vs = match self.cached(ns, name) {
-                Some(vs) => vs,
+                Some(vs) => return self.view_of(&vs, route),
                 // Not in the cache: deleted, or the cache is behind. Only the API can tell.
                 None => match self.fetch(ns, name).await {
                     Ok(vs) => vs,
-                    Err(RouterError::NotFound { .. }) => return RouteView::Missing,
+                    Err(RouterError::NotFound { .. }) => {
+                        self.forget(ns, name);
+                        return RouteView::Missing;
+                    }
                     Err(error) if error.is_permanent() => {
                         return RouteView::Broken(error.to_string());
                     }
