@@ -25,7 +25,7 @@
 # query log, observed weights, every component's log) stays in DIR/run.
 #
 # Environment: STEERER_VERSUS_BIN (directory with steerer-server, steerer and steerer-sim;
-# default the repository's target/release, built there with cargo if missing), FLAGGER_VERSION
+# default the repository's target/release, brought up to date there with cargo), FLAGGER_VERSION
 # (default v1.44.0), VERSUS_REQUEST_RATE (mesh requests/s per VirtualService host, default 20),
 # VERSUS_INTERVAL (10s), VERSUS_METRIC_WINDOW (10s), VERSUS_STEP_WEIGHT (20),
 # VERSUS_MAX_WEIGHT (100), VERSUS_THRESHOLD (99), VERSUS_MAX_FAILED_CHECKS (2),
@@ -193,8 +193,9 @@ prepare_tools() {
     fi
 
     BIN=${STEERER_VERSUS_BIN:-$REPO/target/release}
-    if [[ -z ${STEERER_VERSUS_BIN:-} ]] &&
-        ! [[ -x $BIN/steerer-server && -x $BIN/steerer && -x $BIN/steerer-sim ]]; then
+    if [[ -z ${STEERER_VERSUS_BIN:-} ]]; then
+        # Always through cargo, which rebuilds only what changed: binaries left from an older
+        # checkout are never measured.
         WHAT="cargo build --release -p steerer-server -p steerer-client -p steerer-sim"
         log "building steerer (release) into $BIN"
         (cd "$REPO" && run cargo build --release -p steerer-server -p steerer-client -p steerer-sim) >&2 || fail "$WHAT"
@@ -240,6 +241,10 @@ EOF
         k apply -f "$FLAGGER_CRDS"
         k wait --for=condition=Established --timeout=60s crd/canaries.flagger.app crd/metrictemplates.flagger.app crd/alertproviders.flagger.app
     } >>"$RUN/setup.log" 2>&1 || fail "$WHAT: applying Flagger's CRDs ($FLAGGER_CRDS)"
+    {
+        k apply -f "$REPO/artifacts/steerer/05-rollouts-crd.yaml"
+        k wait --for=condition=Established --timeout=60s crd/rollouts.steerer.dev
+    } >>"$RUN/setup.log" 2>&1 || fail "$WHAT: applying steerer's rollout records CRD" "$RUN/setup.log"
 }
 
 start_mesh_and_prometheus() {

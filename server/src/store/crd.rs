@@ -15,7 +15,8 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
     PatchParams, PostParams, Preconditions, TypeMeta,
 };
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Filter, Store, StoreError, Stored};
@@ -117,12 +118,70 @@ impl CrdStore {
         known.get(id).map(|k| (k.resource_version.clone(), k.kept))
     }
 
-    async fn list_objects(&self, filter: &Filter) -> Result<Vec<DynamicObject>, StoreError> {
+    fn list_params(filter: &Filter) -> ListParams {
         let mut selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
         if let Some(target) = &filter.target {
             selector.push_str(&format!(",{TARGET_LABEL}={target}"));
         }
-        let params = ListParams::default().labels(&selector);
+        ListParams::default().labels(&selector)
+    }
+
+    /// The rollouts of the records `filter` selects, read without their events.
+    async fn list_states(&self, filter: &Filter) -> Result<Vec<Rollout>, StoreError> {
+        let params = Self::list_params(filter);
+        let resource = api_resource();
+        let paths: Vec<String> = match filter.namespace.as_deref() {
+            Some(ns) => vec![DynamicObject::url_path(&resource, Some(ns))],
+            None if self.namespaces.is_empty() => vec![DynamicObject::url_path(&resource, None)],
+            None => self
+                .namespaces
+                .iter()
+                .map(|ns| DynamicObject::url_path(&resource, Some(ns)))
+                .collect(),
+        };
+        let failed = |message: String| StoreError::Api {
+            action: "list",
+            id: "*".into(),
+            message,
+        };
+        let mut out = Vec::new();
+        for path in paths {
+            let request = kube::core::Request::new(path)
+                .list(&params)
+                .map_err(|e| failed(e.to_string()))?;
+            let page: ListedPage = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            out.extend(page.items.into_iter().filter_map(listed_state));
+        }
+        Ok(out)
+    }
+
+    /// Writes a JSON patch to a record's status and returns the resourceVersion written,
+    /// reading nothing else of the answer (the whole record, events included).
+    async fn patch_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        patch: json_patch::Patch,
+    ) -> Result<Option<String>, kube::Error> {
+        let request =
+            kube::core::Request::new(DynamicObject::url_path(&api_resource(), Some(namespace)))
+                .patch_subresource(
+                    "status",
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Json::<()>(patch),
+                )
+                .map_err(kube::Error::BuildRequest)?;
+        let written: Written = self.client.request(request).await?;
+        Ok(written.metadata.resource_version)
+    }
+
+    async fn list_objects(&self, filter: &Filter) -> Result<Vec<DynamicObject>, StoreError> {
+        let params = Self::list_params(filter);
         let mut out = Vec::new();
         for api in self.apis(filter.namespace.as_deref()) {
             let list = api.list(&params).await.map_err(|e| StoreError::Api {
@@ -157,16 +216,12 @@ impl CrdStore {
         let expected = rollout.last_sequence - events.len() as u64;
         for attempt in 0..2 {
             let (patch, now_kept) = append_patch(&rv, rollout, events, kept, self.event_limit)?;
-            match api
-                .patch_status(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::Json::<()>(json_patch(patch, name)?),
-                )
+            match self
+                .patch_status(&rollout.namespace, name, json_patch(patch, name)?)
                 .await
             {
                 Ok(written) => {
-                    self.remember(rollout, written.resource_version(), now_kept);
+                    self.remember(rollout, written, now_kept);
                     return Ok(());
                 }
                 Err(kube::Error::Api(status)) if status.code < 500 && attempt == 0 => {
@@ -327,6 +382,44 @@ fn object(rollout: &Rollout) -> DynamicObject {
 
 /// Whether the record's status was written (a create is two writes: the object, then its
 /// status).
+/// A page of records as a listing reads it: each record's name and state. The events, most
+/// of a record, are skipped unparsed.
+#[derive(Deserialize)]
+struct ListedPage {
+    items: Vec<Listed>,
+}
+
+#[derive(Deserialize)]
+struct Listed {
+    metadata: ListedMeta,
+    #[serde(default)]
+    status: Option<ListedStatus>,
+}
+
+#[derive(Deserialize)]
+struct ListedMeta {
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct ListedStatus {
+    #[serde(default)]
+    state: Option<Value>,
+}
+
+/// What a status write answers, as far as the store reads it: the new resourceVersion.
+#[derive(Deserialize)]
+struct Written {
+    metadata: WrittenMeta,
+}
+
+#[derive(Deserialize)]
+struct WrittenMeta {
+    #[serde(default, rename = "resourceVersion")]
+    resource_version: Option<String>,
+}
+
 fn has_state(object: &DynamicObject) -> bool {
     object.data.pointer("/status/state").is_some()
 }
@@ -345,11 +438,10 @@ fn decode(object: &DynamicObject) -> Result<Stored, StoreError> {
         .data
         .pointer("/status/state")
         .ok_or_else(|| corrupt("no status.state".into()))?;
-    let rollout: Rollout =
-        serde_json::from_value(state.clone()).map_err(|e| corrupt(e.to_string()))?;
-    let events: Vec<RolloutEvent> = match object.data.pointer("/status/events") {
+    let rollout = Rollout::deserialize(state).map_err(|e| corrupt(e.to_string()))?;
+    let events = match object.data.pointer("/status/events") {
         Some(events) => {
-            serde_json::from_value(events.clone()).map_err(|e| corrupt(e.to_string()))?
+            Vec::<RolloutEvent>::deserialize(events).map_err(|e| corrupt(e.to_string()))?
         }
         None => Vec::new(),
     };
@@ -378,10 +470,23 @@ fn decode_state(object: &DynamicObject) -> Option<Rollout> {
         return None;
     }
     let state = object.data.pointer("/status/state")?;
-    match serde_json::from_value(state.clone()) {
+    match Rollout::deserialize(state) {
         Ok(rollout) => Some(rollout),
         Err(error) => {
             tracing::warn!(name = %object.name_any(), %error, "skipping unreadable stored rollout");
+            None
+        }
+    }
+}
+
+/// A listed record's rollout; `None` for a record without one yet (a create whose status
+/// write never landed) and, with a warning, for one that cannot be read.
+fn listed_state(listed: Listed) -> Option<Rollout> {
+    let state = listed.status?.state?;
+    match serde_json::from_value(state) {
+        Ok(rollout) => Some(rollout),
+        Err(error) => {
+            tracing::warn!(name = %listed.metadata.name, %error, "skipping unreadable stored rollout");
             None
         }
     }
@@ -411,13 +516,9 @@ impl Store for CrdStore {
 
     fn list<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<Vec<Rollout>, StoreError>> {
         Box::pin(async move {
-            Ok(self
-                .list_objects(filter)
-                .await?
-                .iter()
-                .filter_map(decode_state)
-                .filter(|r| filter.matches(r))
-                .collect())
+            let mut listed = self.list_states(filter).await?;
+            listed.retain(|r| filter.matches(r));
+            Ok(listed)
         })
     }
 
@@ -509,16 +610,12 @@ impl Store for CrdStore {
                 {"op": "add", "path": "/status", "value": status(rollout, kept)?},
             ]);
             let patch = json_patch(patch, &rollout.id)?;
-            match api
-                .patch_status(
-                    &rollout.id,
-                    &PatchParams::default(),
-                    &Patch::Json::<()>(patch),
-                )
+            match self
+                .patch_status(&rollout.namespace, &rollout.id, patch)
                 .await
             {
                 Ok(written) => {
-                    self.remember(rollout, written.resource_version(), kept.len());
+                    self.remember(rollout, written, kept.len());
                     Ok(())
                 }
                 Err(e) => {

@@ -11,8 +11,8 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -106,10 +106,6 @@ impl KubeWorkloads {
             .map_err(WorkloadError::Sync)
     }
 
-    fn api(&self, namespace: &str) -> Api<Deployment> {
-        Api::namespaced(self.client.clone(), namespace)
-    }
-
     async fn patch(
         &self,
         action: &'static str,
@@ -117,8 +113,12 @@ impl KubeWorkloads {
         name: &str,
         patch: Patch<Value>,
     ) -> Result<(), WorkloadError> {
-        self.api(namespace)
+        // The answer (the whole Deployment) is not read: the watch cache brings it.
+        let request = kube::core::Request::new(Deployment::url_path(&(), Some(namespace)))
             .patch(name, &PatchParams::default(), &patch)
+            .map_err(|e| WorkloadError::Patch(e.to_string()))?;
+        self.client
+            .request::<serde::de::IgnoredAny>(request)
             .await
             .map(|_| ())
             .map_err(|error| match error {
@@ -316,8 +316,23 @@ impl Workloads for KubeWorkloads {
                 count: Some(1),
                 ..Default::default()
             };
-            let api: Api<Event> = Api::namespaced(self.client.clone(), &deployment.namespace);
-            if let Err(error) = api.create(&PostParams::default(), &event).await {
+            // The answer (the Event back) is not read.
+            let request = serde_json::to_vec(&event)
+                .map_err(|e| e.to_string())
+                .and_then(|body| {
+                    kube::core::Request::new(Event::url_path(&(), Some(&deployment.namespace)))
+                        .create(&PostParams::default(), body)
+                        .map_err(|e| e.to_string())
+                });
+            let result = match request {
+                Ok(request) => self
+                    .client
+                    .request::<serde::de::IgnoredAny>(request)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = result {
                 tracing::debug!(%error, deployment = %deployment.name, "failed to record event");
             }
         })
