@@ -31,7 +31,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use steerer::v1::rollout_service_server::RolloutServiceServer;
+use crate::api::service::rollout_service_server::RolloutServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
