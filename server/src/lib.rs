@@ -337,7 +337,9 @@ async fn serve_inner(
         .add_service(reflection_v1alpha)
         .add_service(service)
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // Every write goes out at once: a watch event held back for the ACK of the one
+            // before (Nagle's algorithm) would wait for the client's delayed ACK.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             signal,
         )
         .await;
