@@ -31,7 +31,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use steerer::v1::rollout_service_server::RolloutServiceServer;
+use crate::api::service::rollout_service_server::RolloutServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -338,7 +338,9 @@ async fn serve_inner(
         .add_service(reflection_v1alpha)
         .add_service(service)
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // Every write goes out at once: a watch event held back for the ACK of the one
+            // before (Nagle's algorithm) would wait for the client's delayed ACK.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             signal,
         )
         .await;

@@ -6,18 +6,20 @@ pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod convert;
+pub mod encoded;
 pub mod forward;
 pub mod kubeauth;
 pub mod limits;
 #[cfg(test)]
 mod proptests;
+pub mod service;
 pub mod validate;
 pub mod watch;
 
 use std::sync::Arc;
 
+use service::rollout_service_server::RolloutService;
 use steerer::v1 as pb;
-use steerer::v1::rollout_service_server::RolloutService;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +28,7 @@ use tonic::{Request, Response, Status};
 use crate::engine::{Command, ListQuery, StartRequest, Supervisor};
 use crate::store::Filter;
 use crate::telemetry::Telemetry;
+use encoded::EncodedEvent;
 use validate::Invalid;
 
 /// Events buffered per WatchRollout stream before the producer waits for the client.
@@ -325,7 +328,9 @@ impl RolloutService for Api {
         }))
     }
 
-    type WatchRolloutStream = ReceiverStream<Result<pb::RolloutEvent, Status>>;
+    /// Each event is converted and encoded once, by the first stream that sends it; every
+    /// other stream sends the same bytes.
+    type WatchRolloutStream = ReceiverStream<Result<EncodedEvent, Status>>;
 
     async fn watch_rollout(
         &self,
@@ -357,7 +362,7 @@ impl RolloutService for Api {
                 };
                 let (answer, sequence) = match event {
                     None => break,
-                    Some(Ok(event)) => (Ok(convert::event(&event)), event.sequence),
+                    Some(Ok(event)) => (Ok(EncodedEvent::of(&event)), event.sequence),
                     Some(Err(status)) => (Err(status), 0),
                 };
                 let failed = answer.is_err();

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::service::rollout_service_server::RolloutService;
 use proptest::prelude::*;
 use steerer::v1 as pb;
-use steerer::v1::rollout_service_server::RolloutService;
 use tokio_util::sync::CancellationToken;
 
 use super::access::{Access, AllowAll, Caller};

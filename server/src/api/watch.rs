@@ -8,9 +8,8 @@ use std::sync::Arc;
 
 use tonic::Status;
 
-use crate::domain::RolloutEvent;
 use crate::engine::Supervisor;
-use crate::events::{Subscription, WatchError};
+use crate::events::{SharedEvent, Subscription, WatchError};
 
 /// Refills from the store in a row that brought no new event, after which the watch ends
 /// with UNAVAILABLE rather than spinning.
@@ -24,7 +23,7 @@ pub struct EventSource {
     next: u64,
     subscription: Option<Subscription>,
     /// Events read from the store, to deliver before following the hub again.
-    stored: VecDeque<Arc<RolloutEvent>>,
+    stored: VecDeque<Arc<SharedEvent>>,
     idle_refills: u32,
     done: bool,
 }
@@ -50,7 +49,7 @@ impl EventSource {
         Ok(source)
     }
 
-    fn deliver(&mut self, event: Arc<RolloutEvent>) -> Option<Result<Arc<RolloutEvent>, Status>> {
+    fn deliver(&mut self, event: Arc<SharedEvent>) -> Option<Result<Arc<SharedEvent>, Status>> {
         self.next = event.sequence + 1;
         self.idle_refills = 0;
         if event.phase.is_terminal() {
@@ -61,7 +60,7 @@ impl EventSource {
     }
 
     /// The next event; `None` after the terminal one (or when the server drains).
-    pub async fn next(&mut self) -> Option<Result<Arc<RolloutEvent>, Status>> {
+    pub async fn next(&mut self) -> Option<Result<Arc<SharedEvent>, Status>> {
         loop {
             if self.done {
                 return None;
@@ -131,7 +130,7 @@ impl EventSource {
         self.stored = events
             .into_iter()
             .filter(|e| e.sequence >= self.next)
-            .map(Arc::new)
+            .map(|e| Arc::new(SharedEvent::new(e)))
             .collect();
         if self.stored.is_empty() && !rollout.phase.is_terminal() && !hub.contains(&self.id) {
             // Stored as unfinished but not followed here (another server drives it, or it is

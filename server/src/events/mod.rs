@@ -6,8 +6,10 @@
 //! (the API layer then reads the store, which keeps more), never a silent gap.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, OnceLock};
 
+use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use crate::domain::RolloutEvent;
@@ -44,11 +46,48 @@ pub enum WatchError {
     },
 }
 
+/// A published event as the hub shares it with every subscriber: the event, and its encoding
+/// for the wire, made by the first watcher that sends it and reused by all the others.
+#[derive(Debug)]
+pub struct SharedEvent {
+    event: RolloutEvent,
+    encoded: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    /// An event nobody has encoded yet.
+    pub fn new(event: RolloutEvent) -> Self {
+        Self {
+            event,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// The event.
+    pub fn event(&self) -> &RolloutEvent {
+        &self.event
+    }
+
+    /// The event's encoding: `encode` runs for the first caller only; every later one (on
+    /// any thread) gets the same bytes.
+    pub fn encoded(&self, encode: impl FnOnce(&RolloutEvent) -> Bytes) -> Bytes {
+        self.encoded.get_or_init(|| encode(&self.event)).clone()
+    }
+}
+
+impl Deref for SharedEvent {
+    type Target = RolloutEvent;
+
+    fn deref(&self) -> &RolloutEvent {
+        &self.event
+    }
+}
+
 struct Topic {
     /// The newest events, in sequence order with no gaps.
     /// Shared by every subscriber: fan-out copies a pointer, not the event.
-    log: VecDeque<Arc<RolloutEvent>>,
-    live: broadcast::Sender<Arc<RolloutEvent>>,
+    log: VecDeque<Arc<SharedEvent>>,
+    live: broadcast::Sender<Arc<SharedEvent>>,
 }
 
 impl Topic {
@@ -69,7 +108,7 @@ impl Topic {
     }
 
     /// The kept events from `from` (0 = the oldest kept); `Err(oldest)` when `from` is older.
-    fn since(&self, from: u64) -> Result<VecDeque<Arc<RolloutEvent>>, u64> {
+    fn since(&self, from: u64) -> Result<VecDeque<Arc<SharedEvent>>, u64> {
         let oldest = self.oldest();
         if from != 0 && from < oldest {
             return Err(oldest);
@@ -142,7 +181,7 @@ impl Hub {
                     got: event.sequence,
                 });
             }
-            let event = Arc::new(event.clone());
+            let event = Arc::new(SharedEvent::new(event.clone()));
             topic.log.push_back(event.clone());
             while topic.log.len() > self.limit {
                 topic.log.pop_front();
@@ -204,7 +243,7 @@ impl Hub {
     pub fn since(&self, id: &str, from: u64) -> Result<Vec<RolloutEvent>, WatchError> {
         Ok(since(id, &self.topic(id)?, from)?
             .into_iter()
-            .map(|e| RolloutEvent::clone(&e))
+            .map(|e| e.event().clone())
             .collect())
     }
 
@@ -222,7 +261,7 @@ fn since(
     id: &str,
     topic: &SharedTopic,
     from: u64,
-) -> Result<VecDeque<Arc<RolloutEvent>>, WatchError> {
+) -> Result<VecDeque<Arc<SharedEvent>>, WatchError> {
     let topic = topic
         .lock()
         .map_err(|_| WatchError::NotFound(id.to_owned()))?;
@@ -237,8 +276,8 @@ fn since(
 pub struct Subscription {
     id: String,
     topic: SharedTopic,
-    live: broadcast::Receiver<Arc<RolloutEvent>>,
-    backlog: VecDeque<Arc<RolloutEvent>>,
+    live: broadcast::Receiver<Arc<SharedEvent>>,
+    backlog: VecDeque<Arc<SharedEvent>>,
     next: u64,
     done: bool,
 }
@@ -247,7 +286,7 @@ impl Subscription {
     /// The next event in sequence order; `None` after the terminal event. An error (then
     /// `None`) when the watcher fell so far behind that the events it needs next were
     /// dropped from the log.
-    pub async fn next(&mut self) -> Option<Result<Arc<RolloutEvent>, WatchError>> {
+    pub async fn next(&mut self) -> Option<Result<Arc<SharedEvent>, WatchError>> {
         loop {
             if self.done {
                 return None;
