@@ -47,10 +47,13 @@ impl Views {
     /// The view of `d`, from the memo when it holds this version (uid and resourceVersion).
     /// Every `SWEEP_EVERY` views built, the views of Deployments no longer in `cached()` go.
     fn of(&self, d: &Deployment, cached: impl FnOnce() -> Vec<Arc<Deployment>>) -> DeploymentView {
+        // Without a resourceVersion, one version cannot be told from the next.
+        let Some(resource_version) = d.metadata.resource_version.as_deref() else {
+            return deployment_view(d);
+        };
         let version = format!(
-            "{}/{}",
-            d.metadata.uid.as_deref().unwrap_or_default(),
-            d.metadata.resource_version.as_deref().unwrap_or_default()
+            "{}/{resource_version}",
+            d.metadata.uid.as_deref().unwrap_or_default()
         );
         let key = (d.namespace().unwrap_or_default(), d.name_any());
         let Ok(mut memo) = self.0.lock() else {
@@ -367,4 +370,67 @@ pub fn image_patch(template: &Value, images: &BTreeMap<String, String>) -> Resul
         ops.push(json!({"op": "replace", "path": format!("/spec/template/spec/containers/{index}/image"), "value": image}));
     }
     Ok(Value::Array(ops))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(resource_version: Option<&str>, image: &str) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "podinfo", "namespace": "test", "uid": "u1", "resourceVersion": resource_version},
+            "spec": {
+                "selector": {"matchLabels": {"app": "podinfo"}},
+                "template": {"metadata": {"labels": {"app": "podinfo"}}, "spec": {"containers": [{"name": "app", "image": image}]}}
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_view_is_built_once_per_version_of_its_deployment() {
+        let views = Views::default();
+        let none = Vec::new;
+        let first = views.of(&deployment(Some("1"), "podinfo:1"), none);
+        assert_eq!(first.images()["app"], "podinfo:1");
+        // The same version again: the memo's view (a different image under the same version
+        // shows it was not rebuilt).
+        let again = views.of(&deployment(Some("1"), "podinfo:2"), none);
+        assert_eq!(again.images()["app"], "podinfo:1");
+        // A new version: built afresh.
+        let next = views.of(&deployment(Some("2"), "podinfo:2"), none);
+        assert_eq!(next.images()["app"], "podinfo:2");
+        // No resourceVersion: never from the memo.
+        let unversioned = views.of(&deployment(None, "podinfo:3"), none);
+        assert_eq!(unversioned.images()["app"], "podinfo:3");
+        // Gone from the cache: forgotten.
+        views.forget("test", "podinfo");
+        assert!(views.0.lock().unwrap().views.is_empty());
+    }
+
+    #[test]
+    fn the_memo_drops_the_views_of_deployments_no_longer_cached() {
+        let views = Views::default();
+        for i in 0..SWEEP_EVERY {
+            let mut d = deployment(Some("1"), "podinfo:1");
+            d.metadata.name = Some(format!("gone-{i}"));
+            views.of(&d, Vec::new);
+        }
+        // The sweep ran on the last build: nothing listed as cached, so nothing is kept.
+        assert!(views.0.lock().unwrap().views.is_empty());
+        // One still cached, then enough others to reach the next sweep: it alone stays.
+        let kept = Arc::new(deployment(Some("1"), "podinfo:1"));
+        views.of(&kept, || vec![kept.clone()]);
+        for i in 1..SWEEP_EVERY {
+            let mut d = deployment(Some("1"), "podinfo:1");
+            d.metadata.name = Some(format!("gone-{i}"));
+            views.of(&d, || vec![kept.clone()]);
+        }
+        let memo = views.0.lock().unwrap();
+        assert_eq!(memo.views.len(), 1);
+        assert!(
+            memo.views
+                .contains_key(&("test".to_owned(), "podinfo".to_owned()))
+        );
+    }
 }

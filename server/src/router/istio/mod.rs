@@ -104,10 +104,13 @@ impl IstioRouter {
 
     /// The view of `route` in `vs`, from the memo when it holds this version of `vs`.
     fn view_of(&self, vs: &DynamicObject, route: &RouteRef) -> RouteView {
+        // Without a resourceVersion, one version cannot be told from the next.
+        let Some(resource_version) = vs.metadata.resource_version.as_deref() else {
+            return route_view(&spec(vs), route);
+        };
         let version = format!(
-            "{}/{}",
-            vs.metadata.uid.as_deref().unwrap_or_default(),
-            vs.metadata.resource_version.as_deref().unwrap_or_default()
+            "{}/{resource_version}",
+            vs.metadata.uid.as_deref().unwrap_or_default()
         );
         let key = (
             route.namespace.clone(),
