@@ -391,8 +391,9 @@ def cmd_wait_canaries(a):
                         "message": ((c["status"].get("conditions") or [{}])[0]).get("message")} for c in items], f)
 
 
-def steerer_list(cli, server):
-    out = subprocess.run([cli, "--server", server, "-o", "json", "list"], capture_output=True, text=True, timeout=60)
+def steerer_list(cli, server, active=False):
+    args = [cli, "--server", server, "-o", "json", "list"] + (["--active"] if active else [])
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
         raise RuntimeError(f"steerer list exited {out.returncode}: {out.stderr.strip()[-300:]}")
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip().startswith("{")]
@@ -408,19 +409,27 @@ def request_id(release, ns):
 
 
 def cmd_wait_steerer(a):
+    # Every rollout was started (and answered) before this is called. Like a CI job, this
+    # follows the active ones (`steerer list --active`, served from the server's memory)
+    # until none of them is left, then reads all of them once for their outcomes.
     mine = set(namespaces(a.run, a.count))
 
+    def ours(rows):
+        return [r for r in rows if r.get("kind") == "rollout" and r["namespace"] in mine
+                and r.get("request_id") == request_id(a.release, r["namespace"])]
+
     def check():
-        rows = [r for r in steerer_list(a.cli, a.server)
-                if r.get("kind") == "rollout" and r["namespace"] in mine and r.get("request_id") == request_id(a.release, r["namespace"])]
+        rows = ours(steerer_list(a.cli, a.server, active=True))
         phases = {}
         for r in rows:
             phases[r["phase"]] = phases.get(r["phase"], 0) + 1
-        done = sum(n for p, n in phases.items() if p in TERMINAL)
-        return len(rows) == a.count and done == a.count, f"phases {phases}"
+        return not rows, f"still active: {phases}"
 
     until(a.timeout, f"every steerer rollout of {a.run} ({a.release}) to end", check, every=2.0, pid=a.pid)
-    rows = [r for r in steerer_list(a.cli, a.server) if r["namespace"] in mine and r.get("request_id") == request_id(a.release, r["namespace"])]
+    rows = ours(steerer_list(a.cli, a.server))
+    ended = [r for r in rows if r["phase"] in TERMINAL]
+    if len(rows) != a.count or len(ended) != a.count:
+        die(f"expected {a.count} ended steerer rollouts of {a.run} ({a.release}), found {len(rows)} ({len(ended)} ended)")
     with open(a.out, "w") as f:
         json.dump(rows, f)
 

@@ -84,6 +84,44 @@ impl ActError {
     }
 }
 
+/// The last answer of `decide::ga_runs_canary`, with the templates and selectors it was
+/// worked out on. Views of unchanged Deployments share their templates, and the memo holds
+/// on to them (so a template it names cannot be freed and its address reused): an unchanged
+/// pair is answered without copying and hashing both templates again.
+struct RunsMemo {
+    ga: std::sync::Arc<serde_json::Value>,
+    canary: std::sync::Arc<serde_json::Value>,
+    ga_selector: std::collections::BTreeMap<String, String>,
+    canary_selector: std::collections::BTreeMap<String, String>,
+    runs: bool,
+}
+
+/// `decide::ga_runs_canary`, from `memo` when neither Deployment's template nor selector
+/// changed since it was last worked out.
+fn ga_runs_canary(
+    memo: &mut Option<Box<RunsMemo>>,
+    ga: &crate::domain::DeploymentView,
+    canary: &crate::domain::DeploymentView,
+) -> bool {
+    if let Some(m) = memo.as_deref()
+        && std::sync::Arc::ptr_eq(&m.ga, &ga.template)
+        && std::sync::Arc::ptr_eq(&m.canary, &canary.template)
+        && m.ga_selector == ga.selector
+        && m.canary_selector == canary.selector
+    {
+        return m.runs;
+    }
+    let runs = decide::ga_runs_canary(ga, canary);
+    *memo = Some(Box::new(RunsMemo {
+        ga: ga.template.clone(),
+        canary: canary.template.clone(),
+        ga_selector: ga.selector.clone(),
+        canary_selector: canary.selector.clone(),
+        runs,
+    }));
+    runs
+}
+
 /// A command with the channel its answer goes back on.
 pub(crate) struct Envelope {
     pub command: Command,
@@ -111,6 +149,8 @@ pub(crate) struct Driver {
     failure: Option<ActionFailure>,
     /// When the confirm-rollout webhooks were last called (they are asked once an interval).
     gate_called_at: Option<DateTime<Utc>>,
+    /// Whether GA runs the canary's template, as last worked out.
+    runs: Option<Box<RunsMemo>>,
 }
 
 /// What the driver knows besides the state, for an observation.
@@ -142,6 +182,7 @@ impl Driver {
             unrecorded_weight: None,
             failure: None,
             gate_called_at: None,
+            runs: None,
         }
     }
 
@@ -206,6 +247,7 @@ impl Driver {
                     &self.state,
                     known,
                     Some((now, gate_called_at)),
+                    &mut self.runs,
                 )) => observed,
             };
             if gate_called {
@@ -413,9 +455,16 @@ impl Driver {
     /// What a command is decided on: the cluster as the caches have it, no measurement, no
     /// webhook called.
     async fn observe(&self) -> Observation {
-        observe(&self.ports, &self.config, &self.state, self.known(), None)
-            .await
-            .0
+        observe(
+            &self.ports,
+            &self.config,
+            &self.state,
+            self.known(),
+            None,
+            &mut None,
+        )
+        .await
+        .0
     }
 
     async fn act(&mut self, action: &Action) -> Result<(), ActError> {
@@ -651,13 +700,14 @@ async fn observe(
     state: &Rollout,
     known: Known,
     tick: Option<(DateTime<Utc>, Option<DateTime<Utc>>)>,
+    runs: &mut Option<Box<RunsMemo>>,
 ) -> (Observation, bool) {
     let w = &ports.workloads;
     let ns = &state.namespace;
     let ga = w.deployment(ns, &state.target);
     let canary = w.deployment(ns, &state.canary);
     let ga_runs_canary = match (&ga, &canary) {
-        (Some(ga), Some(canary)) => decide::ga_runs_canary(ga, canary),
+        (Some(ga), Some(canary)) => ga_runs_canary(runs, ga, canary),
         _ => false,
     };
     let route = ports
@@ -780,6 +830,37 @@ async fn call_hooks(ports: &Ports, state: &Rollout, due: &[WebhookKind]) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whether_ga_runs_the_canary_is_worked_out_again_only_when_a_template_or_selector_changes() {
+        use crate::workloads::fake::FakeWorkloads;
+        let ga = FakeWorkloads::settled("test", "podinfo", 3, "podinfo:1");
+        let canary = FakeWorkloads::settled("test", "podinfo-canary", 3, "podinfo:2");
+        let mut memo = None;
+        assert!(!ga_runs_canary(&mut memo, &ga, &canary));
+        // The memo answers for the same templates, even one it would now answer otherwise:
+        // a memo entry stands for exactly the templates it holds.
+        let promoted = std::sync::Arc::new(promoted_template(
+            &canary.template,
+            &canary.selector,
+            &ga.selector,
+        ));
+        let mut forged = memo.take().unwrap();
+        forged.runs = true;
+        memo = Some(forged);
+        assert!(ga_runs_canary(&mut memo, &ga, &canary));
+        // GA's template changes (a new view): worked out again.
+        let mut promoted_ga = ga.clone();
+        promoted_ga.template = promoted;
+        assert!(ga_runs_canary(&mut memo, &promoted_ga, &canary));
+        // GA's selector changes (its template does not): worked out again.
+        let mut relabelled = promoted_ga.clone();
+        relabelled
+            .selector
+            .insert("tier".to_owned(), "web".to_owned());
+        assert!(!ga_runs_canary(&mut memo, &relabelled, &canary));
+        assert!(!ga_runs_canary(&mut memo, &ga, &canary));
+    }
 
     #[test]
     fn a_command_is_tried_five_times_with_doubling_pauses_between() {

@@ -404,8 +404,9 @@ struct ListedMeta {
 
 #[derive(Deserialize)]
 struct ListedStatus {
+    /// Kept as text until read, so a record that cannot be read is skipped alone.
     #[serde(default)]
-    state: Option<Value>,
+    state: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// What a status write answers, as far as the store reads it: the new resourceVersion.
@@ -483,7 +484,7 @@ fn decode_state(object: &DynamicObject) -> Option<Rollout> {
 /// write never landed) and, with a warning, for one that cannot be read.
 fn listed_state(listed: Listed) -> Option<Rollout> {
     let state = listed.status?.state?;
-    match serde_json::from_value(state) {
+    match serde_json::from_str(state.get()) {
         Ok(rollout) => Some(rollout),
         Err(error) => {
             tracing::warn!(name = %listed.metadata.name, %error, "skipping unreadable stored rollout");
@@ -750,6 +751,19 @@ mod tests {
             ops.iter()
                 .any(|op| op["path"] == "/status/lastSequence" && op["value"] == 5)
         );
+    }
+
+    #[test]
+    fn a_listing_reads_each_state_skips_the_events_and_passes_over_unreadable_records() {
+        let r = rollout(3);
+        let page = json!({"items": [
+            {"metadata": {"name": r.id}, "status": {"state": r, "events": [event(1), event(2), event(3)]}},
+            {"metadata": {"name": "half-made"}},
+            {"metadata": {"name": "broken"}, "status": {"state": {"phase": 42}}},
+        ]});
+        let page: ListedPage = serde_json::from_value(page).unwrap();
+        let states: Vec<Rollout> = page.items.into_iter().filter_map(listed_state).collect();
+        assert_eq!(states, vec![r]);
     }
 
     #[test]
