@@ -9,7 +9,8 @@
 //! `STEERER_BENCH_CONNECTIONS` (8), `STEERER_BENCH_INTERVAL_MS` (1000),
 //! `STEERER_BENCH_WINDOW_SECS` (20), `STEERER_BENCH_STAGGER` (1: the rollouts' steps are
 //! spread over the interval; 0: they all step at once, so every watcher's events come in
-//! one burst).
+//! one burst), `STEERER_BENCH_CHECK_TICK` (0: off; 5 as the server's default lines every
+//! rollout's steps up on shared ticks, so the events of all ten come within the tick's slack).
 
 mod common;
 

@@ -546,6 +546,10 @@ impl Server {
             metrics_window: Duration::from_secs(1),
             // What is measured ends when traffic leaves the canary; the scale-down follows.
             scale_down_delay: Duration::ZERO,
+            // The benches time the steps themselves (`watch_fanout` spreads them over the
+            // interval or not, STEERER_BENCH_STAGGER); shared check ticks would line every
+            // rollout's steps up. STEERER_BENCH_CHECK_TICK (seconds) turns them on.
+            check_tick: Duration::from_secs_f64(env_or("STEERER_BENCH_CHECK_TICK", 0.0)),
             ..ServerConfig::default()
         };
         let task = tokio::spawn(steerer_server::serve_with(
