@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::common::{GA, Harness, NS, virtual_services};
+use crate::common::{GA, Harness, NS, Options, test_server_config, virtual_services};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
@@ -311,4 +311,38 @@ async fn second_active_rollout_is_refused_and_request_id_returns_the_first() {
     })
     .await;
     assert_eq!(h.weights().await, (100, 0));
+}
+
+/// A request over `--max-request-bytes` is refused before it is decoded and changes nothing;
+/// the server goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_size_limit_is_refused_and_changes_nothing() {
+    let mut server = test_server_config();
+    server.max_request_bytes = 1024;
+    let mut h = Harness::start_with(Options {
+        server,
+        ..Options::default()
+    })
+    .await;
+    let before = snapshot(&h).await;
+    let oversized = StartRolloutRequest {
+        namespace: NS.into(),
+        target: GA.into(),
+        images: HashMap::from([(
+            "podinfo".to_owned(),
+            format!("ghcr.io/{}:1", "x".repeat(4096)),
+        )]),
+        ..Default::default()
+    };
+    let status = h.client.start_rollout(oversized).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("1024"), "{}", status.message());
+    let listed = h
+        .client
+        .list_rollouts(ListRolloutsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.rollouts.is_empty(), "{:?}", listed.rollouts);
+    assert_eq!(snapshot(&h).await, before);
 }
