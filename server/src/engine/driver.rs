@@ -84,16 +84,27 @@ impl ActError {
     }
 }
 
-/// The last answer of `decide::ga_runs_canary`, with the templates and selectors it was
-/// worked out on. Views of unchanged Deployments share their templates, and the memo holds
-/// on to them (so a template it names cannot be freed and its address reused): an unchanged
-/// pair is answered without copying and hashing both templates again.
+/// The last answer of `decide::ga_runs_canary`, with the templates and a hash of the
+/// selectors it was worked out on. Views of unchanged Deployments share their templates, and
+/// the memo holds on to them (so a template it names cannot be freed and its address reused):
+/// an unchanged pair is answered without copying and hashing both templates again.
 struct RunsMemo {
     ga: std::sync::Arc<serde_json::Value>,
     canary: std::sync::Arc<serde_json::Value>,
-    ga_selector: std::collections::BTreeMap<String, String>,
-    canary_selector: std::collections::BTreeMap<String, String>,
+    selectors: u64,
     runs: bool,
+}
+
+/// A hash of both selectors (a few labels each): the memo keeps this rather than copies.
+fn selectors_hash(
+    ga: &crate::domain::DeploymentView,
+    canary: &crate::domain::DeploymentView,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    ga.selector.hash(&mut hasher);
+    canary.selector.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// `decide::ga_runs_canary`, from `memo` when neither Deployment's template nor selector
@@ -103,11 +114,11 @@ fn ga_runs_canary(
     ga: &crate::domain::DeploymentView,
     canary: &crate::domain::DeploymentView,
 ) -> bool {
+    let selectors = selectors_hash(ga, canary);
     if let Some(m) = memo.as_deref()
         && std::sync::Arc::ptr_eq(&m.ga, &ga.template)
         && std::sync::Arc::ptr_eq(&m.canary, &canary.template)
-        && m.ga_selector == ga.selector
-        && m.canary_selector == canary.selector
+        && m.selectors == selectors
     {
         return m.runs;
     }
@@ -115,8 +126,7 @@ fn ga_runs_canary(
     *memo = Some(Box::new(RunsMemo {
         ga: ga.template.clone(),
         canary: canary.template.clone(),
-        ga_selector: ga.selector.clone(),
-        canary_selector: canary.selector.clone(),
+        selectors,
         runs,
     }));
     runs
