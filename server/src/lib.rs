@@ -60,16 +60,19 @@ pub async fn serve(
     );
     let caches = CancellationToken::new();
     let _stop_caches = caches.clone().drop_guard();
+    let changes = cache::Changes::default();
     let workloads = Arc::new(workloads::kube::KubeWorkloads::start(
         client.clone(),
         &config.namespaces,
         &caches,
+        &changes,
     ));
     let router = Arc::new(router::istio::IstioRouter::start(
         client.clone(),
         &config.istio_api_version,
         &config.namespaces,
         &caches,
+        &changes,
     ));
     workloads
         .wait_ready(config.sync_timeout)
@@ -107,6 +110,7 @@ pub async fn serve(
         webhooks,
         hub: events::Hub::with_limit(events::DEFAULT_MEMORY_EVENTS),
         telemetry: config.telemetry.clone(),
+        changes: Some(changes),
     };
     serve_inner(
         config,

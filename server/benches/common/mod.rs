@@ -27,6 +27,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+/// The allocator the `steerer-server` binary runs on (its `main.rs`), so CPU and memory
+/// figures are those of the shipped server.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Namespace of every benchmark workload.
 pub const NS: &str = "bench";
 
@@ -516,6 +521,7 @@ impl World {
             // As the server keeps it: the newest events of active rollouts only.
             hub: Hub::with_limit(steerer_server::events::DEFAULT_MEMORY_EVENTS),
             telemetry: Default::default(),
+            changes: None,
         }
     }
 }

@@ -88,7 +88,6 @@ impl<T: AsRef<[u8]>> Encoder for EncodedEncoder<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
@@ -100,12 +99,6 @@ mod tests {
     use crate::domain::{
         Breaches, CheckKind, CheckOutcome, CheckResult, EventKind, Phase, RolloutEvent,
     };
-    use crate::engine::Ports;
-    use crate::events::Hub;
-    use crate::metrics::fake::FakeMetrics;
-    use crate::router::fake::FakeRouter;
-    use crate::store::memory::MemoryStore;
-    use crate::workloads::fake::FakeWorkloads;
 
     fn check_failed() -> RolloutEvent {
         RolloutEvent {
@@ -173,29 +166,7 @@ mod tests {
     /// rollout, each decoding to the conversion of the recorded event.
     #[tokio::test]
     async fn watchers_through_a_tonic_client_get_the_recorded_events() {
-        let workloads = Arc::new(FakeWorkloads::default());
-        workloads.put(FakeWorkloads::settled("test", "podinfo", 2, "podinfo:1"));
-        workloads.put(FakeWorkloads::settled(
-            "test",
-            "podinfo-canary",
-            1,
-            "podinfo:1",
-        ));
-        let router = Arc::new(FakeRouter::default());
-        router.add("test", "podinfo", "podinfo", "podinfo-canary", 0);
-        let metrics = Arc::new(FakeMetrics::default());
-        metrics.set("test", "podinfo-canary", FakeMetrics::healthy(100.0, 50.0));
-        metrics.set("test", "podinfo", FakeMetrics::healthy(100.0, 50.0));
-        let store = Arc::new(MemoryStore::default());
-        let ports = Ports {
-            workloads,
-            router,
-            metrics,
-            store: store.clone(),
-            hub: Hub::new(),
-            telemetry: Default::default(),
-            webhooks: Arc::new(crate::webhooks::fake::FakeWebhooks::default()),
-        };
+        let crate::api::proptests::Fakes { store, ports, .. } = crate::api::proptests::fakes();
         let config = crate::ServerConfig {
             prometheus_url: "http://127.0.0.1:9".into(),
             metrics_window: Duration::from_secs(1),

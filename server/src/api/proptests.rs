@@ -118,7 +118,16 @@ struct World {
     api: Api,
 }
 
-fn world() -> World {
+/// The fakes of a test world: GA podinfo (2 replicas) and its canary (1) in namespace `test`,
+/// both at podinfo:1, a VirtualService splitting traffic between them, healthy metrics.
+pub(crate) struct Fakes {
+    pub workloads: Arc<FakeWorkloads>,
+    pub router: Arc<FakeRouter>,
+    pub store: Arc<MemoryStore>,
+    pub ports: Ports,
+}
+
+pub(crate) fn fakes() -> Fakes {
     let workloads = Arc::new(FakeWorkloads::default());
     workloads.put(FakeWorkloads::settled("test", "podinfo", 2, "podinfo:1"));
     workloads.put(FakeWorkloads::settled(
@@ -140,8 +149,24 @@ fn world() -> World {
         store: store.clone(),
         hub: Hub::new(),
         telemetry: Default::default(),
+        changes: None,
         webhooks: Arc::new(crate::webhooks::fake::FakeWebhooks::default()),
     };
+    Fakes {
+        workloads,
+        router,
+        store,
+        ports,
+    }
+}
+
+fn world() -> World {
+    let Fakes {
+        workloads,
+        router,
+        store,
+        ports,
+    } = fakes();
     let supervisor = Arc::new(Supervisor::new(
         ports,
         EngineConfig {

@@ -21,6 +21,10 @@ use crate::domain::{
 
 /// How often a rollout that waits on Kubernetes (readiness, GA's rollout) looks again.
 pub const POLL: Duration = Duration::from_millis(500);
+/// How often such a rollout looks again when changes to its objects wake it (see
+/// [`Decision::watch`]): the look that catches what no change announced (an HPA's, a lost
+/// watch event). Never longer than the rollout's interval.
+pub const WATCHED_POLL: Duration = Duration::from_secs(5);
 /// How long a rollout with nothing to do sleeps (commands wake it).
 pub const IDLE: Duration = Duration::from_secs(3600);
 /// Consecutive "no data" checks with the same reason recorded in full before their repeats
@@ -166,6 +170,10 @@ pub struct Decision {
     pub events: Vec<EventDraft>,
     /// When to decide again.
     pub wake: Duration,
+    /// Set when the rollout waits on its Kubernetes objects and nothing else (a canary or GA
+    /// becoming ready, a halt on workloads): a driver that a change to one of those objects
+    /// wakes may decide again this late rather than at `wake`. Never past a deadline.
+    pub watch: Option<Duration>,
 }
 
 impl Decision {
@@ -185,6 +193,7 @@ impl Decision {
             actions: Vec::new(),
             events: Vec::new(),
             wake: IDLE,
+            watch: None,
         }
     }
 
@@ -1234,6 +1243,19 @@ fn poll(state: &Rollout) -> Duration {
     POLL.min(state.analysis.interval)
 }
 
+/// Looks again on the poll, or, when woken by changes to the rollout's objects, up to
+/// [`WATCHED_POLL`] later but never after `left` (a deadline) has run out. Webhooks and
+/// approvals are asked or awaited on time, so a rollout with them always polls.
+fn watching(d: &mut Decision, state: &Rollout, left: Duration) {
+    d.wake = poll(state);
+    let settings = &state.analysis;
+    if !settings.webhooks.is_empty() || settings.require_approval {
+        return;
+    }
+    let long = WATCHED_POLL.min(settings.interval).min(left);
+    d.watch = (long > d.wake).then_some(long);
+}
+
 fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
 }
@@ -1285,6 +1307,10 @@ pub fn decide(state: &Rollout, obs: &Observation, now: DateTime<Utc>) -> Decisio
         Phase::Paused | Phase::Succeeded | Phase::RolledBack | Phase::Aborted | Phase::Failed => {}
     }
     settle_gates(&mut d);
+    // Acting, a new phase or another wake-up time ends a wait on the objects alone.
+    if d.wake != poll(state) || !d.actions.is_empty() || d.next.phase != state.phase {
+        d.watch = None;
+    }
     if d.changes(state) {
         d.next.updated_at = now;
     }
@@ -1809,7 +1835,7 @@ fn halted(d: &mut Decision, state: &Rollout, reason: String, now: DateTime<Utc>,
         );
         return;
     }
-    d.wake = poll(state);
+    watching(d, state, deadline - elapsed);
     if state.halt_reason.as_deref() != Some(reason.as_str()) {
         d.next.halt_reason = Some(reason.clone());
         d.emit(EventKind::Halted, format!("halted: {reason}"));
@@ -2145,11 +2171,16 @@ fn promoting(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime
     let (Some(ga), Some(canary)) = (&obs.ga, &obs.canary) else {
         return;
     };
-    d.wake = poll(state);
     // A promotion resumed from a state written before promotions had a deadline gets a
     // whole one from now.
     let since = state.promoting_since.unwrap_or(now);
     d.next.promoting_since = Some(since);
+    let elapsed = (now - since).to_std().unwrap_or(Duration::ZERO);
+    watching(
+        d,
+        state,
+        state.analysis.progress_deadline.saturating_sub(elapsed),
+    );
     match (&obs.route, route_edit(state, obs)) {
         (RouteView::Broken(why), _) => {
             promotion_overdue(

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::decide::{self, Action, ActionFailure, Command, Decision, Observation};
 use super::{EngineConfig, EngineError, Ports};
+use crate::cache::Subscription;
 use crate::domain::promoted_template;
 use crate::domain::{EventKind, HookAnswer, Phase, Rollout, RolloutEvent, WebhookKind};
 use crate::metrics::templates::Vars;
@@ -161,6 +162,17 @@ pub(crate) struct Driver {
     gate_called_at: Option<DateTime<Utc>>,
     /// Whether GA runs the canary's template, as last worked out.
     runs: Option<Box<RunsMemo>>,
+    /// Whether the last decision waits on the rollout's objects (`Decision::watch`): a
+    /// change to one of them wakes the driver.
+    watching: bool,
+}
+
+/// Returns once one of the subscribed objects changed; never without a subscription.
+async fn changed(changes: Option<&Subscription>) {
+    match changes {
+        Some(changes) => changes.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What the driver knows besides the state, for an observation.
@@ -193,6 +205,7 @@ impl Driver {
             failure: None,
             gate_called_at: None,
             runs: None,
+            watching: false,
         }
     }
 
@@ -218,8 +231,20 @@ impl Driver {
         if !self.state.phase.is_terminal() {
             Box::pin(self.reconcile_weight()).await;
         }
+        // Changes to the rollout's objects, which wake a driver waiting on them.
+        let changes = self.ports.changes.as_ref().map(|changes| {
+            changes.subscribe(
+                &self.state.namespace,
+                &[
+                    &self.state.target,
+                    &self.state.canary,
+                    &self.state.virtual_service,
+                ],
+            )
+        });
         let mut wake = Instant::now();
         while !self.state.phase.is_terminal() && !self.given_up {
+            let watching = std::mem::take(&mut self.watching);
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
@@ -231,6 +256,7 @@ impl Driver {
                     continue;
                 }
                 _ = tokio::time::sleep_until(wake) => {}
+                _ = changed(changes.as_ref()), if watching => {}
             }
             if self.unfinished.is_some() {
                 wake = Instant::now() + Box::pin(self.replay()).await;
@@ -263,7 +289,15 @@ impl Driver {
             if gate_called {
                 self.gate_called_at = Some(now);
             }
-            wake = Instant::now() + Box::pin(self.tick(obs, now)).await;
+            let (after, watch) = Box::pin(self.tick(obs, now)).await;
+            wake = Instant::now()
+                + match watch {
+                    Some(watch) if changes.is_some() => {
+                        self.watching = true;
+                        watch
+                    }
+                    _ => after,
+                };
         }
         // Commands that raced the end get the final state.
         self.commands.close();
@@ -348,12 +382,14 @@ impl Driver {
         }
     }
 
-    /// Decides on what was observed at `now`, acts and records; returns when to look again.
-    async fn tick(&mut self, obs: Observation, now: DateTime<Utc>) -> Duration {
+    /// Decides on what was observed at `now`, acts and records; returns when to look again,
+    /// and how late if changes to the rollout's objects wake the driver (`Decision::watch`).
+    async fn tick(&mut self, obs: Observation, now: DateTime<Utc>) -> (Duration, Option<Duration>) {
         let decision = decide::decide(&self.state, &obs, now);
         let wake = decision.wake;
-        match self.commit(&decision, now).await {
-            Ok(()) => wake,
+        let watch = decision.watch;
+        let after = match self.commit(&decision, now).await {
+            Ok(()) => return (wake, watch),
             Err(CommitError {
                 message,
                 permanent: Some(failure),
@@ -374,7 +410,8 @@ impl Driver {
                 }
                 self.retry_delay()
             }
-        }
+        };
+        (after, None)
     }
 
     async fn command(

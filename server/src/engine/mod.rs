@@ -35,6 +35,9 @@ pub struct Ports {
     pub hub: Hub,
     /// Counts checks and finished rollouts from the events the engine records.
     pub telemetry: crate::telemetry::Telemetry,
+    /// Changes to the Kubernetes objects the watch caches see, which wake a rollout waiting on
+    /// them (see `Decision::watch`); `None` (the fakes): rollouts look again on their poll.
+    pub changes: Option<crate::cache::Changes>,
 }
 
 /// Engine-wide settings.

@@ -50,6 +50,7 @@ impl World {
             webhooks: self.webhooks.clone(),
             hub: Hub::new(),
             telemetry: Default::default(),
+            changes: None,
         };
         Supervisor::new(
             ports,

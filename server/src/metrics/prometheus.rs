@@ -148,11 +148,7 @@ impl Metrics for PrometheusMetrics {
             if self.serves(namespace)
                 && let Ok(all) = self.reported(lookback).await
             {
-                let reported: Vec<String> = workloads
-                    .iter()
-                    .filter(|w| all.contains_key(&(namespace.to_owned(), (*w).clone())))
-                    .cloned()
-                    .collect();
+                let reported = reported_in(&all, namespace, workloads);
                 if !reported.is_empty() {
                     return Ok(Coverage {
                         reported,
@@ -163,11 +159,7 @@ impl Metrics for PrometheusMetrics {
             let at = evaluation_time(SystemTime::now());
             let promql = coverage_query(namespace, workloads, window_secs(lookback));
             let found = self.api.run(&promql, &at, parse_vector).await?;
-            let reported: Vec<String> = workloads
-                .iter()
-                .filter(|w| found.contains_key(&(namespace.to_owned(), (*w).clone())))
-                .cloned()
-                .collect();
+            let reported = reported_in(&found, namespace, workloads);
             if !reported.is_empty() {
                 return Ok(Coverage {
                     reported,
@@ -413,6 +405,15 @@ struct Data {
 struct Series {
     metric: HashMap<String, String>,
     value: (serde_json::Value, String),
+}
+
+/// The workloads of `namespace` that `table` has a series for, in the order given.
+fn reported_in(table: &Table, namespace: &str, workloads: &[String]) -> Vec<String> {
+    workloads
+        .iter()
+        .filter(|w| table.contains_key(&(namespace.to_owned(), (*w).clone())))
+        .cloned()
+        .collect()
 }
 
 /// Parses an instant-vector response into (namespace, workload) -> value, dropping NaN and

@@ -159,23 +159,26 @@ impl CrdStore {
         Ok(out)
     }
 
-    /// Writes a JSON patch to a record's status and returns the resourceVersion written,
-    /// reading nothing else of the answer (the whole record, events included).
+    /// Writes a JSON patch (its JSON text) to a record's status and returns the
+    /// resourceVersion written, reading nothing else of the answer (the whole record, events
+    /// included).
     async fn patch_status(
         &self,
         namespace: &str,
         name: &str,
-        patch: json_patch::Patch,
+        patch: Vec<u8>,
     ) -> Result<Option<String>, kube::Error> {
-        let request =
+        let mut request =
             kube::core::Request::new(DynamicObject::url_path(&api_resource(), Some(namespace)))
                 .patch_subresource(
                     "status",
                     name,
                     &PatchParams::default(),
-                    &Patch::Json::<()>(patch),
+                    &Patch::Json::<()>(json_patch::Patch(Vec::new())),
                 )
                 .map_err(kube::Error::BuildRequest)?;
+        // The patch is written as text once, rather than built as a value and converted.
+        *request.body_mut() = patch;
         let written: Written = self.client.request(request).await?;
         Ok(written.metadata.resource_version)
     }
@@ -216,10 +219,7 @@ impl CrdStore {
         let expected = rollout.last_sequence - events.len() as u64;
         for attempt in 0..2 {
             let (patch, now_kept) = append_patch(&rv, rollout, events, kept, self.event_limit)?;
-            match self
-                .patch_status(&rollout.namespace, name, json_patch(patch, name)?)
-                .await
-            {
+            match self.patch_status(&rollout.namespace, name, patch).await {
                 Ok(written) => {
                     self.remember(rollout, written, now_kept);
                     return Ok(());
@@ -273,20 +273,39 @@ impl CrdStore {
     }
 }
 
-fn encode<T: serde::Serialize>(value: &T, id: &str) -> Result<Value, StoreError> {
-    serde_json::to_value(value).map_err(|e| StoreError::Api {
+fn encoding(id: &str, error: &serde_json::Error) -> StoreError {
+    StoreError::Api {
         action: "encode",
         id: id.to_owned(),
-        message: e.to_string(),
-    })
+        message: error.to_string(),
+    }
 }
 
-fn json_patch(ops: Value, id: &str) -> Result<json_patch::Patch, StoreError> {
-    serde_json::from_value(ops).map_err(|e| StoreError::Api {
-        action: "encode",
-        id: id.to_owned(),
-        message: e.to_string(),
-    })
+fn encode<T: serde::Serialize>(value: &T, id: &str) -> Result<Value, StoreError> {
+    serde_json::to_value(value).map_err(|e| encoding(id, &e))
+}
+
+/// One operation of a JSON patch.
+#[derive(serde::Serialize)]
+struct Op<'a, T: serde::Serialize + ?Sized> {
+    op: &'static str,
+    path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a T>,
+}
+
+/// Appends an operation to the JSON text of a patch (opened with `[`).
+fn push_op<T: serde::Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    op: &'static str,
+    path: &str,
+    value: Option<&T>,
+    id: &str,
+) -> Result<(), StoreError> {
+    if out.len() > 1 {
+        out.push(b',');
+    }
+    serde_json::to_writer(&mut *out, &Op { op, path, value }).map_err(|e| encoding(id, &e))
 }
 
 /// The status fields kubectl shows, from the engine's record.
@@ -310,33 +329,46 @@ fn summary(rollout: &Rollout) -> Vec<(&'static str, Value)> {
     fields
 }
 
-/// The JSON patch that records a step: test the resourceVersion, set the status fields and
-/// the state, append the events and drop the oldest past `limit`. Also returns the events
-/// the record then keeps.
+/// The JSON patch (its text) that records a step: test the resourceVersion, set the status
+/// fields and the state, append the events and drop the oldest past `limit`. Also returns
+/// the events the record then keeps.
 fn append_patch(
     resource_version: &str,
     rollout: &Rollout,
     events: &[RolloutEvent],
     kept: usize,
     limit: usize,
-) -> Result<(Value, usize), StoreError> {
-    let mut ops =
-        vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": resource_version})];
+) -> Result<(Vec<u8>, usize), StoreError> {
+    let id = rollout.id.as_str();
+    let mut out = Vec::with_capacity(4096);
+    out.push(b'[');
+    push_op(
+        &mut out,
+        "test",
+        "/metadata/resourceVersion",
+        Some(resource_version),
+        id,
+    )?;
     for (field, value) in summary(rollout) {
-        ops.push(json!({"op": "add", "path": format!("/status/{field}"), "value": value}));
+        push_op(
+            &mut out,
+            "add",
+            &format!("/status/{field}"),
+            Some(&value),
+            id,
+        )?;
     }
-    ops.push(json!({"op": "add", "path": "/status/state", "value": encode(rollout, &rollout.id)?}));
+    push_op(&mut out, "add", "/status/state", Some(rollout), id)?;
     for event in events {
-        ops.push(
-            json!({"op": "add", "path": "/status/events/-", "value": encode(event, &rollout.id)?}),
-        );
+        push_op(&mut out, "add", "/status/events/-", Some(event), id)?;
     }
     let total = kept + events.len();
     let excess = total.saturating_sub(limit);
     for _ in 0..excess {
-        ops.push(json!({"op": "remove", "path": "/status/events/0"}));
+        push_op::<()>(&mut out, "remove", "/status/events/0", None, id)?;
     }
-    Ok((Value::Array(ops), total - excess))
+    out.push(b']');
+    Ok((out, total - excess))
 }
 
 /// The whole status of a new record.
@@ -610,7 +642,7 @@ impl Store for CrdStore {
                 {"op": "test", "path": "/metadata/resourceVersion", "value": created.resource_version().unwrap_or_default()},
                 {"op": "add", "path": "/status", "value": status(rollout, kept)?},
             ]);
-            let patch = json_patch(patch, &rollout.id)?;
+            let patch = serde_json::to_vec(&patch).map_err(|e| encoding(&rollout.id, &e))?;
             match self
                 .patch_status(&rollout.namespace, &rollout.id, patch)
                 .await
@@ -733,7 +765,10 @@ mod tests {
     #[test]
     fn a_step_tests_the_resource_version_first_and_trims_the_oldest_events() {
         let (patch, kept) = append_patch("41", &rollout(5), &[event(4), event(5)], 3, 4).unwrap();
+        let patch: Value = serde_json::from_slice(&patch).unwrap();
         let ops = patch.as_array().unwrap();
+        // Every operation is one a JSON patch reader takes.
+        let _: json_patch::Patch = serde_json::from_value(patch.clone()).unwrap();
         assert_eq!(
             ops[0],
             json!({"op": "test", "path": "/metadata/resourceVersion", "value": "41"})

@@ -1,8 +1,8 @@
 //! Deployments and HPAs in the Kubernetes API: reads from watch caches, writes as patches that
 //! touch only replicas, images or the pod template, and Kubernetes Events on GA Deployments.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -17,81 +17,38 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{DeploymentView, HpaView, WorkloadError, Workloads};
-use crate::cache::Cache;
+use crate::cache::{Cache, Changes, Views};
 
 /// Workloads backed by the Kubernetes API.
 pub struct KubeWorkloads {
     client: Client,
     deployments: Cache<Deployment>,
     hpas: Cache<HorizontalPodAutoscaler>,
-    views: Views,
-}
-
-/// The view of each cached Deployment, built once per version of it: rollouts look at their
-/// Deployments every time they wake, and building a view converts the whole pod template.
-#[derive(Default)]
-struct Views(Mutex<Memo>);
-
-#[derive(Default)]
-struct Memo {
-    /// (namespace, name) -> ("uid/resourceVersion", view).
-    views: HashMap<(String, String), (String, DeploymentView)>,
-    /// Views built since the memo last dropped those of Deployments gone from the cache.
-    built: usize,
-}
-
-/// Views built between two sweeps of the memo.
-const SWEEP_EVERY: usize = 1024;
-
-impl Views {
-    /// The view of `d`, from the memo when it holds this version (uid and resourceVersion).
-    /// Every `SWEEP_EVERY` views built, the views of Deployments no longer in `cached()` go.
-    fn of(&self, d: &Deployment, cached: impl FnOnce() -> Vec<Arc<Deployment>>) -> DeploymentView {
-        // Without a resourceVersion, one version cannot be told from the next.
-        let Some(resource_version) = d.metadata.resource_version.as_deref() else {
-            return deployment_view(d);
-        };
-        let version = format!(
-            "{}/{resource_version}",
-            d.metadata.uid.as_deref().unwrap_or_default()
-        );
-        let key = (d.namespace().unwrap_or_default(), d.name_any());
-        let Ok(mut memo) = self.0.lock() else {
-            return deployment_view(d);
-        };
-        if let Some((seen, view)) = memo.views.get(&key)
-            && *seen == version
-        {
-            return view.clone();
-        }
-        let view = deployment_view(d);
-        memo.views.insert(key, (version, view.clone()));
-        memo.built += 1;
-        if memo.built >= SWEEP_EVERY {
-            memo.built = 0;
-            let live: HashSet<(String, String)> = cached()
-                .iter()
-                .map(|d| (d.namespace().unwrap_or_default(), d.name_any()))
-                .collect();
-            memo.views.retain(|key, _| live.contains(key));
-        }
-        view
-    }
-
-    /// Forgets the view of a Deployment no longer cached.
-    fn forget(&self, namespace: &str, name: &str) {
-        if let Ok(mut memo) = self.0.lock() {
-            memo.views.remove(&(namespace.to_owned(), name.to_owned()));
-        }
-    }
+    /// The view of each cached Deployment, built once per version of it.
+    views: Views<(String, String), DeploymentView>,
 }
 
 impl KubeWorkloads {
+    fn view(&self, d: &Deployment) -> DeploymentView {
+        self.views.of(
+            (d.namespace().unwrap_or_default(), d.name_any()),
+            &d.metadata,
+            || deployment_view(d),
+            || self.deployments.names(),
+        )
+    }
+
     /// Starts the Deployment and HPA watch caches for the served namespaces (empty = all).
-    pub fn start(client: Client, namespaces: &[String], stop: &CancellationToken) -> Self {
+    /// Their changes wake the waiters in `changes`.
+    pub fn start(
+        client: Client,
+        namespaces: &[String],
+        stop: &CancellationToken,
+        changes: &Changes,
+    ) -> Self {
         Self {
-            deployments: Cache::start(&client, namespaces, stop),
-            hpas: Cache::start(&client, namespaces, stop),
+            deployments: Cache::start(&client, namespaces, stop, changes),
+            hpas: Cache::start(&client, namespaces, stop, changes),
             client,
             views: Views::default(),
         }
@@ -199,7 +156,7 @@ fn hpa_view(h: &HorizontalPodAutoscaler) -> Option<HpaView> {
 impl Workloads for KubeWorkloads {
     fn deployment(&self, namespace: &str, name: &str) -> Option<DeploymentView> {
         match self.deployments.get(namespace, name, &()) {
-            Some(d) => Some(self.views.of(&d, || self.deployments.all())),
+            Some(d) => Some(self.view(&d)),
             None => {
                 self.views.forget(namespace, name);
                 None
@@ -221,7 +178,7 @@ impl Workloads for KubeWorkloads {
             .all()
             .iter()
             .filter(|d| d.labels().get(key).map(String::as_str) == Some(value))
-            .map(|d| self.views.of(d, || self.deployments.all()))
+            .map(|d| self.view(d))
             .collect()
     }
 
@@ -374,6 +331,8 @@ pub fn image_patch(template: &Value, images: &BTreeMap<String, String>) -> Resul
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn deployment(resource_version: Option<&str>, image: &str) -> Deployment {
@@ -387,50 +346,32 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn a_view_is_built_once_per_version_of_its_deployment() {
-        let views = Views::default();
-        let none = Vec::new;
-        let first = views.of(&deployment(Some("1"), "podinfo:1"), none);
-        assert_eq!(first.images()["app"], "podinfo:1");
-        // The same version again: the memo's view (a different image under the same version
-        // shows it was not rebuilt).
-        let again = views.of(&deployment(Some("1"), "podinfo:2"), none);
-        assert_eq!(again.images()["app"], "podinfo:1");
-        // A new version: built afresh.
-        let next = views.of(&deployment(Some("2"), "podinfo:2"), none);
-        assert_eq!(next.images()["app"], "podinfo:2");
-        // No resourceVersion: never from the memo.
-        let unversioned = views.of(&deployment(None, "podinfo:3"), none);
-        assert_eq!(unversioned.images()["app"], "podinfo:3");
-        // Gone from the cache: forgotten.
-        views.forget("test", "podinfo");
-        assert!(views.0.lock().unwrap().views.is_empty());
+    fn view(views: &Views<(String, String), DeploymentView>, d: &Deployment) -> DeploymentView {
+        views.of(
+            (d.namespace().unwrap_or_default(), d.name_any()),
+            &d.metadata,
+            || deployment_view(d),
+            HashSet::new,
+        )
     }
 
     #[test]
-    fn the_memo_drops_the_views_of_deployments_no_longer_cached() {
+    fn a_view_is_built_once_per_version_of_its_deployment() {
         let views = Views::default();
-        for i in 0..SWEEP_EVERY {
-            let mut d = deployment(Some("1"), "podinfo:1");
-            d.metadata.name = Some(format!("gone-{i}"));
-            views.of(&d, Vec::new);
-        }
-        // The sweep ran on the last build: nothing listed as cached, so nothing is kept.
-        assert!(views.0.lock().unwrap().views.is_empty());
-        // One still cached, then enough others to reach the next sweep: it alone stays.
-        let kept = Arc::new(deployment(Some("1"), "podinfo:1"));
-        views.of(&kept, || vec![kept.clone()]);
-        for i in 1..SWEEP_EVERY {
-            let mut d = deployment(Some("1"), "podinfo:1");
-            d.metadata.name = Some(format!("gone-{i}"));
-            views.of(&d, || vec![kept.clone()]);
-        }
-        let memo = views.0.lock().unwrap();
-        assert_eq!(memo.views.len(), 1);
-        assert!(
-            memo.views
-                .contains_key(&("test".to_owned(), "podinfo".to_owned()))
-        );
+        let first = view(&views, &deployment(Some("1"), "podinfo:1"));
+        assert_eq!(first.images()["app"], "podinfo:1");
+        // The same version again: the memo's view (a different image under the same version
+        // shows it was not rebuilt).
+        let again = view(&views, &deployment(Some("1"), "podinfo:2"));
+        assert_eq!(again.images()["app"], "podinfo:1");
+        // A new version: built afresh.
+        let next = view(&views, &deployment(Some("2"), "podinfo:2"));
+        assert_eq!(next.images()["app"], "podinfo:2");
+        // No resourceVersion: never from the memo.
+        let unversioned = view(&views, &deployment(None, "podinfo:3"));
+        assert_eq!(unversioned.images()["app"], "podinfo:3");
+        // Gone from the cache: forgotten.
+        views.forget("test", "podinfo");
+        assert!(views.is_empty());
     }
 }

@@ -20,7 +20,7 @@ pub mod split;
 use split::{find_splits, route_fingerprint, route_view, routes_to, weight_patch};
 
 use super::{Resolved, RouteRef, RouteView, Router, RouterError};
-use crate::cache::Cache;
+use crate::cache::{Cache, Changes, Views};
 
 /// Retries of a weight patch after the first attempt.
 const WRITE_RETRIES: usize = 3;
@@ -66,8 +66,8 @@ const PATCH_WEIGHTS: &str = "patch weights of";
 
 /// Per (namespace, name): the object our last write returned.
 type Written = HashMap<(String, String), Arc<DynamicObject>>;
-/// (namespace, VirtualService, GA Service, canary Service) -> ("uid/resourceVersion", view).
-type Seen = HashMap<(String, String, String, String), (String, RouteView)>;
+/// (namespace, VirtualService, GA Service, canary Service).
+type SplitKey = (String, String, String, String);
 
 /// Routes traffic by rewriting Istio VirtualService weights.
 pub struct IstioRouter {
@@ -79,7 +79,7 @@ pub struct IstioRouter {
     written: Mutex<Written>,
     /// The view of each observed split, worked out once per version of its VirtualService:
     /// rollouts look at their split every time they wake.
-    seen: Mutex<Seen>,
+    seen: Views<SplitKey, RouteView>,
 }
 
 impl IstioRouter {
@@ -90,62 +90,33 @@ impl IstioRouter {
         api_version: &str,
         namespaces: &[String],
         stop: &CancellationToken,
+        changes: &Changes,
     ) -> Self {
         let gvk = GroupVersionKind::gvk("networking.istio.io", api_version, "VirtualService");
         let resource = ApiResource::from_gvk_with_plural(&gvk, "virtualservices");
         Self {
-            cache: Cache::start_dynamic(&client, namespaces, stop, &resource),
+            cache: Cache::start_dynamic(&client, namespaces, stop, &resource, changes),
             client,
             resource,
             written: Mutex::new(HashMap::new()),
-            seen: Mutex::new(HashMap::new()),
+            seen: Views::default(),
         }
     }
 
     /// The view of `route` in `vs`, from the memo when it holds this version of `vs`.
     fn view_of(&self, vs: &DynamicObject, route: &RouteRef) -> RouteView {
-        // Without a resourceVersion, one version cannot be told from the next.
-        let Some(resource_version) = vs.metadata.resource_version.as_deref() else {
-            return route_view(&spec(vs), route);
-        };
-        let version = format!(
-            "{}/{resource_version}",
-            vs.metadata.uid.as_deref().unwrap_or_default()
-        );
         let key = (
             route.namespace.clone(),
             route.virtual_service.clone(),
             route.ga_service.clone(),
             route.canary_service.clone(),
         );
-        let Ok(mut seen) = self.seen.lock() else {
-            return route_view(&spec(vs), route);
-        };
-        if let Some((at, view)) = seen.get(&key)
-            && *at == version
-        {
-            return view.clone();
-        }
-        let view = route_view(&spec(vs), route);
-        seen.insert(key, (version, view.clone()));
-        // Now and then, the views of VirtualServices gone from the cache go too.
-        if seen.len().is_power_of_two() && seen.len() >= 1024 {
-            let live: std::collections::HashSet<(String, String)> = self
-                .cache
-                .all()
-                .iter()
-                .map(|vs| (vs.namespace().unwrap_or_default(), vs.name_any()))
-                .collect();
-            seen.retain(|(ns, name, _, _), _| live.contains(&(ns.clone(), name.clone())));
-        }
-        view
-    }
-
-    /// Forgets the views of a VirtualService no longer cached.
-    fn forget(&self, namespace: &str, name: &str) {
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.retain(|(ns, vs, _, _), _| !(ns == namespace && vs == name));
-        }
+        self.seen.of(
+            key,
+            &vs.metadata,
+            || route_view(&spec(vs), route),
+            || self.cache.names(),
+        )
     }
 
     /// Waits until the cache holds its initial list.
@@ -294,7 +265,7 @@ impl Router for IstioRouter {
                 None => match self.fetch(ns, name).await {
                     Ok(vs) => vs,
                     Err(RouterError::NotFound { .. }) => {
-                        self.forget(ns, name);
+                        self.seen.forget(ns, name);
                         return RouteView::Missing;
                     }
                     Err(error) if error.is_permanent() => {
