@@ -19,13 +19,14 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Who waits on which objects: namespace, then name (of any kind), then the waiters.
-type Waiters = HashMap<String, HashMap<String, Vec<(u64, Arc<Notify>)>>>;
+/// Who waits on which objects: the hash of (namespace, name), of any kind, to the waiters.
+type Waiters = HashMap<u64, Vec<(u64, Arc<Notify>)>>;
 
-/// Wakes the waiters on a namespaced object when a watch cache applies a change to it (any
-/// kind: a Deployment and a VirtualService of the same name share their waiters, which costs
-/// at most a needless wake), and every waiter when a cache relists, since a relist may hide
-/// changes. Cheap to clone: the clones share their waiters.
+/// Wakes the waiters on a namespaced object when a watch cache applies a change to it, and
+/// every waiter when a cache relists, since a relist may hide changes. Objects are told apart
+/// by a hash of their namespace and name, whatever their kind: a Deployment and a
+/// VirtualService of the same name (or a collision) share their waiters, which costs at most a
+/// needless wake. Cheap to clone: the clones share their waiters.
 #[derive(Clone, Default)]
 pub struct Changes(Arc<Mutex<ChangesInner>>);
 
@@ -35,21 +36,27 @@ struct ChangesInner {
     waiters: Waiters,
 }
 
+fn object_key(namespace: &str, name: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+        .hash_one((namespace, name))
+}
+
 impl Changes {
     /// Waits on the named objects of `namespace` until the subscription is dropped.
     pub fn subscribe(&self, namespace: &str, names: &[&str]) -> Subscription {
         let notify = Arc::new(Notify::new());
-        let mut keys: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        keys.sort();
+        let mut keys: Vec<u64> = names.iter().map(|n| object_key(namespace, n)).collect();
+        keys.sort_unstable();
         keys.dedup();
         let id = match self.0.lock() {
             Ok(mut inner) => {
                 inner.next_id += 1;
                 let id = inner.next_id;
-                let by_name = inner.waiters.entry(namespace.to_owned()).or_default();
-                for name in &keys {
-                    by_name
-                        .entry(name.clone())
+                for key in &keys {
+                    inner
+                        .waiters
+                        .entry(*key)
                         .or_default()
                         .push((id, notify.clone()));
                 }
@@ -60,8 +67,7 @@ impl Changes {
         Subscription {
             changes: self.clone(),
             id,
-            namespace: namespace.to_owned(),
-            names: keys,
+            keys: keys.into_boxed_slice(),
             notify,
         }
     }
@@ -69,8 +75,9 @@ impl Changes {
     /// Wakes the waiters on `namespace/name` (a wake that finds a waiter busy is kept for its
     /// next wait).
     pub fn touch(&self, namespace: &str, name: &str) {
+        let key = object_key(namespace, name);
         let Ok(inner) = self.0.lock() else { return };
-        if let Some(waiters) = inner.waiters.get(namespace).and_then(|n| n.get(name)) {
+        if let Some(waiters) = inner.waiters.get(&key) {
             for (_, notify) in waiters {
                 notify.notify_one();
             }
@@ -80,33 +87,25 @@ impl Changes {
     /// Wakes every waiter.
     pub fn touch_all(&self) {
         let Ok(inner) = self.0.lock() else { return };
-        for (_, notify) in inner.waiters.values().flat_map(|n| n.values()).flatten() {
+        for (_, notify) in inner.waiters.values().flatten() {
             notify.notify_one();
         }
     }
 
     /// How many objects have waiters.
     pub fn watched(&self) -> usize {
-        self.0
-            .lock()
-            .map_or(0, |inner| inner.waiters.values().map(HashMap::len).sum())
+        self.0.lock().map_or(0, |inner| inner.waiters.len())
     }
 
-    fn unsubscribe(&self, id: u64, namespace: &str, names: &[String]) {
+    fn unsubscribe(&self, id: u64, keys: &[u64]) {
         let Ok(mut inner) = self.0.lock() else { return };
-        let Some(by_name) = inner.waiters.get_mut(namespace) else {
-            return;
-        };
-        for name in names {
-            if let Some(waiters) = by_name.get_mut(name) {
+        for key in keys {
+            if let Some(waiters) = inner.waiters.get_mut(key) {
                 waiters.retain(|(waiter, _)| *waiter != id);
                 if waiters.is_empty() {
-                    by_name.remove(name);
+                    inner.waiters.remove(key);
                 }
             }
-        }
-        if by_name.is_empty() {
-            inner.waiters.remove(namespace);
         }
     }
 }
@@ -115,8 +114,7 @@ impl Changes {
 pub struct Subscription {
     changes: Changes,
     id: u64,
-    namespace: String,
-    names: Vec<String>,
+    keys: Box<[u64]>,
     notify: Arc<Notify>,
 }
 
@@ -130,8 +128,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.changes
-            .unsubscribe(self.id, &self.namespace, &self.names);
+        self.changes.unsubscribe(self.id, &self.keys);
     }
 }
 

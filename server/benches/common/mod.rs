@@ -521,7 +521,9 @@ impl World {
             // As the server keeps it: the newest events of active rollouts only.
             hub: Hub::with_limit(steerer_server::events::DEFAULT_MEMORY_EVENTS),
             telemetry: Default::default(),
-            changes: None,
+            // As the server has it: each driver waits on its objects' changes (the fakes
+            // announce none).
+            changes: Some(steerer_server::cache::Changes::default()),
         }
     }
 }
