@@ -1,5 +1,5 @@
 //! Watch caches (kube-rs reflectors) of the Kubernetes objects the server reads, one per served
-//! namespace or one cluster-wide, so a rollout step reads nothing from the API server; and
+//! namespace or one cluster-wide, so a rollout step reads nothing from the API server;
 //! [`Changes`], which wakes whoever waits on an object when its cache sees it change; and
 //! [`Views`], the views built from cached objects, once per version of each.
 
@@ -93,7 +93,8 @@ impl Changes {
     }
 
     /// How many objects have waiters.
-    pub fn watched(&self) -> usize {
+    #[cfg(test)]
+    fn watched(&self) -> usize {
         self.0.lock().map_or(0, |inner| inner.waiters.len())
     }
 

@@ -16,6 +16,17 @@ use steerer::v1::{
 use tonic::Code;
 
 /// resourceVersions of everything a start could touch.
+/// The server lists no rollout at all.
+async fn assert_no_rollouts(h: &mut Harness) {
+    let listed = h
+        .client
+        .list_rollouts(ListRolloutsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.rollouts.is_empty(), "{:?}", listed.rollouts);
+}
+
 async fn snapshot(h: &Harness) -> Vec<String> {
     let mut out = Vec::new();
     for d in Api::<Deployment>::namespaced(h.kube.clone(), NS)
@@ -216,13 +227,7 @@ async fn bad_requests_get_their_status_and_change_nothing() {
         before,
         "a rejected request changed the cluster"
     );
-    let listed = h
-        .client
-        .list_rollouts(ListRolloutsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.rollouts.is_empty());
+    assert_no_rollouts(&mut h).await;
 
     for (status, code) in [
         (
@@ -337,12 +342,6 @@ async fn a_request_over_the_size_limit_is_refused_and_changes_nothing() {
     let status = h.client.start_rollout(oversized).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(status.message().contains("1024"), "{}", status.message());
-    let listed = h
-        .client
-        .list_rollouts(ListRolloutsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.rollouts.is_empty(), "{:?}", listed.rollouts);
+    assert_no_rollouts(&mut h).await;
     assert_eq!(snapshot(&h).await, before);
 }
