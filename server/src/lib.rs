@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod retry;
 pub mod router;
 mod signals;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod webhooks;
