@@ -118,6 +118,9 @@ struct Flags {
     /// Served version of networking.istio.io VirtualServices.
     #[arg(long, env = "STEERER_ISTIO_API_VERSION", default_value = "v1")]
     istio_api_version: String,
+    /// Which series give a workload's requests, failures and latency: istio.
+    #[arg(long, env = "STEERER_OBSERVER", default_value = "istio")]
+    observer: String,
     /// Time allowed to drain after SIGTERM before exiting anyway.
     #[arg(long, env = "STEERER_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -271,6 +274,7 @@ async fn main() -> anyhow::Result<()> {
         auto_interval: flags.auto_interval,
         scale_down_delay: flags.scale_down_delay,
         istio_api_version: flags.istio_api_version,
+        observer: flags.observer,
         token_file: flags.token_file,
         read_only_token_file: flags.read_only_token_file,
         tls: match (flags.tls_cert, flags.tls_key) {

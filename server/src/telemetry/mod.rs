@@ -126,8 +126,10 @@ fn is_ending(event: &RolloutEvent) -> bool {
 fn query_error_reason(error: &MetricsError) -> &'static str {
     match error {
         MetricsError::Timeout(_) => "timeout",
-        MetricsError::Query(_) => "query",
-        MetricsError::Response(_) => "response",
+        MetricsError::Client { .. } | MetricsError::Http { .. } | MetricsError::Query(_) => "query",
+        MetricsError::Unreadable { .. }
+        | MetricsError::Value { .. }
+        | MetricsError::Response(_) => "response",
     }
 }
 
