@@ -211,7 +211,8 @@ struct Flags {
     /// from.
     #[arg(long, env = "STEERER_WATCH_SEND_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     watch_send_timeout: Duration,
-    /// Log as JSON lines.
+    /// Log as JSON lines, each carrying its spans (the rollout and the step it was written
+    /// in).
     #[arg(long, env = "STEERER_LOG_JSON")]
     log_json: bool,
 }
@@ -238,16 +239,7 @@ fn default_identity() -> anyhow::Result<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if flags.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    steerer_server::telemetry::logs::init(flags.log_json).context("installing logging")?;
 
     let config = ServerConfig {
         listen: flags.listen,
