@@ -761,16 +761,15 @@ pub(crate) fn announce(ports: &Ports, state: &Rollout, events: &[RolloutEvent]) 
         .iter()
         .map(|e| (e.kind, format!("rollout {}: {}", state.id, e.message)))
         .collect();
-    tokio::spawn(
-        async move {
-            for (kind, message) in events {
-                workloads
-                    .record_event(&ga, kind.reason(), &message, kind.is_warning())
-                    .await;
-            }
+    let record = async move {
+        for (kind, message) in events {
+            workloads
+                .record_event(&ga, kind.reason(), &message, kind.is_warning())
+                .await;
         }
-        .in_current_span(),
-    );
+    };
+    // In the step's span: the Event writes are Kubernetes calls of the step.
+    tokio::spawn(record.in_current_span());
 }
 
 /// Reads the workloads and the VirtualService from the caches; for a tick (`Some((now, when
