@@ -688,6 +688,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_query_is_a_prometheus_span_inside_the_step_that_asked() {
+        use crate::telemetry::logs::capture::{Parents, parents};
+        let seen = Parents::default();
+        let _spans = tracing::subscriber::set_default(parents(&seen));
+        let (base, _) = fake_prometheus().await;
+        let metrics = istio_metrics(&base, Duration::from_secs(5), vec![], Duration::ZERO);
+        metrics
+            .sample("test", "a", Duration::from_secs(30), false)
+            .instrument(tracing::info_span!("step"))
+            .await
+            .unwrap();
+        let queries: Vec<_> = seen
+            .seen()
+            .into_iter()
+            .filter(|(name, _)| name == "prometheus")
+            .collect();
+        assert_eq!(
+            queries,
+            [("prometheus".to_owned(), Some("step".to_owned()))],
+            "{:?}",
+            seen.seen()
+        );
+    }
+
+    #[tokio::test]
     async fn starts_share_one_answer_on_reported_workloads_and_ask_alone_about_the_others() {
         let (base, seen) = fake_prometheus().await;
         let metrics = istio_metrics(

@@ -82,6 +82,43 @@ pub(crate) mod capture {
         }
     }
 
+    /// A span's name and the name of the span it was opened in.
+    pub type Opened = (String, Option<String>);
+
+    /// Every span opened, by name, with the name of the span it was opened in.
+    #[derive(Clone, Default)]
+    pub struct Parents(Arc<Mutex<Vec<Opened>>>);
+
+    impl Parents {
+        /// The (span, parent) pairs seen so far, in the order opened.
+        pub fn seen(&self) -> Vec<Opened> {
+            self.0.lock().map(|p| p.clone()).unwrap_or_default()
+        }
+    }
+
+    impl<S> tracing_subscriber::Layer<S> for Parents
+    where
+        S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_new_span(
+            &self,
+            _: &tracing::span::Attributes<'_>,
+            id: &tracing::span::Id,
+            ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let Some(span) = ctx.span(id) else { return };
+            let parent = span.parent().map(|p| p.name().to_owned());
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push((span.name().to_owned(), parent));
+            }
+        }
+    }
+
+    /// Records the parent of every span opened (at every level) in `parents`.
+    pub fn parents(parents: &Parents) -> impl Subscriber + Send + Sync {
+        tracing_subscriber::registry().with(parents.clone())
+    }
+
     /// The server's JSON lines at `level` and above, written to `captured`.
     pub fn json(captured: &Captured, level: LevelFilter) -> impl Subscriber + Send + Sync {
         tracing_subscriber::registry()
