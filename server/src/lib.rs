@@ -73,7 +73,11 @@ pub async fn serve(
         .wait_ready(config.sync_timeout)
         .await
         .map_err(|e| ServerError::Sync(e.to_string()))?;
-    let router = Arc::new(router.await?);
+    let router = router
+        .ready(config.sync_timeout)
+        .await
+        .map_err(|e| ServerError::Sync(e.to_string()))?;
+    let router = Arc::new(router);
     let metrics = metrics(&config)?;
     let store = store::crd::CrdStore::new(client.clone(), config.namespaces.clone())
         .with_event_limit(config.event_limit);
@@ -106,25 +110,20 @@ pub async fn serve(
 }
 
 /// The router seam: a router for every route kind of `router::factory::KINDS`, their watch
-/// caches started now and synced when the returned future completes.
-fn routers<'a>(
-    config: &'a ServerConfig,
-    client: &'a kube::Client,
-    caches: &'a CancellationToken,
-    changes: &'a cache::Changes,
-) -> impl Future<Output = Result<router::factory::Routers, ServerError>> + 'a {
-    let context = router::factory::RouterContext {
+/// caches filling from now on (`Started::ready` waits for them).
+fn routers(
+    config: &ServerConfig,
+    client: &kube::Client,
+    caches: &CancellationToken,
+    changes: &cache::Changes,
+) -> router::factory::Started {
+    router::factory::start(&router::factory::RouterContext {
         client,
         namespaces: &config.namespaces,
         stop: caches,
         changes,
         istio_api_version: &config.istio_api_version,
-    };
-    async move {
-        router::factory::start(&context, config.sync_timeout)
-            .await
-            .map_err(|e| ServerError::Sync(e.to_string()))
-    }
+    })
 }
 
 /// The metrics seam: the Prometheus query backend, asking the series of the configured

@@ -46,19 +46,34 @@ pub enum StartError {
     Sync { kind: &'static str, reason: String },
 }
 
-/// Starts the router of every kind in [`KINDS`] and waits (up to `timeout` each) until
-/// their caches are filled.
-pub async fn start(context: &RouterContext<'_>, timeout: Duration) -> Result<Routers, StartError> {
-    let mut routers = Routers::default();
-    for (kind, start) in KINDS {
-        let router = start(context);
-        router
-            .wait_ready(timeout)
-            .await
-            .map_err(|reason| StartError::Sync { kind, reason })?;
-        routers = routers.with(kind, router);
+/// Starts the router of every kind in [`KINDS`]: their watch caches begin filling now.
+pub fn start(context: &RouterContext<'_>) -> Started {
+    Started {
+        kinds: KINDS
+            .iter()
+            .map(|(kind, start)| (*kind, start(context)))
+            .collect(),
     }
-    Ok(routers)
+}
+
+/// The routers of every kind, started, their caches filling.
+pub struct Started {
+    kinds: Vec<(&'static str, Arc<dyn KindRouter>)>,
+}
+
+impl Started {
+    /// Waits (up to `timeout` each) until every router's cache is filled.
+    pub async fn ready(self, timeout: Duration) -> Result<Routers, StartError> {
+        let mut routers = Routers::default();
+        for (kind, router) in self.kinds {
+            router
+                .wait_ready(timeout)
+                .await
+                .map_err(|reason| StartError::Sync { kind, reason })?;
+            routers = routers.with(kind, router);
+        }
+        Ok(routers)
+    }
 }
 
 /// The routers of a server by route kind: each call goes to the router of its route's kind.
