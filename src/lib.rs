@@ -1,6 +1,7 @@
 //! The steerer gRPC contract (`proto/steerer/v1`): messages, client and server stubs, and the
 //! encoded file descriptor set served by reflection.
 
+pub mod format;
 pub mod names;
 
 /// `steerer.v1`: the rollout service and its messages.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::domain::AnalysisSettings;
 use crate::engine::EngineConfig;
 use crate::error::ServerError;
+use crate::metrics::observer::{self, Observer};
 use crate::metrics::templates::MetricTemplates;
 use crate::telemetry::Telemetry;
 use crate::webhooks::AllowList;
@@ -64,6 +65,9 @@ pub struct ServerConfig {
     pub scale_down_delay: Duration,
     /// Served version of `networking.istio.io` VirtualServices.
     pub istio_api_version: String,
+    /// Which series give a workload's requests, failures and latency: the name of an
+    /// observer of `metrics::observer::OBSERVERS` (`istio`).
+    pub observer: String,
     /// How long start-up waits for the watch caches.
     pub sync_timeout: Duration,
     /// Accepted bearer tokens, one a line. Set (or `read_only_token_file` set): every
@@ -157,6 +161,7 @@ impl Default for ServerConfig {
             auto_interval: Duration::from_secs(2),
             scale_down_delay: engine::DEFAULT_SCALE_DOWN_DELAY,
             istio_api_version: "v1".into(),
+            observer: crate::metrics::observer::istio::NAME.into(),
             sync_timeout: Duration::from_secs(30),
             token_file: None,
             read_only_token_file: None,
@@ -227,7 +232,19 @@ impl ServerConfig {
             return Err(ServerError::Config("prometheus url is required".into()));
         }
         self.allow_list()?;
+        self.observer()?;
         Ok(())
+    }
+
+    /// The observer named by `observer`.
+    pub(crate) fn observer(&self) -> Result<Arc<dyn Observer>, ServerError> {
+        observer::by_name(&self.observer).ok_or_else(|| {
+            ServerError::Config(format!(
+                "unknown observer {:?}: known are {}",
+                self.observer,
+                observer::names().join(", ")
+            ))
+        })
     }
 
     /// The webhook allow-list, parsed.
@@ -272,5 +289,23 @@ impl ServerConfig {
                 max_age: self.retain_for,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_observer_is_a_configuration_error_naming_the_known_ones() {
+        let config = ServerConfig::default();
+        assert_eq!(config.observer().map(|o| o.name()).ok(), Some("istio"));
+        let config = ServerConfig {
+            observer: "linkerd2".into(),
+            ..ServerConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("unknown observer \"linkerd2\""), "{error}");
+        assert!(error.contains("known are istio"), "{error}");
     }
 }

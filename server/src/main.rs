@@ -118,6 +118,9 @@ struct Flags {
     /// Served version of networking.istio.io VirtualServices.
     #[arg(long, env = "STEERER_ISTIO_API_VERSION", default_value = "v1")]
     istio_api_version: String,
+    /// Which series give a workload's requests, failures and latency: istio.
+    #[arg(long, env = "STEERER_OBSERVER", default_value = "istio")]
+    observer: String,
     /// Time allowed to drain after SIGTERM before exiting anyway.
     #[arg(long, env = "STEERER_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -208,7 +211,8 @@ struct Flags {
     /// from.
     #[arg(long, env = "STEERER_WATCH_SEND_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     watch_send_timeout: Duration,
-    /// Log as JSON lines.
+    /// Log as JSON lines, each carrying its spans (the rollout and the step it was written
+    /// in).
     #[arg(long, env = "STEERER_LOG_JSON")]
     log_json: bool,
 }
@@ -235,16 +239,7 @@ fn default_identity() -> anyhow::Result<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if flags.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    steerer_server::telemetry::logs::init(flags.log_json).context("installing logging")?;
 
     let config = ServerConfig {
         listen: flags.listen,
@@ -271,6 +266,7 @@ async fn main() -> anyhow::Result<()> {
         auto_interval: flags.auto_interval,
         scale_down_delay: flags.scale_down_delay,
         istio_api_version: flags.istio_api_version,
+        observer: flags.observer,
         token_file: flags.token_file,
         read_only_token_file: flags.read_only_token_file,
         tls: match (flags.tls_cert, flags.tls_key) {

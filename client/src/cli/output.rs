@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
+use steerer::format::number;
 use steerer_client::Outcome;
 use steerer_client::proto::{
     Analysis, AnalysisResult, CheckKind, CheckResult, EventType, Phase, Rollout, RolloutEvent,
@@ -230,20 +231,6 @@ pub fn webhook_type_name(t: WebhookType) -> &'static str {
 pub fn check_kind_name(k: CheckKind) -> &'static str {
     let name = k.as_str_name();
     name.strip_prefix("CHECK_KIND_").unwrap_or(name)
-}
-
-/// A number as the CLI shows it: at most three decimals, no trailing zeros.
-fn number(value: f64) -> String {
-    if !value.is_finite() {
-        return value.to_string();
-    }
-    let text = format!("{value:.3}");
-    let text = text.trim_end_matches('0').trim_end_matches('.');
-    if text == "-0" {
-        "0".to_owned()
-    } else {
-        text.to_owned()
-    }
 }
 
 /// One check for `get`: `error-ratio: 0.2 (max 0.01) FAILED (metric error-ratio 0.2 above

@@ -191,21 +191,8 @@ impl Auth {
         if !self.enabled() {
             return Ok(());
         }
-        let header = headers
-            .get("authorization")
+        let token = bearer(headers)?
             .ok_or_else(|| Status::unauthenticated("a bearer token is required"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Status::unauthenticated("the authorization header must be `Bearer TOKEN`")
-            })?;
         let presented = digest(token);
         let writer = Self::accepts(&self.write, &presented);
         if !writer && !Self::accepts(&self.read_only, &presented) {
@@ -292,6 +279,8 @@ fn token_name(token: &str) -> String {
     format!("token:{}", &hex::encode(digest(token))[..12])
 }
 
+/// The token of a call's `authorization: Bearer TOKEN` header: `None` without the header,
+/// UNAUTHENTICATED when the header is there but is not a bearer token.
 fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, Status> {
     let Some(header) = headers.get("authorization") else {
         return Ok(None);

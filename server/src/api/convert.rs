@@ -182,7 +182,8 @@ pub fn status(e: EngineError) -> tonic::Status {
             tonic::Status::not_found(message)
         }
         EngineError::AlreadyActive(_) => tonic::Status::already_exists(message),
-        EngineError::Refused(_) | EngineError::Route(RouterError::Topology(_)) => {
+        EngineError::Refused(_)
+        | EngineError::Route(RouterError::Topology(_) | RouterError::Unsupported { .. }) => {
             tonic::Status::failed_precondition(message)
         }
         EngineError::Route(RouterError::Api { .. } | RouterError::Patch { .. })

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::decide::{self, Action, ActionFailure, Command, Decision, Observation};
 use super::{EngineConfig, EngineError, Ports};
@@ -225,11 +226,36 @@ impl Driver {
         }
     }
 
-    pub async fn run(mut self) {
+    /// The span of one step: the last recorded event, which the step's events follow, and
+    /// the phase and canary weight the step starts from.
+    fn step_span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "step",
+            sequence = self.state.last_sequence,
+            phase = self.state.phase.name(),
+            weight = self.state.canary_weight
+        )
+    }
+
+    /// Drives the rollout to its end (or until shutdown), every log line of it in the
+    /// rollout's span. Not an `async fn`: its future would hold the driver twice (as its
+    /// argument and inside `drive`'s future), and every active rollout keeps one.
+    pub fn run(self) -> impl std::future::Future<Output = ()> {
+        let span = tracing::info_span!(
+            "rollout",
+            id = %self.state.id,
+            namespace = %self.state.namespace,
+            target = %self.state.target
+        );
+        self.drive().instrument(span)
+    }
+
+    async fn drive(mut self) {
         // The step futures are boxed while they run, so an idle driver (most of them, most of
         // the time) holds a small future rather than the largest step's state.
         if !self.state.phase.is_terminal() {
-            Box::pin(self.reconcile_weight()).await;
+            let step = self.step_span();
+            Box::pin(self.reconcile_weight()).instrument(step).await;
         }
         // Changes to the rollout's objects, which wake a driver waiting on them.
         let changes = self.ports.changes.as_ref().map(|changes| {
@@ -250,7 +276,10 @@ impl Driver {
                 _ = self.shutdown.cancelled() => break,
                 envelope = self.commands.recv() => {
                     let Some(envelope) = envelope else { break };
-                    let answer = Box::pin(self.command(envelope.command, envelope.by)).await;
+                    let step = self.step_span();
+                    let answer = Box::pin(self.command(envelope.command, envelope.by))
+                        .instrument(step)
+                        .await;
                     let _ = envelope.reply.send(answer);
                     wake = Instant::now();
                     continue;
@@ -258,8 +287,9 @@ impl Driver {
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = changed(changes.as_ref()), if watching => {}
             }
+            let step = self.step_span();
             if self.unfinished.is_some() {
-                wake = Instant::now() + Box::pin(self.replay()).await;
+                wake = Instant::now() + Box::pin(self.replay()).instrument(step).await;
                 continue;
             }
             let now = Utc::now();
@@ -272,7 +302,10 @@ impl Driver {
                 _ = self.shutdown.cancelled() => break,
                 envelope = self.commands.recv() => {
                     let Some(envelope) = envelope else { break };
-                    let answer = Box::pin(self.command(envelope.command, envelope.by)).await;
+                    let step = self.step_span();
+                    let answer = Box::pin(self.command(envelope.command, envelope.by))
+                        .instrument(step)
+                        .await;
                     let _ = envelope.reply.send(answer);
                     wake = Instant::now();
                     continue;
@@ -284,12 +317,12 @@ impl Driver {
                     known,
                     Some((now, gate_called_at)),
                     &mut self.runs,
-                )) => observed,
+                )).instrument(step.clone()) => observed,
             };
             if gate_called {
                 self.gate_called_at = Some(now);
             }
-            let (after, watch) = Box::pin(self.tick(obs, now)).await;
+            let (after, watch) = Box::pin(self.tick(obs, now)).instrument(step).await;
             wake = Instant::now()
                 + match watch {
                     Some(watch) if changes.is_some() => {
@@ -728,13 +761,15 @@ pub(crate) fn announce(ports: &Ports, state: &Rollout, events: &[RolloutEvent]) 
         .iter()
         .map(|e| (e.kind, format!("rollout {}: {}", state.id, e.message)))
         .collect();
-    tokio::spawn(async move {
+    let record = async move {
         for (kind, message) in events {
             workloads
                 .record_event(&ga, kind.reason(), &message, kind.is_warning())
                 .await;
         }
-    });
+    };
+    // In the step's span: the Event writes are Kubernetes calls of the step.
+    tokio::spawn(record.in_current_span());
 }
 
 /// Reads the workloads and the VirtualService from the caches; for a tick (`Some((now, when

@@ -773,3 +773,51 @@ async fn an_abort_is_not_kept_waiting_by_a_webhook_that_does_not_answer() {
     assert_eq!(w.router.weight("test", "podinfo"), Some(0));
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn json_log_lines_of_a_step_carry_the_rollout_and_the_step() {
+    use crate::telemetry::logs::capture::{Captured, json};
+    let captured = Captured::default();
+    // The test's runtime runs every task on this thread, drivers included.
+    let _logs = tracing::subscriber::set_default(json(
+        &captured,
+        tracing::level_filters::LevelFilter::INFO,
+    ));
+    let w = World::new();
+    let s = w.supervisor();
+    let r = s.start(request()).await.unwrap();
+    let done = wait_for(&s, &r.id, |r| r.phase.is_terminal()).await;
+    assert_eq!(done.phase, Phase::Succeeded, "{}", done.message);
+
+    let lines = captured.lines();
+    let of_steps: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["span"]["name"] == "step")
+        .collect();
+    // Every event after the start is recorded by a step of the driver, and logged there.
+    let checks = of_steps
+        .iter()
+        .filter(|l| l["fields"]["kind"] == "CheckPassed")
+        .count();
+    assert!(checks >= 10, "{checks} check lines in steps of {lines:#?}");
+    for line in &of_steps {
+        let spans = line["spans"].as_array().expect("a span list");
+        assert_eq!(spans.len(), 2, "{line}");
+        let (rollout, step) = (&spans[0], &spans[1]);
+        assert_eq!(rollout["name"], "rollout", "{line}");
+        assert_eq!(rollout["id"], r.id.as_str(), "{line}");
+        assert_eq!(rollout["namespace"], "test", "{line}");
+        assert_eq!(rollout["target"], "podinfo", "{line}");
+        assert!(step["sequence"].is_u64(), "{line}");
+        assert!(step["phase"].is_string(), "{line}");
+        assert!(step["weight"].is_u64(), "{line}");
+        assert_eq!(line["span"], *step, "{line}");
+    }
+    // A step that moved traffic starts from the weight before it, in its phase.
+    let moved_to_20 = of_steps
+        .iter()
+        .find(|l| l["fields"]["kind"] == "WeightChanged" && l["fields"]["weight"] == 20)
+        .unwrap_or_else(|| panic!("no step moved traffic to 20% in {lines:#?}"));
+    assert_eq!(moved_to_20["span"]["weight"], 10);
+    assert_eq!(moved_to_20["span"]["phase"], "progressing");
+}

@@ -1,25 +1,55 @@
-//! Canary metrics: the trait the engine measures through, and the operator's metric
+//! Canary metrics: the trait the engine measures through, the query backend (`prometheus`),
+//! the observers that say which series a mesh exports (`observer`), and the operator's metric
 //! templates (`templates`). Judging a sample against the thresholds is the engine's
 //! (`engine::decide`); fetching it is a provider's.
 
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
+pub mod observer;
 pub mod prometheus;
 pub mod templates;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
 use crate::domain::Sample;
 
-/// Errors fetching metrics.
+/// Errors fetching metrics. Clone (one grouped answer serves many rollouts, its error too),
+/// so the causes are shared rather than flattened into text.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MetricsError {
+    /// The HTTP client could not be built.
+    #[error("prometheus client: {source}")]
+    Client {
+        #[source]
+        source: Arc<reqwest::Error>,
+    },
+    /// The request did not get an answer (refused, reset, unreadable).
+    #[error("prometheus query failed: {source}")]
+    Http {
+        #[source]
+        source: Arc<reqwest::Error>,
+    },
+    /// Prometheus refused the query, saying why (its own words).
     #[error("prometheus query failed: {0}")]
     Query(String),
     #[error("prometheus query timed out after {0:?}")]
     Timeout(Duration),
+    /// The answer is not the JSON of Prometheus's API.
+    #[error("unexpected prometheus response: {source}")]
+    Unreadable {
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+    /// A sample's value is not a number.
+    #[error("unexpected prometheus response: unreadable value: {source}")]
+    Value {
+        #[source]
+        source: Arc<std::num::ParseFloatError>,
+    },
+    /// The answer is JSON of another shape than the query calls for.
     #[error("unexpected prometheus response: {0}")]
     Response(String),
 }

@@ -1,10 +1,11 @@
-//! Prometheus over its HTTP API. One grouped query per metric serves every rollout: the
-//! success and request rates of all workloads come back in one query, and the p99
-//! latencies in a second made only when a rollout checks latency, each shared by all the
-//! drivers that ask within a short freshness window. The workloads reported at all (what
-//! `StartRollout` checks first) come from one grouped query too, shared for longer. Metric
-//! templates are the exception: each is the operator's own query for one rollout, run as
-//! it is for every check.
+//! The Prometheus query backend: its HTTP API (timeouts, parsing), and the grouping of the
+//! analysis queries an observer (`metrics::observer`) writes. One grouped query per metric
+//! serves every rollout: the success and request rates of all workloads come back in one
+//! query, and the p99 latencies in a second made only when a rollout checks latency, each
+//! shared by all the drivers that ask within a short freshness window. The workloads
+//! reported at all (what `StartRollout` checks first) come from one grouped query too,
+//! shared for longer. Metric templates are the exception: each is the operator's own query
+//! for one rollout, run as it is for every check.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use serde::Deserialize;
+use tracing::Instrument;
 
+use super::observer::{Observer, WorkloadLabels};
 use super::{Coverage, Metrics, MetricsError};
 use crate::domain::Sample;
 use crate::telemetry::Telemetry;
@@ -30,10 +33,10 @@ type Found = (HashMap<String, String>, (String, String), f64);
 /// to a workload that did report within the lookback.
 const COVERAGE_FRESHNESS: Duration = Duration::from_secs(10);
 
-/// Canary metrics from Prometheus's `istio_requests_total` and
-/// `istio_request_duration_milliseconds`.
+/// Canary metrics from Prometheus, from the series `observer` names.
 pub struct PrometheusMetrics {
     api: QueryApi,
+    observer: Arc<dyn Observer>,
     namespaces: Vec<String>,
     freshness: Duration,
     batches: Batches<Batch>,
@@ -42,19 +45,22 @@ pub struct PrometheusMetrics {
 }
 
 impl PrometheusMetrics {
-    /// `base` is Prometheus's URL (`http://host:9090`); `namespaces` (validated DNS-1123
-    /// labels, empty = all) narrows the grouped queries; results younger than `freshness`
-    /// are shared between rollouts.
+    /// `base` is Prometheus's URL (`http://host:9090`); `observer` writes the queries;
+    /// `namespaces` (validated DNS-1123 labels, empty = all) narrows the grouped queries;
+    /// results younger than `freshness` are shared between rollouts.
     pub fn new(
         base: &str,
         timeout: Duration,
+        observer: Arc<dyn Observer>,
         namespaces: Vec<String>,
         freshness: Duration,
     ) -> Result<Self, MetricsError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
-            .map_err(|e| MetricsError::Query(e.to_string()))?;
+            .map_err(|e| MetricsError::Client {
+                source: Arc::new(e),
+            })?;
         Ok(Self {
             api: QueryApi {
                 http,
@@ -62,6 +68,7 @@ impl PrometheusMetrics {
                 timeout,
                 telemetry: None,
             },
+            observer,
             namespaces,
             freshness,
             batches: Mutex::new(HashMap::new()),
@@ -93,11 +100,15 @@ impl PrometheusMetrics {
 
     fn fetch_latency(&self, window_secs: u64) -> TableBatch {
         let api = self.api.clone();
-        let promql = grouped_latency_query(window_secs, &self.namespaces);
+        let promql = self.observer.latency_p99(window_secs, &self.namespaces);
+        let labels = self.observer.labels();
         let at = evaluation_time(SystemTime::now());
-        async move { Ok(Arc::new(api.run(&promql, &at, parse_latency_vector).await?)) }
-            .boxed()
-            .shared()
+        async move {
+            let parse = |body: &str| parse_latency_vector(body, labels);
+            Ok(Arc::new(api.run(&promql, &at, parse).await?))
+        }
+        .boxed()
+        .shared()
     }
 
     fn fetch(&self, window_secs: u64) -> Batch {
@@ -105,11 +116,15 @@ impl PrometheusMetrics {
         // One query for both rates, so both are evaluated at the same instant: evaluated
         // apart, a scrape landing in between could make the non-5xx rate exceed the total (a
         // success rate over 100%).
-        let promql = grouped_rates_query(window_secs, &self.namespaces);
+        let promql = rates_query(self.observer.as_ref(), window_secs, &self.namespaces);
+        let labels = self.observer.labels();
         let at = evaluation_time(SystemTime::now());
-        async move { Ok(Arc::new(api.run(&promql, &at, parse_rates).await?)) }
-            .boxed()
-            .shared()
+        async move {
+            let parse = |body: &str| parse_rates(body, labels);
+            Ok(Arc::new(api.run(&promql, &at, parse).await?))
+        }
+        .boxed()
+        .shared()
     }
 
     /// Every workload of the served namespaces with a request series in the lookback.
@@ -120,11 +135,15 @@ impl PrometheusMetrics {
             COVERAGE_FRESHNESS,
             |secs| {
                 let api = self.api.clone();
-                let promql = grouped_coverage_query(&self.namespaces, secs);
+                let promql = self.observer.reported(&self.namespaces, secs);
+                let labels = self.observer.labels();
                 let at = evaluation_time(SystemTime::now());
-                async move { Ok(Arc::new(api.run(&promql, &at, parse_vector).await?)) }
-                    .boxed()
-                    .shared()
+                async move {
+                    let parse = |body: &str| parse_vector(body, labels);
+                    Ok(Arc::new(api.run(&promql, &at, parse).await?))
+                }
+                .boxed()
+                .shared()
             },
         )
     }
@@ -157,8 +176,14 @@ impl Metrics for PrometheusMetrics {
                 }
             }
             let at = evaluation_time(SystemTime::now());
-            let promql = coverage_query(namespace, workloads, window_secs(lookback));
-            let found = self.api.run(&promql, &at, parse_vector).await?;
+            let promql = self
+                .observer
+                .reported_of(namespace, workloads, window_secs(lookback));
+            let labels = self.observer.labels();
+            let found = self
+                .api
+                .run(&promql, &at, |body| parse_vector(body, labels))
+                .await?;
             let reported = reported_in(&found, namespace, workloads);
             if !reported.is_empty() {
                 return Ok(Coverage {
@@ -245,123 +270,19 @@ pub fn window_secs(window: Duration) -> u64 {
     window.as_secs_f64().ceil().max(1.0) as u64
 }
 
-/// Quotes a value as a PromQL string literal.
-pub fn promql_string(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
-    out.push('"');
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// The label of a [`grouped_rates_query`] answer saying which rate a series is.
+/// The label of a [`rates_query`] answer saying which rate a series is.
 const RATE_LABEL: &str = "steerer_rate";
 
-/// The destination-reported selector of the served namespaces (`namespaces` must be validated
-/// DNS-1123 labels; empty = all).
-fn served_selector(namespaces: &[String]) -> String {
-    let mut selector = String::from("reporter=\"destination\"");
-    if !namespaces.is_empty() {
-        selector.push_str(",destination_workload_namespace=~");
-        selector.push_str(&promql_string(&namespaces.join("|")));
-    }
-    selector
-}
-
-/// The request rate of every workload (`ok_only`: only non-5xx responses), grouped by
-/// namespace and workload. `namespaces` must be validated DNS-1123 labels.
-pub fn grouped_query(window_secs: u64, namespaces: &[String], ok_only: bool) -> String {
-    let mut selector = served_selector(namespaces);
-    if ok_only {
-        selector.push_str(",response_code!~\"5.*\"");
-    }
-    format!(
-        "sum by (destination_workload_namespace, destination_workload) (rate(istio_requests_total{{{selector}}}[{window_secs}s]))"
-    )
-}
-
-/// Both rates of every workload in one query: the non-5xx rates labelled
-/// `steerer_rate="ok"`, the total rates `steerer_rate="total"`.
-pub fn grouped_rates_query(window_secs: u64, namespaces: &[String]) -> String {
+/// Both rates of every workload in one query: the rates of requests that did not fail
+/// labelled `steerer_rate="ok"`, the total rates `steerer_rate="total"`.
+pub fn rates_query(observer: &dyn Observer, window_secs: u64, namespaces: &[String]) -> String {
     let part = |ok_only: bool, name: &str| {
         format!(
             "label_replace({}, \"{RATE_LABEL}\", \"{name}\", \"\", \"\")",
-            grouped_query(window_secs, namespaces, ok_only)
+            observer.request_rates(window_secs, namespaces, ok_only)
         )
     };
     format!("{} or {}", part(true, "ok"), part(false, "total"))
-}
-
-/// Every workload with any destination-reported request series over the trailing
-/// `lookback_secs`, one result per workload.
-pub fn grouped_coverage_query(namespaces: &[String], lookback_secs: u64) -> String {
-    format!(
-        "group by (destination_workload_namespace, destination_workload) (last_over_time(istio_requests_total{{{}}}[{lookback_secs}s]))",
-        served_selector(namespaces)
-    )
-}
-
-/// The p99 request duration (milliseconds) of every workload, grouped by namespace and
-/// workload, from the destination sidecars' histogram. `namespaces` must be validated
-/// DNS-1123 labels.
-pub fn grouped_latency_query(window_secs: u64, namespaces: &[String]) -> String {
-    let selector = served_selector(namespaces);
-    format!(
-        "histogram_quantile(0.99, sum by (le, destination_workload_namespace, destination_workload) (rate(istio_request_duration_milliseconds_bucket{{{selector}}}[{window_secs}s])))"
-    )
-}
-
-/// The p99 latency query of one workload, for people checking a rollout's numbers by hand.
-/// `namespace` and `workload` must be validated names.
-pub fn latency_query(namespace: &str, workload: &str, window_secs: u64) -> String {
-    format!(
-        "histogram_quantile(0.99, sum by (le) (rate(istio_request_duration_milliseconds_bucket{{reporter=\"destination\",destination_workload_namespace={},destination_workload={}}}[{window_secs}s])))",
-        promql_string(namespace),
-        promql_string(workload)
-    )
-}
-
-/// Whether each of `workloads` of `namespace` had any destination-reported request series
-/// over the trailing `lookback_secs`, one result per workload that had. The names must be
-/// validated DNS-1123 labels; regex characters are escaped all the same.
-pub fn coverage_query(namespace: &str, workloads: &[String], lookback_secs: u64) -> String {
-    let alternatives: Vec<String> = workloads.iter().map(|w| regex_escape(w)).collect();
-    format!(
-        "group by (destination_workload_namespace, destination_workload) (last_over_time(istio_requests_total{{reporter=\"destination\",destination_workload_namespace={},destination_workload=~{}}}[{lookback_secs}s]))",
-        promql_string(namespace),
-        promql_string(&alternatives.join("|"))
-    )
-}
-
-fn regex_escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        if "\\.+*?()|[]{}^$".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// The success-rate query of one workload (the original design's), for people checking a
-/// rollout's numbers by hand. `namespace` and `workload` must be validated names.
-pub fn success_rate_query(namespace: &str, workload: &str, window_secs: u64) -> String {
-    let labels = format!(
-        "reporter=\"destination\",destination_workload_namespace={},destination_workload={}",
-        promql_string(namespace),
-        promql_string(workload)
-    );
-    format!(
-        "sum(rate(istio_requests_total{{{labels},response_code!~\"5.*\"}}[{window_secs}s])) / sum(rate(istio_requests_total{{{labels}}}[{window_secs}s]))"
-    )
 }
 
 /// Turns the non-5xx and total request rates of one workload into a sample: no total (or no
@@ -416,17 +337,17 @@ fn reported_in(table: &Table, namespace: &str, workloads: &[String]) -> Vec<Stri
         .collect()
 }
 
-/// Parses an instant-vector response into (namespace, workload) -> value, dropping NaN and
-/// infinite values (no data, never a pass).
-pub fn parse_vector(body: &str) -> Result<Table, MetricsError> {
-    parse_table(body, |v| v.is_finite())
+/// Parses an instant-vector response into (namespace, workload) -> value, the workload named
+/// by `labels`, dropping NaN and infinite values (no data, never a pass).
+pub fn parse_vector(body: &str, labels: WorkloadLabels) -> Result<Table, MetricsError> {
+    parse_table(body, labels, |v| v.is_finite())
 }
 
-/// Parses a [`grouped_rates_query`] answer into its non-5xx and total tables, dropping NaN
-/// and infinite values.
-pub fn parse_rates(body: &str) -> Result<(Table, Table), MetricsError> {
+/// Parses a [`rates_query`] answer into its tables of requests that did not fail and of all
+/// requests, dropping NaN and infinite values.
+pub fn parse_rates(body: &str, labels: WorkloadLabels) -> Result<(Table, Table), MetricsError> {
     let (mut ok, mut total) = (Table::new(), Table::new());
-    for (labels, key, value) in series_of(body)? {
+    for (labels, key, value) in series_of(body, labels)? {
         if !value.is_finite() {
             continue;
         }
@@ -441,23 +362,27 @@ pub fn parse_rates(body: &str) -> Result<(Table, Table), MetricsError> {
 
 /// Parses a latency answer: NaN (no requests in the window) is no data, but an infinite
 /// p99 (the quantile fell in the `+Inf` bucket) is kept, so the check fails on it.
-pub fn parse_latency_vector(body: &str) -> Result<Table, MetricsError> {
-    parse_table(body, |v| !v.is_nan())
+pub fn parse_latency_vector(body: &str, labels: WorkloadLabels) -> Result<Table, MetricsError> {
+    parse_table(body, labels, |v| !v.is_nan())
 }
 
-fn parse_table(body: &str, keep: fn(&f64) -> bool) -> Result<Table, MetricsError> {
-    Ok(series_of(body)?
+fn parse_table(
+    body: &str,
+    labels: WorkloadLabels,
+    keep: fn(&f64) -> bool,
+) -> Result<Table, MetricsError> {
+    Ok(series_of(body, labels)?
         .into_iter()
         .filter(|(_, _, value)| keep(value))
         .map(|(_, key, value)| (key, value))
         .collect())
 }
 
-/// The series of an instant-vector answer that name a namespace and a workload: their
-/// labels, (namespace, workload) and value. Values that are not numbers are left out.
-fn series_of(body: &str) -> Result<Vec<Found>, MetricsError> {
-    let response: Response =
-        serde_json::from_str(body).map_err(|e| MetricsError::Response(e.to_string()))?;
+/// The series of an instant-vector answer that name a namespace and a workload (by
+/// `labels`): their labels, (namespace, workload) and value. Values that are not numbers are
+/// left out.
+fn series_of(body: &str, labels: WorkloadLabels) -> Result<Vec<Found>, MetricsError> {
+    let response: Response = read(body)?;
     if response.status != "success" {
         return Err(MetricsError::Query(
             response.error.unwrap_or_else(|| response.status.clone()),
@@ -475,8 +400,8 @@ fn series_of(body: &str) -> Result<Vec<Found>, MetricsError> {
     let mut found = Vec::with_capacity(data.result.len());
     for series in data.result {
         let (Some(ns), Some(wl)) = (
-            series.metric.get("destination_workload_namespace"),
-            series.metric.get("destination_workload"),
+            series.metric.get(labels.namespace),
+            series.metric.get(labels.workload),
         ) else {
             continue;
         };
@@ -508,8 +433,7 @@ struct AnyData {
 /// vector of at most one sample. An empty vector or NaN is no number (`None`: no data);
 /// infinities are kept, so the check fails on them.
 pub fn parse_single(body: &str) -> Result<Option<f64>, MetricsError> {
-    let response: AnyResponse =
-        serde_json::from_str(body).map_err(|e| MetricsError::Response(e.to_string()))?;
+    let response: AnyResponse = read(body)?;
     if response.status != "success" {
         return Err(MetricsError::Query(
             response.error.unwrap_or_else(|| response.status.clone()),
@@ -544,20 +468,28 @@ pub fn parse_single(body: &str) -> Result<Option<f64>, MetricsError> {
         .and_then(serde_json::Value::as_str)
         .ok_or_else(|| MetricsError::Response(format!("unreadable sample {sample}")))?
         .parse::<f64>()
-        .map_err(|e| MetricsError::Response(format!("unreadable value: {e}")))?;
+        .map_err(|e| MetricsError::Value {
+            source: Arc::new(e),
+        })?;
     Ok((!value.is_nan()).then_some(value))
 }
 
 /// The number of results of an instant query.
 fn result_count(body: &str) -> Result<usize, MetricsError> {
-    let response: Response =
-        serde_json::from_str(body).map_err(|e| MetricsError::Response(e.to_string()))?;
+    let response: Response = read(body)?;
     if response.status != "success" {
         return Err(MetricsError::Query(
             response.error.unwrap_or_else(|| response.status.clone()),
         ));
     }
     Ok(response.data.map_or(0, |d| d.result.len()))
+}
+
+/// An answer's JSON, read as `T`.
+fn read<'a, T: Deserialize<'a>>(body: &'a str) -> Result<T, MetricsError> {
+    serde_json::from_str(body).map_err(|e| MetricsError::Unreadable {
+        source: Arc::new(e),
+    })
 }
 
 /// Prometheus's instant-query endpoint, with the telemetry that times each query.
@@ -580,7 +512,10 @@ impl QueryApi {
         parse: impl FnOnce(&str) -> Result<T, MetricsError>,
     ) -> Result<T, MetricsError> {
         let started = Instant::now();
+        // A child of the step that asked first (a grouped answer serves the others too).
+        let span = tracing::debug_span!("prometheus", query = promql);
         let result = query_body(&self.http, &self.url, promql, at, self.timeout)
+            .instrument(span)
             .await
             .and_then(|body| parse(&body));
         if let Some(telemetry) = &self.telemetry {
@@ -603,60 +538,44 @@ async fn query_body(
         .query(&[("query", promql), ("time", at)])
         .send()
         .await
-        .map_err(|e| {
-            if e.is_timeout() {
-                MetricsError::Timeout(timeout)
-            } else {
-                MetricsError::Query(e.to_string())
-            }
-        })?;
+        .map_err(|e| transport(e, timeout))?;
     let status = response.status();
-    let body = response.text().await.map_err(|e| {
-        if e.is_timeout() {
-            MetricsError::Timeout(timeout)
-        } else {
-            MetricsError::Query(e.to_string())
-        }
-    })?;
+    let body = response.text().await.map_err(|e| transport(e, timeout))?;
     if !status.is_success() && !body.contains("\"status\"") {
         return Err(MetricsError::Query(format!("HTTP {status}")));
     }
     Ok(body)
 }
 
+/// A request that failed on the way: a timeout, or the cause kept.
+fn transport(error: reqwest::Error, timeout: Duration) -> MetricsError {
+    if error.is_timeout() {
+        MetricsError::Timeout(timeout)
+    } else {
+        MetricsError::Http {
+            source: Arc::new(error),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::observer::istio::Istio;
 
-    #[test]
-    fn grouped_query_filters_served_namespaces_and_5xx() {
-        let q = grouped_query(5, &["test".into(), "prod".into()], true);
-        assert_eq!(
-            q,
-            "sum by (destination_workload_namespace, destination_workload) (rate(istio_requests_total{reporter=\"destination\",destination_workload_namespace=~\"test|prod\",response_code!~\"5.*\"}[5s]))"
-        );
-        let q = grouped_query(60, &[], false);
-        assert!(q.contains("{reporter=\"destination\"}[60s]"));
-    }
+    const ISTIO: WorkloadLabels = WorkloadLabels {
+        namespace: "destination_workload_namespace",
+        workload: "destination_workload",
+    };
 
-    #[test]
-    fn grouped_latency_query_takes_the_destination_p99_per_workload() {
-        let q = grouped_latency_query(30, &["test".into(), "prod".into()]);
-        assert_eq!(
-            q,
-            "histogram_quantile(0.99, sum by (le, destination_workload_namespace, destination_workload) (rate(istio_request_duration_milliseconds_bucket{reporter=\"destination\",destination_workload_namespace=~\"test|prod\"}[30s])))"
-        );
-        let q = grouped_latency_query(60, &[]);
-        assert!(q.contains("_bucket{reporter=\"destination\"}[60s]"), "{q}");
-    }
-
-    #[test]
-    fn latency_query_quotes_values() {
-        let q = latency_query("test", "podinfo-canary", 60);
-        assert_eq!(
-            q,
-            "histogram_quantile(0.99, sum by (le) (rate(istio_request_duration_milliseconds_bucket{reporter=\"destination\",destination_workload_namespace=\"test\",destination_workload=\"podinfo-canary\"}[60s])))"
-        );
+    /// Metrics over Istio's series from the Prometheus at `base`.
+    fn istio_metrics(
+        base: &str,
+        timeout: Duration,
+        namespaces: Vec<String>,
+        freshness: Duration,
+    ) -> PrometheusMetrics {
+        PrometheusMetrics::new(base, timeout, Arc::new(Istio), namespaces, freshness).unwrap()
     }
 
     #[test]
@@ -666,7 +585,7 @@ mod tests {
             {"metric":{"destination_workload_namespace":"test","destination_workload":"b"},"value":[1,"NaN"]},
             {"metric":{"destination_workload_namespace":"test","destination_workload":"c"},"value":[1,"+Inf"]}
         ]}}"#;
-        let t = parse_latency_vector(body).unwrap();
+        let t = parse_latency_vector(body, ISTIO).unwrap();
         assert_eq!(t.len(), 2);
         assert_eq!(t[&("test".to_owned(), "a".to_owned())], 47.5);
         assert!(t[&("test".to_owned(), "c".to_owned())].is_infinite());
@@ -735,13 +654,12 @@ mod tests {
     #[tokio::test]
     async fn one_grouped_latency_query_serves_every_rollout_that_asks_and_none_is_made_otherwise() {
         let (base, seen) = fake_prometheus().await;
-        let metrics = PrometheusMetrics::new(
+        let metrics = istio_metrics(
             &base,
             Duration::from_secs(5),
             vec!["test".into()],
             Duration::from_secs(60),
-        )
-        .unwrap();
+        );
         let window = Duration::from_secs(30);
         let plain = metrics.sample("test", "a", window, false).await.unwrap();
         assert_eq!(plain.latency_p99_ms, None);
@@ -770,15 +688,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_query_is_a_prometheus_span_inside_the_step_that_asked() {
+        use crate::telemetry::logs::capture::{Parents, parents};
+        let seen = Parents::default();
+        let _spans = tracing::subscriber::set_default(parents(&seen));
+        let (base, _) = fake_prometheus().await;
+        let metrics = istio_metrics(&base, Duration::from_secs(5), vec![], Duration::ZERO);
+        metrics
+            .sample("test", "a", Duration::from_secs(30), false)
+            .instrument(tracing::info_span!("step"))
+            .await
+            .unwrap();
+        let queries: Vec<_> = seen
+            .seen()
+            .into_iter()
+            .filter(|(name, _)| name == "prometheus")
+            .collect();
+        assert_eq!(
+            queries,
+            [("prometheus".to_owned(), Some("step".to_owned()))],
+            "{:?}",
+            seen.seen()
+        );
+    }
+
+    #[tokio::test]
     async fn starts_share_one_answer_on_reported_workloads_and_ask_alone_about_the_others() {
         let (base, seen) = fake_prometheus().await;
-        let metrics = PrometheusMetrics::new(
+        let metrics = istio_metrics(
             &base,
             Duration::from_secs(5),
             vec!["test".into()],
             Duration::ZERO,
-        )
-        .unwrap();
+        );
         let hour = Duration::from_secs(3600);
         let ab = ["a".to_owned(), "a-canary".to_owned()];
         let first = metrics.coverage("test", &ab, hour).await.unwrap();
@@ -814,13 +756,13 @@ mod tests {
 
     #[test]
     fn one_query_carries_both_rates_told_apart_by_a_label() {
-        let q = grouped_rates_query(10, &["test".into()]);
+        let q = rates_query(&Istio, 10, &["test".into()]);
         assert_eq!(
             q,
             format!(
                 "label_replace({}, \"steerer_rate\", \"ok\", \"\", \"\") or label_replace({}, \"steerer_rate\", \"total\", \"\", \"\")",
-                grouped_query(10, &["test".into()], true),
-                grouped_query(10, &["test".into()], false)
+                Istio.request_rates(10, &["test".into()], true),
+                Istio.request_rates(10, &["test".into()], false)
             )
         );
         promql_parser::parser::parse(&q).unwrap();
@@ -830,31 +772,20 @@ mod tests {
             {"metric":{"destination_workload_namespace":"test","destination_workload":"b","steerer_rate":"total"},"value":[1,"NaN"]},
             {"metric":{"destination_workload_namespace":"test","destination_workload":"c"},"value":[1,"3"]}
         ]}}"#;
-        let (ok, total) = parse_rates(body).unwrap();
+        let (ok, total) = parse_rates(body, ISTIO).unwrap();
         let a = ("test".to_owned(), "a".to_owned());
         assert_eq!(ok.len(), 1);
         assert_eq!(ok[&a], 9.0);
         assert_eq!(total.len(), 1, "NaN and unlabelled series are left out");
         assert_eq!(total[&a], 10.0);
-        assert!(parse_rates(r#"{"status":"error","error":"bad"}"#).is_err());
-    }
-
-    #[test]
-    fn grouped_coverage_query_asks_for_every_served_workload() {
-        let q = grouped_coverage_query(&["test".into(), "prod".into()], 3600);
-        assert_eq!(
-            q,
-            "group by (destination_workload_namespace, destination_workload) (last_over_time(istio_requests_total{reporter=\"destination\",destination_workload_namespace=~\"test|prod\"}[3600s]))"
-        );
-        promql_parser::parser::parse(&q).unwrap();
+        assert!(parse_rates(r#"{"status":"error","error":"bad"}"#, ISTIO).is_err());
     }
 
     #[tokio::test]
     async fn with_telemetry_every_query_is_timed_and_a_failed_one_counted_by_reason() {
         let (base, _) = fake_prometheus().await;
         let telemetry = Telemetry::default();
-        let metrics = PrometheusMetrics::new(&base, Duration::from_secs(5), vec![], Duration::ZERO)
-            .unwrap()
+        let metrics = istio_metrics(&base, Duration::from_secs(5), vec![], Duration::ZERO)
             .with_telemetry(telemetry.clone());
         metrics
             .sample("test", "a", Duration::from_secs(30), false)
@@ -864,13 +795,22 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             format!("http://{}", listener.local_addr().unwrap())
         };
-        let down = PrometheusMetrics::new(&closed, Duration::from_secs(1), vec![], Duration::ZERO)
-            .unwrap()
+        let down = istio_metrics(&closed, Duration::from_secs(1), vec![], Duration::ZERO)
             .with_telemetry(telemetry.clone());
         let failed = down
             .coverage("test", &["a".to_owned()], Duration::from_secs(60))
             .await;
-        assert!(matches!(failed, Err(MetricsError::Query(_))), "{failed:?}");
+        assert!(
+            matches!(failed, Err(MetricsError::Http { .. })),
+            "{failed:?}"
+        );
+        // The cause is kept, not flattened into text.
+        let failed = failed.unwrap_err();
+        let cause = std::error::Error::source(&failed).expect("a cause");
+        assert!(
+            cause.downcast_ref::<Arc<reqwest::Error>>().is_some(),
+            "{cause:?}"
+        );
         // One query for the sample; the coverage tried the shared answer, then the workload
         // by name: both failed.
         let text = telemetry.encode().unwrap();
@@ -907,8 +847,7 @@ mod tests {
     #[tokio::test]
     async fn a_template_query_is_sent_as_it_is() {
         let (base, seen) = fake_prometheus().await;
-        let metrics =
-            PrometheusMetrics::new(&base, Duration::from_secs(5), vec![], Duration::ZERO).unwrap();
+        let metrics = istio_metrics(&base, Duration::from_secs(5), vec![], Duration::ZERO);
         let error = metrics
             .value("sum by (x) (up{job=\"a\"})")
             .await
@@ -918,26 +857,6 @@ mod tests {
         let asked = seen.lock().unwrap().clone();
         assert_eq!(asked.len(), 1);
         assert!(asked[0].contains("query=sum+by+%28x%29"), "{asked:?}");
-    }
-
-    #[test]
-    fn success_rate_query_quotes_values() {
-        let q = success_rate_query("test", "podinfo-canary", 60);
-        assert!(q.contains("destination_workload=\"podinfo-canary\""));
-        assert!(q.contains("destination_workload_namespace=\"test\""));
-        assert_eq!(promql_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
-    }
-
-    #[test]
-    fn coverage_query_asks_for_the_workloads_by_exact_name_over_the_lookback() {
-        let q = coverage_query("test", &["podinfo".into(), "podinfo-canary".into()], 3600);
-        assert_eq!(
-            q,
-            "group by (destination_workload_namespace, destination_workload) (last_over_time(istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"test\",destination_workload=~\"podinfo|podinfo-canary\"}[3600s]))"
-        );
-        // Never valid names, but escaped all the same: a regex cannot widen the match.
-        let q = coverage_query("test", &["a.b|c".into()], 60);
-        assert!(q.contains(r#"destination_workload=~"a\\.b\\|c""#), "{q}");
     }
 
     #[test]
@@ -970,7 +889,7 @@ mod tests {
             {"metric":{"destination_workload_namespace":"test","destination_workload":"b"},"value":[1,"NaN"]},
             {"metric":{"destination_workload_namespace":"test","destination_workload":"c"},"value":[1,"+Inf"]}
         ]}}"#;
-        let t = parse_vector(body).unwrap();
+        let t = parse_vector(body, ISTIO).unwrap();
         assert_eq!(t.len(), 1);
         assert_eq!(t[&("test".to_owned(), "a".to_owned())], 2.5);
     }
@@ -978,7 +897,15 @@ mod tests {
     #[test]
     fn error_response_is_an_error() {
         let body = r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
-        assert!(matches!(parse_vector(body), Err(MetricsError::Query(m)) if m == "parse error"));
+        assert!(
+            matches!(parse_vector(body, ISTIO), Err(MetricsError::Query(m)) if m == "parse error")
+        );
+        let garbled = parse_vector("{", ISTIO).unwrap_err();
+        assert!(
+            matches!(garbled, MetricsError::Unreadable { .. }),
+            "{garbled:?}"
+        );
+        assert!(std::error::Error::source(&garbled).is_some());
     }
 
     #[test]

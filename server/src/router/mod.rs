@@ -1,6 +1,8 @@
 //! Traffic routing: the `Router` trait the engine moves weights through, and its errors.
-//! Implementations: `istio` (VirtualService weights); `fake` for tests.
+//! Implementations, one per route kind: `istio` (VirtualService weights); `fake` for tests.
+//! `factory` starts the router of each kind and picks the one for each rollout's route.
 
+pub mod factory;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod istio;
@@ -18,6 +20,16 @@ pub struct RouteRef {
     pub canary_service: String,
 }
 
+/// The kind of route Istio's router drives.
+pub const VIRTUAL_SERVICE: &str = "VirtualService";
+
+impl RouteRef {
+    /// The kind of the route, which picks its router: every route is a VirtualService today.
+    pub fn kind(&self) -> &str {
+        VIRTUAL_SERVICE
+    }
+}
+
 /// Errors resolving or writing routes.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -26,6 +38,9 @@ pub enum RouterError {
     /// The VirtualService exists but does not split traffic the way a rollout needs.
     #[error("{0}")]
     Topology(String),
+    /// No router of this server drives routes of this kind.
+    #[error("this server has no router for routes of kind {kind}")]
+    Unsupported { kind: String },
     #[error("failed to {action} VirtualService {namespace}/{name}: {source}")]
     Api {
         action: &'static str,
@@ -49,9 +64,10 @@ impl RouterError {
     /// the API server refuses the request itself (403, 422 and the like).
     pub fn is_permanent(&self) -> bool {
         match self {
-            RouterError::NotFound { .. } | RouterError::Topology(_) | RouterError::Patch { .. } => {
-                true
-            }
+            RouterError::NotFound { .. }
+            | RouterError::Topology(_)
+            | RouterError::Unsupported { .. }
+            | RouterError::Patch { .. } => true,
             RouterError::Api { source, .. } => {
                 crate::retry::status_code(source).is_some_and(crate::retry::is_permanent)
             }

@@ -3,6 +3,8 @@
 //! log (`events.jsonl`, one event per line). Read once at start-up to carry unfinished
 //! rollouts over to custom resources (`store::crd::migrate`), then deleted.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
@@ -46,11 +48,10 @@ impl LegacyRecords {
         let params = ListParams::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
         let mut out = Vec::new();
         for api in apis {
-            let list = api.list(&params).await.map_err(|e| StoreError::Api {
-                action: "list ConfigMap records of",
-                id: "*".into(),
-                message: e.to_string(),
-            })?;
+            let list = api
+                .list(&params)
+                .await
+                .map_err(|e| StoreError::api("list ConfigMap records of", "*", e))?;
             for cm in list.items {
                 let name = cm.name_any();
                 let record = decode(&cm)
@@ -76,11 +77,7 @@ impl LegacyRecords {
         {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-            Err(e) => Err(StoreError::Api {
-                action: "delete the ConfigMap record of",
-                id: name.to_owned(),
-                message: e.to_string(),
-            }),
+            Err(e) => Err(StoreError::api("delete the ConfigMap record of", name, e)),
         }
     }
 }
@@ -90,10 +87,9 @@ pub fn legacy_configmap(
     rollout: &Rollout,
     events: &[RolloutEvent],
 ) -> Result<ConfigMap, StoreError> {
-    let encode = |e: serde_json::Error| StoreError::Api {
-        action: "encode",
+    let encode = |e: serde_json::Error| StoreError::Encode {
         id: rollout.id.clone(),
-        message: e.to_string(),
+        source: Arc::new(e),
     };
     let mut log = String::new();
     for event in events {
@@ -129,15 +125,16 @@ pub fn legacy_configmap(
 /// Reads a stored rollout and its raw event log.
 fn decode(cm: &ConfigMap) -> Result<(Rollout, String), StoreError> {
     let name = cm.name_any();
-    let corrupt = |message: String| StoreError::Corrupt {
+    let missing = |missing: &'static str| StoreError::Incomplete {
         name: name.clone(),
-        message,
+        missing,
     };
-    let data = cm.data.as_ref().ok_or_else(|| corrupt("no data".into()))?;
-    let state = data
-        .get(STATE_KEY)
-        .ok_or_else(|| corrupt(format!("no {STATE_KEY}")))?;
-    let rollout: Rollout = serde_json::from_str(state).map_err(|e| corrupt(e.to_string()))?;
+    let data = cm.data.as_ref().ok_or_else(|| missing("data"))?;
+    let state = data.get(STATE_KEY).ok_or_else(|| missing(STATE_KEY))?;
+    let rollout: Rollout = serde_json::from_str(state).map_err(|e| StoreError::Corrupt {
+        name: name.clone(),
+        source: Arc::new(e),
+    })?;
     Ok((rollout, data.get(EVENTS_KEY).cloned().unwrap_or_default()))
 }
 
@@ -147,7 +144,7 @@ fn parse_events(name: &str, log: &str) -> Result<Vec<RolloutEvent>, StoreError> 
         .map(|l| {
             serde_json::from_str(l).map_err(|e| StoreError::Corrupt {
                 name: name.to_owned(),
-                message: e.to_string(),
+                source: Arc::new(e),
             })
         })
         .collect()

@@ -7,7 +7,7 @@
 //! state it did not see. Only unfinished rollouts are remembered between writes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -139,21 +139,13 @@ impl CrdStore {
                 .map(|ns| DynamicObject::url_path(&resource, Some(ns)))
                 .collect(),
         };
-        let failed = |message: String| StoreError::Api {
-            action: "list",
-            id: "*".into(),
-            message,
-        };
+        let failed = |e: kube::Error| StoreError::api("list", "*", e);
         let mut out = Vec::new();
         for path in paths {
             let request = kube::core::Request::new(path)
                 .list(&params)
-                .map_err(|e| failed(e.to_string()))?;
-            let page: ListedPage = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
+                .map_err(|e| failed(kube::Error::BuildRequest(e)))?;
+            let page: ListedPage = self.client.request(request).await.map_err(failed)?;
             out.extend(page.items.into_iter().filter_map(listed_state));
         }
         Ok(out)
@@ -187,11 +179,10 @@ impl CrdStore {
         let params = Self::list_params(filter);
         let mut out = Vec::new();
         for api in self.apis(filter.namespace.as_deref()) {
-            let list = api.list(&params).await.map_err(|e| StoreError::Api {
-                action: "list",
-                id: "*".into(),
-                message: e.to_string(),
-            })?;
+            let list = api
+                .list(&params)
+                .await
+                .map_err(|e| StoreError::api("list", "*", e))?;
             out.extend(list.items);
         }
         Ok(out)
@@ -200,11 +191,8 @@ impl CrdStore {
     async fn write(&self, rollout: &Rollout, events: &[RolloutEvent]) -> Result<(), StoreError> {
         let api = self.api(&rollout.namespace);
         let name = rollout.id.as_str();
-        let api_error = |action: &'static str, e: kube::Error| StoreError::Api {
-            action,
-            id: rollout.id.clone(),
-            message: e.to_string(),
-        };
+        let api_error =
+            |action: &'static str, e: kube::Error| StoreError::api(action, &rollout.id, e);
         let (mut rv, mut kept) = match self.known(name) {
             Some(known) => known,
             None => {
@@ -247,11 +235,7 @@ impl CrdStore {
                     let fresh_rv = fresh.resource_version().unwrap_or_default();
                     if fresh_rv == rv {
                         // Not a concurrent write: the patch itself was refused.
-                        return Err(StoreError::Api {
-                            action: "update",
-                            id: rollout.id.clone(),
-                            message: status.message,
-                        });
+                        return Err(api_error("update", kube::Error::Api(status)));
                     }
                     rv = fresh_rv;
                     kept = fresh_events.len();
@@ -273,16 +257,15 @@ impl CrdStore {
     }
 }
 
-fn encoding(id: &str, error: &serde_json::Error) -> StoreError {
-    StoreError::Api {
-        action: "encode",
+fn encoding(id: &str, error: serde_json::Error) -> StoreError {
+    StoreError::Encode {
         id: id.to_owned(),
-        message: error.to_string(),
+        source: Arc::new(error),
     }
 }
 
 fn encode<T: serde::Serialize>(value: &T, id: &str) -> Result<Value, StoreError> {
-    serde_json::to_value(value).map_err(|e| encoding(id, &e))
+    serde_json::to_value(value).map_err(|e| encoding(id, e))
 }
 
 /// One operation of a JSON patch.
@@ -305,7 +288,7 @@ fn push_op<T: serde::Serialize + ?Sized>(
     if out.len() > 1 {
         out.push(b',');
     }
-    serde_json::to_writer(&mut *out, &Op { op, path, value }).map_err(|e| encoding(id, &e))
+    serde_json::to_writer(&mut *out, &Op { op, path, value }).map_err(|e| encoding(id, e))
 }
 
 /// The status fields kubectl shows, from the engine's record.
@@ -459,23 +442,27 @@ fn has_state(object: &DynamicObject) -> bool {
 
 /// Reads a stored rollout and its kept events.
 fn decode(object: &DynamicObject) -> Result<Stored, StoreError> {
-    let corrupt = |message: String| StoreError::Corrupt {
-        name: format!(
+    let name = || {
+        format!(
             "{}/{}",
             object.namespace().unwrap_or_default(),
             object.name_any()
-        ),
-        message,
+        )
+    };
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+        name: name(),
+        source: Arc::new(e),
     };
     let state = object
         .data
         .pointer("/status/state")
-        .ok_or_else(|| corrupt("no status.state".into()))?;
-    let rollout = Rollout::deserialize(state).map_err(|e| corrupt(e.to_string()))?;
+        .ok_or_else(|| StoreError::Incomplete {
+            name: name(),
+            missing: "status.state",
+        })?;
+    let rollout = Rollout::deserialize(state).map_err(corrupt)?;
     let events = match object.data.pointer("/status/events") {
-        Some(events) => {
-            Vec::<RolloutEvent>::deserialize(events).map_err(|e| corrupt(e.to_string()))?
-        }
+        Some(events) => Vec::<RolloutEvent>::deserialize(events).map_err(corrupt)?,
         None => Vec::new(),
     };
     Ok((rollout, events))
@@ -565,11 +552,7 @@ impl Store for CrdStore {
                 .api(namespace)
                 .get_opt(id)
                 .await
-                .map_err(|e| StoreError::Api {
-                    action: "read",
-                    id: id.to_owned(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| StoreError::api("read", id, e))?;
             let Some(object) = object.filter(has_state) else {
                 return Ok(None);
             };
@@ -595,11 +578,7 @@ impl Store for CrdStore {
             let list = Api::<DynamicObject>::all_with(self.client.clone(), &api_resource())
                 .list(&params)
                 .await
-                .map_err(|e| StoreError::Api {
-                    action: "find",
-                    id: id.to_owned(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| StoreError::api("find", id, e))?;
             match list.items.iter().find(|o| has_state(o)) {
                 Some(object) => decode(object).map(Some),
                 None => Ok(None),
@@ -614,11 +593,8 @@ impl Store for CrdStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let api = self.api(&rollout.namespace);
-            let api_error = |action: &'static str, e: kube::Error| StoreError::Api {
-                action,
-                id: rollout.id.clone(),
-                message: e.to_string(),
-            };
+            let api_error =
+                |action: &'static str, e: kube::Error| StoreError::api(action, &rollout.id, e);
             let created = match api.create(&PostParams::default(), &object(rollout)).await {
                 Ok(created) => created,
                 Err(kube::Error::Api(status)) if status.is_already_exists() => {
@@ -642,7 +618,7 @@ impl Store for CrdStore {
                 {"op": "test", "path": "/metadata/resourceVersion", "value": created.resource_version().unwrap_or_default()},
                 {"op": "add", "path": "/status", "value": status(rollout, kept)?},
             ]);
-            let patch = serde_json::to_vec(&patch).map_err(|e| encoding(&rollout.id, &e))?;
+            let patch = serde_json::to_vec(&patch).map_err(|e| encoding(&rollout.id, e))?;
             match self
                 .patch_status(&rollout.namespace, &rollout.id, patch)
                 .await
@@ -691,11 +667,7 @@ impl Store for CrdStore {
             {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
-                Err(e) => Err(StoreError::Api {
-                    action: "delete",
-                    id: id.to_owned(),
-                    message: e.to_string(),
-                }),
+                Err(e) => Err(StoreError::api("delete", id, e)),
             }
         })
     }

@@ -83,16 +83,16 @@ impl MemoryStore {
         events: &[RolloutEvent],
         create: bool,
     ) -> Result<(), StoreError> {
-        let mut s = self.state.lock().map_err(|_| StoreError::Api {
+        let mut s = self.state.lock().map_err(|_| StoreError::Unavailable {
             action: "write",
             id: rollout.id.clone(),
-            message: "poisoned".into(),
+            reason: "poisoned".into(),
         })?;
         if s.fail {
-            return Err(StoreError::Api {
+            return Err(StoreError::Unavailable {
                 action: "write",
                 id: rollout.id.clone(),
-                message: "store unavailable".into(),
+                reason: "store unavailable".into(),
             });
         }
         s.writes += 1;
@@ -107,10 +107,10 @@ impl MemoryStore {
             s.rollouts
                 .insert(rollout.id.clone(), (rollout.clone(), kept.to_vec()));
             if s.lose_create_answers {
-                return Err(StoreError::Api {
+                return Err(StoreError::Unavailable {
                     action: "create",
                     id: rollout.id.clone(),
-                    message: "connection reset before the answer".into(),
+                    reason: "connection reset before the answer".into(),
                 });
             }
             return Ok(());
@@ -118,10 +118,10 @@ impl MemoryStore {
         let entry = s
             .rollouts
             .get_mut(&rollout.id)
-            .ok_or_else(|| StoreError::Api {
+            .ok_or_else(|| StoreError::Unavailable {
                 action: "update",
                 id: rollout.id.clone(),
-                message: "not found".into(),
+                reason: "not found".into(),
             })?;
         let expected = rollout.last_sequence - events.len() as u64;
         if entry.0.last_sequence != expected {

@@ -10,18 +10,37 @@ pub mod crd;
 pub mod memory;
 pub mod prune;
 
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 
 use crate::domain::{Rollout, RolloutEvent};
 
-/// Errors reading or writing rollout state.
+/// Errors reading or writing rollout state. Clone (a failed step's error is kept and
+/// reported again), so the causes are shared rather than flattened into text.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("failed to {action} rollout {id}: {message}")]
+    /// A request to the Kubernetes API failed or was refused.
+    #[error("failed to {action} rollout {id}: {source}")]
     Api {
         action: &'static str,
         id: String,
-        message: String,
+        #[source]
+        source: Arc<kube::Error>,
+    },
+    /// The store cannot take requests now (the in-memory store of tests, told to fail).
+    #[error("failed to {action} rollout {id}: {reason}")]
+    Unavailable {
+        action: &'static str,
+        id: String,
+        reason: String,
+    },
+    /// A rollout or its events could not be written as JSON.
+    #[error("failed to encode rollout {id}: {source}")]
+    Encode {
+        id: String,
+        #[source]
+        source: Arc<serde_json::Error>,
     },
     /// Someone else wrote the rollout since it was read: this server no longer owns it.
     #[error(
@@ -35,8 +54,27 @@ pub enum StoreError {
     /// A rollout with this id is stored already (an earlier create landed).
     #[error("rollout {id} is stored already")]
     AlreadyExists { id: String },
-    #[error("stored rollout {name} is unreadable: {message}")]
-    Corrupt { name: String, message: String },
+    /// A stored record lacks a part every record has.
+    #[error("stored rollout {name} is unreadable: no {missing}")]
+    Incomplete { name: String, missing: &'static str },
+    /// A stored record's state or events are not what this version reads.
+    #[error("stored rollout {name} is unreadable: {source}")]
+    Corrupt {
+        name: String,
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+}
+
+impl StoreError {
+    /// A failed Kubernetes API request on rollout `id`.
+    pub fn api(action: &'static str, id: impl Into<String>, source: kube::Error) -> Self {
+        StoreError::Api {
+            action,
+            id: id.into(),
+            source: Arc::new(source),
+        }
+    }
 }
 
 /// A stored rollout with its kept event log (the newest events, in sequence order).

@@ -1,11 +1,13 @@
-//! Counts the server's Kubernetes API requests by verb and answer: a tower layer on the kube
-//! client's service stack, and the client built with it.
+//! Counts the server's Kubernetes API requests by verb and answer, each in a `kubernetes`
+//! span (debug level): a tower layer on the kube client's service stack, and the client
+//! built with it.
 
 use std::task::{Context, Poll};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use http::{Method, Request, Response, Uri};
+use tracing::Instrument;
 
 use super::{Telemetry, TelemetryError};
 
@@ -107,8 +109,11 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let verb = verb(request.method(), request.uri());
         let telemetry = self.telemetry.clone();
-        self.inner
-            .call(request)
+        // A child of the caller's span (a rollout's step): kube's client queue carries the
+        // caller's span over to the task that sends the request.
+        let span = tracing::debug_span!("kubernetes", verb, path = request.uri().path());
+        span.in_scope(|| self.inner.call(request))
+            .instrument(span)
             .map(move |result| {
                 let code = match &result {
                     Ok(response) => response.status().as_u16().to_string(),
@@ -211,6 +216,46 @@ mod tests {
                 "{line} missing from\n{text}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_runs_in_a_kubernetes_span_inside_the_callers_span() {
+        use crate::telemetry::logs::capture::{Captured, json};
+        let captured = Captured::default();
+        let _logs = tracing::subscriber::set_default(json(
+            &captured,
+            tracing::level_filters::LevelFilter::DEBUG,
+        ));
+        let inner = tower::service_fn(|_: Request<()>| async move {
+            tracing::debug!("sending");
+            Ok::<_, &str>(Response::builder().status(200).body(()).unwrap())
+        });
+        let mut service = KubeRequestsLayer::new(Telemetry::default()).layer(inner);
+        let request = Request::builder()
+            .method(Method::PATCH)
+            .uri("/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo")
+            .body(())
+            .unwrap();
+        // As kube's client queue does: the request is handed to the service in the
+        // caller's span.
+        async { service.ready().await.unwrap().call(request).await }
+            .instrument(tracing::info_span!("step", sequence = 4))
+            .await
+            .unwrap();
+        let lines = captured.lines();
+        let sent = lines
+            .iter()
+            .find(|l| l["fields"]["message"] == "sending")
+            .expect("the inner service's line");
+        let spans = sent["spans"].as_array().unwrap();
+        assert_eq!(spans.len(), 2, "{sent}");
+        assert_eq!(spans[0]["name"], "step");
+        assert_eq!(spans[1]["name"], "kubernetes");
+        assert_eq!(spans[1]["verb"], "patch");
+        assert_eq!(
+            spans[1]["path"],
+            "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo"
+        );
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! steerer's own metrics: the Prometheus registry and every `steerer_*` family in it, the
 //! scrape-time collector of the rollouts this replica holds, the tower layers that count
-//! Kubernetes API requests (`kubernetes`) and gRPC calls (`grpc`), and the `/metrics`
-//! endpoint (`endpoint`).
+//! Kubernetes API requests (`kubernetes`) and gRPC calls (`grpc`), the `/metrics`
+//! endpoint (`endpoint`), and the server's log lines (`logs`).
 
 pub mod endpoint;
 pub mod grpc;
 pub mod kubernetes;
+pub mod logs;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -126,8 +127,10 @@ fn is_ending(event: &RolloutEvent) -> bool {
 fn query_error_reason(error: &MetricsError) -> &'static str {
     match error {
         MetricsError::Timeout(_) => "timeout",
-        MetricsError::Query(_) => "query",
-        MetricsError::Response(_) => "response",
+        MetricsError::Client { .. } | MetricsError::Http { .. } | MetricsError::Query(_) => "query",
+        MetricsError::Unreadable { .. }
+        | MetricsError::Value { .. }
+        | MetricsError::Response(_) => "response",
     }
 }
 

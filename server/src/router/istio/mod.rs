@@ -19,6 +19,7 @@ pub mod split;
 
 use split::{find_splits, route_fingerprint, route_view, routes_to, weight_patch};
 
+use super::factory::{KindRouter, RouterContext};
 use super::{Resolved, RouteRef, RouteView, Router, RouterError};
 use crate::cache::{Cache, Changes, Views};
 
@@ -189,6 +190,23 @@ impl IstioRouter {
             Some(vs) => Ok(vs),
             None => self.fetch(namespace, name).await,
         }
+    }
+}
+
+/// The factory's start of the VirtualService router.
+pub fn start(context: &RouterContext<'_>) -> Arc<dyn KindRouter> {
+    Arc::new(IstioRouter::start(
+        context.client.clone(),
+        context.istio_api_version,
+        context.namespaces,
+        context.stop,
+        context.changes,
+    ))
+}
+
+impl KindRouter for IstioRouter {
+    fn wait_ready(&self, timeout: Duration) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(IstioRouter::wait_ready(self, timeout))
     }
 }
 
