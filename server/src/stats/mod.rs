@@ -7,6 +7,7 @@
 //! confidence interval of it, and the one-sided p-value of that question. Repeated looks at
 //! the same rollout are paid for with [`looks::alpha_at`].
 
+pub mod baseline;
 pub mod looks;
 pub mod proportions;
 pub mod ranks;

@@ -70,6 +70,20 @@ impl Histogram {
         Ok(Histogram { bounds, counts })
     }
 
+    /// This histogram and `other` (the same bounds) counted together: the requests of two
+    /// windows, or of two sides. `None` when the bounds differ.
+    pub fn add(&self, other: &Histogram) -> Option<Histogram> {
+        (self.bounds == other.bounds).then(|| Histogram {
+            bounds: self.bounds.clone(),
+            counts: self
+                .counts
+                .iter()
+                .zip(&other.counts)
+                .map(|(a, b)| a + b)
+                .collect(),
+        })
+    }
+
     /// All requests counted.
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
@@ -259,6 +273,15 @@ mod tests {
             Histogram::from_cumulative(vec![(f64::NAN, 1.0)]),
             Err(HistogramError::Bounds)
         );
+    }
+
+    #[test]
+    fn histograms_with_the_same_bounds_add_up() {
+        let a = hist([1, 2, 3, 4, 5, 6, 7, 8]);
+        let sum = a.add(&a).expect("same bounds");
+        assert_eq!(sum.counts, vec![2, 4, 6, 8, 10, 12, 14, 16]);
+        let other = Histogram::from_cumulative(vec![(1.0, 1.0)]).expect("valid");
+        assert!(a.add(&other).is_none());
     }
 
     #[test]
