@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 
 use crate::error::ApiError;
 use crate::faults::{ClientId, Verb};
+use crate::managed::{self, Operation, Writer};
 use crate::resources::ResourceDef;
 use crate::store::GroupResource;
 use tokio_util::sync::CancellationToken as Shutdown;
@@ -188,6 +189,25 @@ impl ResourceRequest {
 
     pub fn dry_run(&self) -> bool {
         self.param("dryRun") == Some("All")
+    }
+
+    /// The field manager of a write and how it writes, for `managedFields`.
+    pub fn writer(&self, operation: Operation) -> Writer {
+        let user_agent = self
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        Writer {
+            manager: managed::manager_name(self.param("fieldManager"), user_agent),
+            operation,
+            api_version: self.api_version.clone(),
+            subresource: self.sub.clone(),
+            // As Go's strconv.ParseBool, which kube-apiserver parses `force` with.
+            force: matches!(
+                self.param("force"),
+                Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+            ),
+        }
     }
 
     pub fn content_type(&self) -> &str {

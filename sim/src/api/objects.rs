@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::response::Response;
-use http::{StatusCode, header};
+use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::encode::{ListBody, Versioned, versioned_value};
@@ -387,7 +387,7 @@ fn crd_status(crd: &Value, _kind: &str) -> Value {
 
 fn create(world: &World, req: &ResourceRequest) -> Result<Response, ApiError> {
     let obj = decode_body(req)?;
-    let writer = writer_of(req, Operation::Update);
+    let writer = req.writer(Operation::Update);
     let created = create_object(
         world,
         &req.def,
@@ -398,25 +398,6 @@ fn create(world: &World, req: &ResourceRequest) -> Result<Response, ApiError> {
         Some(&writer),
     )?;
     Ok(respond_object(req, StatusCode::CREATED, &created))
-}
-
-/// The field manager of a write and how it writes, for `managedFields`.
-pub(crate) fn writer_of(req: &ResourceRequest, operation: Operation) -> Writer {
-    let user_agent = req
-        .headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok());
-    Writer {
-        manager: managed::manager_name(req.param("fieldManager"), user_agent),
-        operation,
-        api_version: req.api_version.clone(),
-        subresource: req.sub.clone(),
-        // As Go's strconv.ParseBool, which kube-apiserver parses `force` with.
-        force: matches!(
-            req.param("force"),
-            Some("1" | "t" | "T" | "true" | "TRUE" | "True")
-        ),
-    }
 }
 
 /// What field ownership covers for a write through this subresource (or the main resource).
@@ -529,7 +510,7 @@ fn update(world: &World, req: &ResourceRequest) -> Result<Response, ApiError> {
         meta.insert("namespace".into(), json!(req.ns()));
     }
     forced_conflict(world, req)?;
-    let writer = writer_of(req, Operation::Update);
+    let writer = req.writer(Operation::Update);
     let tracking = tracking_of(&req.def, req.sub.as_deref());
     let updated = write(world, req, scope_of(req), |old| {
         admit(req, &mut obj, old)?;
@@ -626,7 +607,7 @@ fn patch(world: &World, req: &ResourceRequest) -> Result<Response, ApiError> {
         PatchType::Apply => Operation::Apply,
         _ => Operation::Update,
     };
-    let writer = writer_of(req, operation);
+    let writer = req.writer(operation);
     let tracking = tracking_of(&req.def, req.sub.as_deref());
     let apply = |old: &Value| -> Result<Value, ApiError> {
         let base = versioned_value(old, &req.api_version, &req.def.kind);
@@ -779,7 +760,7 @@ fn update_scale(world: &World, req: &ResourceRequest) -> Result<Response, ApiErr
     let mut scale = decode_body(req)?;
     check_type(&mut scale, "autoscaling/v1", "Scale", None)?;
     forced_conflict(world, req)?;
-    let writer = writer_of(req, Operation::Update);
+    let writer = req.writer(Operation::Update);
     let tracking = tracking_of(&req.def, Some("scale"));
     let updated = write(world, req, UpdateScope::Spec, |old| {
         let mut new = apply_scale(req, old, &scale)?;
@@ -800,7 +781,7 @@ fn patch_scale(
     body: &PatchBody,
 ) -> Result<Response, ApiError> {
     forced_conflict(world, req)?;
-    let writer = writer_of(req, Operation::Update);
+    let writer = req.writer(Operation::Update);
     let tracking = tracking_of(&req.def, Some("scale"));
     let updated = write(world, req, UpdateScope::Spec, |old| {
         let scale = apply_patch(ptype, true, &scale_of(old), body, &req.body)?;

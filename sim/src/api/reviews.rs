@@ -14,7 +14,6 @@ use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::objects::writer_of;
 use super::{Output, ResourceRequest, proto, respond};
 use crate::auth::rbac::{self, NonResourceAttributes, Request, ResourceAttributes};
 use crate::auth::tokens::{
@@ -130,7 +129,7 @@ fn decode(
 /// Records the request's fields as the caller's, as kube-apiserver does for any create
 /// (answers of reviews carry `managedFields` too).
 fn record_owner(req: &ResourceRequest, obj: &mut Value) {
-    let mut writer = writer_of(req, Operation::Update);
+    let mut writer = req.writer(Operation::Update);
     if let Some(api_version) = obj.get("apiVersion").and_then(Value::as_str) {
         // A TokenRequest is written through `/api/v1`, in authentication.k8s.io/v1.
         writer.api_version = api_version.to_owned();
