@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::encode::{ListBody, Versioned, versioned_value};
 use super::params::{parse_rv_param, selectors};
-use super::{ApiState, Output, ResourceRequest, respond, reviews, table, watch};
+use super::{ApiState, Output, ResourceRequest, proto, respond, reviews, table, watch};
 use crate::admission;
 use crate::error::ApiError;
 use crate::faults::Verb;
@@ -197,6 +197,8 @@ fn decode_body(req: &ResourceRequest) -> Result<Value, ApiError> {
         "application/yaml" => serde_yaml::from_slice(&req.body).map_err(|e| {
             ApiError::bad_request(format!("couldn't get version/kind; yaml parse error: {e}"))
         })?,
+        proto::MEDIA_TYPE => proto::decode(&req.body, &req.api_version, &req.def.kind)
+            .map_err(|e| e.to_api_error(&req.def.kind, &req.body))?,
         _ => return Err(ApiError::unsupported_media_type(content_type)),
     };
     if !value.is_object() {

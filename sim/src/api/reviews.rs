@@ -92,8 +92,8 @@ fn decode(
         "application/yaml" => serde_yaml::from_slice(&req.body).map_err(|e| {
             ApiError::bad_request(format!("couldn't get version/kind; yaml parse error: {e}"))
         })?,
-        "application/vnd.kubernetes.protobuf" => proto::decode(&req.body)
-            .map_err(|e| ApiError::bad_request(format!("failed to decode protobuf: {e}")))?,
+        proto::MEDIA_TYPE => proto::decode(&req.body, api_version, kind)
+            .map_err(|e| e.to_api_error(kind, &req.body))?,
         _ => return Err(ApiError::unsupported_media_type(content_type)),
     };
     let Some(map) = obj.as_object_mut() else {
