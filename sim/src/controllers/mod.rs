@@ -1,8 +1,10 @@
 //! The simulated controllers of kube-controller-manager: Deployments (with their ReplicaSets
-//! and simulated pods) and HorizontalPodAutoscalers, acting directly on the store.
+//! and simulated pods), HorizontalPodAutoscalers and the namespaces' `default`
+//! ServiceAccounts, acting directly on the store.
 
 pub mod deployment;
 pub mod hpa;
+pub mod serviceaccounts;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken as Shutdown;
 
-use crate::store::Store;
+use crate::store::{Change, Store};
 
 pub use deployment::pod_template_hash;
 
@@ -74,6 +76,7 @@ pub async fn run(store: Arc<Store>, loads: &Loads, timing: Intervals, shutdown: 
     let mut changes = store.subscribe();
     let mut deployments = deployment::Controller::new(Arc::clone(&store), timing.pod_startup);
     deployments.resync_all();
+    serviceaccounts::resync_all(&store);
     let mut hpa_tick = tokio::time::interval(timing.hpa_sync);
     hpa_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_timed_pass = Instant::now();
@@ -87,20 +90,33 @@ pub async fn run(store: Arc<Store>, loads: &Loads, timing: Intervals, shutdown: 
         tokio::select! {
             () = shutdown.cancelled() => break,
             received = changes.recv() => {
+                let mut namespaces = Vec::new();
+                let mut observe = |change: &Change| {
+                    deployments.observe(change);
+                    namespaces.extend(serviceaccounts::namespace_to_check(change));
+                };
+                let mut lagged = false;
                 match received {
-                    Ok(change) => deployments.observe(&change),
-                    Err(RecvError::Lagged(_)) => deployments.resync_all(),
+                    Ok(change) => observe(&change),
+                    Err(RecvError::Lagged(_)) => lagged = true,
                     Err(RecvError::Closed) => break,
                 }
                 // Batch whatever else is already queued.
                 loop {
                     match changes.try_recv() {
-                        Ok(change) => deployments.observe(&change),
+                        Ok(change) => observe(&change),
                         Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
-                            deployments.resync_all();
+                            lagged = true;
                         }
                         Err(_) => break,
                     }
+                }
+                if lagged {
+                    deployments.resync_all();
+                    serviceaccounts::resync_all(&store);
+                }
+                for namespace in namespaces {
+                    serviceaccounts::ensure_default(&store, &namespace);
                 }
             }
             () = sleep_until_opt(wake) => {
