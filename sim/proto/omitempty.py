@@ -15,9 +15,21 @@ FIELD = re.compile(
     r'^\s+\w+\s+(?P<type>[\w.\[\]*]+)\s+`json:"(?P<json>[^"]*)"\s+protobuf:"(?P<wire>\w+),'
 )
 STRUCT = re.compile(r"^type (\w+) struct \{")
+NAMED = re.compile(r"^type (\w+) (?:string|bool|int32|int64)\s*$", re.M)
+
+
+def named_scalars(go_dir):
+    """Types declared as `type Protocol string` (or a number or bool) in the package."""
+    names = set()
+    for name in os.listdir(go_dir):
+        if name.endswith(".go") and not name.endswith("_test.go"):
+            with open(os.path.join(go_dir, name)) as f:
+                names.update(NAMED.findall(f.read()))
+    return names
 
 
 def fields_of(go_dir, package):
+    scalars = {"string", "bool", "int32", "int64"} | named_scalars(go_dir)
     for name in sorted(os.listdir(go_dir)):
         if not name.endswith(".go") or name.endswith("_test.go") or "generated" in name:
             continue
@@ -35,10 +47,10 @@ def fields_of(go_dir, package):
                 if not struct or not m:
                     continue
                 go_type, (json_name, *options) = m.group("type"), m.group("json").split(",")
-                # Named string and number types (`Protocol`) carry a protobuf `casttype`;
-                # structs, pointers, slices and maps are not scalars.
+                # Named string and number types of other packages (`types.UID`) carry a
+                # protobuf `casttype`; structs, pointers, slices and maps are not scalars.
                 scalar = not go_type.startswith(("[", "*", "map")) and (
-                    go_type in ("string", "bool", "int32", "int64") or "casttype=" in line
+                    go_type in scalars or "casttype=" in line
                 )
                 if "omitempty" in options and scalar and json_name:
                     yield f"{package}.{struct}.{json_name}"
