@@ -19,6 +19,11 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value, old: Option<&Value>) {
         ("apps", "deployments") => default_deployment(obj),
         ("", "services") => default_service(obj, old),
         ("", "namespaces") => default_namespace(obj),
+        ("", "secrets") => {
+            if let Some(map) = obj.as_object_mut() {
+                map.entry("type").or_insert(json!("Opaque"));
+            }
+        }
         ("", "pods") => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_pod_spec(spec);
@@ -404,6 +409,19 @@ mod tests {
                         "template": {"metadata": {"labels": {"app": "web"}},
                                      "spec": {"containers": [{"name": "app", "image": "app:1",
                                               "ports": [{"containerPort": 80}]}]}}}})
+    }
+
+    #[test]
+    fn a_secret_without_a_type_is_opaque() {
+        let secrets = Registry::with_builtins()
+            .lookup("", "v1", "secrets")
+            .unwrap();
+        let mut secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}});
+        default_object(&secrets, &mut secret, None);
+        assert_eq!(secret["type"], "Opaque");
+        let mut typed = json!({"metadata": {"name": "t"}, "type": "kubernetes.io/tls"});
+        default_object(&secrets, &mut typed, None);
+        assert_eq!(typed["type"], "kubernetes.io/tls");
     }
 
     #[test]

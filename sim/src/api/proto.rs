@@ -43,7 +43,7 @@ pub enum ProtoError {
     Envelope(String),
     /// A kind and version this server has no message for.
     #[error(
-        "no kind \"{kind}\" is registered for version \"{api_version}\" in scheme \"k8s.io/kubernetes/pkg/api/legacyscheme/scheme.go:30\""
+        "no kind \"{kind}\" is registered for version \"{api_version}\" in scheme \"pkg/runtime/scheme.go:111\""
     )]
     NotRegistered { api_version: String, kind: String },
     /// Bytes that are not a valid message of the kind the envelope names.
@@ -720,7 +720,7 @@ mod tests {
             err.to_api_error("Namespace", text.as_bytes()).message,
             "Nonexists in version \"v1\" cannot be handled as a Namespace: no kind \
              \"Nonexists\" is registered for version \"v1\" in scheme \
-             \"k8s.io/kubernetes/pkg/api/legacyscheme/scheme.go:30\""
+             \"pkg/runtime/scheme.go:111\""
         );
     }
 }
