@@ -1,7 +1,7 @@
 //! The token and review endpoints, answered as kube-apiserver answers them and never stored:
 //! TokenRequest (`serviceaccounts/NAME/token`), TokenReview, SelfSubjectReview,
 //! SubjectAccessReview, LocalSubjectAccessReview and SelfSubjectAccessReview. Bodies may be
-//! JSON, YAML or protobuf (what kubectl's typed clients send); answers are JSON or YAML.
+//! JSON, YAML or protobuf (what kubectl's typed clients send), and so are answers.
 //!
 //! The "self" reviews need to know who asks: a bearer token the simulator issued (and that
 //! still reviews) is its service account, a request without one is the administrator
