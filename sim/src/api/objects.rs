@@ -331,7 +331,7 @@ pub fn create_object(
     {
         map.remove("status");
     }
-    admission::default_object(def, &mut obj, None);
+    admission::default_object(def, &mut obj);
     admission::validate(def, &obj, None)?;
     if is_crd(def) {
         let parsed = Registry::parse_crd(&obj).map_err(|e| crd_invalid(def, &obj, e))?;
@@ -346,6 +346,7 @@ pub fn create_object(
             None => managed::update(None, &mut obj, writer, tracking, &now_rfc3339()),
         }
     }
+    admission::allocate(def, &mut obj, None);
     if dry_run {
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
@@ -474,7 +475,8 @@ fn admit(req: &ResourceRequest, new: &mut Value, old: &Value) -> Result<(), ApiE
     if req.sub.is_some() {
         return Ok(());
     }
-    admission::default_object(&req.def, new, Some(old));
+    admission::default_object(&req.def, new);
+    admission::allocate(&req.def, new, Some(old));
     admission::validate(&req.def, new, Some(old))?;
     if is_crd(&req.def) {
         Registry::parse_crd(new).map_err(|e| crd_invalid(&req.def, new, e))?;

@@ -58,8 +58,8 @@ async fn kubectl(substrate: &Substrate, kubectl: &Path, cache: &Path, args: &[&s
     }
 }
 
-/// `metadata` reduced to what both substrates set alike.
-fn meta(object: &Value) -> Value {
+/// `metadata` reduced to what both substrates set alike (`fields`: see [`managers`]).
+fn meta(object: &Value, fields: bool) -> Value {
     let mut annotations = object["metadata"]["annotations"].clone();
     if let Some(map) = annotations.as_object_mut() {
         // A time: kept as "set".
@@ -69,14 +69,14 @@ fn meta(object: &Value) -> Value {
     }
     json!({"name": object["metadata"]["name"], "labels": object["metadata"]["labels"],
            "annotations": annotations,
-           "managers": managers(object)})
+           "managers": managers(object, fields)})
 }
 
 /// Which of kubectl's managers wrote the object and how (`managedFields` entries without
-/// times), sorted. The simulated controllers record no owner, so kube-controller-manager's
-/// entries are left out; the field sets are too, as the simulator owns a list as a whole and
-/// counts the fields it allocates as the creator's (both in the README).
-fn managers(object: &Value) -> Value {
+/// times), sorted, with the fields each owns when `fields` (not for kinds with keyed lists,
+/// which the simulator owns whole, as the README says). The simulated controllers record no
+/// owner, so kube-controller-manager's entries are left out.
+fn managers(object: &Value, fields: bool) -> Value {
     let mut entries: Vec<Value> = object["metadata"]["managedFields"]
         .as_array()
         .cloned()
@@ -87,7 +87,14 @@ fn managers(object: &Value) -> Value {
                 .as_str()
                 .is_some_and(|m| m.starts_with("kubectl"))
         })
-        .map(|e| json!([e["manager"], e["operation"], e["subresource"]]))
+        .map(|e| {
+            let owned = if fields {
+                e["fieldsV1"].clone()
+            } else {
+                Value::Null
+            };
+            json!([e["manager"], e["operation"], e["subresource"], owned])
+        })
         .collect();
     entries.sort_by_key(Value::to_string);
     json!(entries)
@@ -103,7 +110,7 @@ fn deployment(object: &Value) -> Value {
     {
         annotations.insert("kubectl.kubernetes.io/restartedAt".into(), json!("set"));
     }
-    json!({"metadata": meta(object), "spec": spec})
+    json!({"metadata": meta(object, false), "spec": spec})
 }
 
 /// A Service without the addresses the cluster picks.
@@ -113,7 +120,7 @@ fn service(object: &Value) -> Value {
         map.remove("clusterIP");
         map.remove("clusterIPs");
     }
-    json!({"metadata": meta(object), "spec": spec})
+    json!({"metadata": meta(object, false), "spec": spec})
 }
 
 /// A token as a client reads it: a JWT for the ServiceAccount.
@@ -268,7 +275,7 @@ pub(super) async fn script(
         ])
         .await
         .json();
-        json!({"metadata": meta(&ns), "phase": ns["status"]["phase"]})
+        json!({"metadata": meta(&ns, true), "phase": ns["status"]["phase"]})
     }));
     steps.push((
         "kubectl get deployment",
@@ -282,16 +289,16 @@ pub(super) async fn script(
     let settings = get("configmap/settings").await;
     steps.push((
         "kubectl get configmap",
-        json!({"metadata": meta(&settings), "data": settings["data"]}),
+        json!({"metadata": meta(&settings, true), "data": settings["data"]}),
     ));
     let keys = get("secret/keys").await;
     steps.push((
         "kubectl get secret",
-        json!({"metadata": meta(&keys), "data": keys["data"], "type": keys["type"]}),
+        json!({"metadata": meta(&keys, true), "data": keys["data"], "type": keys["type"]}),
     ));
     steps.push(("kubectl get service account", {
         let account = get("serviceaccount/default").await;
-        json!({"metadata": meta(&account)})
+        json!({"metadata": meta(&account, true)})
     }));
 
     let deleted = run(&["delete", "namespace", NS, "--wait=false"]).await;
