@@ -9,16 +9,21 @@ use crate::error::ApiError;
 use crate::resources::ResourceDef;
 use crate::selector::{LabelSelector, labels_of};
 
-/// Fills the defaults kube-apiserver fills in, for built-in kinds. `old` is the stored object
-/// on an update (fields the server allocated, like a Service's cluster IP, are kept).
-pub fn default_object(def: &ResourceDef, obj: &mut Value, old: Option<&Value>) {
+/// Fills the defaults kube-apiserver fills in when it decodes a built-in kind (so they count as
+/// the writer's fields); [`allocate`] sets what the server assigns.
+pub fn default_object(def: &ResourceDef, obj: &mut Value) {
     if !def.builtin {
         return;
     }
     match (def.group.as_str(), def.plural.as_str()) {
         ("apps", "deployments") => default_deployment(obj),
-        ("", "services") => default_service(obj, old),
+        ("", "services") => default_service(obj),
         ("", "namespaces") => default_namespace(obj),
+        ("", "secrets") => {
+            if let Some(map) = obj.as_object_mut() {
+                map.entry("type").or_insert(json!("Opaque"));
+            }
+        }
         ("", "pods") => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_pod_spec(spec);
@@ -112,16 +117,7 @@ fn default_pod_spec(spec: &mut Value) {
     }
 }
 
-fn default_service(obj: &mut Value, old: Option<&Value>) {
-    let key = format!(
-        "{}/{}",
-        obj.pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or(""),
-        obj.pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-    );
+fn default_service(obj: &mut Value) {
     let Some(spec) = object_at(obj, "spec") else {
         return;
     };
@@ -133,19 +129,6 @@ fn default_service(obj: &mut Value, old: Option<&Value>) {
         .to_owned();
     spec.entry("sessionAffinity").or_insert(json!("None"));
     if kind != "ExternalName" {
-        let kept = old
-            .and_then(|o| o.pointer("/spec/clusterIP"))
-            .cloned()
-            .filter(|ip| ip.as_str().is_some_and(|s| !s.is_empty()));
-        let ip = match (spec.get("clusterIP").and_then(Value::as_str), kept) {
-            (Some(ip), _) if !ip.is_empty() => json!(ip),
-            (_, Some(kept)) => kept,
-            _ => json!(cluster_ip_for(&key)),
-        };
-        spec.insert("clusterIP".into(), ip.clone());
-        spec.entry("clusterIPs").or_insert_with(|| json!([ip]));
-        spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
-        spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
         spec.entry("internalTrafficPolicy")
             .or_insert(json!("Cluster"));
     }
@@ -160,6 +143,56 @@ fn default_service(obj: &mut Value, old: Option<&Value>) {
     if let Some(map) = obj.as_object_mut() {
         map.entry("status")
             .or_insert_with(|| json!({"loadBalancer": {}}));
+    }
+}
+
+/// What the server allocates for an object, after defaulting and after field ownership is
+/// recorded on create (kube-apiserver's registry sets these, so they are nobody's fields):
+/// a Service's cluster IPs and IP families (kept from `old` on an update), a Namespace's
+/// `spec.finalizers`.
+pub fn allocate(def: &ResourceDef, obj: &mut Value, old: Option<&Value>) {
+    if !def.builtin || !def.group.is_empty() {
+        return;
+    }
+    match def.plural.as_str() {
+        "services" => allocate_service(obj, old),
+        "namespaces" => {
+            if let Some(spec) = object_at(obj, "spec") {
+                spec.entry("finalizers")
+                    .or_insert_with(|| json!(["kubernetes"]));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn allocate_service(obj: &mut Value, old: Option<&Value>) {
+    let key = format!(
+        "{}/{}",
+        obj.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+        obj.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    );
+    let Some(spec) = object_at(obj, "spec") else {
+        return;
+    };
+    if spec.get("type").and_then(Value::as_str) != Some("ExternalName") {
+        let kept = old
+            .and_then(|o| o.pointer("/spec/clusterIP"))
+            .cloned()
+            .filter(|ip| ip.as_str().is_some_and(|s| !s.is_empty()));
+        let ip = match (spec.get("clusterIP").and_then(Value::as_str), kept) {
+            (Some(ip), _) if !ip.is_empty() => json!(ip),
+            (_, Some(kept)) => kept,
+            _ => json!(cluster_ip_for(&key)),
+        };
+        spec.insert("clusterIP".into(), ip.clone());
+        spec.entry("clusterIPs").or_insert_with(|| json!([ip]));
+        spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
+        spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
     }
 }
 
@@ -183,10 +216,6 @@ fn default_namespace(obj: &mut Value) {
             .as_object_mut()
     {
         labels.insert("kubernetes.io/metadata.name".into(), json!(name));
-    }
-    if let Some(spec) = object_at(obj, "spec") {
-        spec.entry("finalizers")
-            .or_insert_with(|| json!(["kubernetes"]));
     }
     if let Some(status) = object_at(obj, "status") {
         status.entry("phase").or_insert(json!("Active"));
@@ -407,9 +436,22 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_without_a_type_is_opaque() {
+        let secrets = Registry::with_builtins()
+            .lookup("", "v1", "secrets")
+            .unwrap();
+        let mut secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}});
+        default_object(&secrets, &mut secret);
+        assert_eq!(secret["type"], "Opaque");
+        let mut typed = json!({"metadata": {"name": "t"}, "type": "kubernetes.io/tls"});
+        default_object(&secrets, &mut typed);
+        assert_eq!(typed["type"], "kubernetes.io/tls");
+    }
+
+    #[test]
     fn deployment_defaults_match_kube_apiserver() {
         let mut d = deployment();
-        default_object(&deployments(), &mut d, None);
+        default_object(&deployments(), &mut d);
         assert_eq!(d["spec"]["replicas"], 1);
         assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
         assert_eq!(d["spec"]["progressDeadlineSeconds"], 600);

@@ -138,7 +138,7 @@ impl ApiError {
             406,
             "NotAcceptable",
             format!(
-                "only the following media types are accepted: application/json, application/yaml, application/json;as=Table;v=v1;g=meta.k8s.io (got {accept:?})"
+                "only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf, application/json;as=Table;v=v1;g=meta.k8s.io (got {accept:?})"
             ),
         )
     }

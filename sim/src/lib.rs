@@ -116,8 +116,8 @@ impl Sim {
                 Arc::clone(&world),
                 shutdown.clone(),
             )),
-            tokio::spawn(mesh::run(Arc::clone(&world), shutdown.clone())),
-            tokio::spawn(controllers::run(Arc::clone(&world), shutdown.clone())),
+            tokio::spawn(run_mesh(Arc::clone(&world), shutdown.clone())),
+            tokio::spawn(run_controllers(Arc::clone(&world), shutdown.clone())),
         ];
         Ok(Sim {
             api_addr,
@@ -201,6 +201,29 @@ impl Sim {
             let _ = task.await;
         }
     }
+}
+
+/// Sends the simulator's traffic over its own store until `shutdown` is cancelled.
+async fn run_mesh(world: Arc<World>, shutdown: Shutdown) {
+    let tick = world.config.timing.traffic_tick;
+    mesh::drive(
+        mesh::StoreView::new(&world.store),
+        &world.mesh,
+        tick,
+        &shutdown,
+    )
+    .await;
+}
+
+/// Runs the controllers over the simulator's store until `shutdown` is cancelled.
+async fn run_controllers(world: Arc<World>, shutdown: Shutdown) {
+    let timing = &world.config.timing;
+    let intervals = controllers::Intervals {
+        pod_startup: timing.pod_startup,
+        controller_tick: timing.controller_tick,
+        hpa_sync: timing.hpa_sync,
+    };
+    controllers::run(Arc::clone(&world.store), &world.loads, intervals, shutdown).await;
 }
 
 impl Drop for Sim {

@@ -106,3 +106,9 @@ pub struct World {
     /// The configuration it was started with.
     pub config: SimConfig,
 }
+
+impl AsRef<mesh::Mesh> for World {
+    fn as_ref(&self) -> &mesh::Mesh {
+        &self.mesh
+    }
+}

@@ -51,10 +51,10 @@ pub(crate) fn handle(
     output: Output,
 ) -> Response {
     let registry = &state.world.registry;
-    let output = if output == Output::Table {
-        Output::Json
-    } else {
-        output
+    // Discovery documents are JSON (or YAML) whatever else the client would take.
+    let output = match output {
+        Output::Table | Output::Protobuf { .. } => Output::Json,
+        other => other,
     };
     let ok = |v: &Value| respond(StatusCode::OK, output, v);
     match segments {

@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 
 use crate::error::ApiError;
 use crate::faults::{ClientId, Verb};
+use crate::managed::{self, Operation, Writer};
 use crate::resources::ResourceDef;
 use crate::store::GroupResource;
 use tokio_util::sync::CancellationToken as Shutdown;
@@ -87,6 +88,11 @@ pub(crate) enum Output {
     Yaml,
     /// A `meta.k8s.io/v1` Table (what `kubectl get` asks for).
     Table,
+    /// Kubernetes' protobuf, what typed clients (kubectl's included) ask for first. Kinds
+    /// without a protobuf form (custom resources) answer JSON when `or_json`, 406 otherwise.
+    Protobuf {
+        or_json: bool,
+    },
 }
 
 fn negotiate(headers: &HeaderMap) -> Result<Output, ApiError> {
@@ -97,7 +103,8 @@ fn negotiate(headers: &HeaderMap) -> Result<Output, ApiError> {
     if accept.trim().is_empty() {
         return Ok(Output::Json);
     }
-    for range in accept.split(',') {
+    let ranges: Vec<&str> = accept.split(',').collect();
+    for (i, range) in ranges.iter().enumerate() {
         let mut parts = range.split(';').map(str::trim);
         let media = parts.next().unwrap_or("").to_ascii_lowercase();
         let params: HashMap<String, String> = parts
@@ -105,6 +112,15 @@ fn negotiate(headers: &HeaderMap) -> Result<Output, ApiError> {
             .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
             .collect();
         match media.as_str() {
+            proto::MEDIA_TYPE if params.is_empty() => {
+                let json_later = ranges[i + 1..].iter().any(|r| {
+                    let media = r.split(';').next().unwrap_or("").trim();
+                    matches!(media, "application/json" | "application/*" | "*/*")
+                });
+                return Ok(Output::Protobuf {
+                    or_json: json_later,
+                });
+            }
             "application/json" | "application/*" | "*/*" => {
                 match params.get("as").map(String::as_str) {
                     None => return Ok(Output::Json),
@@ -129,6 +145,28 @@ fn negotiate(headers: &HeaderMap) -> Result<Output, ApiError> {
 
 /// A response body in the negotiated encoding.
 pub(crate) fn respond(code: StatusCode, output: Output, value: &impl Serialize) -> Response {
+    if let Output::Protobuf { or_json } = output {
+        let encoded = serde_json::to_value(value)
+            .map_err(|e| proto::ProtoError::Encode {
+                path: "the answer".into(),
+                why: e.to_string(),
+            })
+            .map(|value| proto::encode(&value));
+        match encoded {
+            Ok(Some(Ok(bytes))) => {
+                return (code, [(header::CONTENT_TYPE, proto::MEDIA_TYPE)], bytes).into_response();
+            }
+            // A value the protobuf message cannot hold still reaches a client that reads JSON.
+            Ok(Some(Err(e))) | Err(e) if or_json => {
+                tracing::warn!(error = %e, "answering JSON instead of protobuf");
+            }
+            Ok(Some(Err(e))) | Err(e) => {
+                return ApiError::internal(format!("encoding protobuf: {e}")).into_response();
+            }
+            Ok(None) if or_json => {}
+            Ok(None) => return ApiError::not_acceptable(proto::MEDIA_TYPE).into_response(),
+        }
+    }
     if output == Output::Yaml {
         return match serde_yaml::to_string(value) {
             Ok(text) => (code, [(header::CONTENT_TYPE, "application/yaml")], text).into_response(),
@@ -188,6 +226,25 @@ impl ResourceRequest {
 
     pub fn dry_run(&self) -> bool {
         self.param("dryRun") == Some("All")
+    }
+
+    /// The field manager of a write and how it writes, for `managedFields`.
+    pub fn writer(&self, operation: Operation) -> Writer {
+        let user_agent = self
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        Writer {
+            manager: managed::manager_name(self.param("fieldManager"), user_agent),
+            operation,
+            api_version: self.api_version.clone(),
+            subresource: self.sub.clone(),
+            // As Go's strconv.ParseBool, which kube-apiserver parses `force` with.
+            force: matches!(
+                self.param("force"),
+                Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+            ),
+        }
     }
 
     pub fn content_type(&self) -> &str {
@@ -408,6 +465,14 @@ mod tests {
         assert_eq!(accept("application/json, */*").unwrap(), Output::Json);
         assert_eq!(
             accept("application/vnd.kubernetes.protobuf,application/json").unwrap(),
+            Output::Protobuf { or_json: true }
+        );
+        assert_eq!(
+            accept("application/vnd.kubernetes.protobuf").unwrap(),
+            Output::Protobuf { or_json: false }
+        );
+        assert_eq!(
+            accept("application/json, application/vnd.kubernetes.protobuf").unwrap(),
             Output::Json
         );
         assert_eq!(accept("application/yaml").unwrap(), Output::Yaml);

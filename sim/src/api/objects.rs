@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use axum::response::Response;
-use http::{StatusCode, header};
+use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::encode::{ListBody, Versioned, versioned_value};
 use super::params::{parse_rv_param, selectors};
-use super::{ApiState, Output, ResourceRequest, respond, reviews, table, watch};
+use super::{ApiState, Output, ResourceRequest, proto, respond, reviews, table, watch};
 use crate::admission;
 use crate::error::ApiError;
 use crate::faults::Verb;
@@ -197,6 +197,8 @@ fn decode_body(req: &ResourceRequest) -> Result<Value, ApiError> {
         "application/yaml" => serde_yaml::from_slice(&req.body).map_err(|e| {
             ApiError::bad_request(format!("couldn't get version/kind; yaml parse error: {e}"))
         })?,
+        proto::MEDIA_TYPE => proto::decode(&req.body, &req.api_version, &req.def.kind)
+            .map_err(|e| e.to_api_error(&req.def.kind, &req.body))?,
         _ => return Err(ApiError::unsupported_media_type(content_type)),
     };
     if !value.is_object() {
@@ -329,7 +331,7 @@ pub fn create_object(
     {
         map.remove("status");
     }
-    admission::default_object(def, &mut obj, None);
+    admission::default_object(def, &mut obj);
     admission::validate(def, &obj, None)?;
     if is_crd(def) {
         let parsed = Registry::parse_crd(&obj).map_err(|e| crd_invalid(def, &obj, e))?;
@@ -344,6 +346,7 @@ pub fn create_object(
             None => managed::update(None, &mut obj, writer, tracking, &now_rfc3339()),
         }
     }
+    admission::allocate(def, &mut obj, None);
     if dry_run {
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
@@ -387,7 +390,7 @@ fn crd_status(crd: &Value, _kind: &str) -> Value {
 
 fn create(world: &World, req: &ResourceRequest) -> Result<Response, ApiError> {
     let obj = decode_body(req)?;
-    let writer = writer_of(req, Operation::Update);
+    let writer = req.writer(Operation::Update);
     let created = create_object(
         world,
         &req.def,
@@ -398,25 +401,6 @@ fn create(world: &World, req: &ResourceRequest) -> Result<Response, ApiError> {
         Some(&writer),
     )?;
     Ok(respond_object(req, StatusCode::CREATED, &created))
-}
-
-/// The field manager of a write and how it writes, for `managedFields`.
-pub(crate) fn writer_of(req: &ResourceRequest, operation: Operation) -> Writer {
-    let user_agent = req
-        .headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok());
-    Writer {
-        manager: managed::manager_name(req.param("fieldManager"), user_agent),
-        operation,
-        api_version: req.api_version.clone(),
-        subresource: req.sub.clone(),
-        // As Go's strconv.ParseBool, which kube-apiserver parses `force` with.
-        force: matches!(
-            req.param("force"),
-            Some("1" | "t" | "T" | "true" | "TRUE" | "True")
-        ),
-    }
 }
 
 /// What field ownership covers for a write through this subresource (or the main resource).
@@ -491,7 +475,8 @@ fn admit(req: &ResourceRequest, new: &mut Value, old: &Value) -> Result<(), ApiE
     if req.sub.is_some() {
         return Ok(());
     }
-    admission::default_object(&req.def, new, Some(old));
+    admission::default_object(&req.def, new);
+    admission::allocate(&req.def, new, Some(old));
     admission::validate(&req.def, new, Some(old))?;
     if is_crd(&req.def) {
         Registry::parse_crd(new).map_err(|e| crd_invalid(&req.def, new, e))?;
@@ -529,7 +514,7 @@ fn update(world: &World, req: &ResourceRequest) -> Result<Response, ApiError> {
         meta.insert("namespace".into(), json!(req.ns()));
     }
     forced_conflict(world, req)?;
-    let writer = writer_of(req, Operation::Update);
+    let writer = req.writer(Operation::Update);
     let tracking = tracking_of(&req.def, req.sub.as_deref());
     let updated = write(world, req, scope_of(req), |old| {
         admit(req, &mut obj, old)?;
@@ -626,7 +611,7 @@ fn patch(world: &World, req: &ResourceRequest) -> Result<Response, ApiError> {
         PatchType::Apply => Operation::Apply,
         _ => Operation::Update,
     };
-    let writer = writer_of(req, operation);
+    let writer = req.writer(operation);
     let tracking = tracking_of(&req.def, req.sub.as_deref());
     let apply = |old: &Value| -> Result<Value, ApiError> {
         let base = versioned_value(old, &req.api_version, &req.def.kind);
@@ -779,7 +764,7 @@ fn update_scale(world: &World, req: &ResourceRequest) -> Result<Response, ApiErr
     let mut scale = decode_body(req)?;
     check_type(&mut scale, "autoscaling/v1", "Scale", None)?;
     forced_conflict(world, req)?;
-    let writer = writer_of(req, Operation::Update);
+    let writer = req.writer(Operation::Update);
     let tracking = tracking_of(&req.def, Some("scale"));
     let updated = write(world, req, UpdateScope::Spec, |old| {
         let mut new = apply_scale(req, old, &scale)?;
@@ -800,7 +785,7 @@ fn patch_scale(
     body: &PatchBody,
 ) -> Result<Response, ApiError> {
     forced_conflict(world, req)?;
-    let writer = writer_of(req, Operation::Update);
+    let writer = req.writer(Operation::Update);
     let tracking = tracking_of(&req.def, Some("scale"));
     let updated = write(world, req, UpdateScope::Spec, |old| {
         let scale = apply_patch(ptype, true, &scale_of(old), body, &req.body)?;

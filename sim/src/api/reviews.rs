@@ -1,7 +1,7 @@
 //! The token and review endpoints, answered as kube-apiserver answers them and never stored:
 //! TokenRequest (`serviceaccounts/NAME/token`), TokenReview, SelfSubjectReview,
 //! SubjectAccessReview, LocalSubjectAccessReview and SelfSubjectAccessReview. Bodies may be
-//! JSON, YAML or protobuf (what kubectl's typed clients send); answers are JSON or YAML.
+//! JSON, YAML or protobuf (what kubectl's typed clients send), and so are answers.
 //!
 //! The "self" reviews need to know who asks: a bearer token the simulator issued (and that
 //! still reviews) is its service account, a request without one is the administrator
@@ -14,7 +14,6 @@ use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::objects::writer_of;
 use super::{Output, ResourceRequest, proto, respond};
 use crate::auth::rbac::{self, NonResourceAttributes, Request, ResourceAttributes};
 use crate::auth::tokens::{
@@ -93,8 +92,8 @@ fn decode(
         "application/yaml" => serde_yaml::from_slice(&req.body).map_err(|e| {
             ApiError::bad_request(format!("couldn't get version/kind; yaml parse error: {e}"))
         })?,
-        "application/vnd.kubernetes.protobuf" => proto::decode(&req.body)
-            .map_err(|e| ApiError::bad_request(format!("failed to decode protobuf: {e}")))?,
+        proto::MEDIA_TYPE => proto::decode(&req.body, api_version, kind)
+            .map_err(|e| e.to_api_error(kind, &req.body))?,
         _ => return Err(ApiError::unsupported_media_type(content_type)),
     };
     let Some(map) = obj.as_object_mut() else {
@@ -130,7 +129,7 @@ fn decode(
 /// Records the request's fields as the caller's, as kube-apiserver does for any create
 /// (answers of reviews carry `managedFields` too).
 fn record_owner(req: &ResourceRequest, obj: &mut Value) {
-    let mut writer = writer_of(req, Operation::Update);
+    let mut writer = req.writer(Operation::Update);
     if let Some(api_version) = obj.get("apiVersion").and_then(Value::as_str) {
         // A TokenRequest is written through `/api/v1`, in authentication.k8s.io/v1.
         writer.api_version = api_version.to_owned();

@@ -1,19 +1,20 @@
 //! The simulated controllers of kube-controller-manager: Deployments (with their ReplicaSets
-//! and simulated pods) and HorizontalPodAutoscalers, acting directly on the store.
+//! and simulated pods), HorizontalPodAutoscalers and the namespaces' `default`
+//! ServiceAccounts, acting directly on the store.
 
 pub mod deployment;
 pub mod hpa;
+pub mod serviceaccounts;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::MissedTickBehavior;
-
 use tokio_util::sync::CancellationToken as Shutdown;
 
-use crate::world::World;
+use crate::store::{Change, Store};
 
 pub use deployment::pod_template_hash;
 
@@ -55,16 +56,27 @@ impl Loads {
     }
 }
 
+/// The simulated delays the controllers play.
+#[derive(Debug, Clone, Copy)]
+pub struct Intervals {
+    /// Time a new pod takes to become ready.
+    pub pod_startup: Duration,
+    /// Shortest spacing of the Deployment controller's timed passes.
+    pub controller_tick: Duration,
+    /// How often HPAs recompute their desired replicas.
+    pub hpa_sync: Duration,
+}
+
 /// Runs every controller until `shutdown` is cancelled.
 ///
 /// Deployments are reconciled when the store reports a change to them, and on a timer only
 /// while one of them waits for a pod to become ready or for its progress deadline, so an idle
 /// cluster of thousands of objects costs nothing between changes.
-pub async fn run(world: Arc<World>, shutdown: Shutdown) {
-    let timing = world.config.timing.clone();
-    let mut changes = world.store.subscribe();
-    let mut deployments = deployment::Controller::new(Arc::clone(&world.store), timing.pod_startup);
+pub async fn run(store: Arc<Store>, loads: &Loads, timing: Intervals, shutdown: Shutdown) {
+    let mut changes = store.subscribe();
+    let mut deployments = deployment::Controller::new(Arc::clone(&store), timing.pod_startup);
     deployments.resync_all();
+    serviceaccounts::resync_all(&store);
     let mut hpa_tick = tokio::time::interval(timing.hpa_sync);
     hpa_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_timed_pass = Instant::now();
@@ -78,20 +90,33 @@ pub async fn run(world: Arc<World>, shutdown: Shutdown) {
         tokio::select! {
             () = shutdown.cancelled() => break,
             received = changes.recv() => {
+                let mut namespaces = Vec::new();
+                let mut observe = |change: &Change| {
+                    deployments.observe(change);
+                    namespaces.extend(serviceaccounts::namespace_to_check(change));
+                };
+                let mut lagged = false;
                 match received {
-                    Ok(change) => deployments.observe(&change),
-                    Err(RecvError::Lagged(_)) => deployments.resync_all(),
+                    Ok(change) => observe(&change),
+                    Err(RecvError::Lagged(_)) => lagged = true,
                     Err(RecvError::Closed) => break,
                 }
                 // Batch whatever else is already queued.
                 loop {
                     match changes.try_recv() {
-                        Ok(change) => deployments.observe(&change),
+                        Ok(change) => observe(&change),
                         Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
-                            deployments.resync_all();
+                            lagged = true;
                         }
                         Err(_) => break,
                     }
+                }
+                if lagged {
+                    deployments.resync_all();
+                    serviceaccounts::resync_all(&store);
+                }
+                for namespace in namespaces {
+                    serviceaccounts::ensure_default(&store, &namespace);
                 }
             }
             () = sleep_until_opt(wake) => {
@@ -99,7 +124,7 @@ pub async fn run(world: Arc<World>, shutdown: Shutdown) {
                 deployments.wake_due(last_timed_pass);
             }
             _ = hpa_tick.tick() => {
-                hpa::sync_all(&world.store, &world.loads);
+                hpa::sync_all(&store, loads);
             }
         }
     }

@@ -37,7 +37,6 @@ use tokio::time::MissedTickBehavior;
 use crate::store::{Change, GroupResource, Store};
 use tokio_util::sync::CancellationToken as Shutdown;
 
-use crate::world::World;
 use metrics::{Metrics, Reporter};
 use routing::{ErrorState, HostState, Table};
 
@@ -350,26 +349,9 @@ pub async fn drive(
     }
 }
 
-/// Sends the simulator's traffic over its own store until `shutdown` is cancelled.
-pub async fn run(world: Arc<World>, shutdown: Shutdown) {
-    drive(
-        StoreView::new(&world.store),
-        &world.mesh,
-        world.config.timing.traffic_tick,
-        &shutdown,
-    )
-    .await;
-}
-
 impl AsRef<Mesh> for Mesh {
     fn as_ref(&self) -> &Mesh {
         self
-    }
-}
-
-impl AsRef<Mesh> for World {
-    fn as_ref(&self) -> &Mesh {
-        &self.mesh
     }
 }
 
@@ -394,9 +376,12 @@ where
     )
 }
 
-/// Serves `GET /metrics` until `shutdown` is cancelled.
-pub async fn serve_metrics(listener: TcpListener, world: Arc<World>, shutdown: Shutdown) {
-    if let Err(err) = axum::serve(listener, metrics_router(world))
+/// Serves `GET /metrics` of `owner`'s mesh until `shutdown` is cancelled.
+pub async fn serve_metrics<M>(listener: TcpListener, owner: Arc<M>, shutdown: Shutdown)
+where
+    M: AsRef<Mesh> + Send + Sync + 'static,
+{
+    if let Err(err) = axum::serve(listener, metrics_router(owner))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
     {

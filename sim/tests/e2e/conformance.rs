@@ -5,10 +5,14 @@
 //! differ, so the list cannot go stale.
 //!
 //! A second script ([`auth`]) holds the TokenRequest, TokenReview and access-review APIs to
-//! kube-apiserver's answers, on the same two substrates.
+//! kube-apiserver's answers, on the same two substrates. A third ([`kubectl`]) runs kubectl's
+//! imperative commands, which send protobuf: with the project's kubectl (1.37) on both, and
+//! with the machine's own kubectl on the simulator, held to the same answers.
 
 mod auth;
+mod kubectl;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::support::artifacts;
@@ -22,10 +26,17 @@ use steerer_sim::{Sim, SimConfig, Timing};
 const NS: &str = "conformance";
 
 /// Steps whose answers differ between the simulator and kube-apiserver, and why.
-const KNOWN_DIFFERENCES: &[(&str, &str)] = &[(
-    "delete namespace",
-    "the simulator deletes a namespace at once; kube-apiserver marks it Terminating",
-)];
+const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
+    (
+        "delete namespace",
+        "the simulator deletes a namespace at once; kube-apiserver marks it Terminating",
+    ),
+    (
+        "kubectl create job",
+        "the simulator serves no batch/v1 Jobs: kubectl reports that the server could not find \
+         the requested resource (404); kube-apiserver creates the Job",
+    ),
+];
 
 /// One substrate under test: a client, and how to make older resourceVersions unreachable.
 struct Substrate {
@@ -33,6 +44,8 @@ struct Substrate {
     client: kube::Client,
     /// What `client` was built from (for clients with other credentials).
     config: kube::Config,
+    /// The same credentials as a kubeconfig file, for kubectl.
+    kubeconfig: PathBuf,
     sim: Option<Sim>,
 }
 
@@ -668,6 +681,51 @@ async fn script(substrate: &Substrate) -> Vec<(&'static str, Value)> {
     steps
 }
 
+/// The steps on which `got` (from `substrate`) answered otherwise than kube-apiserver in
+/// `expected`, and the known differences that no longer differ.
+fn differences(
+    expected: &[(&'static str, Value)],
+    got: &[(&'static str, Value)],
+    substrate: &str,
+) -> Vec<String> {
+    assert_eq!(
+        expected.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        got.iter().map(|(s, _)| *s).collect::<Vec<_>>()
+    );
+    let mut report = Vec::new();
+    for ((step, want), (_, have)) in expected.iter().zip(got) {
+        let known = KNOWN_DIFFERENCES.iter().find(|(s, _)| s == step);
+        match (want == have, known) {
+            (true, None) | (false, Some(_)) => {}
+            (false, None) => report.push(format!(
+                "{step}:\n  kube-apiserver: {want}\n  {substrate}: {have}"
+            )),
+            (true, Some((_, why))) => report.push(format!(
+                "{step}: listed as a known difference ({why}) but both answered {want}; \
+                 remove it from KNOWN_DIFFERENCES and the README"
+            )),
+        }
+    }
+    report
+}
+
+/// The machine's own kubectl (`kubectl` on PATH, e.g. Debian's 1.32), other than the
+/// project's: `STEERER_MACHINE_KUBECTL` names another.
+fn machine_kubectl(project: &Path) -> PathBuf {
+    if let Some(path) = std::env::var_os("STEERER_MACHINE_KUBECTL").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let project = project
+        .canonicalize()
+        .unwrap_or_else(|_| project.to_owned());
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("kubectl"))
+        .find(|k| k.is_file() && k.canonicalize().is_ok_and(|k| k != project))
+        .expect("no kubectl on PATH besides the project's: set STEERER_MACHINE_KUBECTL")
+}
+
 #[tokio::test]
 async fn the_simulator_answers_the_script_as_kube_apiserver_does() {
     let real_cluster = tokio::task::spawn_blocking(|| {
@@ -682,10 +740,13 @@ async fn the_simulator_answers_the_script_as_kube_apiserver_does() {
     .unwrap()
     .unwrap_or_else(|e| panic!("{e}"));
     let real_config = real_cluster.kube_config().await.unwrap();
+    // The project's kubectl, built with the control plane.
+    let project_kubectl = real_cluster.kubectl().to_owned();
     let real = Substrate {
         name: "kube-apiserver",
         client: kube::Client::try_from(real_config.clone()).unwrap(),
         config: real_config,
+        kubeconfig: real_cluster.kubeconfig_path().to_owned(),
         sim: None,
     };
     let sim = Sim::start(SimConfig {
@@ -696,39 +757,36 @@ async fn the_simulator_answers_the_script_as_kube_apiserver_does() {
     .await
     .unwrap();
     let sim_config = sim.kube_config().await.unwrap();
+    let sim_dir = tempfile::tempdir().unwrap();
+    let sim_kubeconfig = sim_dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&sim_kubeconfig).unwrap();
     let simulated = Substrate {
         name: "steerer-sim",
         client: kube::Client::try_from(sim_config.clone()).unwrap(),
         config: sim_config,
+        kubeconfig: sim_kubeconfig,
         sim: Some(sim),
     };
+    let machine_kubectl = machine_kubectl(&project_kubectl);
 
     let mut expected = script(&real).await;
     expected.extend(auth::script(&real).await);
+    expected.extend(kubectl::undecodable(&real.client).await);
+    let kubectl_expected = kubectl::script(&real, &project_kubectl).await;
     let mut got = script(&simulated).await;
     got.extend(auth::script(&simulated).await);
+    got.extend(kubectl::undecodable(&simulated.client).await);
+    got.extend(kubectl::script(&simulated, &project_kubectl).await);
+    let machine_got = kubectl::script(&simulated, &machine_kubectl).await;
+    expected.extend(kubectl_expected.iter().cloned());
     drop(real_cluster);
 
-    assert_eq!(
-        expected.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-        got.iter().map(|(s, _)| *s).collect::<Vec<_>>()
-    );
-    let mut report = Vec::new();
-    for ((step, want), (_, have)) in expected.iter().zip(&got) {
-        let known = KNOWN_DIFFERENCES.iter().find(|(s, _)| s == step);
-        match (want == have, known) {
-            (true, None) => {}
-            (false, Some(_)) => {}
-            (false, None) => report.push(format!(
-                "{step}:\n  {}: {want}\n  {}: {have}",
-                real.name, simulated.name
-            )),
-            (true, Some((_, why))) => report.push(format!(
-                "{step}: listed as a known difference ({why}) but both answered {want}; \
-                 remove it from KNOWN_DIFFERENCES and the README"
-            )),
-        }
-    }
+    let mut report = differences(&expected, &got, simulated.name);
+    report.extend(differences(
+        &kubectl_expected,
+        &machine_got,
+        &format!("steerer-sim with {}", machine_kubectl.display()),
+    ));
     assert!(
         report.is_empty(),
         "the simulator and kube-apiserver differ:\n{}",
