@@ -2,6 +2,8 @@
 //! and (in `views`) what the engine sees of the cluster. Free of kube, tonic and the generated
 //! types so the engine and its tests stay plain Rust.
 
+#[cfg(test)]
+pub mod fixtures;
 pub mod judging;
 pub mod views;
 

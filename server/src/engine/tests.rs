@@ -645,15 +645,9 @@ async fn an_idle_driver_keeps_a_small_future() {
     let w = World::new();
     let s = w.supervisor();
     let ports = s.ports_for_tests();
-    let r = crate::domain::Rollout::new(
-        "a".into(),
-        "test".into(),
-        "podinfo".into(),
-        "podinfo-canary".into(),
-        "podinfo".into(),
-        fast(),
-        chrono::Utc::now(),
-    );
+    let r = crate::domain::Rollout::test()
+        .named("a")
+        .with(|r| r.analysis = fast());
     let (view, _) = tokio::sync::watch::channel(r.clone());
     let (_commands, receiver) = tokio::sync::mpsc::channel(16);
     let driver = super::driver::Driver::new(

@@ -727,21 +727,11 @@ pub async fn migrate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AnalysisSettings, EventKind, Phase};
+    use crate::domain::{EventKind, Phase};
     use chrono::Utc;
 
     fn rollout(last_sequence: u64) -> Rollout {
-        let mut r = Rollout::new(
-            "r1".into(),
-            "test".into(),
-            "podinfo".into(),
-            "podinfo-canary".into(),
-            "podinfo".into(),
-            AnalysisSettings::default(),
-            Utc::now(),
-        );
-        r.last_sequence = last_sequence;
-        r
+        Rollout::test().at_sequence(last_sequence)
     }
 
     fn event(sequence: u64) -> RolloutEvent {
