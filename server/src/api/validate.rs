@@ -8,7 +8,7 @@ use steerer::names::LabelProblem;
 use steerer::v1 as pb;
 
 use crate::domain::judging::DEFAULT_WEBHOOK_TIMEOUT;
-use crate::domain::{AnalysisSettings, MetricCheck, Webhook, WebhookKind};
+use crate::domain::{AnalysisSettings, MetricCheck, Strategy, Webhook, WebhookKind};
 use crate::metrics::templates::MetricTemplates;
 use crate::webhooks::AllowList;
 
@@ -159,11 +159,15 @@ pub fn analysis(
     let Some(a) = request else {
         return Ok(s);
     };
+    let Strategy::Canary {
+        step_weight,
+        max_weight,
+    } = &mut s.strategy;
     if let Some(v) = a.step_weight {
-        s.step_weight = v;
+        *step_weight = v;
     }
     if let Some(v) = a.max_weight {
-        s.max_weight = v;
+        *max_weight = v;
     }
     if let Some(v) = &a.interval {
         s.interval = duration("analysis.interval", v)?;
@@ -349,22 +353,23 @@ pub fn webhooks(hooks: &[pb::Webhook], allow: &AllowList) -> Result<Vec<Webhook>
 
 /// Range checks of analysis settings (also applied to the server's defaults).
 pub fn check_analysis(s: &AnalysisSettings) -> Result<(), Invalid> {
-    if !(1..=100).contains(&s.step_weight) {
+    let Strategy::Canary {
+        step_weight,
+        max_weight,
+    } = s.strategy;
+    if !(1..=100).contains(&step_weight) {
         return Err(Invalid(format!(
-            "analysis.step_weight {} must be between 1 and 100",
-            s.step_weight
+            "analysis.step_weight {step_weight} must be between 1 and 100"
         )));
     }
-    if !(1..=100).contains(&s.max_weight) {
+    if !(1..=100).contains(&max_weight) {
         return Err(Invalid(format!(
-            "analysis.max_weight {} must be between 1 and 100",
-            s.max_weight
+            "analysis.max_weight {max_weight} must be between 1 and 100"
         )));
     }
-    if s.step_weight > s.max_weight {
+    if step_weight > max_weight {
         return Err(Invalid(format!(
-            "analysis.step_weight {} must not exceed analysis.max_weight {}",
-            s.step_weight, s.max_weight
+            "analysis.step_weight {step_weight} must not exceed analysis.max_weight {max_weight}"
         )));
     }
     if s.interval < MIN_INTERVAL || s.interval > MAX_INTERVAL {
@@ -538,8 +543,13 @@ mod tests {
             ..Default::default()
         };
         let s = analysis(Some(&a), &d).unwrap();
-        assert_eq!(s.step_weight, 25);
-        assert_eq!(s.max_weight, 100);
+        assert_eq!(
+            s.strategy,
+            Strategy::Canary {
+                step_weight: 25,
+                max_weight: 100
+            }
+        );
         assert_eq!(s.interval, d.interval);
     }
 

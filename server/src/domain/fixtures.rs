@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use super::{AnalysisSettings, Phase, Rollout, Webhook, WebhookKind};
+use super::{AnalysisSettings, Phase, Rollout, Strategy, Webhook, WebhookKind};
 
 /// `secs` seconds after the fixed moment the fixtures start at.
 pub fn t(secs: i64) -> DateTime<Utc> {
@@ -19,8 +19,10 @@ impl AnalysisSettings {
     /// Fast settings: 10% steps every second, at most 3 failed checks, a 10 s deadline.
     pub fn test() -> Self {
         Self {
-            step_weight: 10,
-            max_weight: 100,
+            strategy: Strategy::Canary {
+                step_weight: 10,
+                max_weight: 100,
+            },
             interval: Duration::from_secs(1),
             success_rate_threshold: 99.0,
             max_failed_checks: 3,

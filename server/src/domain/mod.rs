@@ -5,12 +5,14 @@
 #[cfg(test)]
 pub mod fixtures;
 pub mod judging;
+pub mod strategy;
 pub mod views;
 
 pub use judging::{
     CheckKind, CheckOutcome, CheckResult, Gates, HookAnswer, HookOutcome, MetricCheck, Webhook,
     WebhookKind, failed_names,
 };
+pub use strategy::{Next, Strategy};
 pub use views::{DeploymentView, HpaView, RouteView, promoted_template, template_hash};
 
 use std::collections::BTreeMap;
@@ -152,10 +154,9 @@ impl EventKind {
 /// The analysis settings in force for one rollout (request values with defaults filled in).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnalysisSettings {
-    /// Weight added per step, 1..=100.
-    pub step_weight: u32,
-    /// Weight at which the canary is promoted, step_weight..=100.
-    pub max_weight: u32,
+    /// How traffic moves to the canary (stored as the fields it always had).
+    #[serde(flatten)]
+    pub strategy: Strategy,
     /// Time between checks and steps.
     #[serde(with = "millis")]
     pub interval: Duration,
@@ -197,8 +198,7 @@ impl AnalysisSettings {
 impl Default for AnalysisSettings {
     fn default() -> Self {
         Self {
-            step_weight: 10,
-            max_weight: 100,
+            strategy: Strategy::default(),
             interval: Duration::from_secs(60),
             success_rate_threshold: 99.0,
             max_failed_checks: 5,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::domain::{EventKind, Phase, Rollout, Sample};
+use crate::domain::{EventKind, Phase, Rollout, Sample, Strategy};
 use crate::events::Hub;
 use crate::metrics::fake::FakeMetrics;
 use crate::router::fake::FakeRouter;
@@ -67,8 +67,10 @@ impl World {
 
 fn fast() -> crate::domain::AnalysisSettings {
     crate::domain::AnalysisSettings {
-        step_weight: 10,
-        max_weight: 100,
+        strategy: Strategy::Canary {
+            step_weight: 10,
+            max_weight: 100,
+        },
         interval: Duration::from_millis(20),
         success_rate_threshold: 99.0,
         max_failed_checks: 2,
@@ -713,7 +715,10 @@ async fn a_rollout_that_needs_approval_waits_at_the_maximum_weight_until_promote
     let w = World::new();
     let s = w.supervisor();
     let mut req = request();
-    req.analysis.step_weight = 50;
+    req.analysis.strategy = Strategy::Canary {
+        step_weight: 50,
+        max_weight: 100,
+    };
     req.analysis.require_approval = true;
     let r = s.start(req).await.unwrap();
     let held = wait_for(&s, &r.id, |r| r.gates.waiting_for.is_some()).await;

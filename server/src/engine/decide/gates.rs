@@ -52,7 +52,7 @@ pub fn hooks_due(
         Phase::Progressing if check_due(state, obs, now) => {
             add(WebhookKind::Rollout);
             add(WebhookKind::Rollback);
-            if state.canary_weight >= settings.max_weight {
+            if settings.strategy.completes_at(state.canary_weight) {
                 add(WebhookKind::ConfirmPromotion);
             }
         }

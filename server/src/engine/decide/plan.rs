@@ -149,11 +149,9 @@ pub(super) fn interval_elapsed(state: &Rollout, now: DateTime<Utc>) -> Option<Du
         .filter(|left| !left.is_zero())
 }
 
-/// The weight the next step of a rollout moves to.
-fn next_step(state: &Rollout) -> u32 {
-    (state.canary_weight + state.analysis.step_weight)
-        .min(state.analysis.max_weight)
-        .min(100)
+/// The weight the next step of a rollout moves to, as its strategy plans it.
+pub(super) fn next_step(state: &Rollout) -> u32 {
+    state.analysis.strategy.next_weight(state.canary_weight)
 }
 
 /// Whether a canary weight read back from the VirtualService (after a restart) is one this
@@ -164,11 +162,10 @@ pub fn written_unrecorded(state: &Rollout, weight: u32) -> bool {
     weight == 0 || weight == next_step(state)
 }
 
-/// Moves the canary weight up one step.
-pub(super) fn step_up(d: &mut Decision, state: &Rollout, now: DateTime<Utc>, why: String) {
+/// Moves the canary weight up to `to`, the next step of the plan.
+pub(super) fn step_up(d: &mut Decision, state: &Rollout, to: u32, now: DateTime<Utc>, why: String) {
     let settings = &state.analysis;
     let from = state.canary_weight;
-    let to = next_step(state);
     d.actions.push(Action::SetCanaryWeight(to));
     d.next.canary_weight = to;
     d.next.last_step_at = Some(now);

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::super::fixtures::*;
 use super::super::*;
 use super::*;
-use crate::domain::{EventKind, Phase, Rollout};
+use crate::domain::{EventKind, Phase, Rollout, Strategy};
 
 #[test]
 fn nothing_happens_before_the_interval_elapses() {
@@ -25,8 +25,10 @@ fn nothing_happens_before_the_interval_elapses() {
 #[test]
 fn the_last_step_stops_at_max_weight() {
     let state = Rollout::test().progressing(40, 0).with(|r| {
-        r.analysis.step_weight = 25;
-        r.analysis.max_weight = 50;
+        r.analysis.strategy = Strategy::Canary {
+            step_weight: 25,
+            max_weight: 50,
+        };
     });
     let d = decide(&state, &Observation::test().measured(100.0, 20.0), t(1));
     assert_eq!(d.actions, vec![Action::SetCanaryWeight(50)]);

@@ -10,12 +10,12 @@ use super::endings::{begin_rollback, objects_missing};
 use super::gates::{held, pre_rollout_passed, promotion_gate, rollback_asked, rollout_confirmed};
 use super::health::halt_reason;
 use super::judge::{Verdict, evaluate_all, rate_note};
-use super::plan::{evidence_window, interval_elapsed, step_up, until_tick};
+use super::plan::{evidence_window, interval_elapsed, next_step, step_up, until_tick};
 use super::promotion::begin_promotion;
 use super::quiet::Repeat;
 use super::{Action, Decision, Observation, human, poll, watching};
 use crate::domain::{
-    AnalysisRecord, Breaches, CheckResult, EventKind, Gates, Phase, Rollout, Sample,
+    AnalysisRecord, Breaches, CheckResult, EventKind, Gates, Next, Phase, Rollout, Sample,
 };
 
 pub(super) fn pending(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime<Utc>) {
@@ -88,6 +88,7 @@ pub(super) fn pending(d: &mut Decision, state: &Rollout, obs: &Observation, now:
     step_up(
         d,
         state,
+        next_step(state),
         now,
         format!(
             "canary revision {revision} ready with {} replicas",
@@ -189,7 +190,7 @@ pub(super) fn progressing(
         return;
     }
     if state.canary_weight == 0 {
-        step_up(d, state, now, "canary ready".to_owned());
+        step_up(d, state, next_step(state), now, "canary ready".to_owned());
         return;
     }
     if state.traffic_since.is_none() {
@@ -271,7 +272,7 @@ pub(super) fn progressing(
                 state.canary_weight,
                 rate_note(request_rate)
             );
-            if state.canary_weight < settings.max_weight {
+            if let Next::Weight(to) = settings.strategy.after_pass(state.canary_weight) {
                 d.next.quiet = None;
                 d.emit_check(
                     EventKind::CheckPassed,
@@ -280,7 +281,7 @@ pub(super) fn progressing(
                     checks,
                     Breaches::default(),
                 );
-                step_up(d, state, now, "check passed".to_owned());
+                step_up(d, state, to, now, "check passed".to_owned());
                 return;
             }
             match promotion_gate(state, obs) {

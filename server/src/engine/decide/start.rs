@@ -24,13 +24,12 @@ pub fn start(
     d.emit(
         EventKind::Started,
         format!(
-            "rollout of {}/{} started: canary {} via VirtualService {}, {}% steps up to {}% every {}, success rate >= {}%{}",
+            "rollout of {}/{} started: canary {} via VirtualService {}, {} every {}, success rate >= {}%{}",
             rollout.namespace,
             rollout.target,
             rollout.canary,
             rollout.virtual_service,
-            settings.step_weight,
-            settings.max_weight,
+            settings.strategy.describe(),
             humantime::format_duration(settings.interval),
             settings.success_rate_threshold,
             settings
