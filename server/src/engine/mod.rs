@@ -142,5 +142,17 @@ pub enum EngineError {
     Internal(String),
 }
 
+impl From<decide::NotAdmitted> for EngineError {
+    fn from(refusal: decide::NotAdmitted) -> Self {
+        use decide::NotAdmitted;
+        match refusal {
+            NotAdmitted::Invalid(why) => EngineError::InvalidRequest(why),
+            NotAdmitted::NotFound(why) => EngineError::NotFound(why),
+            NotAdmitted::AlreadyActive(why) => EngineError::AlreadyActive(why),
+            NotAdmitted::Refused(why) => EngineError::Refused(why),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

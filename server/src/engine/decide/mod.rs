@@ -43,7 +43,7 @@ pub use plan::{
     until_tick, written_unrecorded,
 };
 pub use quiet::{MIN_QUIET, REPEATS_IN_FULL, quiet_window};
-pub use start::start;
+pub use start::{NotAdmitted, admit, canary_name, requested, start};
 
 use endings::{cannot_act, rolling_back, route_missing};
 use progress::{pending, progressing};
