@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use super::{AnalysisSettings, Phase, Rollout, Strategy, Webhook, WebhookKind};
+use super::{AnalysisSettings, Phase, Rollout, RouteRef, Strategy, Webhook, WebhookKind};
 
 /// `secs` seconds after the fixed moment the fixtures start at.
 pub fn t(secs: i64) -> DateTime<Utc> {
@@ -56,7 +56,7 @@ impl Rollout {
             "test".into(),
             "podinfo".into(),
             "podinfo-canary".into(),
-            "podinfo".into(),
+            RouteRef::virtual_service("podinfo"),
             AnalysisSettings::test(),
             t(0),
         );

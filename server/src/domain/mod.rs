@@ -5,6 +5,7 @@
 #[cfg(test)]
 pub mod fixtures;
 pub mod judging;
+pub mod route;
 pub mod strategy;
 pub mod views;
 
@@ -12,6 +13,7 @@ pub use judging::{
     CheckKind, CheckOutcome, CheckResult, Gates, HookAnswer, HookOutcome, MetricCheck, Webhook,
     WebhookKind, failed_names,
 };
+pub use route::{RouteKind, RouteRef};
 pub use strategy::{Next, Strategy};
 pub use views::{DeploymentView, HpaView, RouteView, promoted_template, template_hash};
 
@@ -276,7 +278,9 @@ pub struct Rollout {
     pub namespace: String,
     pub target: String,
     pub canary: String,
-    pub virtual_service: String,
+    /// The object that splits the traffic (stored as its fields always were, see `RouteRef`).
+    #[serde(flatten)]
+    pub route: RouteRef,
     /// Pod-template hash of the canary revision under analysis (empty until the canary is ready).
     pub revision: String,
     pub phase: Phase,
@@ -326,9 +330,9 @@ pub struct Rollout {
     /// does not know it). Metrics older than this belong to another revision.
     #[serde(default)]
     pub traffic_since: Option<DateTime<Utc>>,
-    /// Fingerprint of the VirtualService's split routes (destinations and match conditions,
-    /// weights left out) as the rollout found or last adopted them: a different one means
-    /// someone edited the routes by hand.
+    /// Fingerprint of the route's split (destinations and match conditions, weights left
+    /// out) as the rollout found or last adopted it: a different one means someone edited
+    /// the route by hand.
     #[serde(default)]
     pub route_fingerprint: Option<String>,
     /// Hash of the pod template written over GA when the promotion began: from then on GA is
@@ -357,7 +361,7 @@ impl Rollout {
         namespace: String,
         target: String,
         canary: String,
-        virtual_service: String,
+        route: RouteRef,
         analysis: AnalysisSettings,
         now: DateTime<Utc>,
     ) -> Self {
@@ -366,7 +370,7 @@ impl Rollout {
             namespace,
             target,
             canary,
-            virtual_service,
+            route,
             revision: String::new(),
             phase: Phase::Pending,
             canary_weight: 0,

@@ -17,7 +17,7 @@ use crate::cache::Subscription;
 use crate::domain::promoted_template;
 use crate::domain::{EventKind, HookAnswer, Phase, Rollout, RolloutEvent, WebhookKind};
 use crate::metrics::templates::Vars;
-use crate::router::RouteRef;
+use crate::router::RouteSplit;
 use crate::store::StoreError;
 use crate::webhooks::Payload;
 
@@ -216,10 +216,10 @@ impl Driver {
         }
     }
 
-    fn route(&self) -> RouteRef {
-        RouteRef {
+    fn route(&self) -> RouteSplit {
+        RouteSplit {
             namespace: self.state.namespace.clone(),
-            virtual_service: self.state.virtual_service.clone(),
+            name: self.state.route.name.clone(),
             ga_service: self.state.target.clone(),
             canary_service: self.state.canary.clone(),
         }
@@ -238,7 +238,7 @@ impl Driver {
                 &[
                     &self.state.target,
                     &self.state.canary,
-                    &self.state.virtual_service,
+                    &self.state.route.name,
                 ],
             )
         });
@@ -759,9 +759,9 @@ async fn observe(
     };
     let route = ports
         .router
-        .observe(&RouteRef {
+        .observe(&RouteSplit {
             namespace: state.namespace.clone(),
-            virtual_service: state.virtual_service.clone(),
+            name: state.route.name.clone(),
             ga_service: state.target.clone(),
             canary_service: state.canary.clone(),
         })

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::domain::{EventKind, Phase, Rollout, Sample, Strategy};
+use crate::domain::{EventKind, Phase, Rollout, RouteRef, Sample, Strategy};
 use crate::events::Hub;
 use crate::metrics::fake::FakeMetrics;
 use crate::router::fake::FakeRouter;
@@ -279,7 +279,7 @@ async fn rejected_starts_change_nothing() {
         Err(EngineError::Refused(m)) if m.contains("no container named sidecar")
     ));
     let mut wrong_vs = request();
-    wrong_vs.virtual_service = "other".into();
+    wrong_vs.route = Some(RouteRef::virtual_service("other"));
     assert!(matches!(
         s.start(wrong_vs).await,
         Err(EngineError::Route(

@@ -9,11 +9,13 @@ use futures::future::BoxFuture;
 
 pub use crate::domain::views::RouteView;
 
-/// The split a rollout drives: a VirtualService and the two Services it divides traffic between.
+/// The split a rollout drives: its route (by name; the router knows the kind) and the two
+/// Services it divides traffic between.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RouteRef {
+pub struct RouteSplit {
     pub namespace: String,
-    pub virtual_service: String,
+    /// The route's name.
+    pub name: String,
     pub ga_service: String,
     pub canary_service: String,
 }
@@ -59,7 +61,7 @@ impl RouterError {
     }
 }
 
-/// The VirtualService a start request resolved to.
+/// The route a start request resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
     pub name: String,
@@ -71,29 +73,32 @@ pub struct Resolved {
 
 /// Reads and writes canary weights.
 pub trait Router: Send + Sync {
-    /// Finds and validates the VirtualService splitting traffic between the two Services
-    /// (`virtual_service` None = the one in the namespace that routes to the GA Service).
-    /// Returns its name, the canary weight it routes now and the fingerprint of its split.
+    /// Finds and validates the route splitting traffic between the two Services (`route`
+    /// names it; `None`: the one in the namespace that routes to the GA Service). Returns its
+    /// name, the canary weight it routes now and the fingerprint of its split.
     fn resolve<'a>(
         &'a self,
         namespace: &'a str,
-        virtual_service: Option<&'a str>,
+        route: Option<&'a str>,
         ga_service: &'a str,
         canary_service: &'a str,
     ) -> BoxFuture<'a, Result<Resolved, RouterError>>;
 
     /// The route as last seen, from the watch cache when it has it (no API call on a step);
     /// an object the cache lacks is looked up in the API before it is called missing.
-    fn observe<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, RouteView>;
+    fn observe<'a>(&'a self, route: &'a RouteSplit) -> BoxFuture<'a, RouteView>;
 
     /// The canary weight, read fresh from the API (used when resuming).
-    fn canary_weight<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, Result<u32, RouterError>>;
+    fn canary_weight<'a>(
+        &'a self,
+        route: &'a RouteSplit,
+    ) -> BoxFuture<'a, Result<u32, RouterError>>;
 
     /// Routes `weight` percent to the canary and the rest to GA. Writes nothing when the
     /// weights already match; returns whether it wrote.
     fn set_canary_weight<'a>(
         &'a self,
-        route: &'a RouteRef,
+        route: &'a RouteSplit,
         weight: u32,
     ) -> BoxFuture<'a, Result<bool, RouterError>>;
 }

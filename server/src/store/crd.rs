@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Filter, Store, StoreError, Stored};
-use crate::domain::{Rollout, RolloutEvent};
+use crate::domain::{Rollout, RolloutEvent, RouteKind};
 use crate::events::DEFAULT_EVENT_LIMIT;
 
 /// API group of the Rollout resource.
@@ -387,9 +387,13 @@ fn object(rollout: &Rollout) -> DynamicObject {
     let mut spec = json!({
         "target": rollout.target,
         "canary": rollout.canary,
-        "virtualService": rollout.virtual_service,
+        "route": {"kind": rollout.route.kind.name(), "name": rollout.route.name},
         "images": rollout.images,
     });
+    // The field records had before routes had kinds, for readers that know only it.
+    match rollout.route.kind {
+        RouteKind::VirtualService => spec["virtualService"] = json!(rollout.route.name),
+    }
     if !rollout.request_id.is_empty() {
         spec["requestId"] = json!(rollout.request_id);
     }

@@ -106,14 +106,16 @@ pub fn apply_command(
                 match &obs.route {
                     RouteView::Missing => {
                         return Err(Refused(format!(
-                            "rollout {}: VirtualService {}/{} no longer exists; recreate it and resume, or abort",
-                            state.id, state.namespace, state.virtual_service
+                            "rollout {}: {} no longer exists; recreate it and resume, or abort",
+                            state.id,
+                            state.route.in_namespace(&state.namespace)
                         )));
                     }
                     RouteView::Broken(why) => {
                         return Err(Refused(format!(
-                            "rollout {}: VirtualService {}/{} no longer splits traffic between GA and canary ({why}); fix it and resume, or abort",
-                            state.id, state.namespace, state.virtual_service
+                            "rollout {}: {} no longer splits traffic between GA and canary ({why}); fix it and resume, or abort",
+                            state.id,
+                            state.route.in_namespace(&state.namespace)
                         )));
                     }
                     _ => {}
@@ -128,7 +130,8 @@ pub fn apply_command(
                 let mut message = format!("resumed at canary weight {}%", d.next.canary_weight);
                 if let Some(what) = adopted {
                     message.push_str(&format!(
-                        "; the VirtualService as changed outside steerer is adopted ({what})"
+                        "; the {} as changed outside steerer is adopted ({what})",
+                        state.route.kind
                     ));
                 }
                 d.emit(EventKind::Resumed, message);
@@ -186,7 +189,7 @@ fn promotion_cannot_be_aborted(state: &Rollout) -> String {
     )
 }
 
-/// An abort whose VirtualService is gone or no longer splits traffic: nothing can be routed
+/// An abort whose route is gone or no longer splits traffic: nothing can be routed
 /// back to GA, so the rollout ends FAILED at once, saying what it could not undo.
 fn abort_unroutable(
     d: &mut Decision,
@@ -197,12 +200,12 @@ fn abort_unroutable(
 ) {
     let why = match &obs.route {
         RouteView::Broken(why) => format!(
-            "VirtualService {}/{} no longer splits traffic between GA and canary ({why})",
-            state.namespace, state.virtual_service
+            "{} no longer splits traffic between GA and canary ({why})",
+            state.route.in_namespace(&state.namespace)
         ),
         _ => format!(
-            "VirtualService {}/{} no longer exists",
-            state.namespace, state.virtual_service
+            "{} no longer exists",
+            state.route.in_namespace(&state.namespace)
         ),
     };
     fail(

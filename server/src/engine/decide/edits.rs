@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use super::{Decision, IDLE, Observation};
 use crate::domain::{EventKind, Phase, Rollout, RouteView};
 
-/// What someone else changed in the VirtualService since steerer last wrote it, as a phrase;
+/// What someone else changed in the route since steerer last wrote it, as a phrase;
 /// `None` when it is as steerer left it (or cannot be read).
 pub(super) fn route_edit(state: &Rollout, obs: &Observation) -> Option<String> {
     match &obs.route {
@@ -42,7 +42,7 @@ pub(super) fn route_edit(state: &Rollout, obs: &Observation) -> Option<String> {
     }
 }
 
-/// Takes the VirtualService as it is (a resume after a hand edit): its canary weight and
+/// Takes the route as it is (a resume after a hand edit): its canary weight and
 /// routes become the rollout's. Returns what changed, if anything.
 pub(super) fn adopt_route(
     d: &mut Decision,
@@ -66,8 +66,8 @@ pub(super) fn adopt_route(
     edit
 }
 
-/// Halts a rollout whose VirtualService was changed by hand: it is paused, leaving the
-/// VirtualService as it is, until an operator resumes (adopting the change) or aborts.
+/// Halts a rollout whose route was changed by hand: it is paused, leaving the
+/// route as it is, until an operator resumes (adopting the change) or aborts.
 /// Returns whether it paused.
 pub(super) fn paused_for_edit(d: &mut Decision, state: &Rollout, obs: &Observation) -> bool {
     let Some(what) = route_edit(state, obs) else {
@@ -92,8 +92,8 @@ pub(super) fn paused_for_edit(d: &mut Decision, state: &Rollout, obs: &Observati
     d.emit(
         EventKind::Paused,
         format!(
-            "paused: VirtualService {}/{} was changed outside steerer ({what}); steerer leaves it as it is: {next}",
-            state.namespace, state.virtual_service
+            "paused: {} was changed outside steerer ({what}); steerer leaves it as it is: {next}",
+            state.route.in_namespace(&state.namespace)
         ),
     );
     true

@@ -45,7 +45,10 @@ pub(super) fn left_as_is(state: &Rollout, obs: &Observation) -> String {
             "all traffic had been routed to GA".to_owned()
         }
         RouteView::Split { canary_weight, .. } => {
-            format!("the VirtualService routes {canary_weight}% of the traffic to the canary")
+            format!(
+                "the {} routes {canary_weight}% of the traffic to the canary",
+                state.route.kind
+            )
         }
         _ => format!(
             "traffic stays where steerer last routed it ({}% to the canary)",
@@ -122,7 +125,7 @@ pub(super) fn cannot_act(
     );
 }
 
-/// The VirtualService is gone: traffic can neither be moved nor verified, so the rollout
+/// The route is gone: traffic can neither be moved nor verified, so the rollout
 /// ends FAILED, leaving the canary's pods in place.
 pub(super) fn route_missing(
     d: &mut Decision,
@@ -134,10 +137,10 @@ pub(super) fn route_missing(
         d,
         now,
         format!(
-            "failed: VirtualService {}/{} no longer exists, so steerer can neither move traffic nor tell where it goes; {}; recreate the VirtualService or route the traffic yourself before scaling the canary down",
-            state.namespace,
-            state.virtual_service,
-            left_as_is(state, obs)
+            "failed: {} no longer exists, so steerer can neither move traffic nor tell where it goes; {}; recreate the {} or route the traffic yourself before scaling the canary down",
+            state.route.in_namespace(&state.namespace),
+            left_as_is(state, obs),
+            state.route.kind
         ),
     );
 }

@@ -77,10 +77,10 @@ pub struct Observation {
     pub metrics_window: Duration,
     /// The engine's `check_tick`: checks wait for a shared tick (`until_tick`).
     pub check_tick: Duration,
-    /// The VirtualService as last seen.
+    /// The route as last seen.
     pub route: RouteView,
     /// A canary weight the driver wrote (or tried to) that the state does not record yet:
-    /// seeing it in the VirtualService is not someone else's edit.
+    /// seeing it in the route is not someone else's edit.
     pub unrecorded_weight: Option<u32>,
     /// The engine's scale-down delay: how long the canary keeps its pods after all traffic
     /// left it.

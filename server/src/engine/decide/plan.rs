@@ -35,7 +35,7 @@ pub fn until_tick(now: DateTime<Utc>, interval: Duration, tick: Duration) -> Dur
     }
 }
 
-/// After a restart the VirtualService is the truth about traffic: a step may have been
+/// After a restart the route is the truth about traffic: a step may have been
 /// written without its state. A weight read back that this rollout may have written (see
 /// [`written_unrecorded`]) is recorded with an event; `None` when there is nothing to record
 /// (the same weight, a phase whose weight is not its own, or someone else's edit, which the
@@ -58,14 +58,14 @@ pub fn resumed_at(state: &Rollout, weight: u32, now: DateTime<Utc>) -> Option<De
     d.emit(
         EventKind::WeightChanged,
         format!(
-            "resumed: VirtualService {} routes {weight}% to the canary (state had {}%)",
-            state.virtual_service, state.canary_weight
+            "resumed: {} routes {weight}% to the canary (state had {}%)",
+            state.route, state.canary_weight
         ),
     );
     Some(d)
 }
 
-/// Whether a restarted server reads the rollout's canary weight back from the VirtualService:
+/// Whether a restarted server reads the rollout's canary weight back from the route:
 /// in the phases whose weight the rollout itself moves.
 pub fn reads_weight_back(state: &Rollout) -> bool {
     matches!(
@@ -122,7 +122,7 @@ pub fn evidence_window(
 /// Whether a check is due now: the rollout progresses above weight zero, an interval has
 /// passed, the revision has had a metrics window of its own traffic, and nothing holds it
 /// back (both Deployments settled and healthy, the canary still the revision analysed, the
-/// VirtualService as steerer left it). What `progressing` requires before it judges, so the
+/// route as steerer left it). What `progressing` requires before it judges, so the
 /// driver measures and calls webhooks only for a check that will be judged.
 pub fn check_due(state: &Rollout, obs: &Observation, now: DateTime<Utc>) -> bool {
     if sample_window(state, now, obs.metrics_window, obs.check_tick).is_none() {
@@ -154,7 +154,7 @@ pub(super) fn next_step(state: &Rollout) -> u32 {
     state.analysis.strategy.next_weight(state.canary_weight)
 }
 
-/// Whether a canary weight read back from the VirtualService (after a restart) is one this
+/// Whether a canary weight read back from the route (after a restart) is one this
 /// rollout may have written without recording it: its next step, or 0 (a rollback, a
 /// promotion's route to GA, a restart of the analysis). Any other weight was set by someone
 /// else, and is treated as a hand edit.

@@ -85,8 +85,8 @@ pub(super) fn promoting(d: &mut Decision, state: &Rollout, obs: &Observation, no
                 since,
                 now,
                 format!(
-                    "waiting for VirtualService {} to split traffic between GA and canary again ({why})",
-                    state.virtual_service
+                    "waiting for {} to split traffic between GA and canary again ({why})",
+                    state.route
                 ),
             );
             return;
@@ -105,8 +105,8 @@ pub(super) fn promoting(d: &mut Decision, state: &Rollout, obs: &Observation, no
             d.emit(
                 EventKind::WeightChanged,
                 format!(
-                    "VirtualService {} was changed outside steerer during the promotion ({what}); the promotion carries on and routes all traffic to GA once GA is ready",
-                    state.virtual_service
+                    "{} was changed outside steerer during the promotion ({what}); the promotion carries on and routes all traffic to GA once GA is ready",
+                    state.route
                 ),
             );
         }
@@ -226,10 +226,10 @@ fn succeeded(
 }
 
 /// All traffic left the canary at `traffic_off_canary_at`. Once the scale-down delay has
-/// passed and the VirtualService still sends the canary nothing, scales it down and returns
+/// passed and the route still sends the canary nothing, scales it down and returns
 /// true (the caller ends the rollout). Traffic found on the canary again (someone routed it
 /// there) goes back to GA and the delay starts over: the canary is never scaled down while
-/// the VirtualService still sends it requests.
+/// the route still sends it requests.
 pub(super) fn drained(
     d: &mut Decision,
     state: &Rollout,
@@ -257,8 +257,8 @@ pub(super) fn drained(
             d.emit(
                 EventKind::WeightChanged,
                 format!(
-                    "VirtualService {} routed {canary_weight}% to the canary again (changed outside steerer); all traffic back on GA, canary {} scaled down {}",
-                    state.virtual_service,
+                    "{} routed {canary_weight}% to the canary again (changed outside steerer); all traffic back on GA, canary {} scaled down {}",
+                    state.route,
                     state.canary,
                     scaled_down_in(delay)
                 ),
@@ -270,9 +270,8 @@ pub(super) fn drained(
                 d,
                 now,
                 format!(
-                    "failed: VirtualService {}/{} no longer splits traffic between GA and canary ({why}), so steerer cannot tell whether the canary still gets traffic and does not scale it down; {}",
-                    state.namespace,
-                    state.virtual_service,
+                    "failed: {} no longer splits traffic between GA and canary ({why}), so steerer cannot tell whether the canary still gets traffic and does not scale it down; {}",
+                    state.route.in_namespace(&state.namespace),
                     left_as_is(state, obs)
                 ),
             );

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::Decision;
-use crate::domain::{AnalysisSettings, DeploymentView, EventKind, Phase, Rollout};
+use crate::domain::{AnalysisSettings, DeploymentView, EventKind, Phase, Rollout, RouteRef};
 use crate::engine::StartRequest;
 
 /// Why a start is not admitted. Nothing was changed.
@@ -85,12 +85,12 @@ pub fn admit<'a>(
 }
 
 /// The rollout an admitted request asks for, before its first state: rollout `id` of the
-/// request's target and `canary`, splitting traffic with the route named `route`.
+/// request's target and `canary`, splitting traffic with `route`.
 pub fn requested(
     request: &StartRequest,
     id: String,
     canary: String,
-    route: String,
+    route: RouteRef,
     now: DateTime<Utc>,
 ) -> Rollout {
     let mut rollout = Rollout::new(
@@ -110,7 +110,7 @@ pub fn requested(
 }
 
 /// The first state of a rollout, checked against the cluster by the caller, and its
-/// `Started` event: pending at the canary weight the VirtualService routes now, with the
+/// `Started` event: pending at the canary weight the route routes now, with the
 /// canary's current revision and the fingerprint of the routes it splits.
 pub fn start(
     rollout: Rollout,
@@ -128,11 +128,11 @@ pub fn start(
     d.emit(
         EventKind::Started,
         format!(
-            "rollout of {}/{} started: canary {} via VirtualService {}, {} every {}, success rate >= {}%{}",
+            "rollout of {}/{} started: canary {} via {}, {} every {}, success rate >= {}%{}",
             rollout.namespace,
             rollout.target,
             rollout.canary,
-            rollout.virtual_service,
+            rollout.route,
             settings.strategy.describe(),
             humantime::format_duration(settings.interval),
             settings.success_rate_threshold,

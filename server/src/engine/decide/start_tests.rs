@@ -2,7 +2,7 @@
 
 use super::super::fixtures::*;
 use super::*;
-use crate::domain::{AnalysisSettings, EventKind, Phase, Rollout};
+use crate::domain::{AnalysisSettings, EventKind, Phase, Rollout, RouteRef};
 use crate::engine::StartRequest;
 
 #[test]
@@ -10,7 +10,7 @@ fn a_start_is_pending_at_the_routed_weight_with_one_started_event() {
     let base = Rollout::test()
         .named("r9")
         .at_sequence(0)
-        .with(|r| r.virtual_service = "podinfo-vs".into());
+        .with(|r| r.route = RouteRef::virtual_service("podinfo-vs"));
     let (state, events) = start(base, "abc".into(), 0, "routes".into()).record(t(0));
     assert_eq!(state.phase, Phase::Pending);
     assert_eq!(state.revision, "abc");
@@ -109,11 +109,11 @@ fn the_requested_rollout_carries_the_request_and_its_route() {
         &asked,
         "id".into(),
         "podinfo-canary".into(),
-        "vs".into(),
+        RouteRef::virtual_service("vs"),
         t(0),
     );
     assert_eq!(
-        (r.id.as_str(), r.canary.as_str(), r.virtual_service.as_str()),
+        (r.id.as_str(), r.canary.as_str(), r.route.name.as_str()),
         ("id", "podinfo-canary", "vs")
     );
     assert_eq!(
