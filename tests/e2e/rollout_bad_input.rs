@@ -16,6 +16,32 @@ use steerer::v1::{
 };
 use tonic::Code;
 
+/// Checks every 30 s: a rollout that stays put while a test looks at it.
+fn slow() -> Analysis {
+    Analysis {
+        interval: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Aborts rollout `id` and waits until it has ended.
+async fn abort_and_wait(h: &mut Harness, id: &str) {
+    h.client
+        .abort_rollout(AbortRolloutRequest {
+            id: id.to_owned(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    h.wait_until(id, Duration::from_secs(10), |r| {
+        crate::common::is_terminal(r.phase())
+    })
+    .await;
+}
+
 fn route(kind: &str, name: &str) -> RouteRef {
     RouteRef {
         kind: kind.into(),
@@ -301,13 +327,7 @@ async fn bad_requests_get_their_status_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_active_rollout_is_refused_and_request_id_returns_the_first() {
     let mut h = Harness::start().await;
-    let slow = Analysis {
-        interval: Some(prost_types::Duration {
-            seconds: 30,
-            nanos: 0,
-        }),
-        ..Default::default()
-    };
+    let slow = slow();
     let mut first = h.request(slow.clone());
     first.request_id = "ci-build-42".into();
     let started = h.start_rollout(first.clone()).await;
@@ -333,17 +353,7 @@ async fn second_active_rollout_is_refused_and_request_id_returns_the_first() {
         .into_inner();
     assert_eq!(listed.rollouts.len(), 1);
 
-    h.client
-        .abort_rollout(AbortRolloutRequest {
-            id: started.id.clone(),
-            reason: String::new(),
-        })
-        .await
-        .unwrap();
-    h.wait_until(&started.id, Duration::from_secs(10), |r| {
-        crate::common::is_terminal(r.phase())
-    })
-    .await;
+    abort_and_wait(&mut h, &started.id).await;
     assert_eq!(h.weights().await, (100, 0));
 }
 
@@ -352,13 +362,7 @@ async fn second_active_rollout_is_refused_and_request_id_returns_the_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_named_by_kind_and_name_starts_and_every_rollout_says_its_route() {
     let mut h = Harness::start().await;
-    let slow = Analysis {
-        interval: Some(prost_types::Duration {
-            seconds: 30,
-            nanos: 0,
-        }),
-        ..Default::default()
-    };
+    let slow = slow();
     for (how, request) in [
         ("found", h.request(slow.clone())),
         (
@@ -389,17 +393,7 @@ async fn a_route_named_by_kind_and_name_starts_and_every_rollout_says_its_route(
             .unwrap()
             .into_inner();
         assert_eq!(got.route, Some(route("VirtualService", GA)), "{how}");
-        h.client
-            .abort_rollout(AbortRolloutRequest {
-                id: started.id.clone(),
-                reason: String::new(),
-            })
-            .await
-            .unwrap();
-        h.wait_until(&started.id, Duration::from_secs(10), |r| {
-            crate::common::is_terminal(r.phase())
-        })
-        .await;
+        abort_and_wait(&mut h, &started.id).await;
     }
     assert_eq!(h.weights().await, (100, 0));
 }

@@ -307,7 +307,7 @@ impl Driver {
         tracing::debug!(rollout = %self.state.id, phase = self.state.phase.name(), "driver stopped");
     }
 
-    /// After a restart the VirtualService is the truth about traffic: reads the weight back
+    /// After a restart the route is the truth about traffic: reads the weight back
     /// and records what `decide::resumed_at` makes of it.
     async fn reconcile_weight(&mut self) {
         if !decide::reads_weight_back(&self.state) {
@@ -326,7 +326,7 @@ impl Driver {
             if weight != self.state.canary_weight {
                 // Not a step of ours that missed its state write: someone else set it. The
                 // next decision sees the edit and pauses the rollout.
-                tracing::warn!(rollout = %self.state.id, weight, recorded = self.state.canary_weight, "the VirtualService was changed while the server was down");
+                tracing::warn!(rollout = %self.state.id, weight, recorded = self.state.canary_weight, "the route was changed while the server was down");
             }
             return;
         };
@@ -737,7 +737,7 @@ pub(crate) fn announce(ports: &Ports, state: &Rollout, events: &[RolloutEvent]) 
     });
 }
 
-/// Reads the workloads and the VirtualService from the caches; for a tick (`Some((now, when
+/// Reads the workloads and the route from the caches; for a tick (`Some((now, when
 /// the confirm-rollout webhooks were last called))`) also measures the canary and reads its
 /// metric templates when a check is due, and calls the webhooks `decide::hooks_due` names.
 /// Returns the observation and whether the confirm-rollout webhooks were called.
