@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::edits::route_edit;
 use super::endings::begin_rollback;
-use super::health::halt_reason;
+use super::health::workloads_halt;
 use super::judge::{Verdict, hooks_judged, verdict};
 use super::plan::{check_due, interval_elapsed};
 use super::progress::{halted, no_data};
@@ -94,9 +94,7 @@ fn pre_rollout_due(state: &Rollout, obs: &Observation, now: DateTime<Utc>) -> bo
     let (Some(ga), Some(canary)) = (&obs.ga, &obs.canary) else {
         return false;
     };
-    route_edit(state, obs).is_none()
-        && halt_reason("canary", canary, obs.canary_hpa.as_ref()).is_none()
-        && halt_reason("GA", ga, obs.ga_hpa.as_ref()).is_none()
+    route_edit(state, obs).is_none() && workloads_halt(ga, canary, obs).is_none()
 }
 
 /// All traffic has left the canary for good (a promotion routed it to GA, or a rollback)

@@ -1,7 +1,19 @@
 //! The health gate on Deployments and HPAs: why a Deployment cannot take a step now, and
 //! whether GA already runs the canary's pod template.
 
+use super::Observation;
 use crate::domain::{DeploymentView, HpaView, promoted_template, template_hash};
+
+/// Why the canary or GA cannot take a step now (the canary's reason first), with the HPAs
+/// scaling them as observed; `None` when both are settled and healthy.
+pub(super) fn workloads_halt(
+    ga: &DeploymentView,
+    canary: &DeploymentView,
+    obs: &Observation,
+) -> Option<String> {
+    halt_reason("canary", canary, obs.canary_hpa.as_ref())
+        .or_else(|| halt_reason("GA", ga, obs.ga_hpa.as_ref()))
+}
 
 /// Whether GA already runs the canary's pod template (with GA's own selector labels): the
 /// canary's revision is GA's already, so promoting it copies nothing and auto mode has nothing

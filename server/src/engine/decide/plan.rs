@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::edits::route_edit;
-use super::health::halt_reason;
+use super::health::workloads_halt;
 use super::{Action, Decision, Observation};
 use crate::domain::{EventKind, Phase, Rollout, RouteView};
 
@@ -134,8 +134,7 @@ pub fn check_due(state: &Rollout, obs: &Observation, now: DateTime<Utc>) -> bool
     canary.revision() == state.revision
         && obs.route != RouteView::Missing
         && route_edit(state, obs).is_none()
-        && halt_reason("canary", canary, obs.canary_hpa.as_ref()).is_none()
-        && halt_reason("GA", ga, obs.ga_hpa.as_ref()).is_none()
+        && workloads_halt(ga, canary, obs).is_none()
 }
 
 /// `None` when an interval has passed since the last step, else the time left.

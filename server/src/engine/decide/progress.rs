@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use super::edits::paused_for_edit;
 use super::endings::{begin_rollback, objects_missing};
 use super::gates::{held, pre_rollout_passed, promotion_gate, rollback_asked, rollout_confirmed};
-use super::health::halt_reason;
+use super::health::workloads_halt;
 use super::judge::{Verdict, evaluate_all, rate_note};
 use super::plan::{evidence_window, interval_elapsed, next_step, step_up, until_tick};
 use super::promotion::begin_promotion;
@@ -71,9 +71,7 @@ pub(super) fn pending(d: &mut Decision, state: &Rollout, obs: &Observation, now:
         }
         return;
     }
-    let halt = halt_reason("canary", canary, obs.canary_hpa.as_ref())
-        .or_else(|| halt_reason("GA", ga, obs.ga_hpa.as_ref()));
-    if let Some(reason) = halt {
+    if let Some(reason) = workloads_halt(ga, canary, obs) {
         halted(d, state, reason, now, obs.scale_down_delay);
         return;
     }
@@ -178,9 +176,7 @@ pub(super) fn progressing(
         restart(d, state, &revision);
         return;
     }
-    let halt = halt_reason("canary", canary, obs.canary_hpa.as_ref())
-        .or_else(|| halt_reason("GA", ga, obs.ga_hpa.as_ref()));
-    if let Some(reason) = halt {
+    if let Some(reason) = workloads_halt(ga, canary, obs) {
         halted(d, state, reason, now, obs.scale_down_delay);
         return;
     }
