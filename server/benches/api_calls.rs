@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use common::{env_or, loadavg, print_header, verdict};
 use steerer::v1::{EventType, RolloutEvent, StartRolloutRequest, WatchRolloutRequest};
 use steerer_server::ServerConfig;
-use steerer_server::domain::AnalysisSettings;
+use steerer_server::domain::{AnalysisSettings, Strategy};
 use steerer_sim::prometheus::{Prometheus, PrometheusConfig};
 use steerer_sim::{Sim, SimConfig, Timing};
 use tokio::net::TcpListener;
@@ -174,8 +174,10 @@ async fn run(k: usize, interval: Duration) -> anyhow::Result<()> {
     let config = ServerConfig {
         prometheus_url: prometheus.url(),
         defaults: AnalysisSettings {
-            step_weight: 10,
-            max_weight: 100,
+            strategy: Strategy::Canary {
+                step_weight: 10,
+                max_weight: 100,
+            },
             interval,
             success_rate_threshold: 95.0,
             max_failed_checks: 3,

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use steerer_server::api::kubeauth::KubeAuthConfig;
 use steerer_server::api::limits::LimitsConfig;
-use steerer_server::domain::AnalysisSettings;
+use steerer_server::domain::{AnalysisSettings, Strategy};
 use steerer_server::leader::LeaderConfig;
 use steerer_server::{ServerConfig, TlsFiles};
 
@@ -246,8 +246,10 @@ async fn main() -> anyhow::Result<()> {
         prometheus_url: flags.prometheus_url,
         namespaces: flags.namespaces,
         defaults: AnalysisSettings {
-            step_weight: flags.step_weight,
-            max_weight: flags.max_weight,
+            strategy: Strategy::Canary {
+                step_weight: flags.step_weight,
+                max_weight: flags.max_weight,
+            },
             interval: flags.interval,
             success_rate_threshold: flags.success_rate_threshold,
             max_failed_checks: flags.max_failed_checks,

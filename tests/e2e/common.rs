@@ -18,7 +18,7 @@ use steerer::v1::rollout_service_client::RolloutServiceClient;
 use steerer::v1::{
     GetRolloutRequest, Phase, Rollout, RolloutEvent, StartRolloutRequest, WatchRolloutRequest,
 };
-use steerer_server::domain::AnalysisSettings;
+use steerer_server::domain::{AnalysisSettings, Strategy};
 use steerer_server::{ServerConfig, ServerError};
 use steerer_sim::control_plane::{self, ControlPlane};
 use steerer_sim::mesh::standalone::{MeshConfig, StandaloneMesh};
@@ -77,8 +77,10 @@ impl Default for Options {
 pub fn test_server_config() -> ServerConfig {
     ServerConfig {
         defaults: AnalysisSettings {
-            step_weight: 10,
-            max_weight: 100,
+            strategy: Strategy::Canary {
+                step_weight: 10,
+                max_weight: 100,
+            },
             interval: Duration::from_secs(1),
             success_rate_threshold: 95.0,
             max_failed_checks: 3,

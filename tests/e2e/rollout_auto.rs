@@ -6,11 +6,15 @@ use std::time::Duration;
 use crate::common::{CANARY, GA, Harness, NS, Options, image, types};
 use serde_json::json;
 use steerer::v1::{EventType, ListRolloutsRequest, Phase};
+use steerer_server::domain::Strategy;
 
 fn auto() -> Options {
     let mut options = Options::default();
     options.server.auto = true;
-    options.server.defaults.step_weight = 25;
+    options.server.defaults.strategy = Strategy::Canary {
+        step_weight: 25,
+        max_weight: 100,
+    };
     options
 }
 

@@ -1,6 +1,7 @@
 //! Bad input gets a clear status and changes nothing: invalid names and settings
 //! (INVALID_ARGUMENT), unknown objects (NOT_FOUND), a VirtualService that does not split
-//! between the two Services (FAILED_PRECONDITION), a second active rollout (ALREADY_EXISTS).
+//! between the two Services (FAILED_PRECONDITION), a second active rollout (ALREADY_EXISTS),
+//! a route and its `virtual_service` alias naming different routes (INVALID_ARGUMENT).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,10 +11,43 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use steerer::v1::{
-    AbortRolloutRequest, Analysis, GetRolloutRequest, ListRolloutsRequest, StartRolloutRequest,
-    WatchRolloutRequest,
+    AbortRolloutRequest, Analysis, GetRolloutRequest, ListRolloutsRequest, RouteRef,
+    StartRolloutRequest, WatchRolloutRequest,
 };
 use tonic::Code;
+
+/// Checks every 30 s: a rollout that stays put while a test looks at it.
+fn slow() -> Analysis {
+    Analysis {
+        interval: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Aborts rollout `id` and waits until it has ended.
+async fn abort_and_wait(h: &mut Harness, id: &str) {
+    h.client
+        .abort_rollout(AbortRolloutRequest {
+            id: id.to_owned(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    h.wait_until(id, Duration::from_secs(10), |r| {
+        crate::common::is_terminal(r.phase())
+    })
+    .await;
+}
+
+fn route(kind: &str, name: &str) -> RouteRef {
+    RouteRef {
+        kind: kind.into(),
+        name: name.into(),
+    }
+}
 
 /// resourceVersions of everything a start could touch.
 /// The server lists no rollout at all.
@@ -212,6 +246,27 @@ async fn bad_requests_get_their_status_and_change_nothing() {
             Code::FailedPrecondition,
             "no container named sidecar",
         ),
+        (
+            "route and alias naming different routes",
+            with(&|r| {
+                r.route = Some(route("VirtualService", GA));
+                r.virtual_service = "ga-only".into();
+            }),
+            Code::InvalidArgument,
+            "virtual_service \"ga-only\" and route virtualservice/podinfo name different routes",
+        ),
+        (
+            "route of a kind steerer cannot drive",
+            with(&|r| r.route = Some(route("HTTPRoute", GA))),
+            Code::InvalidArgument,
+            "route.kind \"HTTPRoute\" is not supported (supported: VirtualService)",
+        ),
+        (
+            "unknown route",
+            with(&|r| r.route = Some(route("VirtualService", "missing"))),
+            Code::NotFound,
+            "VirtualService test/missing",
+        ),
     ];
     for (name, request, code, says) in cases {
         let status = h.client.start_rollout(request).await.unwrap_err();
@@ -272,13 +327,7 @@ async fn bad_requests_get_their_status_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_active_rollout_is_refused_and_request_id_returns_the_first() {
     let mut h = Harness::start().await;
-    let slow = Analysis {
-        interval: Some(prost_types::Duration {
-            seconds: 30,
-            nanos: 0,
-        }),
-        ..Default::default()
-    };
+    let slow = slow();
     let mut first = h.request(slow.clone());
     first.request_id = "ci-build-42".into();
     let started = h.start_rollout(first.clone()).await;
@@ -304,17 +353,48 @@ async fn second_active_rollout_is_refused_and_request_id_returns_the_first() {
         .into_inner();
     assert_eq!(listed.rollouts.len(), 1);
 
-    h.client
-        .abort_rollout(AbortRolloutRequest {
-            id: started.id.clone(),
-            reason: String::new(),
-        })
-        .await
-        .unwrap();
-    h.wait_until(&started.id, Duration::from_secs(10), |r| {
-        crate::common::is_terminal(r.phase())
-    })
-    .await;
+    abort_and_wait(&mut h, &started.id).await;
+    assert_eq!(h.weights().await, (100, 0));
+}
+
+/// A start names its route by kind and name (or by the `virtual_service` alias, or not at
+/// all), and every rollout the server returns says its route, also when it was found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_named_by_kind_and_name_starts_and_every_rollout_says_its_route() {
+    let mut h = Harness::start().await;
+    let slow = slow();
+    for (how, request) in [
+        ("found", h.request(slow.clone())),
+        (
+            "by route",
+            StartRolloutRequest {
+                route: Some(route("VirtualService", GA)),
+                ..h.request(slow.clone())
+            },
+        ),
+        (
+            "by route and alias alike",
+            StartRolloutRequest {
+                route: Some(route("virtualservice", GA)),
+                virtual_service: GA.into(),
+                ..h.request(slow.clone())
+            },
+        ),
+    ] {
+        let started = h.start_rollout(request).await;
+        assert_eq!(started.route, Some(route("VirtualService", GA)), "{how}");
+        assert_eq!(started.virtual_service, GA, "{how}");
+        let got = h
+            .client
+            .get_rollout(GetRolloutRequest {
+                id: started.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.route, Some(route("VirtualService", GA)), "{how}");
+        abort_and_wait(&mut h, &started.id).await;
+    }
     assert_eq!(h.weights().await, (100, 0));
 }
 

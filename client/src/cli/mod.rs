@@ -172,7 +172,9 @@ fn start_request(start: StartArgs) -> StartRolloutRequest {
         namespace: start.target.namespace,
         target: start.target.name,
         canary: start.canary.unwrap_or_default(),
+        // The alias every server reads; `route` only servers that know route kinds.
         virtual_service: start.virtual_service.unwrap_or_default(),
+        route: None,
         images: start.images.into_iter().collect(),
         analysis: Some(Analysis {
             step_weight: start.step_weight,

@@ -55,6 +55,9 @@ pub struct JsonRollout {
     pub namespace: String,
     pub target: String,
     pub canary: String,
+    /// The route that splits the traffic, as `virtualservice/NAME`.
+    pub route: String,
+    /// The route's name when it is a VirtualService, as before routes had kinds.
     pub virtual_service: String,
     pub revision: String,
     pub phase: &'static str,
@@ -314,6 +317,7 @@ impl From<&Rollout> for JsonRollout {
             namespace: r.namespace.clone(),
             target: r.target.clone(),
             canary: r.canary.clone(),
+            route: route(r),
             virtual_service: r.virtual_service.clone(),
             revision: r.revision.clone(),
             phase: phase_name(r.phase()),
@@ -411,6 +415,18 @@ pub fn event_line(event: &RolloutEvent) -> String {
     line
 }
 
+/// The route of a rollout as kubectl names objects, `virtualservice/NAME`; from its
+/// `virtual_service` when a server that predates route kinds sent no `route`.
+pub fn route(r: &Rollout) -> String {
+    match &r.route {
+        Some(route) if !route.name.is_empty() => {
+            format!("{}/{}", route.kind.to_ascii_lowercase(), route.name)
+        }
+        _ if !r.virtual_service.is_empty() => format!("virtualservice/{}", r.virtual_service),
+        _ => String::new(),
+    }
+}
+
 /// A rollout as `key: value` lines for `get`.
 pub fn rollout_details(r: &Rollout) -> String {
     let mut out = String::new();
@@ -422,7 +438,7 @@ pub fn rollout_details(r: &Rollout) -> String {
     field("id:", r.id.clone());
     field("target:", format!("{}/{}", r.namespace, r.target));
     field("canary:", r.canary.clone());
-    field("virtual service:", r.virtual_service.clone());
+    field("route:", route(r));
     field("revision:", r.revision.clone());
     field("phase:", phase_name(r.phase()).to_string());
     field("canary weight:", format!("{}%", r.canary_weight));
@@ -1086,5 +1102,30 @@ mod tests {
         assert!(status.contains("failed 0/5"), "{status}");
         assert!(status.contains("halts 1"), "{status}");
         assert!(status.ends_with("canary has unhealthy pods"), "{status}");
+    }
+
+    #[test]
+    fn get_shows_the_route_as_kubectl_names_it_also_from_a_server_without_route_kinds() {
+        let with_route = Rollout {
+            id: "r1".into(),
+            virtual_service: "checkout".into(),
+            route: Some(steerer_client::proto::RouteRef {
+                kind: "VirtualService".into(),
+                name: "checkout".into(),
+            }),
+            ..Default::default()
+        };
+        assert!(
+            rollout_details(&with_route).contains("route:          virtualservice/checkout\n"),
+            "{}",
+            rollout_details(&with_route)
+        );
+        let older = Rollout {
+            route: None,
+            ..with_route
+        };
+        assert_eq!(route(&older), "virtualservice/checkout");
+        assert_eq!(JsonRollout::from(&older).route, "virtualservice/checkout");
+        assert_eq!(route(&Rollout::default()), "");
     }
 }

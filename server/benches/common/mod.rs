@@ -18,7 +18,7 @@ use steerer_server::domain::{Rollout, RolloutEvent, Sample};
 use steerer_server::engine::Ports;
 use steerer_server::events::Hub;
 use steerer_server::metrics::{Coverage, Metrics, MetricsError};
-use steerer_server::router::{Resolved, RouteRef, RouteView, Router, RouterError};
+use steerer_server::router::{Resolved, RouteSplit, RouteView, Router, RouterError};
 use steerer_server::store::{Filter, Store, StoreError, Stored};
 use steerer_server::webhooks::fake::FakeWebhooks;
 use steerer_server::workloads::fake::FakeWorkloads;
@@ -277,24 +277,27 @@ impl Router for BenchRouter {
         Box::pin(async move { result })
     }
 
-    fn canary_weight<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, Result<u32, RouterError>> {
+    fn canary_weight<'a>(
+        &'a self,
+        route: &'a RouteSplit,
+    ) -> BoxFuture<'a, Result<u32, RouterError>> {
         self.reads.fetch_add(1, Ordering::Relaxed);
         let result = self
             .routes
             .lock()
             .ok()
-            .and_then(|r| r.get(&route.virtual_service).map(|r| r.weight))
+            .and_then(|r| r.get(&route.name).map(|r| r.weight))
             .ok_or_else(|| RouterError::NotFound {
                 namespace: route.namespace.clone(),
-                name: route.virtual_service.clone(),
+                name: route.name.clone(),
             });
         Box::pin(async move { result })
     }
 
     /// A watch-cache read in the real router: not counted as an API read.
-    fn observe<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, RouteView> {
+    fn observe<'a>(&'a self, route: &'a RouteSplit) -> BoxFuture<'a, RouteView> {
         let view = match self.routes.lock() {
-            Ok(routes) => match routes.get(&route.virtual_service) {
+            Ok(routes) => match routes.get(&route.name) {
                 Some(r) => RouteView::Split {
                     canary_weight: r.weight,
                     fingerprint: "bench".to_owned(),
@@ -308,12 +311,12 @@ impl Router for BenchRouter {
 
     fn set_canary_weight<'a>(
         &'a self,
-        route: &'a RouteRef,
+        route: &'a RouteSplit,
         weight: u32,
     ) -> BoxFuture<'a, Result<bool, RouterError>> {
         let at = Instant::now();
         let result = match self.routes.lock() {
-            Ok(mut routes) => match routes.get_mut(&route.virtual_service) {
+            Ok(mut routes) => match routes.get_mut(&route.name) {
                 Some(r) if r.weight == weight => Ok(false),
                 Some(r) => {
                     r.weight = weight;
@@ -321,7 +324,7 @@ impl Router for BenchRouter {
                 }
                 None => Err(RouterError::NotFound {
                     namespace: route.namespace.clone(),
-                    name: route.virtual_service.clone(),
+                    name: route.name.clone(),
                 }),
             },
             Err(_) => Err(RouterError::Topology("poisoned".into())),
@@ -333,7 +336,7 @@ impl Router for BenchRouter {
             {
                 log.push(WeightWrite {
                     at,
-                    virtual_service: route.virtual_service.clone(),
+                    virtual_service: route.name.clone(),
                     weight,
                 });
             }

@@ -7,7 +7,7 @@ use steerer::v1 as pb;
 
 use crate::domain::{
     AnalysisSettings, CheckKind, CheckOutcome, CheckResult, EventKind, Phase, Rollout,
-    RolloutEvent, WebhookKind,
+    RolloutEvent, RouteKind, Strategy, WebhookKind,
 };
 use crate::engine::EngineError;
 use crate::router::RouterError;
@@ -90,9 +90,13 @@ pub fn check(c: &CheckResult) -> pb::CheckResult {
 }
 
 pub fn analysis(s: &AnalysisSettings) -> pb::Analysis {
+    let Strategy::Canary {
+        step_weight,
+        max_weight,
+    } = s.strategy;
     pb::Analysis {
-        step_weight: Some(s.step_weight),
-        max_weight: Some(s.max_weight),
+        step_weight: Some(step_weight),
+        max_weight: Some(max_weight),
         interval: Some(duration(s.interval)),
         success_rate_threshold: Some(s.success_rate_threshold),
         max_failed_checks: Some(s.max_failed_checks),
@@ -129,7 +133,13 @@ pub fn rollout(r: &Rollout) -> pb::Rollout {
         namespace: r.namespace.clone(),
         target: r.target.clone(),
         canary: r.canary.clone(),
-        virtual_service: r.virtual_service.clone(),
+        virtual_service: match r.route.kind {
+            RouteKind::VirtualService => r.route.name.clone(),
+        },
+        route: Some(pb::RouteRef {
+            kind: r.route.kind.name().to_owned(),
+            name: r.route.name.clone(),
+        }),
         revision: r.revision.clone(),
         phase: phase(r.phase) as i32,
         canary_weight: r.canary_weight,

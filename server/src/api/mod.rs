@@ -205,7 +205,7 @@ impl RolloutService for Api {
         validate::dns1123_label("namespace", &r.namespace).map_err(invalid)?;
         validate::dns1123_label("target", &r.target).map_err(invalid)?;
         validate::canary(&r.target, &r.canary).map_err(invalid)?;
-        validate::optional_label("virtual_service", &r.virtual_service).map_err(invalid)?;
+        let route = validate::route(r.route.as_ref(), &r.virtual_service).map_err(invalid)?;
         validate::token("request_id", &r.request_id, false).map_err(invalid)?;
         let images = validate::images(&r.images).map_err(invalid)?;
         let config = self.supervisor.config();
@@ -240,7 +240,7 @@ impl RolloutService for Api {
                 namespace: r.namespace,
                 target: r.target,
                 canary: r.canary,
-                virtual_service: r.virtual_service,
+                route,
                 images,
                 analysis,
                 request_id: r.request_id,

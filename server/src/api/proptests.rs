@@ -85,6 +85,17 @@ fn request() -> impl Strategy<Value = pb::StartRolloutRequest> {
         analysis(),
         prop_oneof![Just(String::new()), ".{0,80}"],
         proptest::option::of(any::<u32>()),
+        proptest::option::of(
+            (
+                prop_oneof![
+                    Just("VirtualService".to_owned()),
+                    Just("virtualservice".to_owned()),
+                    ".{0,20}"
+                ],
+                name("podinfo"),
+            )
+                .prop_map(|(kind, name)| pb::RouteRef { kind, name }),
+        ),
     )
         .prop_map(
             |(
@@ -96,6 +107,7 @@ fn request() -> impl Strategy<Value = pb::StartRolloutRequest> {
                 analysis,
                 request_id,
                 replicas,
+                route,
             )| {
                 pb::StartRolloutRequest {
                     namespace,
@@ -106,6 +118,7 @@ fn request() -> impl Strategy<Value = pb::StartRolloutRequest> {
                     analysis,
                     request_id,
                     canary_replicas: replicas,
+                    route,
                 }
             },
         )
@@ -205,6 +218,11 @@ proptest! {
                 prop_assert!(is_label(&r.namespace) && is_label(&r.target), "{r:?}");
                 prop_assert!(r.canary.is_empty() || is_label(&r.canary));
                 prop_assert!(r.virtual_service.is_empty() || is_label(&r.virtual_service));
+                if let Some(route) = &r.route {
+                    prop_assert!(route.kind.eq_ignore_ascii_case("VirtualService"), "{r:?}");
+                    prop_assert!(is_label(&route.name), "{r:?}");
+                    prop_assert!(r.virtual_service.is_empty() || r.virtual_service == route.name);
+                }
                 prop_assert!(r.images.keys().all(|k| is_label(k)));
                 prop_assert_eq!(w.store.len(), 1);
             }

@@ -8,7 +8,9 @@ use steerer::names::LabelProblem;
 use steerer::v1 as pb;
 
 use crate::domain::judging::DEFAULT_WEBHOOK_TIMEOUT;
-use crate::domain::{AnalysisSettings, MetricCheck, Webhook, WebhookKind};
+use crate::domain::{
+    AnalysisSettings, MetricCheck, RouteKind, RouteRef, Strategy, Webhook, WebhookKind,
+};
 use crate::metrics::templates::MetricTemplates;
 use crate::webhooks::AllowList;
 
@@ -66,6 +68,47 @@ pub fn optional_label(field: &str, value: &str) -> Result<(), Invalid> {
         Ok(())
     } else {
         dns1123_label(field, value)
+    }
+}
+
+/// The route a start names: `route`, or its alias `virtual_service` (a VirtualService by
+/// name); `None` when neither names one (the server finds it). A kind steerer cannot drive, a
+/// name that is no DNS-1123 label, or the two naming different routes is invalid.
+pub fn route(
+    route: Option<&pb::RouteRef>,
+    virtual_service: &str,
+) -> Result<Option<RouteRef>, Invalid> {
+    optional_label("virtual_service", virtual_service)?;
+    let alias = (!virtual_service.is_empty()).then(|| RouteRef::virtual_service(virtual_service));
+    let Some(given) = route.filter(|r| !r.kind.is_empty() || !r.name.is_empty()) else {
+        return Ok(alias);
+    };
+    let kind = RouteKind::parse(&given.kind).ok_or_else(|| {
+        Invalid(if given.kind.is_empty() {
+            format!(
+                "route.kind is required (supported: {})",
+                RouteKind::supported()
+            )
+        } else {
+            format!(
+                "route.kind {:?} is not supported (supported: {})",
+                given.kind,
+                RouteKind::supported()
+            )
+        })
+    })?;
+    dns1123_label("route.name", &given.name)?;
+    let named = RouteRef {
+        kind,
+        name: given.name.clone(),
+    };
+    match alias {
+        Some(alias) if alias != named => Err(Invalid(format!(
+            "virtual_service {:?} and route {} name different routes; give one of them",
+            alias.name,
+            named.slashed()
+        ))),
+        _ => Ok(Some(named)),
     }
 }
 
@@ -159,11 +202,15 @@ pub fn analysis(
     let Some(a) = request else {
         return Ok(s);
     };
+    let Strategy::Canary {
+        step_weight,
+        max_weight,
+    } = &mut s.strategy;
     if let Some(v) = a.step_weight {
-        s.step_weight = v;
+        *step_weight = v;
     }
     if let Some(v) = a.max_weight {
-        s.max_weight = v;
+        *max_weight = v;
     }
     if let Some(v) = &a.interval {
         s.interval = duration("analysis.interval", v)?;
@@ -349,22 +396,23 @@ pub fn webhooks(hooks: &[pb::Webhook], allow: &AllowList) -> Result<Vec<Webhook>
 
 /// Range checks of analysis settings (also applied to the server's defaults).
 pub fn check_analysis(s: &AnalysisSettings) -> Result<(), Invalid> {
-    if !(1..=100).contains(&s.step_weight) {
+    let Strategy::Canary {
+        step_weight,
+        max_weight,
+    } = s.strategy;
+    if !(1..=100).contains(&step_weight) {
         return Err(Invalid(format!(
-            "analysis.step_weight {} must be between 1 and 100",
-            s.step_weight
+            "analysis.step_weight {step_weight} must be between 1 and 100"
         )));
     }
-    if !(1..=100).contains(&s.max_weight) {
+    if !(1..=100).contains(&max_weight) {
         return Err(Invalid(format!(
-            "analysis.max_weight {} must be between 1 and 100",
-            s.max_weight
+            "analysis.max_weight {max_weight} must be between 1 and 100"
         )));
     }
-    if s.step_weight > s.max_weight {
+    if step_weight > max_weight {
         return Err(Invalid(format!(
-            "analysis.step_weight {} must not exceed analysis.max_weight {}",
-            s.step_weight, s.max_weight
+            "analysis.step_weight {step_weight} must not exceed analysis.max_weight {max_weight}"
         )));
     }
     if s.interval < MIN_INTERVAL || s.interval > MAX_INTERVAL {
@@ -538,8 +586,13 @@ mod tests {
             ..Default::default()
         };
         let s = analysis(Some(&a), &d).unwrap();
-        assert_eq!(s.step_weight, 25);
-        assert_eq!(s.max_weight, 100);
+        assert_eq!(
+            s.strategy,
+            Strategy::Canary {
+                step_weight: 25,
+                max_weight: 100
+            }
+        );
         assert_eq!(s.interval, d.interval);
     }
 
@@ -780,5 +833,59 @@ mod tests {
         let mut m = std::collections::HashMap::new();
         m.insert("Bad_Name".to_owned(), "x:1".to_owned());
         assert!(images(&m).is_err());
+    }
+
+    fn route_ref(kind: &str, name: &str) -> pb::RouteRef {
+        pb::RouteRef {
+            kind: kind.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_route_is_named_by_route_or_by_its_virtual_service_alias() {
+        assert_eq!(route(None, ""), Ok(None));
+        assert_eq!(
+            route(None, "checkout"),
+            Ok(Some(RouteRef::virtual_service("checkout")))
+        );
+        assert_eq!(
+            route(Some(&route_ref("VirtualService", "checkout")), ""),
+            Ok(Some(RouteRef::virtual_service("checkout")))
+        );
+        assert_eq!(
+            route(Some(&route_ref("virtualservice", "checkout")), "checkout"),
+            Ok(Some(RouteRef::virtual_service("checkout")))
+        );
+        // An empty message is no route at all.
+        assert_eq!(
+            route(Some(&route_ref("", "")), "cart"),
+            Ok(Some(RouteRef::virtual_service("cart")))
+        );
+    }
+
+    #[test]
+    fn a_route_and_an_alias_naming_different_routes_or_an_unknown_kind_are_invalid() {
+        assert_eq!(
+            route(Some(&route_ref("VirtualService", "checkout")), "cart"),
+            Err(Invalid(
+                "virtual_service \"cart\" and route virtualservice/checkout name different routes; give one of them".into()
+            ))
+        );
+        assert_eq!(
+            route(Some(&route_ref("HTTPRoute", "checkout")), ""),
+            Err(Invalid(
+                "route.kind \"HTTPRoute\" is not supported (supported: VirtualService)".into()
+            ))
+        );
+        assert_eq!(
+            route(Some(&route_ref("", "checkout")), ""),
+            Err(Invalid(
+                "route.kind is required (supported: VirtualService)".into()
+            ))
+        );
+        assert!(route(Some(&route_ref("VirtualService", "Not_A_Label")), "").is_err());
+        assert!(route(Some(&route_ref("VirtualService", "")), "").is_err());
+        assert!(route(None, "Not_A_Label").is_err());
     }
 }

@@ -2,13 +2,19 @@
 //! and (in `views`) what the engine sees of the cluster. Free of kube, tonic and the generated
 //! types so the engine and its tests stay plain Rust.
 
+#[cfg(test)]
+pub mod fixtures;
 pub mod judging;
+pub mod route;
+pub mod strategy;
 pub mod views;
 
 pub use judging::{
     CheckKind, CheckOutcome, CheckResult, Gates, HookAnswer, HookOutcome, MetricCheck, Webhook,
     WebhookKind, failed_names,
 };
+pub use route::{RouteKind, RouteRef};
+pub use strategy::{Next, Strategy};
 pub use views::{DeploymentView, HpaView, RouteView, promoted_template, template_hash};
 
 use std::collections::BTreeMap;
@@ -150,10 +156,9 @@ impl EventKind {
 /// The analysis settings in force for one rollout (request values with defaults filled in).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnalysisSettings {
-    /// Weight added per step, 1..=100.
-    pub step_weight: u32,
-    /// Weight at which the canary is promoted, step_weight..=100.
-    pub max_weight: u32,
+    /// How traffic moves to the canary (stored as the fields it always had).
+    #[serde(flatten)]
+    pub strategy: Strategy,
     /// Time between checks and steps.
     #[serde(with = "millis")]
     pub interval: Duration,
@@ -195,8 +200,7 @@ impl AnalysisSettings {
 impl Default for AnalysisSettings {
     fn default() -> Self {
         Self {
-            step_weight: 10,
-            max_weight: 100,
+            strategy: Strategy::default(),
             interval: Duration::from_secs(60),
             success_rate_threshold: 99.0,
             max_failed_checks: 5,
@@ -274,7 +278,9 @@ pub struct Rollout {
     pub namespace: String,
     pub target: String,
     pub canary: String,
-    pub virtual_service: String,
+    /// The object that splits the traffic (stored as its fields always were, see `RouteRef`).
+    #[serde(flatten)]
+    pub route: RouteRef,
     /// Pod-template hash of the canary revision under analysis (empty until the canary is ready).
     pub revision: String,
     pub phase: Phase,
@@ -324,9 +330,9 @@ pub struct Rollout {
     /// does not know it). Metrics older than this belong to another revision.
     #[serde(default)]
     pub traffic_since: Option<DateTime<Utc>>,
-    /// Fingerprint of the VirtualService's split routes (destinations and match conditions,
-    /// weights left out) as the rollout found or last adopted them: a different one means
-    /// someone edited the routes by hand.
+    /// Fingerprint of the route's split (destinations and match conditions, weights left
+    /// out) as the rollout found or last adopted it: a different one means someone edited
+    /// the route by hand.
     #[serde(default)]
     pub route_fingerprint: Option<String>,
     /// Hash of the pod template written over GA when the promotion began: from then on GA is
@@ -355,7 +361,7 @@ impl Rollout {
         namespace: String,
         target: String,
         canary: String,
-        virtual_service: String,
+        route: RouteRef,
         analysis: AnalysisSettings,
         now: DateTime<Utc>,
     ) -> Self {
@@ -364,7 +370,7 @@ impl Rollout {
             namespace,
             target,
             canary,
-            virtual_service,
+            route,
             revision: String::new(),
             phase: Phase::Pending,
             canary_weight: 0,

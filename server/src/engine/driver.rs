@@ -18,7 +18,7 @@ use crate::cache::Subscription;
 use crate::domain::promoted_template;
 use crate::domain::{EventKind, HookAnswer, Phase, Rollout, RolloutEvent, WebhookKind};
 use crate::metrics::templates::Vars;
-use crate::router::RouteRef;
+use crate::router::RouteSplit;
 use crate::store::StoreError;
 use crate::webhooks::Payload;
 
@@ -217,13 +217,8 @@ impl Driver {
         }
     }
 
-    fn route(&self) -> RouteRef {
-        RouteRef {
-            namespace: self.state.namespace.clone(),
-            virtual_service: self.state.virtual_service.clone(),
-            ga_service: self.state.target.clone(),
-            canary_service: self.state.canary.clone(),
-        }
+    fn route(&self) -> RouteSplit {
+        RouteSplit::of(&self.state)
     }
 
     /// The span of one step: the last recorded event, which the step's events follow, and
@@ -264,7 +259,7 @@ impl Driver {
                 &[
                     &self.state.target,
                     &self.state.canary,
-                    &self.state.virtual_service,
+                    &self.state.route.name,
                 ],
             )
         });
@@ -340,7 +335,7 @@ impl Driver {
         tracing::debug!(rollout = %self.state.id, phase = self.state.phase.name(), "driver stopped");
     }
 
-    /// After a restart the VirtualService is the truth about traffic: reads the weight back
+    /// After a restart the route is the truth about traffic: reads the weight back
     /// and records what `decide::resumed_at` makes of it.
     async fn reconcile_weight(&mut self) {
         if !decide::reads_weight_back(&self.state) {
@@ -359,7 +354,7 @@ impl Driver {
             if weight != self.state.canary_weight {
                 // Not a step of ours that missed its state write: someone else set it. The
                 // next decision sees the edit and pauses the rollout.
-                tracing::warn!(rollout = %self.state.id, weight, recorded = self.state.canary_weight, "the VirtualService was changed while the server was down");
+                tracing::warn!(rollout = %self.state.id, weight, recorded = self.state.canary_weight, "the route was changed while the server was down");
             }
             return;
         };
@@ -772,7 +767,7 @@ pub(crate) fn announce(ports: &Ports, state: &Rollout, events: &[RolloutEvent]) 
     tokio::spawn(record.in_current_span());
 }
 
-/// Reads the workloads and the VirtualService from the caches; for a tick (`Some((now, when
+/// Reads the workloads and the route from the caches; for a tick (`Some((now, when
 /// the confirm-rollout webhooks were last called))`) also measures the canary and reads its
 /// metric templates when a check is due, and calls the webhooks `decide::hooks_due` names.
 /// Returns the observation and whether the confirm-rollout webhooks were called.
@@ -792,15 +787,7 @@ async fn observe(
         (Some(ga), Some(canary)) => ga_runs_canary(runs, ga, canary),
         _ => false,
     };
-    let route = ports
-        .router
-        .observe(&RouteRef {
-            namespace: state.namespace.clone(),
-            virtual_service: state.virtual_service.clone(),
-            ga_service: state.target.clone(),
-            canary_service: state.canary.clone(),
-        })
-        .await;
+    let route = ports.router.observe(&RouteSplit::of(state)).await;
     let mut obs = Observation {
         ga_hpa: w.hpa_for(ns, &state.target),
         canary_hpa: w.hpa_for(ns, &state.canary),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::AnalysisSettings;
+use crate::domain::{AnalysisSettings, RouteRef};
 use crate::events::Hub;
 use crate::metrics::templates::MetricTemplates;
 use crate::metrics::{Metrics, MetricsError};
@@ -92,8 +92,9 @@ pub struct StartRequest {
     pub target: String,
     /// Empty = `TARGET-canary`.
     pub canary: String,
-    /// Empty = the VirtualService routing to the GA Service.
-    pub virtual_service: String,
+    /// The route that splits the traffic; `None`: the one in the namespace routing to the GA
+    /// Service.
+    pub route: Option<RouteRef>,
     pub images: BTreeMap<String, String>,
     pub analysis: AnalysisSettings,
     pub request_id: String,
@@ -119,7 +120,7 @@ pub enum EngineError {
     /// not allow, a container the canary lacks, a target without request metrics.
     #[error("{0}")]
     Refused(String),
-    /// The VirtualService could not be read, or does not split traffic as a rollout needs.
+    /// The route could not be read, or does not split traffic as a rollout needs.
     #[error(transparent)]
     Route(#[from] RouterError),
     /// The rollout store failed.
@@ -140,6 +141,18 @@ pub enum EngineError {
     /// A bug: a poisoned lock.
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<decide::NotAdmitted> for EngineError {
+    fn from(refusal: decide::NotAdmitted) -> Self {
+        use decide::NotAdmitted;
+        match refusal {
+            NotAdmitted::Invalid(why) => EngineError::InvalidRequest(why),
+            NotAdmitted::NotFound(why) => EngineError::NotFound(why),
+            NotAdmitted::AlreadyActive(why) => EngineError::AlreadyActive(why),
+            NotAdmitted::Refused(why) => EngineError::Refused(why),
+        }
+    }
 }
 
 #[cfg(test)]

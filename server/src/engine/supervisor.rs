@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::decide::{self, Command};
 use super::driver::{Driver, Envelope, announce};
 use super::{EngineConfig, EngineError, Ports, StartRequest};
-use crate::domain::{Phase, Rollout};
+use crate::domain::{Phase, Rollout, RouteRef};
 use crate::store::{Filter, StoreError, prune};
 
 /// The id of the rollout a `request_id` starts: derived from the namespace and the key, so
@@ -458,52 +458,22 @@ impl Supervisor {
             }
         }
         let ns = &request.namespace;
-        if let Some(active) = self.active_for(ns, &request.target) {
-            return Err(EngineError::AlreadyActive(format!(
-                "rollout {} is already active for deployment {ns}/{} ({})",
-                active.id,
-                request.target,
-                active.phase.name()
-            )));
-        }
-        let canary_name = if request.canary.is_empty() {
-            format!("{}-canary", request.target)
-        } else {
-            request.canary.clone()
-        };
-        if canary_name == request.target {
-            return Err(EngineError::InvalidRequest(
-                "canary must differ from target".into(),
-            ));
-        }
+        let canary_name = decide::canary_name(&request);
         let w = &self.ports.workloads;
-        if w.deployment(ns, &request.target).is_none() {
-            return Err(EngineError::NotFound(format!(
-                "deployment {ns}/{} not found",
-                request.target
-            )));
-        }
-        let canary = w.deployment(ns, &canary_name).ok_or_else(|| {
-            EngineError::NotFound(format!("canary deployment {ns}/{canary_name} not found"))
-        })?;
-        let containers = canary.images();
-        for container in request.images.keys() {
-            if !containers.contains_key(container) {
-                let known: Vec<&str> = containers.keys().map(String::as_str).collect();
-                return Err(EngineError::Refused(format!(
-                    "canary deployment {ns}/{canary_name} has no container named {container} (it has: {})",
-                    known.join(", ")
-                )));
-            }
-        }
-        let vs = (!request.virtual_service.is_empty()).then_some(request.virtual_service.as_str());
+        let canary = w.deployment(ns, &canary_name);
+        let canary = decide::admit(
+            &request,
+            self.active_for(ns, &request.target).as_ref(),
+            w.deployment(ns, &request.target).as_ref(),
+            canary.as_ref(),
+        )?;
+        let named = request.route.as_ref().map(|route| route.name.as_str());
         let resolved = self
             .ports
             .router
-            .resolve(ns, vs, &request.target, &canary_name)
+            .resolve(ns, named, &request.target, &canary_name)
             .await?;
         self.preflight(ns, &request.target, &canary_name).await?;
-        let (virtual_service, weight) = (resolved.name, resolved.canary_weight);
 
         let now = Utc::now();
         let id = if request.request_id.is_empty() {
@@ -511,21 +481,15 @@ impl Supervisor {
         } else {
             rollout_id_for_request(ns, &request.request_id)
         };
-        let mut rollout = Rollout::new(
-            id.clone(),
-            ns.clone(),
-            request.target.clone(),
-            canary_name,
-            virtual_service,
-            request.analysis.clone(),
-            now,
-        );
-        rollout.request_id = request.request_id.clone();
-        rollout.created_by = request.created_by.clone();
-        rollout.images = request.images.clone();
-        rollout.canary_replicas = request.canary_replicas;
-        let (rollout, started) =
-            decide::start(rollout, canary.revision(), weight, resolved.fingerprint).record(now);
+        let route = RouteRef::virtual_service(resolved.name);
+        let rollout = decide::requested(&request, id.clone(), canary_name, route, now);
+        let (rollout, started) = decide::start(
+            rollout,
+            canary.revision(),
+            resolved.canary_weight,
+            resolved.fingerprint,
+        )
+        .record(now);
         match self.ports.store.create(&rollout, &started).await {
             Ok(()) => {}
             // The same request_id started it before and the answer was lost on the way: the

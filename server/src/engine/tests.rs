@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::domain::{EventKind, Phase, Rollout, Sample};
+use crate::domain::{EventKind, Phase, Rollout, RouteRef, Sample, Strategy};
 use crate::events::Hub;
 use crate::metrics::fake::FakeMetrics;
 use crate::router::fake::FakeRouter;
@@ -67,8 +67,10 @@ impl World {
 
 fn fast() -> crate::domain::AnalysisSettings {
     crate::domain::AnalysisSettings {
-        step_weight: 10,
-        max_weight: 100,
+        strategy: Strategy::Canary {
+            step_weight: 10,
+            max_weight: 100,
+        },
         interval: Duration::from_millis(20),
         success_rate_threshold: 99.0,
         max_failed_checks: 2,
@@ -277,7 +279,7 @@ async fn rejected_starts_change_nothing() {
         Err(EngineError::Refused(m)) if m.contains("no container named sidecar")
     ));
     let mut wrong_vs = request();
-    wrong_vs.virtual_service = "other".into();
+    wrong_vs.route = Some(RouteRef::virtual_service("other"));
     assert!(matches!(
         s.start(wrong_vs).await,
         Err(EngineError::Route(
@@ -645,15 +647,9 @@ async fn an_idle_driver_keeps_a_small_future() {
     let w = World::new();
     let s = w.supervisor();
     let ports = s.ports_for_tests();
-    let r = crate::domain::Rollout::new(
-        "a".into(),
-        "test".into(),
-        "podinfo".into(),
-        "podinfo-canary".into(),
-        "podinfo".into(),
-        fast(),
-        chrono::Utc::now(),
-    );
+    let r = crate::domain::Rollout::test()
+        .named("a")
+        .with(|r| r.analysis = fast());
     let (view, _) = tokio::sync::watch::channel(r.clone());
     let (_commands, receiver) = tokio::sync::mpsc::channel(16);
     let driver = super::driver::Driver::new(
@@ -719,7 +715,10 @@ async fn a_rollout_that_needs_approval_waits_at_the_maximum_weight_until_promote
     let w = World::new();
     let s = w.supervisor();
     let mut req = request();
-    req.analysis.step_weight = 50;
+    req.analysis.strategy = Strategy::Canary {
+        step_weight: 50,
+        max_weight: 100,
+    };
     req.analysis.require_approval = true;
     let r = s.start(req).await.unwrap();
     let held = wait_for(&s, &r.id, |r| r.gates.waiting_for.is_some()).await;

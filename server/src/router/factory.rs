@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use super::{Resolved, RouteRef, RouteView, Router, RouterError, VIRTUAL_SERVICE};
+use super::{Resolved, RouteSplit, RouteView, Router, RouterError, VIRTUAL_SERVICE};
 use crate::cache::Changes;
 
 /// What a kind's router is started from.
@@ -121,14 +121,17 @@ impl Router for Routers {
         }
     }
 
-    fn observe<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, RouteView> {
+    fn observe<'a>(&'a self, route: &'a RouteSplit) -> BoxFuture<'a, RouteView> {
         match self.of(route.kind()) {
             Ok(router) => router.observe(route),
             Err(error) => Box::pin(async move { RouteView::Broken(error.to_string()) }),
         }
     }
 
-    fn canary_weight<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, Result<u32, RouterError>> {
+    fn canary_weight<'a>(
+        &'a self,
+        route: &'a RouteSplit,
+    ) -> BoxFuture<'a, Result<u32, RouterError>> {
         match self.of(route.kind()) {
             Ok(router) => router.canary_weight(route),
             Err(error) => Box::pin(async move { Err(error) }),
@@ -137,7 +140,7 @@ impl Router for Routers {
 
     fn set_canary_weight<'a>(
         &'a self,
-        route: &'a RouteRef,
+        route: &'a RouteSplit,
         weight: u32,
     ) -> BoxFuture<'a, Result<bool, RouterError>> {
         match self.of(route.kind()) {
@@ -152,10 +155,11 @@ mod tests {
     use super::*;
     use crate::router::fake::FakeRouter;
 
-    fn route() -> RouteRef {
-        RouteRef {
+    fn route() -> RouteSplit {
+        RouteSplit {
             namespace: "test".into(),
-            virtual_service: "podinfo".into(),
+            kind: crate::domain::RouteKind::VirtualService,
+            name: "podinfo".into(),
             ga_service: "podinfo".into(),
             canary_service: "podinfo-canary".into(),
         }

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 
-use super::{Resolved, RouteRef, RouteView, Router, RouterError};
+use super::{Resolved, RouteSplit, RouteView, Router, RouterError};
 
 /// Weights held in memory.
 #[derive(Default)]
@@ -149,22 +149,25 @@ impl Router for FakeRouter {
         Box::pin(async move { result })
     }
 
-    fn canary_weight<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, Result<u32, RouterError>> {
-        let result = self
-            .weight(&route.namespace, &route.virtual_service)
-            .ok_or_else(|| RouterError::NotFound {
-                namespace: route.namespace.clone(),
-                name: route.virtual_service.clone(),
-            });
+    fn canary_weight<'a>(
+        &'a self,
+        route: &'a RouteSplit,
+    ) -> BoxFuture<'a, Result<u32, RouterError>> {
+        let result =
+            self.weight(&route.namespace, &route.name)
+                .ok_or_else(|| RouterError::NotFound {
+                    namespace: route.namespace.clone(),
+                    name: route.name.clone(),
+                });
         Box::pin(async move { result })
     }
 
-    fn observe<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, RouteView> {
+    fn observe<'a>(&'a self, route: &'a RouteSplit) -> BoxFuture<'a, RouteView> {
         let view = self
             .state
             .lock()
             .map(|s| {
-                let key = (route.namespace.clone(), route.virtual_service.clone());
+                let key = (route.namespace.clone(), route.name.clone());
                 match s.weights.get(&key) {
                     Some(w) => RouteView::Split {
                         canary_weight: *w,
@@ -179,7 +182,7 @@ impl Router for FakeRouter {
 
     fn set_canary_weight<'a>(
         &'a self,
-        route: &'a RouteRef,
+        route: &'a RouteSplit,
         weight: u32,
     ) -> BoxFuture<'a, Result<bool, RouterError>> {
         let result = (|| {
@@ -190,7 +193,7 @@ impl Router for FakeRouter {
             let refusal = |source| RouterError::Api {
                 action: "patch weights of",
                 namespace: route.namespace.clone(),
-                name: route.virtual_service.clone(),
+                name: route.name.clone(),
                 source: Box::new(source),
             };
             if let Some((code, message)) = &s.refuse_writes {
@@ -203,11 +206,11 @@ impl Router for FakeRouter {
             if s.fail_writes {
                 return Err(refusal(kube::Error::Service("connection refused".into())));
             }
-            let key = (route.namespace.clone(), route.virtual_service.clone());
+            let key = (route.namespace.clone(), route.name.clone());
             if !s.weights.contains_key(&key) {
                 return Err(RouterError::NotFound {
                     namespace: route.namespace.clone(),
-                    name: route.virtual_service.clone(),
+                    name: route.name.clone(),
                 });
             }
             if s.weights.get(&key) == Some(&weight) {

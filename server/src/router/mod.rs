@@ -9,13 +9,17 @@ pub mod istio;
 
 use futures::future::BoxFuture;
 
+pub use crate::domain::RouteKind;
 pub use crate::domain::views::RouteView;
 
-/// The split a rollout drives: a VirtualService and the two Services it divides traffic between.
+/// The split a rollout drives: its route (the kind picks the router) and the two Services it
+/// divides traffic between.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RouteRef {
+pub struct RouteSplit {
     pub namespace: String,
-    pub virtual_service: String,
+    pub kind: RouteKind,
+    /// The route's name.
+    pub name: String,
     pub ga_service: String,
     pub canary_service: String,
 }
@@ -23,10 +27,21 @@ pub struct RouteRef {
 /// The kind of route Istio's router drives.
 pub const VIRTUAL_SERVICE: &str = "VirtualService";
 
-impl RouteRef {
-    /// The kind of the route, which picks its router: every route is a VirtualService today.
-    pub fn kind(&self) -> &str {
-        VIRTUAL_SERVICE
+impl RouteSplit {
+    /// The split of `state`'s route between its GA and canary Services.
+    pub fn of(state: &crate::domain::Rollout) -> Self {
+        RouteSplit {
+            namespace: state.namespace.clone(),
+            kind: state.route.kind,
+            name: state.route.name.clone(),
+            ga_service: state.target.clone(),
+            canary_service: state.canary.clone(),
+        }
+    }
+
+    /// The kind of the route, which picks its router.
+    pub fn kind(&self) -> &'static str {
+        self.kind.name()
     }
 }
 
@@ -75,7 +90,7 @@ impl RouterError {
     }
 }
 
-/// The VirtualService a start request resolved to.
+/// The route a start request resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
     pub name: String,
@@ -87,29 +102,32 @@ pub struct Resolved {
 
 /// Reads and writes canary weights.
 pub trait Router: Send + Sync {
-    /// Finds and validates the VirtualService splitting traffic between the two Services
-    /// (`virtual_service` None = the one in the namespace that routes to the GA Service).
-    /// Returns its name, the canary weight it routes now and the fingerprint of its split.
+    /// Finds and validates the route splitting traffic between the two Services (`route`
+    /// names it; `None`: the one in the namespace that routes to the GA Service). Returns its
+    /// name, the canary weight it routes now and the fingerprint of its split.
     fn resolve<'a>(
         &'a self,
         namespace: &'a str,
-        virtual_service: Option<&'a str>,
+        route: Option<&'a str>,
         ga_service: &'a str,
         canary_service: &'a str,
     ) -> BoxFuture<'a, Result<Resolved, RouterError>>;
 
     /// The route as last seen, from the watch cache when it has it (no API call on a step);
     /// an object the cache lacks is looked up in the API before it is called missing.
-    fn observe<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, RouteView>;
+    fn observe<'a>(&'a self, route: &'a RouteSplit) -> BoxFuture<'a, RouteView>;
 
     /// The canary weight, read fresh from the API (used when resuming).
-    fn canary_weight<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, Result<u32, RouterError>>;
+    fn canary_weight<'a>(
+        &'a self,
+        route: &'a RouteSplit,
+    ) -> BoxFuture<'a, Result<u32, RouterError>>;
 
     /// Routes `weight` percent to the canary and the rest to GA. Writes nothing when the
     /// weights already match; returns whether it wrote.
     fn set_canary_weight<'a>(
         &'a self,
-        route: &'a RouteRef,
+        route: &'a RouteSplit,
         weight: u32,
     ) -> BoxFuture<'a, Result<bool, RouterError>>;
 }

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Filter, Store, StoreError, Stored};
-use crate::domain::{Rollout, RolloutEvent};
+use crate::domain::{Rollout, RolloutEvent, RouteKind};
 use crate::events::DEFAULT_EVENT_LIMIT;
 
 /// API group of the Rollout resource.
@@ -370,9 +370,13 @@ fn object(rollout: &Rollout) -> DynamicObject {
     let mut spec = json!({
         "target": rollout.target,
         "canary": rollout.canary,
-        "virtualService": rollout.virtual_service,
+        "route": {"kind": rollout.route.kind.name(), "name": rollout.route.name},
         "images": rollout.images,
     });
+    // The field records had before routes had kinds, for readers that know only it.
+    match rollout.route.kind {
+        RouteKind::VirtualService => spec["virtualService"] = json!(rollout.route.name),
+    }
     if !rollout.request_id.is_empty() {
         spec["requestId"] = json!(rollout.request_id);
     }
@@ -699,21 +703,11 @@ pub async fn migrate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AnalysisSettings, EventKind, Phase};
+    use crate::domain::{EventKind, Phase};
     use chrono::Utc;
 
     fn rollout(last_sequence: u64) -> Rollout {
-        let mut r = Rollout::new(
-            "r1".into(),
-            "test".into(),
-            "podinfo".into(),
-            "podinfo-canary".into(),
-            "podinfo".into(),
-            AnalysisSettings::default(),
-            Utc::now(),
-        );
-        r.last_sequence = last_sequence;
-        r
+        Rollout::test().at_sequence(last_sequence)
     }
 
     fn event(sequence: u64) -> RolloutEvent {

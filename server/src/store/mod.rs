@@ -145,26 +145,16 @@ pub trait Store: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AnalysisSettings, EventKind, Phase};
+    use crate::domain::{EventKind, Phase};
     use crate::store::memory::MemoryStore;
     use chrono::Utc;
 
     fn rollout(last_sequence: u64) -> Rollout {
-        let now = Utc::now();
-        let mut rollout = Rollout::new(
-            "r1".into(),
-            "test".into(),
-            "podinfo".into(),
-            "podinfo-canary".into(),
-            "podinfo".into(),
-            AnalysisSettings::default(),
-            now,
-        );
-        rollout.phase = Phase::Progressing;
-        rollout.canary_weight = 10;
-        rollout.last_sequence = last_sequence;
-        rollout.prepared = true;
-        rollout
+        Rollout::test()
+            .in_phase(Phase::Progressing)
+            .at_weight(10)
+            .at_sequence(last_sequence)
+            .prepared()
     }
 
     fn events(from: u64, to: u64) -> Vec<RolloutEvent> {

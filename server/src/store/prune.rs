@@ -70,20 +70,11 @@ pub fn select(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AnalysisSettings, Phase};
+    use crate::domain::Phase;
 
     fn record(id: &str, target: &str, phase: Phase, finished_days_ago: i64) -> Rollout {
         let now = Utc::now();
-        let mut r = Rollout::new(
-            id.into(),
-            "test".into(),
-            target.into(),
-            format!("{target}-canary"),
-            target.into(),
-            AnalysisSettings::default(),
-            now,
-        );
-        r.phase = phase;
+        let mut r = Rollout::test().named(id).of(target).in_phase(phase);
         let at = now - chrono::Duration::days(finished_days_ago);
         r.updated_at = at;
         r.finished_at = phase.is_terminal().then_some(at);

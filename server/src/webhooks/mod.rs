@@ -299,18 +299,10 @@ mod tests {
 
     #[test]
     fn the_payload_names_the_rollout_the_hook_and_the_phase() {
-        use crate::domain::{AnalysisSettings, WebhookKind};
-        let mut rollout = Rollout::new(
-            "r1".into(),
-            "test".into(),
-            "podinfo".into(),
-            "podinfo-canary".into(),
-            "podinfo".into(),
-            AnalysisSettings::default(),
-            chrono::Utc::now(),
-        );
-        rollout.revision = "abc".into();
-        rollout.canary_weight = 30;
+        use crate::domain::WebhookKind;
+        let rollout = Rollout::test()
+            .at_weight(30)
+            .with(|r| r.revision = "abc".into());
         let hook = Webhook {
             name: "load".into(),
             kind: WebhookKind::PreRollout,

@@ -20,7 +20,7 @@ pub mod split;
 use split::{find_splits, route_fingerprint, route_view, routes_to, weight_patch};
 
 use super::factory::{KindRouter, RouterContext};
-use super::{Resolved, RouteRef, RouteView, Router, RouterError};
+use super::{Resolved, RouteSplit, RouteView, Router, RouterError};
 use crate::cache::{Cache, Changes, Views};
 
 /// Retries of a weight patch after the first attempt.
@@ -105,10 +105,10 @@ impl IstioRouter {
     }
 
     /// The view of `route` in `vs`, from the memo when it holds this version of `vs`.
-    fn view_of(&self, vs: &DynamicObject, route: &RouteRef) -> RouteView {
+    fn view_of(&self, vs: &DynamicObject, route: &RouteSplit) -> RouteView {
         let key = (
             route.namespace.clone(),
-            route.virtual_service.clone(),
+            route.name.clone(),
             route.ga_service.clone(),
             route.canary_service.clone(),
         );
@@ -274,9 +274,9 @@ impl Router for IstioRouter {
         })
     }
 
-    fn observe<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, RouteView> {
+    fn observe<'a>(&'a self, route: &'a RouteSplit) -> BoxFuture<'a, RouteView> {
         Box::pin(async move {
-            let (ns, name) = (&route.namespace, &route.virtual_service);
+            let (ns, name) = (&route.namespace, &route.name);
             let vs = match self.cached(ns, name) {
                 Some(vs) => return self.view_of(&vs, route),
                 // Not in the cache: deleted, or the cache is behind. Only the API can tell.
@@ -299,11 +299,14 @@ impl Router for IstioRouter {
         })
     }
 
-    fn canary_weight<'a>(&'a self, route: &'a RouteRef) -> BoxFuture<'a, Result<u32, RouterError>> {
+    fn canary_weight<'a>(
+        &'a self,
+        route: &'a RouteSplit,
+    ) -> BoxFuture<'a, Result<u32, RouterError>> {
         Box::pin(async move {
-            let vs = self.fetch(&route.namespace, &route.virtual_service).await?;
+            let vs = self.fetch(&route.namespace, &route.name).await?;
             let splits = find_splits(
-                &route.virtual_service,
+                &route.name,
                 &spec(&vs),
                 &route.namespace,
                 &route.ga_service,
@@ -315,7 +318,7 @@ impl Router for IstioRouter {
 
     fn set_canary_weight<'a>(
         &'a self,
-        route: &'a RouteRef,
+        route: &'a RouteSplit,
         weight: u32,
     ) -> BoxFuture<'a, Result<bool, RouterError>> {
         Box::pin(async move {
@@ -332,7 +335,7 @@ impl Router for IstioRouter {
                     delay.map(|d| if throttled(error) { d.max(THROTTLED_MIN) } else { d })
                 })
                 .notify(|error, delay| {
-                    tracing::debug!(%error, vs = %route.virtual_service, ?delay, "weight patch rejected; retrying with a fresh read");
+                    tracing::debug!(%error, vs = %route.name, ?delay, "weight patch rejected; retrying with a fresh read");
                 })
                 .await
         })
@@ -344,11 +347,11 @@ impl IstioRouter {
     /// Returns whether it wrote.
     async fn write_weight(
         &self,
-        route: &RouteRef,
+        route: &RouteSplit,
         weight: u32,
         fresh: bool,
     ) -> Result<bool, RouterError> {
-        let (ns, name) = (&route.namespace, &route.virtual_service);
+        let (ns, name) = (&route.namespace, &route.name);
         let vs = if fresh {
             self.fetch(ns, name).await?
         } else {

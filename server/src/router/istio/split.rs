@@ -4,12 +4,12 @@
 use serde_json::{Value, json};
 
 use crate::domain::template_hash;
-use crate::router::{RouteRef, RouteView, RouterError};
+use crate::router::{RouteSplit, RouteView, RouterError};
 
 /// The view a rollout has of a VirtualService's spec.
-pub fn route_view(spec: &Value, route: &RouteRef) -> RouteView {
+pub fn route_view(spec: &Value, route: &RouteSplit) -> RouteView {
     match find_splits(
-        &route.virtual_service,
+        &route.name,
         spec,
         &route.namespace,
         &route.ga_service,
@@ -375,9 +375,10 @@ mod tests {
 
     #[test]
     fn a_route_view_says_why_a_virtual_service_no_longer_splits() {
-        let route = RouteRef {
+        let route = RouteSplit {
             namespace: "test".into(),
-            virtual_service: "vs".into(),
+            kind: crate::domain::RouteKind::VirtualService,
+            name: "vs".into(),
             ga_service: "podinfo".into(),
             canary_service: "podinfo-canary".into(),
         };

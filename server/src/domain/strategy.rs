@@ -1,0 +1,155 @@
+//! How traffic moves from GA to the canary while it is analysed, as data: the step plan
+//! (`engine::decide::plan`) asks the rollout's `Strategy` which traffic comes next instead of
+//! branching on its settings.
+//!
+//! Today there is one kind, the weighted canary. Others are new variants answering the same
+//! questions, with router support for the traffic they need: an A/B test (requests matching
+//! headers or cookies go to the canary, then promotion after N passing checks), blue/green (no
+//! live traffic while N checks pass, then all of it at once) and mirroring (a share of GA's
+//! requests copied to the canary, beside either).
+
+use serde::{Deserialize, Serialize};
+
+/// The strategy of a rollout. Stored flattened into the analysis settings with the field
+/// names records always had (`step_weight`, `max_weight`), so records written before it
+/// existed load, and servers that predate it read new records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Stored", into = "Stored")]
+pub enum Strategy {
+    /// The canary's weight grows by `step_weight` (1..=100) after each passing check, up to
+    /// `max_weight` (step_weight..=100), where a passing check promotes it.
+    Canary { step_weight: u32, max_weight: u32 },
+}
+
+/// What comes after a passing check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Route this percentage of the traffic to the canary and analyse it again.
+    Weight(u32),
+    /// The analysis is complete: promote the canary (through its promotion gates).
+    Promote,
+}
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Strategy::Canary {
+            step_weight: 10,
+            max_weight: 100,
+        }
+    }
+}
+
+impl Strategy {
+    /// The canary weight of the step after `canary_weight` (the first step from 0): an
+    /// absolute value, so a step decided twice writes the same weight.
+    pub fn next_weight(&self, canary_weight: u32) -> u32 {
+        match *self {
+            Strategy::Canary {
+                step_weight,
+                max_weight,
+            } => (canary_weight + step_weight).min(max_weight).min(100),
+        }
+    }
+
+    /// Whether a check passing at `canary_weight` completes the analysis: the last check
+    /// before promotion (confirm-promotion webhooks are asked with it).
+    pub fn completes_at(&self, canary_weight: u32) -> bool {
+        match *self {
+            Strategy::Canary { max_weight, .. } => canary_weight >= max_weight,
+        }
+    }
+
+    /// What comes after a check passing at `canary_weight`.
+    pub fn after_pass(&self, canary_weight: u32) -> Next {
+        if self.completes_at(canary_weight) {
+            Next::Promote
+        } else {
+            Next::Weight(self.next_weight(canary_weight))
+        }
+    }
+
+    /// How traffic moves, for a rollout's first event: "10% steps up to 100%".
+    pub fn describe(&self) -> String {
+        match *self {
+            Strategy::Canary {
+                step_weight,
+                max_weight,
+            } => format!("{step_weight}% steps up to {max_weight}%"),
+        }
+    }
+}
+
+/// The stored form: the fields of every kind, each kind reading its own.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Stored {
+    step_weight: u32,
+    max_weight: u32,
+}
+
+impl From<Stored> for Strategy {
+    fn from(stored: Stored) -> Self {
+        Strategy::Canary {
+            step_weight: stored.step_weight,
+            max_weight: stored.max_weight,
+        }
+    }
+}
+
+impl From<Strategy> for Stored {
+    fn from(strategy: Strategy) -> Self {
+        match strategy {
+            Strategy::Canary {
+                step_weight,
+                max_weight,
+            } => Stored {
+                step_weight,
+                max_weight,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CANARY: Strategy = Strategy::Canary {
+        step_weight: 25,
+        max_weight: 60,
+    };
+
+    #[test]
+    fn a_canary_steps_by_its_step_weight_and_stops_at_its_maximum() {
+        assert_eq!(CANARY.after_pass(0), Next::Weight(25));
+        assert_eq!(CANARY.after_pass(25), Next::Weight(50));
+        assert_eq!(CANARY.after_pass(50), Next::Weight(60));
+        assert_eq!(CANARY.after_pass(60), Next::Promote);
+        assert!(!CANARY.completes_at(59));
+        assert_eq!(CANARY.describe(), "25% steps up to 60%");
+    }
+
+    #[test]
+    fn a_canary_is_stored_with_the_fields_records_always_had() {
+        let stored = serde_json::to_value(CANARY).unwrap();
+        assert_eq!(
+            stored,
+            serde_json::json!({"step_weight": 25, "max_weight": 60})
+        );
+        let read: Strategy = serde_json::from_value(stored).unwrap();
+        assert_eq!(read, CANARY);
+    }
+
+    #[test]
+    fn settings_keep_the_strategy_beside_their_other_fields_as_records_always_had_it() {
+        let settings = crate::domain::AnalysisSettings {
+            strategy: CANARY,
+            ..Default::default()
+        };
+        let stored = serde_json::to_value(&settings).unwrap();
+        assert_eq!(stored["step_weight"], 25);
+        assert_eq!(stored["max_weight"], 60);
+        assert!(stored.get("strategy").is_none(), "{stored}");
+        let read: crate::domain::AnalysisSettings = serde_json::from_value(stored).unwrap();
+        assert_eq!(read, settings);
+    }
+}
