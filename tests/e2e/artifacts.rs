@@ -266,6 +266,12 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
         json!(["get", "list", "delete"]),
         "ConfigMaps are only read and deleted, to migrate records of earlier versions"
     );
+    assert_eq!(
+        rule_for(&role["rules"], "events"),
+        json!({"apiGroups": ["events.k8s.io"], "resources": ["events"],
+               "verbs": ["create", "patch"]}),
+        "Events are written through events.k8s.io only: created, and patched for a series"
+    );
     // Leader election: a Role on Leases in the server's own namespace, bound to its account.
     let leases = kubectl
         .json(&[
@@ -435,10 +441,14 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
     )
     .unwrap();
     let rbac = std::fs::read_to_string(artifacts.join("20-rbac.yaml")).unwrap();
-    assert!(rbac.contains(r#"verbs: ["create"]"#));
+    // The only rule with exactly these verbs is the one on Events.
+    assert_eq!(rbac.matches(r#"verbs: ["create", "patch"]"#).count(), 1);
     std::fs::write(
         edited.join("20-rbac.yaml"),
-        rbac.replace(r#"verbs: ["create"]"#, r#"verbs: ["create", "patch"]"#),
+        rbac.replace(
+            r#"verbs: ["create", "patch"]"#,
+            r#"verbs: ["create", "patch", "get"]"#,
+        ),
     )
     .unwrap();
     let out = kubectl
@@ -471,7 +481,7 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
     );
     assert_eq!(
         rule_for(&role["rules"], "events")["verbs"],
-        json!(["create", "patch"])
+        json!(["create", "patch", "get"])
     );
     // And back to the repository's version.
     let out = kubectl.run(&["apply", "-f", "artifacts/steerer/"]).await;

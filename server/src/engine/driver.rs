@@ -688,6 +688,7 @@ impl Driver {
                 .workloads
                 .record_event(
                     &ga,
+                    &self.state.id,
                     "RolloutDriverStopped",
                     &format!(
                         "rollout {}: this server stopped driving it: {why}; restart the server to take it over again",
@@ -724,6 +725,7 @@ pub(crate) fn announce(ports: &Ports, state: &Rollout, events: &[RolloutEvent]) 
         return;
     };
     let workloads = ports.workloads.clone();
+    let id = state.id.clone();
     let events: Vec<(EventKind, String)> = events
         .iter()
         .map(|e| (e.kind, format!("rollout {}: {}", state.id, e.message)))
@@ -731,7 +733,7 @@ pub(crate) fn announce(ports: &Ports, state: &Rollout, events: &[RolloutEvent]) 
     tokio::spawn(async move {
         for (kind, message) in events {
             workloads
-                .record_event(&ga, kind.reason(), &message, kind.is_warning())
+                .record_event(&ga, &id, kind.reason(), &message, kind.is_warning())
                 .await;
         }
     });
