@@ -391,7 +391,9 @@ async fn event_steps(client: &kube::Client, steps: &mut Vec<(&'static str, Value
     let (status, body) = call(
         client,
         "GET",
-        &format!("{events}?fieldSelector=regarding.name%3Dweb"),
+        // By reason too: kube-controller-manager's Events about the Deployment are listed here
+        // on kube-apiserver (see the known difference below).
+        &format!("{events}?fieldSelector=regarding.name%3Dweb,reason%3DWeightChanged"),
         JSON,
         None,
     )
@@ -401,7 +403,7 @@ async fn event_steps(client: &kube::Client, steps: &mut Vec<(&'static str, Value
         .map(|items| items.iter().map(|i| &i["metadata"]["name"]).collect())
         .unwrap_or_default();
     steps.push((
-        "list events by the object they regard",
+        "list events by the object they regard and their reason",
         json!({"http": status, "kind": body["kind"], "names": names}),
     ));
 
