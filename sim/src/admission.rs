@@ -532,10 +532,14 @@ mod tests {
     use super::*;
     use crate::resources::Registry;
 
-    fn deployments() -> std::sync::Arc<ResourceDef> {
+    fn builtin(group: &str, plural: &str) -> std::sync::Arc<ResourceDef> {
         Registry::with_builtins()
-            .lookup("apps", "v1", "deployments")
+            .lookup(group, "v1", plural)
             .unwrap()
+    }
+
+    fn deployments() -> std::sync::Arc<ResourceDef> {
+        builtin("apps", "deployments")
     }
 
     fn deployment() -> Value {
@@ -595,9 +599,7 @@ mod tests {
 
     #[test]
     fn a_binding_needs_a_role_and_cannot_move_to_another() {
-        let def = Registry::with_builtins()
-            .lookup("rbac.authorization.k8s.io", "v1", "clusterrolebindings")
-            .unwrap();
+        let def = builtin("rbac.authorization.k8s.io", "clusterrolebindings");
         assert!(!def.namespaced);
         let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1",
                "kind": "ClusterRoleBinding", "metadata": {"name": "steerer"},
@@ -626,9 +628,7 @@ mod tests {
     }
 
     fn events() -> std::sync::Arc<ResourceDef> {
-        Registry::with_builtins()
-            .lookup("events.k8s.io", "v1", "events")
-            .unwrap()
+        builtin("events.k8s.io", "events")
     }
 
     /// An Event as kube's Recorder creates one.

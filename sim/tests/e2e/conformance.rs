@@ -177,6 +177,14 @@ fn virtual_service(name: &str) -> Value {
     })
 }
 
+/// The names of the items of a list answer, in its order.
+fn names_of(list: &Value) -> Vec<&Value> {
+    list["items"]
+        .as_array()
+        .map(|items| items.iter().map(|i| &i["metadata"]["name"]).collect())
+        .unwrap_or_default()
+}
+
 /// Polls `path` until `done` holds for its body, or panics after `limit`.
 async fn until(client: &kube::Client, path: &str, limit: Duration, done: impl Fn(&Value) -> bool) {
     let start = Instant::now();
@@ -398,10 +406,7 @@ async fn event_steps(client: &kube::Client, steps: &mut Vec<(&'static str, Value
         None,
     )
     .await;
-    let names: Vec<&Value> = body["items"]
-        .as_array()
-        .map(|items| items.iter().map(|i| &i["metadata"]["name"]).collect())
-        .unwrap_or_default();
+    let names = names_of(&body);
     steps.push((
         "list events by the object they regard and their reason",
         json!({"http": status, "kind": body["kind"], "names": names}),
@@ -505,12 +510,7 @@ async fn script(substrate: &Substrate) -> Vec<(&'static str, Value)> {
         None,
     )
     .await;
-    let names: Vec<&Value> = body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| &i["metadata"]["name"])
-        .collect();
+    let names = names_of(&body);
     steps.push((
         "list by label",
         json!({"http": status, "kind": body["kind"], "names": names,
