@@ -366,7 +366,7 @@ async fn run(k: usize, interval: Duration) -> anyhow::Result<()> {
         })
     );
     println!(
-        "  per step besides: {other_writes:.2} other writes (Kubernetes Events, one per rollout event); with them {:.2} writes per step",
+        "  per step besides: {other_writes:.2} other writes (Kubernetes Events: a create or a series patch per rollout event); with them {:.2} writes per step",
         region.total(true) as f64 / per
     );
     let per_tick = region.queries as f64 / analyses.max(1) as f64;
@@ -379,6 +379,23 @@ async fn run(k: usize, interval: Duration) -> anyhow::Result<()> {
         "  promotion (last step to the end): [{}], {} Prometheus queries",
         ended.minus(&timeline[last].2).describe(1.0),
         ended.queries - timeline[last].2.queries
+    );
+    let release = ended.minus(&started);
+    let event_writes = |verb: &str| {
+        release
+            .counts
+            .get(&(verb.to_owned(), "events".to_owned()))
+            .copied()
+            .unwrap_or(0) as f64
+            / k as f64
+    };
+    println!(
+        "  per rollout, start to end: [{}]; {:.2} requests, of which {:.2} Event writes ({:.2} creates, {:.2} patches of a series)",
+        release.describe(k as f64),
+        (release.total(true) + release.total(false)) as f64 / k as f64,
+        event_writes("create") + event_writes("patch"),
+        event_writes("create"),
+        event_writes("patch")
     );
     println!(
         "  idle after the rollouts ended ({idle:?}): {} requests [{}], {} Prometheus queries; target 0: {}",

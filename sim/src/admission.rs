@@ -1,7 +1,7 @@
 //! What kube-apiserver does to an object between decoding and storage: defaulting of built-in
 //! kinds (replicas, strategy, Service cluster IPs, Namespace phase, ...) and the validation
 //! worth having (names, Deployment selectors and replicas, HPA bounds, RBAC binding role
-//! references, immutable fields).
+//! references, events.k8s.io Events and their series, immutable fields).
 
 use serde_json::{Map, Value, json};
 
@@ -288,8 +288,149 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
         ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
             validate_binding(obj, old).map_err(invalid)
         }
+        ("events.k8s.io", "events") => validate_event(obj, old).map_err(invalid),
         _ => Ok(()),
     }
+}
+
+/// kube-apiserver's limits on an Event's fields, in bytes.
+const EVENT_LIMITS: [(&str, usize); 4] = [
+    ("reportingInstance", 128),
+    ("action", 128),
+    ("reason", 128),
+    ("note", 1024),
+];
+
+/// An Event's fields that an update through events.k8s.io/v1 may not change (its series may).
+const EVENT_IMMUTABLE: [&str; 13] = [
+    "regarding",
+    "related",
+    "reason",
+    "note",
+    "type",
+    "eventTime",
+    "action",
+    "reportingController",
+    "reportingInstance",
+    "deprecatedSource",
+    "deprecatedFirstTimestamp",
+    "deprecatedLastTimestamp",
+    "deprecatedCount",
+];
+
+/// An Event written through events.k8s.io/v1, checked as kube-apiserver checks one: who
+/// reports it, what happened, when; a series counts at least two occurrences; the fields of
+/// the older core/v1 shape stay unset; an update changes nothing but the series (and
+/// metadata). All problems are listed, as kube-apiserver lists them.
+fn validate_event(obj: &Value, old: Option<&Value>) -> Result<(), String> {
+    let text = |field: &str| obj.get(field).and_then(Value::as_str).unwrap_or("");
+    let mut errors = Vec::new();
+    if text("eventTime").is_empty() {
+        errors.push("eventTime: Required value".to_owned());
+    } else {
+        for field in [
+            "reportingController",
+            "reportingInstance",
+            "action",
+            "reason",
+        ] {
+            if text(field).is_empty() {
+                errors.push(format!("{field}: Required value"));
+            }
+        }
+        let controller = text("reportingController");
+        if !controller.is_empty() && !is_qualified_name(controller) {
+            errors.push(format!(
+                "reportingController: Invalid value: \"{controller}\": must be a qualified name"
+            ));
+        }
+        for (field, limit) in EVENT_LIMITS {
+            if text(field).len() > limit {
+                errors.push(format!(
+                    "{field}: Invalid value: \"\": can have at most {limit} characters"
+                ));
+            }
+        }
+    }
+    let set = |value: Option<&Value>| {
+        value
+            .filter(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
+            .cloned()
+    };
+    match old {
+        None => {
+            errors.extend(series_errors(obj));
+            if !matches!(text("type"), "Normal" | "Warning") {
+                errors.push(format!(
+                    "type: Invalid value: \"\": has invalid value: {}",
+                    text("type")
+                ));
+            }
+            for field in [
+                "deprecatedFirstTimestamp",
+                "deprecatedLastTimestamp",
+                "deprecatedCount",
+                "deprecatedSource",
+            ] {
+                if set(obj.get(field)).is_some_and(|v| v != json!(0)) {
+                    errors.push(format!("{field}: Invalid value: \"\": needs to be unset"));
+                }
+            }
+        }
+        Some(old) => {
+            if set(obj.get("series")) != set(old.get("series")) {
+                errors.extend(series_errors(obj));
+            }
+            for field in EVENT_IMMUTABLE {
+                if set(obj.get(field)) != set(old.get(field)) {
+                    errors.push(format!(
+                        "{field}: Invalid value: {}: field is immutable",
+                        obj.get(field).unwrap_or(&Value::Null)
+                    ));
+                }
+            }
+        }
+    }
+    match errors.as_slice() {
+        [] => Ok(()),
+        [one] => Err(one.clone()),
+        many => Err(format!("[{}]", many.join(", "))),
+    }
+}
+
+fn series_errors(obj: &Value) -> Vec<String> {
+    let Some(series) = obj.get("series").filter(|s| !s.is_null()) else {
+        return Vec::new();
+    };
+    let mut errors = Vec::new();
+    if series.get("count").and_then(Value::as_i64).unwrap_or(0) < 2 {
+        errors.push("series.count: Invalid value: \"\": should be at least 2".to_owned());
+    }
+    if series
+        .get("lastObservedTime")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        errors.push("series.lastObservedTime: Required value".to_owned());
+    }
+    errors
+}
+
+/// Whether `value` is a qualified name: an optional DNS-1123 subdomain prefix and `/`, then
+/// at most 63 alphanumerics, `-`, `_` or `.`, starting and ending with an alphanumeric.
+fn is_qualified_name(value: &str) -> bool {
+    let (prefix, name) = match value.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, value),
+    };
+    let alphanumeric = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    prefix.is_none_or(is_dns1123_subdomain)
+        && name.len() <= 63
+        && alphanumeric(name.chars().next())
+        && alphanumeric(name.chars().last())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn validate_deployment(obj: &Value, old: Option<&Value>) -> Result<(), String> {
@@ -420,10 +561,14 @@ mod tests {
     use super::*;
     use crate::resources::Registry;
 
-    fn deployments() -> std::sync::Arc<ResourceDef> {
+    fn builtin(group: &str, plural: &str) -> std::sync::Arc<ResourceDef> {
         Registry::with_builtins()
-            .lookup("apps", "v1", "deployments")
+            .lookup(group, "v1", plural)
             .unwrap()
+    }
+
+    fn deployments() -> std::sync::Arc<ResourceDef> {
+        builtin("apps", "deployments")
     }
 
     fn deployment() -> Value {
@@ -496,9 +641,7 @@ mod tests {
 
     #[test]
     fn a_binding_needs_a_role_and_cannot_move_to_another() {
-        let def = Registry::with_builtins()
-            .lookup("rbac.authorization.k8s.io", "v1", "clusterrolebindings")
-            .unwrap();
+        let def = builtin("rbac.authorization.k8s.io", "clusterrolebindings");
         assert!(!def.namespaced);
         let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1",
                "kind": "ClusterRoleBinding", "metadata": {"name": "steerer"},
@@ -524,5 +667,99 @@ mod tests {
                 .message
                 .contains("roleRef.name: Required value")
         );
+    }
+
+    fn events() -> std::sync::Arc<ResourceDef> {
+        builtin("events.k8s.io", "events")
+    }
+
+    /// An Event as kube's Recorder creates one.
+    fn event() -> Value {
+        json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+               "metadata": {"name": "podinfo.1", "namespace": "test"},
+               "eventTime": "2025-01-01T00:00:00.000000Z",
+               "regarding": {"apiVersion": "apps/v1", "kind": "Deployment",
+                             "name": "podinfo", "namespace": "test"},
+               "reason": "WeightChanged", "action": "WeightChanged", "type": "Normal",
+               "note": "rollout r-1: weight 10",
+               "reportingController": "steerer", "reportingInstance": "steerer"})
+    }
+
+    #[test]
+    fn an_event_needs_its_time_reporter_and_reason_and_none_of_the_core_fields() {
+        let def = events();
+        assert!(validate(&def, &event(), None).is_ok());
+        let mut timeless = event();
+        timeless.as_object_mut().unwrap().remove("eventTime");
+        let err = validate(&def, &timeless, None).unwrap_err();
+        assert_eq!(err.code, 422);
+        assert!(
+            err.message.contains("eventTime: Required value"),
+            "{}",
+            err.message
+        );
+        let mut bad = event();
+        bad["reportingController"] = json!("");
+        bad["reason"] = json!("x".repeat(129));
+        bad["type"] = json!("Info");
+        bad["deprecatedCount"] = json!(3);
+        let message = validate(&def, &bad, None).unwrap_err().message;
+        for field in ["reportingController", "reason", "type", "deprecatedCount"] {
+            assert!(
+                message.contains(&format!("{field}: ")),
+                "{field}: {message}"
+            );
+        }
+        let mut single = event();
+        single["series"] = json!({"count": 1, "lastObservedTime": "2025-01-01T00:00:01.000000Z"});
+        assert!(
+            validate(&def, &single, None)
+                .unwrap_err()
+                .message
+                .contains("series.count")
+        );
+    }
+
+    #[test]
+    fn an_event_update_may_change_its_series_and_nothing_it_reports() {
+        let def = events();
+        let created = event();
+        let mut repeated = created.clone();
+        repeated["series"] = json!({"count": 2, "lastObservedTime": "2025-01-01T00:00:05.000000Z"});
+        assert!(validate(&def, &repeated, Some(&created)).is_ok());
+        let mut renoted = repeated.clone();
+        renoted["note"] = json!("rollout r-1: weight 20");
+        let err = validate(&def, &renoted, Some(&created)).unwrap_err();
+        assert_eq!(err.code, 422);
+        assert!(err.message.contains("note: "), "{}", err.message);
+        assert!(
+            err.message.contains("field is immutable"),
+            "{}",
+            err.message
+        );
+        let mut uncounted = created.clone();
+        uncounted["series"] = json!({"count": 0});
+        let message = validate(&def, &uncounted, Some(&created))
+            .unwrap_err()
+            .message;
+        assert!(message.contains("series.count"), "{message}");
+        assert!(message.contains("series.lastObservedTime"), "{message}");
+    }
+
+    #[test]
+    fn qualified_names_take_an_optional_dns_prefix() {
+        for good in ["steerer", "steerer.dev/controller", "a_b-c.d", "x"] {
+            assert!(is_qualified_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "-steerer",
+            "steerer-",
+            "Bad_Prefix/x",
+            "a/b/c",
+            &"x".repeat(64),
+        ] {
+            assert!(!is_qualified_name(bad), "{bad}");
+        }
     }
 }

@@ -12,8 +12,11 @@ use crate::common::{
     CANARY, Cluster, GA, NS, Options, connect, image, replicas, start_server, test_server_config,
 };
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use kube::Client;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use steerer::v1::{Analysis, GetRolloutRequest, Phase, StartRolloutRequest};
 use steerer_sim::prometheus::{Prometheus, PrometheusConfig};
@@ -160,6 +163,36 @@ const APPLIES: [(&str, &[&str]); 4] = [
     ),
 ];
 
+/// Whether the cluster lets steerer's ServiceAccount `verb` `resource` of `group` in the
+/// namespace `NS`, by a SubjectAccessReview.
+async fn steerer_may(kube: &Client, group: &str, resource: &str, verb: &str) -> bool {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some("system:serviceaccount:steerer-system:steerer".into()),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                "system:serviceaccounts:steerer-system".into(),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                verb: Some(verb.into()),
+                namespace: Some(NS.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<SubjectAccessReview>::all(kube.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap()
+        .status
+        .is_some_and(|s| s.allowed)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promotes_on_them() {
     let cluster = Cluster::start(&Options {
@@ -266,6 +299,27 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
         json!(["get", "list", "delete"]),
         "ConfigMaps are only read and deleted, to migrate records of earlier versions"
     );
+    assert_eq!(
+        rule_for(&role["rules"], "events"),
+        json!({"apiGroups": ["events.k8s.io"], "resources": ["events"],
+               "verbs": ["create", "patch"]}),
+        "Events are written through events.k8s.io only: created, and patched for a series"
+    );
+    // As the cluster evaluates the binding: the server's account may create and patch
+    // events.k8s.io Events in a served namespace, and nothing else on Events.
+    for (group, verb, allowed) in [
+        ("events.k8s.io", "create", true),
+        ("events.k8s.io", "patch", true),
+        ("events.k8s.io", "update", false),
+        ("events.k8s.io", "delete", false),
+        ("", "create", false),
+    ] {
+        assert_eq!(
+            steerer_may(&kube, group, "events", verb).await,
+            allowed,
+            "{verb} events in group {group:?}"
+        );
+    }
     // Leader election: a Role on Leases in the server's own namespace, bound to its account.
     let leases = kubectl
         .json(&[
@@ -435,10 +489,14 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
     )
     .unwrap();
     let rbac = std::fs::read_to_string(artifacts.join("20-rbac.yaml")).unwrap();
-    assert!(rbac.contains(r#"verbs: ["create"]"#));
+    // The only rule with exactly these verbs is the one on Events.
+    assert_eq!(rbac.matches(r#"verbs: ["create", "patch"]"#).count(), 1);
     std::fs::write(
         edited.join("20-rbac.yaml"),
-        rbac.replace(r#"verbs: ["create"]"#, r#"verbs: ["create", "patch"]"#),
+        rbac.replace(
+            r#"verbs: ["create", "patch"]"#,
+            r#"verbs: ["create", "patch", "get"]"#,
+        ),
     )
     .unwrap();
     let out = kubectl
@@ -471,7 +529,7 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
     );
     assert_eq!(
         rule_for(&role["rules"], "events")["verbs"],
-        json!(["create", "patch"])
+        json!(["create", "patch", "get"])
     );
     // And back to the repository's version.
     let out = kubectl.run(&["apply", "-f", "artifacts/steerer/"]).await;

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::common::{CANARY, Cluster, GA, Harness, image, replicas};
-use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
-use steerer::v1::{Analysis, EventType, Phase};
+use steerer::v1::{Analysis, EventType, Phase, RolloutEvent};
 
 const NEW_IMAGE: &str = "ghcr.io/stefanprodan/podinfo:6.1.0";
 
@@ -93,17 +93,15 @@ async fn healthy_canary_with_new_image_is_promoted_step_by_step() {
         assert!(state_writes < events.len() as u64);
     }
 
-    // Each step is recorded as a Kubernetes Event on the GA Deployment.
-    let recorded = Api::<Event>::namespaced(h.kube.clone(), crate::common::NS)
-        .list(&ListParams::default())
-        .await
-        .unwrap();
-    let reasons: Vec<String> = recorded
-        .items
-        .iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(GA))
-        .filter_map(|e| e.reason.clone())
-        .collect();
+    // Each step is recorded as an events.k8s.io Event on the GA Deployment, related to the
+    // rollout's record; repeats of a reason are one Event whose series counts them.
+    let recorded = recorded_events(&h, &started.id, &events).await;
+    let of = |reason: &str| -> Vec<&Event> {
+        recorded
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect()
+    };
     for reason in [
         "RolloutStarted",
         "WeightChanged",
@@ -111,10 +109,65 @@ async fn healthy_canary_with_new_image_is_promoted_step_by_step() {
         "Promoted",
         "Succeeded",
     ] {
+        assert_eq!(of(reason).len(), 1, "one {reason} Event in {recorded:?}");
+    }
+    let weights = of("WeightChanged")[0];
+    assert_eq!(weights.series.as_ref().map(|s| s.count), Some(10));
+    assert_eq!(
+        weights.note.as_deref(),
+        Some(format!("rollout {}: {}", started.id, steps_message(&events)).as_str()),
+        "a series keeps the note of its first Event"
+    );
+    assert_eq!(weights.type_.as_deref(), Some("Normal"));
+    assert_eq!(weights.reporting_controller.as_deref(), Some("steerer"));
+    let started_event = of("RolloutStarted")[0];
+    assert!(started_event.series.is_none(), "{started_event:?}");
+}
+
+/// The message of the first weight change the rollout reported.
+fn steps_message(events: &[RolloutEvent]) -> String {
+    events
+        .iter()
+        .find(|e| e.r#type() == EventType::WeightChanged)
+        .map(|e| e.message.clone())
+        .unwrap_or_default()
+}
+
+/// How many times an Event stands for: its series count, or 1.
+fn occurrences(event: &Event) -> usize {
+    event
+        .series
+        .as_ref()
+        .map_or(1, |s| usize::try_from(s.count).unwrap_or(0))
+}
+
+/// The events.k8s.io Events about GA related to rollout `id`, once they account for every
+/// event the rollout reported (they are recorded off the step's path, so the last ones may
+/// land after the watch ended).
+async fn recorded_events(h: &Harness, id: &str, reported: &[RolloutEvent]) -> Vec<Event> {
+    let api = Api::<Event>::namespaced(h.kube.clone(), crate::common::NS);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ours: Vec<Event> = api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(GA))
+            .filter(|e| e.related.as_ref().and_then(|r| r.name.as_deref()) == Some(id))
+            .collect();
+        let count: usize = ours.iter().map(occurrences).sum();
+        if count >= reported.len() {
+            assert_eq!(count, reported.len(), "one occurrence per event: {ours:?}");
+            return ours;
+        }
         assert!(
-            reasons.iter().any(|r| r == reason),
-            "no {reason} event in {reasons:?}"
+            tokio::time::Instant::now() < deadline,
+            "{count} of {} events recorded: {ours:?}",
+            reported.len()
         );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

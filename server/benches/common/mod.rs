@@ -193,6 +193,7 @@ impl Workloads for BenchWorkloads {
     fn record_event<'a>(
         &'a self,
         _deployment: &'a DeploymentView,
+        _rollout: &'a str,
         _reason: &'a str,
         _message: &'a str,
         _warning: bool,

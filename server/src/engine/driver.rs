@@ -716,6 +716,7 @@ impl Driver {
                 .workloads
                 .record_event(
                     &ga,
+                    &self.state.id,
                     "RolloutDriverStopped",
                     &format!(
                         "rollout {}: this server stopped driving it: {why}; restart the server to take it over again",
@@ -752,6 +753,7 @@ pub(crate) fn announce(ports: &Ports, state: &Rollout, events: &[RolloutEvent]) 
         return;
     };
     let workloads = ports.workloads.clone();
+    let id = state.id.clone();
     let events: Vec<(EventKind, String)> = events
         .iter()
         .map(|e| (e.kind, format!("rollout {}: {}", state.id, e.message)))
@@ -759,7 +761,7 @@ pub(crate) fn announce(ports: &Ports, state: &Rollout, events: &[RolloutEvent]) 
     let record = async move {
         for (kind, message) in events {
             workloads
-                .record_event(&ga, kind.reason(), &message, kind.is_warning())
+                .record_event(&ga, &id, kind.reason(), &message, kind.is_warning())
                 .await;
         }
     };

@@ -245,6 +245,7 @@ impl Workloads for FakeWorkloads {
     fn record_event<'a>(
         &'a self,
         deployment: &'a DeploymentView,
+        _rollout: &'a str,
         reason: &'a str,
         _message: &'a str,
         _warning: bool,

@@ -1,5 +1,6 @@
 //! Deployments and HPAs in the Kubernetes API: reads from watch caches, writes as patches that
-//! touch only replicas, images or the pod template, and Kubernetes Events on GA Deployments.
+//! touch only replicas, images or the pod template, and events.k8s.io Events on GA Deployments
+//! (through kube's `Recorder`, which folds repeats into a series).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,16 +9,22 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{DeploymentView, HpaView, WorkloadError, Workloads};
 use crate::cache::{Cache, Changes, Views};
+use crate::store::crd;
+
+/// The `reportingController` and `reportingInstance` of steerer's Events.
+const REPORTER: &str = "steerer";
+
+/// kube-apiserver refuses an events.k8s.io Event whose note is longer (in bytes).
+const NOTE_LIMIT: usize = 1024;
 
 /// Workloads backed by the Kubernetes API.
 pub struct KubeWorkloads {
@@ -26,6 +33,9 @@ pub struct KubeWorkloads {
     hpas: Cache<HorizontalPodAutoscaler>,
     /// The view of each cached Deployment, built once per version of it.
     views: Views<(String, String), DeploymentView>,
+    /// Remembers the Events it wrote for six minutes, so a repeat patches the first one's
+    /// series instead of creating another object.
+    recorder: Recorder,
 }
 
 impl KubeWorkloads {
@@ -46,9 +56,14 @@ impl KubeWorkloads {
         stop: &CancellationToken,
         changes: &Changes,
     ) -> Self {
+        let reporter = Reporter {
+            controller: REPORTER.into(),
+            instance: Some(REPORTER.into()),
+        };
         Self {
             deployments: Cache::start(&client, namespaces, stop, changes),
             hpas: Cache::start(&client, namespaces, stop, changes),
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             views: Views::default(),
         }
@@ -240,63 +255,71 @@ impl Workloads for KubeWorkloads {
     fn record_event<'a>(
         &'a self,
         deployment: &'a DeploymentView,
+        rollout: &'a str,
         reason: &'a str,
         message: &'a str,
         warning: bool,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let now = Time(Timestamp::now());
-            let suffix = uuid::Uuid::new_v4().simple().to_string();
-            let event = Event {
-                metadata: ObjectMeta {
-                    name: Some(format!("{}.{}", deployment.name, &suffix[..16])),
-                    namespace: Some(deployment.namespace.clone()),
-                    ..Default::default()
-                },
-                involved_object: ObjectReference {
-                    api_version: Some("apps/v1".into()),
-                    kind: Some("Deployment".into()),
-                    name: Some(deployment.name.clone()),
-                    namespace: Some(deployment.namespace.clone()),
-                    uid: Some(deployment.uid.clone()).filter(|u| !u.is_empty()),
-                    ..Default::default()
-                },
-                reason: Some(reason.to_owned()),
-                message: Some(message.chars().take(1024).collect()),
-                type_: Some(if warning { "Warning" } else { "Normal" }.to_owned()),
-                source: Some(EventSource {
-                    component: Some("steerer".into()),
-                    host: None,
-                }),
-                reporting_component: Some("steerer".into()),
-                reporting_instance: Some("steerer".into()),
-                action: Some(reason.to_owned()),
-                first_timestamp: Some(now.clone()),
-                last_timestamp: Some(now),
-                count: Some(1),
-                ..Default::default()
-            };
-            // The answer (the Event back) is not read.
-            let request = serde_json::to_vec(&event)
-                .map_err(|e| e.to_string())
-                .and_then(|body| {
-                    kube::core::Request::new(Event::url_path(&(), Some(&deployment.namespace)))
-                        .create(&PostParams::default(), body)
-                        .map_err(|e| e.to_string())
-                });
-            let result = match request {
-                Ok(request) => self
-                    .client
-                    .request::<serde::de::IgnoredAny>(request)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(error) => Err(error),
-            };
-            if let Err(error) = result {
-                tracing::debug!(%error, deployment = %deployment.name, "failed to record event");
+            let event = event_for(deployment, rollout, reason, message, warning);
+            if let Err(error) = self
+                .recorder
+                .publish(&event, &deployment_reference(deployment))
+                .await
+            {
+                tracing::debug!(%error, deployment = %deployment.name, reason, "failed to record event");
             }
         })
     }
+}
+
+/// The Event about `deployment`, related to the rollout's record: the Recorder folds repeats
+/// of one reason for one rollout into a series, while another rollout of the same Deployment
+/// starts Events of its own (a series keeps its first note, which names the rollout).
+fn event_for(
+    deployment: &DeploymentView,
+    rollout: &str,
+    reason: &str,
+    message: &str,
+    warning: bool,
+) -> Event {
+    Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_owned(),
+        note: Some(truncated(message, NOTE_LIMIT).to_owned()),
+        action: reason.to_owned(),
+        secondary: Some(ObjectReference {
+            api_version: Some(format!("{}/{}", crd::GROUP, crd::VERSION)),
+            kind: Some(crd::KIND.into()),
+            name: Some(rollout.to_owned()),
+            namespace: Some(deployment.namespace.clone()),
+            ..Default::default()
+        }),
+    }
+}
+
+fn deployment_reference(deployment: &DeploymentView) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("apps/v1".into()),
+        kind: Some("Deployment".into()),
+        name: Some(deployment.name.clone()),
+        namespace: Some(deployment.namespace.clone()),
+        uid: Some(deployment.uid.clone()).filter(|u| !u.is_empty()),
+        ..Default::default()
+    }
+}
+
+/// The longest prefix of `text` within `limit` bytes that ends on a character boundary.
+fn truncated(text: &str, limit: usize) -> &str {
+    let mut end = text.len().min(limit);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn json_patch(ops: Value) -> Result<Patch<Value>, WorkloadError> {
@@ -353,6 +376,42 @@ mod tests {
             || deployment_view(d),
             HashSet::new,
         )
+    }
+
+    #[test]
+    fn an_event_is_about_the_deployment_and_related_to_the_rollout_record() {
+        let ga = deployment_view(&deployment(Some("1"), "podinfo:1"));
+        let event = event_for(&ga, "r-1", "CheckFailed", "rollout r-1: check failed", true);
+        assert_eq!(event.type_, EventType::Warning);
+        assert_eq!(
+            (event.reason.as_str(), event.action.as_str()),
+            ("CheckFailed", "CheckFailed")
+        );
+        assert_eq!(event.note.as_deref(), Some("rollout r-1: check failed"));
+        let related = event.secondary.unwrap();
+        assert_eq!(related.api_version.as_deref(), Some("steerer.dev/v1alpha1"));
+        assert_eq!(related.kind.as_deref(), Some("Rollout"));
+        assert_eq!(related.name.as_deref(), Some("r-1"));
+        assert_eq!(related.namespace.as_deref(), Some("test"));
+        let regarding = deployment_reference(&ga);
+        assert_eq!(regarding.kind.as_deref(), Some("Deployment"));
+        assert_eq!(regarding.name.as_deref(), Some("podinfo"));
+        assert_eq!(regarding.uid.as_deref(), Some("u1"));
+        let normal = event_for(&ga, "r-1", "WeightChanged", "weight 10", false);
+        assert_eq!(normal.type_, EventType::Normal);
+    }
+
+    #[test]
+    fn a_long_note_is_cut_to_the_api_servers_limit_in_bytes_on_a_character_boundary() {
+        let ga = deployment_view(&deployment(Some("1"), "podinfo:1"));
+        // Two bytes a character: 1,023 bytes of 'é' would split the 512th.
+        let message = format!("x{}", "é".repeat(600));
+        let note = event_for(&ga, "r-1", "Failed", &message, true)
+            .note
+            .unwrap();
+        assert_eq!(note.len(), 1023);
+        assert!(message.starts_with(&note));
+        assert_eq!(truncated("short", NOTE_LIMIT), "short");
     }
 
     #[test]

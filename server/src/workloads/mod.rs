@@ -84,10 +84,11 @@ pub trait Workloads: Send + Sync {
         name: &'a str,
         template: &'a Value,
     ) -> BoxFuture<'a, Result<(), WorkloadError>>;
-    /// Records a Kubernetes Event on the Deployment; best effort.
+    /// Records a Kubernetes Event about rollout `rollout` on the Deployment; best effort.
     fn record_event<'a>(
         &'a self,
         deployment: &'a DeploymentView,
+        rollout: &'a str,
         reason: &'a str,
         message: &'a str,
         warning: bool,

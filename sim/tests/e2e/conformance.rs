@@ -36,6 +36,11 @@ const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
         "the simulator serves no batch/v1 Jobs: kubectl reports that the server could not find \
          the requested resource (404); kube-apiserver creates the Job",
     ),
+    (
+        "an events.k8s.io event read through core/v1",
+        "the simulator keeps events.k8s.io and core/v1 Events apart; kube-apiserver stores one \
+         Event served by both APIs",
+    ),
 ];
 
 /// One substrate under test: a client, and how to make older resourceVersions unreachable.
@@ -181,6 +186,14 @@ fn virtual_service(name: &str) -> Value {
             {"destination": {"host": "web-canary"}, "weight": 0},
         ]}]},
     })
+}
+
+/// The names of the items of a list answer, in its order.
+fn names_of(list: &Value) -> Vec<&Value> {
+    list["items"]
+        .as_array()
+        .map(|items| items.iter().map(|i| &i["metadata"]["name"]).collect())
+        .unwrap_or_default()
 }
 
 /// Polls `path` until `done` holds for its body, or panics after `limit`.
@@ -353,6 +366,101 @@ async fn ssa_steps(client: &kube::Client, steps: &mut Vec<(&'static str, Value)>
     ));
 }
 
+/// events.k8s.io Events the way kube's `Recorder` writes them: a create, then merge patches of
+/// the whole Event carrying its series; a list by the object they regard; the writes
+/// kube-apiserver refuses (no `eventTime`, a series of one, a changed note); and the Event
+/// read through core/v1.
+async fn event_steps(client: &kube::Client, steps: &mut Vec<(&'static str, Value)>) {
+    let events = format!("/apis/events.k8s.io/v1/namespaces/{NS}/events");
+    let event = json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "web.1", "namespace": NS},
+        "eventTime": "2025-01-01T00:00:00.000000Z",
+        "regarding": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                      "namespace": NS},
+        "related": {"apiVersion": "steerer.dev/v1alpha1", "kind": "Rollout", "name": "r-1",
+                    "namespace": NS},
+        "reason": "WeightChanged", "action": "WeightChanged", "type": "Normal",
+        "note": "rollout r-1: weight 10",
+        "reportingController": "steerer", "reportingInstance": "steerer",
+    });
+    let summary = |status: u16, body: &Value| {
+        json!({"http": status, "kind": body["kind"], "apiVersion": body["apiVersion"],
+               "eventTime": body["eventTime"], "regarding": body["regarding"],
+               "related": body["related"], "reason": body["reason"], "action": body["action"],
+               "type": body["type"], "note": body["note"], "series": body["series"],
+               "reportingController": body["reportingController"],
+               "reportingInstance": body["reportingInstance"]})
+    };
+    let (status, body) = call(client, "POST", &events, JSON, Some(event.clone())).await;
+    steps.push(("create an events.k8s.io event", summary(status, &body)));
+    let one = format!("{events}/web.1");
+    for (count, step) in [
+        (2, "merge patch of an event with its series"),
+        (3, "merge patch of an event's series again"),
+    ] {
+        let mut repeated = event.clone();
+        repeated["series"] = json!({"count": count,
+                                    "lastObservedTime": format!("2025-01-01T00:00:0{count}.000000Z")});
+        let (status, body) = call(client, "PATCH", &one, MERGE, Some(repeated)).await;
+        steps.push((step, summary(status, &body)));
+    }
+    let (status, body) = call(client, "GET", &one, JSON, None).await;
+    steps.push(("get an event with a series", summary(status, &body)));
+    let (status, body) = call(
+        client,
+        "GET",
+        // By reason too: kube-controller-manager's Events about the Deployment are listed here
+        // on kube-apiserver (see the known difference below).
+        &format!("{events}?fieldSelector=regarding.name%3Dweb,reason%3DWeightChanged"),
+        JSON,
+        None,
+    )
+    .await;
+    let names = names_of(&body);
+    steps.push((
+        "list events by the object they regard and their reason",
+        json!({"http": status, "kind": body["kind"], "names": names}),
+    ));
+
+    let mut timeless = event.clone();
+    timeless["metadata"]["name"] = json!("web.2");
+    timeless.as_object_mut().unwrap().remove("eventTime");
+    let (status, body) = call(client, "POST", &events, JSON, Some(timeless)).await;
+    steps.push(("create an event without eventTime", error_of(status, &body)));
+    let mut single = event.clone();
+    single["metadata"]["name"] = json!("web.3");
+    single["series"] = json!({"count": 1, "lastObservedTime": "2025-01-01T00:00:01.000000Z"});
+    let (status, body) = call(client, "POST", &events, JSON, Some(single)).await;
+    steps.push((
+        "create an event with a series of one",
+        error_of(status, &body),
+    ));
+    let (status, body) = call(
+        client,
+        "PATCH",
+        &one,
+        MERGE,
+        Some(json!({"note": "rollout r-1: weight 20"})),
+    )
+    .await;
+    steps.push(("merge patch of an event's note", error_of(status, &body)));
+
+    let (status, body) = call(
+        client,
+        "GET",
+        &format!("/api/v1/namespaces/{NS}/events/web.1"),
+        JSON,
+        None,
+    )
+    .await;
+    steps.push((
+        "an events.k8s.io event read through core/v1",
+        json!({"http": status, "reason": body["reason"], "message": body["message"],
+               "involvedObject": body["involvedObject"], "series": body["series"]}),
+    ));
+}
+
 /// Plays the script against one substrate and returns (step, answer) pairs.
 async fn script(substrate: &Substrate) -> Vec<(&'static str, Value)> {
     let client = &substrate.client;
@@ -413,12 +521,7 @@ async fn script(substrate: &Substrate) -> Vec<(&'static str, Value)> {
         None,
     )
     .await;
-    let names: Vec<&Value> = body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| &i["metadata"]["name"])
-        .collect();
+    let names = names_of(&body);
     steps.push((
         "list by label",
         json!({"http": status, "kind": body["kind"], "names": names,
@@ -660,6 +763,8 @@ async fn script(substrate: &Substrate) -> Vec<(&'static str, Value)> {
         "create a virtualservice of the wrong kind",
         error_of(status, &body),
     ));
+
+    event_steps(client, &mut steps).await;
 
     // Delete, then get.
     let (status, _) = call(client, "DELETE", &format!("{cms}/a"), JSON, None).await;
