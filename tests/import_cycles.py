@@ -2,7 +2,8 @@
 file of module A names module B (or an item inside it) through `crate::`, `super::` or
 `self::` paths, in `use` declarations or inline; edges to A's own ancestors (a child using its
 parent's items is Rust's ordinary layout) and `#[cfg(test)] mod tests` blocks do not count.
-Prints every strongly connected component of more than one module, with its edges.
+Prints every strongly connected component of more than one module, with its edges, and exits 1
+when there is one (.ci/run checks every crate).
 
 Usage: python3 tests/import_cycles.py sim/src   (also server/src, client/src, src)"""
 import os, re, sys
@@ -84,3 +85,4 @@ for c in sccs:
         for b in c:
             if b in edges[a]: print('   ', '::'.join(a), '->', '::'.join(b))
 print(len(sccs), 'cycles over', len(mods), 'modules')
+sys.exit(1 if sccs else 0)

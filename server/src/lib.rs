@@ -118,7 +118,7 @@ fn routers(
     caches: &CancellationToken,
     changes: &cache::Changes,
 ) -> router::factory::Started {
-    router::factory::start(&router::factory::RouterContext {
+    router::factory::start(&router::RouterContext {
         client,
         namespaces: &config.namespaces,
         stop: caches,

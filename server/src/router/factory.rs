@@ -8,29 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio_util::sync::CancellationToken;
 
-use super::{Resolved, RouteSplit, RouteView, Router, RouterError, VIRTUAL_SERVICE};
-use crate::cache::Changes;
-
-/// What a kind's router is started from.
-pub struct RouterContext<'a> {
-    pub client: &'a kube::Client,
-    /// Namespaces served (empty = all): what the watch caches hold.
-    pub namespaces: &'a [String],
-    /// Ends the watch caches.
-    pub stop: &'a CancellationToken,
-    /// Where the caches report changes to the objects rollouts wait on.
-    pub changes: &'a Changes,
-    /// Served version of `networking.istio.io`.
-    pub istio_api_version: &'a str,
-}
-
-/// A started router of one route kind.
-pub trait KindRouter: Router {
-    /// Waits until its watch cache holds its initial list.
-    fn wait_ready(&self, timeout: Duration) -> BoxFuture<'_, Result<(), String>>;
-}
+use super::{
+    KindRouter, Resolved, RouteSplit, RouteView, Router, RouterContext, RouterError,
+    VIRTUAL_SERVICE,
+};
 
 /// Starts the router of one kind.
 pub type Start = fn(&RouterContext<'_>) -> Arc<dyn KindRouter>;

@@ -7,7 +7,12 @@ pub mod factory;
 pub mod fake;
 pub mod istio;
 
+use std::time::Duration;
+
 use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Changes;
 
 pub use crate::domain::RouteKind;
 pub use crate::domain::views::RouteView;
@@ -43,6 +48,25 @@ impl RouteSplit {
     pub fn kind(&self) -> &'static str {
         self.kind.name()
     }
+}
+
+/// What a kind's router is started from.
+pub struct RouterContext<'a> {
+    pub client: &'a kube::Client,
+    /// Namespaces served (empty = all): what the watch caches hold.
+    pub namespaces: &'a [String],
+    /// Ends the watch caches.
+    pub stop: &'a CancellationToken,
+    /// Where the caches report changes to the objects rollouts wait on.
+    pub changes: &'a Changes,
+    /// Served version of `networking.istio.io`.
+    pub istio_api_version: &'a str,
+}
+
+/// A started router of one route kind.
+pub trait KindRouter: Router {
+    /// Waits until its watch cache holds its initial list.
+    fn wait_ready(&self, timeout: Duration) -> BoxFuture<'_, Result<(), String>>;
 }
 
 /// Errors resolving or writing routes.

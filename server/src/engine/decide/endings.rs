@@ -1,12 +1,10 @@
 //! Endings other than success: rollbacks (and aborts) that route all traffic to GA, and
-//! failures that say what they leave behind.
+//! failures that say what they leave behind (their drain is `finish`).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::gates::post_rollout_pending;
-use super::promotion::drained;
 use super::{Action, ActionFailure, Decision, IDLE, Observation, scaled_down_in};
 use crate::domain::{Ending, EventKind, Phase, Rollout, RouteView};
 
@@ -168,39 +166,6 @@ pub(super) fn begin_rollback(
         format!(
             "rolling back: {reason}; all traffic on GA, canary scaled down {}",
             scaled_down_in(delay)
-        ),
-    );
-}
-
-pub(super) fn rolling_back(
-    d: &mut Decision,
-    state: &Rollout,
-    obs: &Observation,
-    now: DateTime<Utc>,
-) {
-    if post_rollout_pending(d, state, obs) || !drained(d, state, obs, now) {
-        return;
-    }
-    let ending = state.ending.clone().unwrap_or(Ending {
-        phase: Phase::RolledBack,
-        reason: "rolled back".to_owned(),
-    });
-    d.next.phase = ending.phase;
-    d.next.finished_at = Some(now);
-    d.wake = IDLE;
-    // An abort's reason already says it was aborted ("aborted: …", "aborted by request").
-    let (kind, ended) = match ending.phase {
-        Phase::Aborted => (EventKind::Aborted, ending.reason),
-        _ => (
-            EventKind::RolledBack,
-            format!("rolled back: {}", ending.reason),
-        ),
-    };
-    d.emit(
-        kind,
-        format!(
-            "{ended}; canary {} scaled to 0, all traffic on GA",
-            state.canary
         ),
     );
 }

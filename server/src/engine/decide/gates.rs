@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::deadline::{halted, no_data};
 use super::edits::route_edit;
 use super::endings::begin_rollback;
 use super::health::workloads_halt;
 use super::judge::{Verdict, hooks_judged, verdict};
 use super::plan::{check_due, interval_elapsed};
-use super::progress::{halted, no_data};
 use super::quiet::Repeat;
 use super::{Decision, Observation, poll};
 use crate::domain::{

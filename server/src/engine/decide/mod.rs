@@ -12,8 +12,10 @@
 //! `promotion`, `endings`), and repeats recorded sparingly (`quiet`).
 
 mod commands;
+mod deadline;
 mod edits;
 mod endings;
+mod finish;
 #[cfg(test)]
 mod fixtures;
 mod gates;
@@ -45,7 +47,8 @@ pub use plan::{
 pub use quiet::{MIN_QUIET, REPEATS_IN_FULL, quiet_window};
 pub use start::{NotAdmitted, admit, canary_name, requested, start};
 
-use endings::{cannot_act, rolling_back, route_missing};
+use endings::{cannot_act, route_missing};
+use finish::rolling_back;
 use progress::{pending, progressing};
 use promotion::promoting;
 

@@ -1,6 +1,7 @@
 //! The step plan: which traffic shape comes next, when a step or a check is due (shared
-//! ticks, intervals, the evidence window of a revision), and which weight read back after a
-//! restart this rollout may have written itself.
+//! ticks, intervals, the evidence window of a revision), which weight read back after a
+//! restart this rollout may have written itself, and the plan started again from weight 0 for
+//! a new canary revision.
 
 use std::time::Duration;
 
@@ -8,8 +9,8 @@ use chrono::{DateTime, Utc};
 
 use super::edits::route_edit;
 use super::health::workloads_halt;
-use super::{Action, Decision, Observation};
-use crate::domain::{EventKind, Phase, Rollout, RouteView};
+use super::{Action, Decision, Observation, poll};
+use crate::domain::{EventKind, Gates, Phase, Rollout, RouteView};
 
 /// How long after a shared check tick a driver that wakes late still checks on it (at
 /// most half the tick's period). Grouped measurements are shared for as long.
@@ -176,6 +177,37 @@ pub(super) fn step_up(d: &mut Decision, state: &Rollout, to: u32, now: DateTime<
     d.emit(
         EventKind::WeightChanged,
         format!("{why}; canary weight {from}% -> {to}%"),
+    );
+}
+
+/// A new canary revision: the analysis starts again from weight 0, with its own evidence,
+/// confirmations and pre-rollout webhooks.
+pub(super) fn restart(d: &mut Decision, state: &Rollout, revision: &str) {
+    if state.canary_weight > 0 {
+        d.actions.push(Action::SetCanaryWeight(0));
+    }
+    d.next.canary_weight = 0;
+    d.next.failed_checks = 0;
+    d.next.phase = Phase::Pending;
+    d.next.revision = String::new();
+    d.next.halted_since = None;
+    d.next.halt_reason = None;
+    d.next.last_step_at = None;
+    d.next.promotion_min_ready = None;
+    d.next.promoting_since = None;
+    d.next.promoted_template = None;
+    d.next.quiet = None;
+    // The new revision's evidence starts with its own first step, and it passes its own
+    // confirmations and pre-rollout webhooks.
+    d.next.traffic_since = None;
+    d.next.gates = Gates::default();
+    d.wake = poll(state);
+    d.emit(
+        EventKind::Restarted,
+        format!(
+            "canary revision changed from {} to {revision}; analysis restarts from weight 0",
+            state.revision
+        ),
     );
 }
 

@@ -1,22 +1,18 @@
 //! Transitions before the promotion: preparing the canary, its first step, halts, checks and
-//! their outcomes, and the restart of the analysis for a new revision.
-
-use std::time::Duration;
+//! their outcomes.
 
 use chrono::{DateTime, Utc};
 
+use super::deadline::{halted, no_data};
 use super::edits::paused_for_edit;
 use super::endings::{begin_rollback, objects_missing};
 use super::gates::{held, pre_rollout_passed, promotion_gate, rollback_asked, rollout_confirmed};
 use super::health::workloads_halt;
 use super::judge::{Verdict, evaluate_all, rate_note};
-use super::plan::{evidence_window, interval_elapsed, next_step, step_up, until_tick};
+use super::plan::{evidence_window, interval_elapsed, next_step, restart, step_up, until_tick};
 use super::promotion::begin_promotion;
-use super::quiet::Repeat;
-use super::{Action, Decision, Observation, human, poll, watching};
-use crate::domain::{
-    AnalysisRecord, Breaches, CheckResult, EventKind, Gates, Next, Phase, Rollout, Sample,
-};
+use super::{Action, Decision, Observation, poll};
+use crate::domain::{AnalysisRecord, Breaches, EventKind, Next, Phase, Rollout, Sample};
 
 pub(super) fn pending(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime<Utc>) {
     if objects_missing(d, state, obs, now) {
@@ -91,67 +87,6 @@ pub(super) fn pending(d: &mut Decision, state: &Rollout, obs: &Observation, now:
         format!(
             "canary revision {revision} ready with {} replicas",
             canary.ready_replicas
-        ),
-    );
-}
-
-/// The rollout cannot progress for `reason`: say so once, and roll back past the deadline.
-pub(super) fn halted(
-    d: &mut Decision,
-    state: &Rollout,
-    reason: String,
-    now: DateTime<Utc>,
-    delay: Duration,
-) {
-    let since = state.halted_since.unwrap_or(now);
-    d.next.halted_since = Some(since);
-    let elapsed = (now - since).to_std().unwrap_or(Duration::ZERO);
-    let deadline = state.analysis.progress_deadline;
-    if elapsed >= deadline {
-        begin_rollback(
-            d,
-            Phase::RolledBack,
-            format!(
-                "progress deadline of {} exceeded: {reason}",
-                human(deadline)
-            ),
-            now,
-            delay,
-        );
-        return;
-    }
-    watching(d, state, deadline - elapsed);
-    if state.halt_reason.as_deref() != Some(reason.as_str()) {
-        d.next.halt_reason = Some(reason.clone());
-        d.emit(EventKind::Halted, format!("halted: {reason}"));
-    }
-}
-
-pub(super) fn restart(d: &mut Decision, state: &Rollout, revision: &str) {
-    if state.canary_weight > 0 {
-        d.actions.push(Action::SetCanaryWeight(0));
-    }
-    d.next.canary_weight = 0;
-    d.next.failed_checks = 0;
-    d.next.phase = Phase::Pending;
-    d.next.revision = String::new();
-    d.next.halted_since = None;
-    d.next.halt_reason = None;
-    d.next.last_step_at = None;
-    d.next.promotion_min_ready = None;
-    d.next.promoting_since = None;
-    d.next.promoted_template = None;
-    d.next.quiet = None;
-    // The new revision's evidence starts with its own first step, and it passes its own
-    // confirmations and pre-rollout webhooks.
-    d.next.traffic_since = None;
-    d.next.gates = Gates::default();
-    d.wake = poll(state);
-    d.emit(
-        EventKind::Restarted,
-        format!(
-            "canary revision changed from {} to {revision}; analysis restarts from weight 0",
-            state.revision
         ),
     );
 }
@@ -329,57 +264,6 @@ pub(super) fn progressing(
             format!("{failed_checks} failed checks: {why}"),
             now,
             obs.scale_down_delay,
-        );
-    }
-}
-
-/// A check without evidence: never a pass. Repeats of one reason are recorded in full a few
-/// times, then once per `quiet_window` (the state still records every check), so a long
-/// outage cannot grow the event log without bound.
-pub(super) fn no_data(
-    d: &mut Decision,
-    state: &Rollout,
-    sample: Sample,
-    checks: Vec<CheckResult>,
-    (key, why): (&str, String),
-    (now, delay): (DateTime<Utc>, Duration),
-) {
-    let since = state.halted_since.unwrap_or(now);
-    d.next.halted_since = Some(since);
-    let elapsed = (now - since).to_std().unwrap_or(Duration::ZERO);
-    let deadline = state.analysis.progress_deadline;
-    let message = format!("no data at weight {}%: {why}", state.canary_weight);
-    let past_deadline = elapsed >= deadline;
-    let repeat = Repeat::of(state, key, now).recorded_anyway(past_deadline);
-    if repeat.recorded {
-        let note = repeat
-            .left_out()
-            .map(|(unrecorded, since)| {
-                format!(
-                    " ({unrecorded} more checks like this since {} not recorded; {} in a row)",
-                    since.format("%H:%M:%S UTC"),
-                    repeat.in_a_row
-                )
-            })
-            .unwrap_or_default();
-        d.emit_check(
-            EventKind::CheckNoData,
-            format!("{message}{note}"),
-            Some(sample),
-            checks,
-            Breaches::default(),
-        );
-    } else {
-        d.next.message = format!("{message} ({} checks in a row)", repeat.in_a_row);
-    }
-    d.next.quiet = Some(repeat.after());
-    if past_deadline {
-        begin_rollback(
-            d,
-            Phase::RolledBack,
-            format!("progress deadline of {} exceeded: {why}", human(deadline)),
-            now,
-            delay,
         );
     }
 }

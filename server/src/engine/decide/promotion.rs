@@ -6,11 +6,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::edits::route_edit;
-use super::endings::{fail, left_as_is, objects_missing};
+use super::endings::objects_missing;
+use super::finish::drained;
 use super::gates::post_rollout_pending;
 use super::health::halt_reason;
-use super::progress::restart;
-use super::{Action, Decision, IDLE, Observation, human, poll, scaled_down_in, watching};
+use super::plan::restart;
+use super::{Action, Decision, IDLE, Observation, human, scaled_down_in, watching};
 use crate::domain::{
     DeploymentView, EventKind, Phase, Rollout, RouteView, promoted_template, template_hash,
 };
@@ -223,75 +224,6 @@ fn succeeded(
             state.revision, state.canary
         ),
     );
-}
-
-/// All traffic left the canary at `traffic_off_canary_at`. Once the scale-down delay has
-/// passed and the route still sends the canary nothing, scales it down and returns
-/// true (the caller ends the rollout). Traffic found on the canary again (someone routed it
-/// there) goes back to GA and the delay starts over: the canary is never scaled down while
-/// the route still sends it requests.
-pub(super) fn drained(
-    d: &mut Decision,
-    state: &Rollout,
-    obs: &Observation,
-    now: DateTime<Utc>,
-) -> bool {
-    let delay = obs.scale_down_delay;
-    let since = match state.traffic_off_canary_at {
-        Some(since) => since,
-        None => {
-            // A state from before the delay was recorded: a whole delay from now.
-            d.next.traffic_off_canary_at = Some(now);
-            now
-        }
-    };
-    match &obs.route {
-        RouteView::Split {
-            canary_weight: 0, ..
-        } => {}
-        RouteView::Split { canary_weight, .. } => {
-            d.actions.push(Action::SetCanaryWeight(0));
-            d.next.canary_weight = 0;
-            d.next.traffic_off_canary_at = Some(now);
-            d.wake = delay;
-            d.emit(
-                EventKind::WeightChanged,
-                format!(
-                    "{} routed {canary_weight}% to the canary again (changed outside steerer); all traffic back on GA, canary {} scaled down {}",
-                    state.route,
-                    state.canary,
-                    scaled_down_in(delay)
-                ),
-            );
-            return false;
-        }
-        RouteView::Broken(why) => {
-            fail(
-                d,
-                now,
-                format!(
-                    "failed: {} no longer splits traffic between GA and canary ({why}), so steerer cannot tell whether the canary still gets traffic and does not scale it down; {}",
-                    state.route.in_namespace(&state.namespace),
-                    left_as_is(state, obs)
-                ),
-            );
-            return false;
-        }
-        RouteView::Missing | RouteView::Unknown => {
-            // Missing ends the rollout before this; unknown: look again.
-            d.wake = poll(state);
-            return false;
-        }
-    }
-    let elapsed = (now - since).to_std().unwrap_or(Duration::ZERO);
-    if let Some(left) = delay.checked_sub(elapsed).filter(|l| !l.is_zero()) {
-        d.wake = left;
-        return false;
-    }
-    if obs.canary.as_ref().is_some_and(|c| c.spec_replicas > 0) {
-        d.actions.push(Action::ScaleCanary(0));
-    }
-    true
 }
 
 /// A promotion still waiting on GA: says what it waits for, and past the progress deadline

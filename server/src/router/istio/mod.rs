@@ -19,8 +19,7 @@ pub mod split;
 
 use split::{find_splits, route_fingerprint, route_view, routes_to, weight_patch};
 
-use super::factory::{KindRouter, RouterContext};
-use super::{Resolved, RouteSplit, RouteView, Router, RouterError};
+use super::{KindRouter, Resolved, RouteSplit, RouteView, Router, RouterContext, RouterError};
 use crate::cache::{Cache, Changes, Views};
 
 /// Retries of a weight patch after the first attempt.
