@@ -814,7 +814,7 @@ fn differences(
     report
 }
 
-/// The machine's own kubectl (`kubectl` on PATH, e.g. Debian's 1.32), other than the
+/// The machine's own kubectl (`kubectl` on PATH, 1.33 on the machine it was last run on), other than the
 /// project's: `STEERER_MACHINE_KUBECTL` names another.
 fn machine_kubectl(project: &Path) -> PathBuf {
     if let Some(path) = std::env::var_os("STEERER_MACHINE_KUBECTL").filter(|p| !p.is_empty()) {
