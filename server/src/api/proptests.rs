@@ -119,6 +119,7 @@ fn request() -> impl Strategy<Value = pb::StartRolloutRequest> {
                     request_id,
                     canary_replicas: replicas,
                     route,
+                    observer: String::new(),
                 }
             },
         )
