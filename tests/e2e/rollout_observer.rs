@@ -1,7 +1,8 @@
 //! The Linkerd observer: a rollout started with `observer: "linkerd"` (the server's default
 //! staying Istio) is judged on the mesh's Linkerd series alone. A canary answering 20%
 //! errors is rolled back and a healthy one promoted, and Prometheus's query log shows that
-//! nothing asked for an `istio_` series while they ran. An unknown observer is refused.
+//! nothing asked for an `istio_` series while they ran, also after a kill -9 and restart
+//! (the observer is in the rollout's record). An unknown observer is refused.
 
 use std::time::Duration;
 
@@ -72,7 +73,7 @@ async fn a_failing_canary_is_rolled_back_on_linkerd_series_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_healthy_canary_is_promoted_on_linkerd_series_alone_latency_included() {
+async fn a_healthy_canary_is_promoted_on_linkerd_series_alone_latency_included_across_a_crash() {
     let mut h = Harness::start().await;
     h.annotate_template(CANARY, json!({"sim.steerer.dev/latency-ms": "20"}))
         .await;
@@ -89,6 +90,8 @@ async fn a_healthy_canary_is_promoted_on_linkerd_series_alone_latency_included()
             },
         ))
         .await;
+    // The restarted server knows the observer only from the record.
+    h.crash_and_restart().await;
     let events = h
         .watch_to_end(&started.id, 0, Duration::from_secs(60))
         .await;
