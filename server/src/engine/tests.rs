@@ -611,6 +611,16 @@ async fn starts_are_refused_when_metrics_cannot_be_reached_or_know_neither_workl
         matches!(&unreported, EngineError::Refused(m) if m.contains("no istio_requests_total series")),
         "{unreported:?}"
     );
+    // The refusal names the series of the observer the start asked for.
+    let linkerd = StartRequest {
+        observer: Some("linkerd".into()),
+        ..request()
+    };
+    let unreported = s.start(linkerd).await.unwrap_err();
+    assert!(
+        matches!(&unreported, EngineError::Refused(m) if m.contains("no response_total series (direction=\"inbound\")")),
+        "{unreported:?}"
+    );
     assert_eq!(w.store.writes(), 0);
     assert_eq!(w.store.len(), 0);
     assert!(w.router.writes().is_empty());
