@@ -284,6 +284,7 @@ impl ServerConfig {
             auto: self.auto,
             auto_interval: self.auto_interval,
             scale_down_delay: self.scale_down_delay,
+            observer: self.observer()?.name().to_owned(),
             retention: crate::store::prune::Retention {
                 per_target: self.retain_per_target,
                 max_age: self.retain_for,

@@ -127,14 +127,17 @@ fn routers(
     })
 }
 
-/// The metrics seam: the Prometheus query backend, asking the series of the configured
-/// observer (`metrics::observer::OBSERVERS`).
+/// The metrics seam: the Prometheus query backend, asking each rollout's analysis of the
+/// series its observer names (any of `metrics::observer::OBSERVERS`).
 fn metrics(config: &ServerConfig) -> Result<Arc<dyn metrics::Metrics>, ServerError> {
-    let observer = config.observer()?;
+    let observers = metrics::observer::OBSERVERS
+        .iter()
+        .map(|(_, build)| build())
+        .collect();
     let prometheus = metrics::prometheus::PrometheusMetrics::new(
         &config.prometheus_url,
         config.metrics_timeout,
-        observer,
+        observers,
         config.namespaces.clone(),
         // The checks of one shared tick come within its slack; one batch serves them.
         engine::decide::TICK_SLACK,

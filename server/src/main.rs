@@ -118,7 +118,8 @@ struct Flags {
     /// Served version of networking.istio.io VirtualServices.
     #[arg(long, env = "STEERER_ISTIO_API_VERSION", default_value = "v1")]
     istio_api_version: String,
-    /// Which series give a workload's requests, failures and latency: istio.
+    /// Which series give a workload's requests, failures and latency (istio or linkerd), for
+    /// the rollouts whose start names no observer.
     #[arg(long, env = "STEERER_OBSERVER", default_value = "istio")]
     observer: String,
     /// Time allowed to drain after SIGTERM before exiting anyway.

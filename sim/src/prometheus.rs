@@ -1,5 +1,6 @@
 //! Starts a real Prometheus (the Debian package `prometheus`) scraping the simulator's
-//! metrics, for tests and the demo, and queries it. The process dies with the handle.
+//! metrics, for tests and the demo, and queries it. Every query it answers is written to its
+//! query log, so tests can check what was asked. The process dies with the handle.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -126,7 +127,8 @@ impl Prometheus {
             .prefix("steerer-prometheus-")
             .tempdir()?;
         let config_path = dir.path().join("prometheus.yml");
-        std::fs::write(&config_path, render_config(config))?;
+        let query_log = dir.path().join(QUERY_LOG);
+        std::fs::write(&config_path, render_config(config, &query_log))?;
         let addr = free_port()?;
         let log = std::fs::File::create(dir.path().join("prometheus.log"))?;
         let child = Command::new(binary)
@@ -158,6 +160,17 @@ impl Prometheus {
     /// Its listen address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Every query answered so far, oldest first, as its query log records them (the tests'
+    /// own queries included).
+    pub fn queries(&self) -> Result<Vec<String>, PrometheusError> {
+        let log = match std::fs::read_to_string(self.dir.path().join(QUERY_LOG)) {
+            Ok(log) => log,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(parse_query_log(&log))
     }
 
     /// Runs an instant query (`/api/v1/query`) and returns its vector (or scalar) result.
@@ -282,10 +295,27 @@ fn duration(d: Duration) -> String {
     format!("{}ms", d.as_millis().max(1))
 }
 
-fn render_config(config: &PrometheusConfig) -> String {
+/// The query log's file name in Prometheus's directory.
+const QUERY_LOG: &str = "queries.log";
+
+/// The PromQL of each line of a query log (JSON lines with `params.query`); a line being
+/// written or of another shape is skipped.
+fn parse_query_log(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|entry| {
+            entry
+                .pointer("/params/query")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+fn render_config(config: &PrometheusConfig, query_log: &Path) -> String {
     let targets: Vec<String> = config.targets.iter().map(|t| format!("\"{t}\"")).collect();
     format!(
-        "global:\n  scrape_interval: {interval}\n  scrape_timeout: {interval}\n  evaluation_interval: {interval}\nscrape_configs:\n  - job_name: istio-mesh\n    metrics_path: /metrics\n    static_configs:\n      - targets: [{targets}]\n",
+        "global:\n  scrape_interval: {interval}\n  scrape_timeout: {interval}\n  evaluation_interval: {interval}\n  query_log_file: {query_log:?}\nscrape_configs:\n  - job_name: istio-mesh\n    metrics_path: /metrics\n    static_configs:\n      - targets: [{targets}]\n",
         interval = duration(config.scrape_interval),
         targets = targets.join(", ")
     )
@@ -365,10 +395,26 @@ mod tests {
             vec!["127.0.0.1:9000".parse().unwrap()],
             Duration::from_secs(1),
         );
-        let yaml = render_config(&config);
+        let yaml = render_config(&config, Path::new("/tmp/p/queries.log"));
         assert!(yaml.contains("scrape_interval: 1000ms"));
+        assert!(yaml.contains("query_log_file: \"/tmp/p/queries.log\"\n"));
         assert!(yaml.contains("job_name: istio-mesh"));
         assert!(yaml.contains("targets: [\"127.0.0.1:9000\"]"));
+    }
+
+    #[test]
+    fn the_query_log_yields_each_query_and_skips_a_partial_line() {
+        let log = concat!(
+            r#"{"params":{"end":"2026-01-01T00:00:00Z","query":"sum(rate(response_total[30s]))","start":"2026-01-01T00:00:00Z","step":0},"stats":{},"ts":"2026-01-01T00:00:00Z"}"#,
+            "\n",
+            r#"{"params":{"query":"up"}}"#,
+            "\n",
+            r#"{"params":{"query":"#,
+        );
+        assert_eq!(
+            parse_query_log(log),
+            ["sum(rate(response_total[30s]))", "up"]
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod rollout_evidence;
 mod rollout_faults;
 mod rollout_halts;
 mod rollout_latency;
+mod rollout_observer;
 mod rollout_promote;
 mod rollout_records;
 mod rollout_restart;

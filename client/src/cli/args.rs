@@ -138,6 +138,10 @@ pub struct StartArgs {
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub virtual_service: Option<String>,
 
+    /// Whose series judge the canary: istio or linkerd (default: the server's --observer).
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub observer: Option<String>,
+
     /// Set a canary container's image before the analysis starts; repeatable.
     #[arg(long = "image", value_name = "CONTAINER=IMAGE", value_parser = parse_image)]
     pub images: Vec<(String, String)>,
@@ -607,6 +611,24 @@ mod tests {
         assert_eq!(start.progress_deadline, Some(Duration::from_secs(300)));
         assert_eq!(start.threshold, Some(99.5));
         assert!(start.wait);
+    }
+
+    #[test]
+    fn start_takes_an_observer_by_name() {
+        let start = |extra: &[&str]| {
+            let mut args = vec!["steerer", "start", "shop/checkout"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).map(|cli| match cli.command {
+                Command::Start(start) => start.observer,
+                _ => panic!("not start"),
+            })
+        };
+        assert_eq!(
+            start(&["--observer", "linkerd"]).unwrap().as_deref(),
+            Some("linkerd")
+        );
+        assert_eq!(start(&[]).unwrap(), None);
+        assert!(start(&["--observer", "Linkerd!"]).is_err());
     }
 
     #[test]

@@ -175,6 +175,7 @@ fn start_request(start: StartArgs) -> StartRolloutRequest {
         // The alias every server reads; `route` only servers that know route kinds.
         virtual_service: start.virtual_service.unwrap_or_default(),
         route: None,
+        observer: start.observer.unwrap_or_default(),
         images: start.images.into_iter().collect(),
         analysis: Some(Analysis {
             step_weight: start.step_weight,

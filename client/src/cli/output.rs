@@ -59,6 +59,8 @@ pub struct JsonRollout {
     pub route: String,
     /// The route's name when it is a VirtualService, as before routes had kinds.
     pub virtual_service: String,
+    /// Whose series judge the canary (empty from a server without observers).
+    pub observer: String,
     pub revision: String,
     pub phase: &'static str,
     pub canary_weight: u32,
@@ -319,6 +321,7 @@ impl From<&Rollout> for JsonRollout {
             canary: r.canary.clone(),
             route: route(r),
             virtual_service: r.virtual_service.clone(),
+            observer: r.observer.clone(),
             revision: r.revision.clone(),
             phase: phase_name(r.phase()),
             canary_weight: r.canary_weight,
@@ -439,6 +442,7 @@ pub fn rollout_details(r: &Rollout) -> String {
     field("target:", format!("{}/{}", r.namespace, r.target));
     field("canary:", r.canary.clone());
     field("route:", route(r));
+    field("observer:", r.observer.clone());
     field("revision:", r.revision.clone());
     field("phase:", phase_name(r.phase()).to_string());
     field("canary weight:", format!("{}%", r.canary_weight));
@@ -1127,5 +1131,21 @@ mod tests {
         assert_eq!(route(&older), "virtualservice/checkout");
         assert_eq!(JsonRollout::from(&older).route, "virtualservice/checkout");
         assert_eq!(route(&Rollout::default()), "");
+    }
+
+    #[test]
+    fn get_shows_the_observer_and_leaves_it_out_when_the_server_sends_none() {
+        let linkerd = Rollout {
+            id: "r1".into(),
+            observer: "linkerd".into(),
+            ..Default::default()
+        };
+        assert!(
+            rollout_details(&linkerd).contains("observer:       linkerd\n"),
+            "{}",
+            rollout_details(&linkerd)
+        );
+        assert_eq!(JsonRollout::from(&linkerd).observer, "linkerd");
+        assert!(!rollout_details(&Rollout::default()).contains("observer:"));
     }
 }

@@ -389,6 +389,7 @@ impl Metrics for BenchMetrics {
     /// Every workload is reported (the check a start makes; not counted as an analysis query).
     fn coverage<'a>(
         &'a self,
+        _observer: &'a str,
         _namespace: &'a str,
         workloads: &'a [String],
         _lookback: Duration,
@@ -402,6 +403,7 @@ impl Metrics for BenchMetrics {
 
     fn sample<'a>(
         &'a self,
+        _observer: &'a str,
         _namespace: &'a str,
         workload: &'a str,
         _window: Duration,

@@ -161,6 +161,7 @@ pub fn rollout(r: &Rollout) -> pb::Rollout {
         request_id: r.request_id.clone(),
         images: r.images.clone().into_iter().collect(),
         created_by: r.created_by.clone(),
+        observer: r.observer.clone(),
         waiting_for: r.gates.waiting_for.clone().unwrap_or_default(),
     }
 }

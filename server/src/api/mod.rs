@@ -206,6 +206,7 @@ impl RolloutService for Api {
         validate::dns1123_label("target", &r.target).map_err(invalid)?;
         validate::canary(&r.target, &r.canary).map_err(invalid)?;
         let route = validate::route(r.route.as_ref(), &r.virtual_service).map_err(invalid)?;
+        let observer = validate::observer(&r.observer).map_err(invalid)?;
         validate::token("request_id", &r.request_id, false).map_err(invalid)?;
         let images = validate::images(&r.images).map_err(invalid)?;
         let config = self.supervisor.config();
@@ -241,6 +242,7 @@ impl RolloutService for Api {
                 target: r.target,
                 canary: r.canary,
                 route,
+                observer,
                 images,
                 analysis,
                 request_id: r.request_id,

@@ -96,6 +96,12 @@ fn request() -> impl Strategy<Value = pb::StartRolloutRequest> {
             )
                 .prop_map(|(kind, name)| pb::RouteRef { kind, name }),
         ),
+        prop_oneof![
+            Just(String::new()),
+            Just("istio".to_owned()),
+            Just("linkerd".to_owned()),
+            ".{0,12}"
+        ],
     )
         .prop_map(
             |(
@@ -108,6 +114,7 @@ fn request() -> impl Strategy<Value = pb::StartRolloutRequest> {
                 request_id,
                 replicas,
                 route,
+                observer,
             )| {
                 pb::StartRolloutRequest {
                     namespace,
@@ -119,6 +126,7 @@ fn request() -> impl Strategy<Value = pb::StartRolloutRequest> {
                     request_id,
                     canary_replicas: replicas,
                     route,
+                    observer,
                 }
             },
         )
@@ -224,6 +232,7 @@ proptest! {
                     prop_assert!(r.virtual_service.is_empty() || r.virtual_service == route.name);
                 }
                 prop_assert!(r.images.keys().all(|k| is_label(k)));
+                prop_assert!(["", "istio", "linkerd"].contains(&r.observer.as_str()), "{r:?}");
                 prop_assert_eq!(w.store.len(), 1);
             }
             Err(status) => {

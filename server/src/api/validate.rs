@@ -112,6 +112,21 @@ pub fn route(
     }
 }
 
+/// The observer a start names: `None` when empty (the server's default); a name that is none
+/// of `metrics::observer::OBSERVERS` is invalid, naming the known ones.
+pub fn observer(name: &str) -> Result<Option<String>, Invalid> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    match crate::metrics::observer::by_name(name) {
+        Some(observer) => Ok(Some(observer.name().to_owned())),
+        None => Err(Invalid(format!(
+            "observer {name:?} is not known (known: {})",
+            crate::metrics::observer::names().join(", ")
+        ))),
+    }
+}
+
 /// The canary's name: the one given, else the default `TARGET-canary`, which must itself be a
 /// DNS-1123 label (a target of more than 56 characters has no valid default).
 pub fn canary(target: &str, canary: &str) -> Result<(), Invalid> {
@@ -818,6 +833,20 @@ mod tests {
             nothing_allowed.0.contains("allows no webhook host"),
             "{nothing_allowed}"
         );
+    }
+
+    #[test]
+    fn an_observer_is_a_known_name_or_empty_for_the_default() {
+        assert_eq!(observer(""), Ok(None));
+        assert_eq!(observer("istio"), Ok(Some("istio".to_owned())));
+        assert_eq!(observer("linkerd"), Ok(Some("linkerd".to_owned())));
+        assert_eq!(
+            observer("Linkerd"),
+            Err(Invalid(
+                "observer \"Linkerd\" is not known (known: istio, linkerd)".into()
+            ))
+        );
+        assert!(observer("istio ").is_err());
     }
 
     #[test]

@@ -281,6 +281,10 @@ pub struct Rollout {
     /// The object that splits the traffic (stored as its fields always were, see `RouteRef`).
     #[serde(flatten)]
     pub route: RouteRef,
+    /// The observer whose series judge it (a name of `metrics::observer::OBSERVERS`). Records
+    /// written before observers could be chosen were all judged by Istio's.
+    #[serde(default = "observer_of_old_records")]
+    pub observer: String,
     /// Pod-template hash of the canary revision under analysis (empty until the canary is ready).
     pub revision: String,
     pub phase: Phase,
@@ -371,6 +375,7 @@ impl Rollout {
             target,
             canary,
             route,
+            observer: observer_of_old_records(),
             revision: String::new(),
             phase: Phase::Pending,
             canary_weight: 0,
@@ -402,6 +407,11 @@ impl Rollout {
             gates: Gates::default(),
         }
     }
+}
+
+/// The observer of a record that names none: the only one there was when it was written.
+fn observer_of_old_records() -> String {
+    crate::metrics::observer::istio::NAME.to_owned()
 }
 
 /// One step of a rollout, as stored and streamed.
@@ -454,5 +464,21 @@ mod millis {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_millis(u64::deserialize(deserializer)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_record_written_before_observers_could_be_chosen_is_judged_by_istio() {
+        let mut rollout = super::Rollout::test();
+        rollout.observer = "linkerd".into();
+        let mut stored = serde_json::to_value(&rollout).unwrap();
+        assert_eq!(stored["observer"], "linkerd");
+        let loaded: super::Rollout = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(loaded, rollout);
+        stored.as_object_mut().unwrap().remove("observer");
+        let old: super::Rollout = serde_json::from_value(stored).unwrap();
+        assert_eq!(old.observer, "istio");
     }
 }

@@ -838,6 +838,7 @@ async fn measure(
 )> {
     let window = window?;
     let sample = ports.metrics.sample(
+        &state.observer,
         &state.namespace,
         &state.canary,
         window,

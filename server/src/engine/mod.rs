@@ -58,6 +58,9 @@ pub struct EngineConfig {
     /// Time between moving all traffic off the canary and scaling it down, so mesh proxies
     /// holding the old route have the new one before the canary's pods go.
     pub scale_down_delay: Duration,
+    /// The observer (a name of `metrics::observer::OBSERVERS`) judging the rollouts whose
+    /// start names none.
+    pub observer: String,
     /// Finished rollout records kept.
     pub retention: Retention,
     /// The operator's metric templates, by name.
@@ -75,6 +78,7 @@ impl Default for EngineConfig {
             auto: false,
             auto_interval: Duration::from_secs(2),
             scale_down_delay: DEFAULT_SCALE_DOWN_DELAY,
+            observer: crate::metrics::observer::istio::NAME.to_owned(),
             retention: Retention::default(),
             templates: Arc::default(),
             webhook_allow: AllowList::default(),
@@ -95,6 +99,8 @@ pub struct StartRequest {
     /// The route that splits the traffic; `None`: the one in the namespace routing to the GA
     /// Service.
     pub route: Option<RouteRef>,
+    /// The observer judging it (a known name); `None`: the server's default.
+    pub observer: Option<String>,
     pub images: BTreeMap<String, String>,
     pub analysis: AnalysisSettings,
     pub request_id: String,

@@ -473,7 +473,12 @@ impl Supervisor {
             .router
             .resolve(ns, named, &request.target, &canary_name)
             .await?;
-        self.preflight(ns, &request.target, &canary_name).await?;
+        let observer = request
+            .observer
+            .clone()
+            .unwrap_or_else(|| self.config.observer.clone());
+        self.preflight(&observer, ns, &request.target, &canary_name)
+            .await?;
 
         let now = Utc::now();
         let id = if request.request_id.is_empty() {
@@ -482,7 +487,8 @@ impl Supervisor {
             rollout_id_for_request(ns, &request.request_id)
         };
         let route = RouteRef::virtual_service(resolved.name);
-        let rollout = decide::requested(&request, id.clone(), canary_name, route, now);
+        let mut rollout = decide::requested(&request, id.clone(), canary_name, route, now);
+        rollout.observer = observer;
         let (rollout, started) = decide::start(
             rollout,
             canary.revision(),
@@ -512,17 +518,25 @@ impl Supervisor {
     /// traffic, so when neither has any the mesh does not report them or Prometheus does not
     /// scrape it, and every check would be "no data" until the progress deadline. A provider
     /// that has scraped nothing at all yet (just started) is not judged.
-    async fn preflight(&self, ns: &str, target: &str, canary: &str) -> Result<(), EngineError> {
+    async fn preflight(
+        &self,
+        observer: &str,
+        ns: &str,
+        target: &str,
+        canary: &str,
+    ) -> Result<(), EngineError> {
         let workloads = [target.to_owned(), canary.to_owned()];
         let coverage = self
             .ports
             .metrics
-            .coverage(ns, &workloads, METRICS_LOOKBACK)
+            .coverage(observer, ns, &workloads, METRICS_LOOKBACK)
             .await
             .map_err(EngineError::MetricsUnreachable)?;
         if coverage.reported.is_empty() && coverage.scraping {
+            let series = crate::metrics::observer::by_name(observer)
+                .map_or("request series", |o| o.requests_series());
             return Err(EngineError::Refused(format!(
-                "Prometheus has no istio_requests_total series (reporter=\"destination\") for deployment {ns}/{target} or its canary {ns}/{canary} in the last {}: the mesh does not report these workloads or Prometheus does not scrape it, so every check would have no data; nothing was changed",
+                "Prometheus has no {series} for deployment {ns}/{target} or its canary {ns}/{canary} in the last {}: the mesh does not report these workloads or Prometheus does not scrape it, so every check would have no data; nothing was changed",
                 humantime::format_duration(METRICS_LOOKBACK)
             )));
         }

@@ -155,6 +155,39 @@ async fn healthy_canary_is_promoted_with_one_weight_write_per_step() {
 }
 
 #[tokio::test]
+async fn a_rollout_is_judged_by_the_observer_it_names_and_records_it() {
+    let w = World::new();
+    let s = w.supervisor();
+    let named = StartRequest {
+        observer: Some("linkerd".into()),
+        ..request()
+    };
+    let r = s.start(named).await.unwrap();
+    assert_eq!(r.observer, "linkerd");
+    let done = wait_for(&s, &r.id, |r| r.phase.is_terminal()).await;
+    assert_eq!(done.phase, Phase::Succeeded, "{}", done.message);
+    assert_eq!(w.store.get(&r.id).unwrap().0.observer, "linkerd");
+    let asked = w.metrics.observers();
+    assert!(asked.len() > 1, "{asked:?}");
+    assert!(asked.iter().all(|o| o == "linkerd"), "{asked:?}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rollout_naming_no_observer_is_judged_by_the_servers_default() {
+    let w = World::new();
+    let s = w.supervisor();
+    let r = s.start(request()).await.unwrap();
+    assert_eq!(r.observer, "istio");
+    let done = wait_for(&s, &r.id, |r| r.phase.is_terminal()).await;
+    assert_eq!(done.observer, "istio");
+    let asked = w.metrics.observers();
+    assert!(asked.len() > 1, "{asked:?}");
+    assert!(asked.iter().all(|o| o == "istio"), "{asked:?}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn failing_canary_is_rolled_back_and_ga_is_untouched() {
     let w = World::new();
     w.metrics.set(
@@ -576,6 +609,16 @@ async fn starts_are_refused_when_metrics_cannot_be_reached_or_know_neither_workl
     let unreported = s.start(request()).await.unwrap_err();
     assert!(
         matches!(&unreported, EngineError::Refused(m) if m.contains("no istio_requests_total series")),
+        "{unreported:?}"
+    );
+    // The refusal names the series of the observer the start asked for.
+    let linkerd = StartRequest {
+        observer: Some("linkerd".into()),
+        ..request()
+    };
+    let unreported = s.start(linkerd).await.unwrap_err();
+    assert!(
+        matches!(&unreported, EngineError::Refused(m) if m.contains("no response_total series (direction=\"inbound\")")),
         "{unreported:?}"
     );
     assert_eq!(w.store.writes(), 0);

@@ -23,6 +23,8 @@ pub struct FakeMetrics {
     values: Mutex<Vec<(String, Value)>>,
     /// Every query `value` was asked.
     asked: Mutex<Vec<String>>,
+    /// The observer of every `sample` and `coverage` asked, in order.
+    observers: Mutex<Vec<String>>,
 }
 
 impl FakeMetrics {
@@ -62,6 +64,17 @@ impl FakeMetrics {
         self.asked.lock().map(|a| a.clone()).unwrap_or_default()
     }
 
+    /// The observers `sample` and `coverage` were asked by, in order.
+    pub fn observers(&self) -> Vec<String> {
+        self.observers.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    fn note_observer(&self, observer: &str) {
+        if let Ok(mut o) = self.observers.lock() {
+            o.push(observer.to_owned());
+        }
+    }
+
     /// Queries made so far.
     pub fn queries(&self) -> usize {
         self.queries.lock().map(|q| *q).unwrap_or(0)
@@ -71,10 +84,12 @@ impl FakeMetrics {
 impl Metrics for FakeMetrics {
     fn coverage<'a>(
         &'a self,
+        observer: &'a str,
         _namespace: &'a str,
         workloads: &'a [String],
         _lookback: Duration,
     ) -> BoxFuture<'a, Result<Coverage, MetricsError>> {
+        self.note_observer(observer);
         let set = self.coverage.lock().ok().and_then(|c| c.clone());
         let answer = set.unwrap_or_else(|| {
             Ok(Coverage {
@@ -87,11 +102,13 @@ impl Metrics for FakeMetrics {
 
     fn sample<'a>(
         &'a self,
+        observer: &'a str,
         namespace: &'a str,
         workload: &'a str,
         _window: Duration,
         latency: bool,
     ) -> BoxFuture<'a, Result<Sample, MetricsError>> {
+        self.note_observer(observer);
         if let Ok(mut q) = self.queries.lock() {
             *q += 1;
         }

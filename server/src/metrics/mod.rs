@@ -49,6 +49,10 @@ pub enum MetricsError {
         #[source]
         source: Arc<std::num::ParseFloatError>,
     },
+    /// A rollout names an observer the backend does not have (a record written by a newer
+    /// server).
+    #[error("unknown observer {0:?}")]
+    UnknownObserver(String),
     /// The answer is JSON of another shape than the query calls for.
     #[error("unexpected prometheus response: {0}")]
     Response(String),
@@ -66,21 +70,24 @@ pub struct Coverage {
 
 /// Measures a canary workload over a window.
 pub trait Metrics: Send + Sync {
-    /// Which of `workloads` in `namespace` the provider has any request series for over the
-    /// trailing `lookback`. `Err` when the provider cannot be reached or fails the query.
+    /// Which of `workloads` in `namespace` the provider has any request series of `observer`
+    /// (a name of `observer::OBSERVERS`) for over the trailing `lookback`. `Err` when the
+    /// provider cannot be reached or fails the query.
     fn coverage<'a>(
         &'a self,
+        observer: &'a str,
         namespace: &'a str,
         workloads: &'a [String],
         lookback: Duration,
     ) -> BoxFuture<'a, Result<Coverage, MetricsError>>;
 
     /// Success rate (percent) and request rate (per second) of `workload` in `namespace`
-    /// over the trailing `window`, and with `latency` its p99 request duration
+    /// over the trailing `window`, from the series of `observer`, and with `latency` its p99 request duration
     /// (milliseconds). Each is `None` when the provider has no data for it; the latency is
     /// not measured (no query) without `latency`.
     fn sample<'a>(
         &'a self,
+        observer: &'a str,
         namespace: &'a str,
         workload: &'a str,
         window: Duration,

@@ -2,7 +2,9 @@
 //! analysis queries an observer (`metrics::observer`) writes. One grouped query per metric
 //! serves every rollout: the success and request rates of all workloads come back in one
 //! query, and the p99 latencies in a second made only when a rollout checks latency, each
-//! shared by all the drivers that ask within a short freshness window. The workloads
+//! shared by all the drivers that ask within a short freshness window. Each rollout is
+//! judged by its own observer: a grouped query is one observer's, shared only by the
+//! rollouts judged by it. The workloads
 //! reported at all (what `StartRollout` checks first) come from one grouped query too,
 //! shared for longer. Metric templates are the exception: each is the operator's own query
 //! for one rollout, run as it is for every check.
@@ -24,7 +26,8 @@ use crate::telemetry::Telemetry;
 type Table = HashMap<(String, String), f64>;
 type Batch = Shared<BoxFuture<'static, Result<Arc<(Table, Table)>, MetricsError>>>;
 type TableBatch = Shared<BoxFuture<'static, Result<Arc<Table>, MetricsError>>>;
-type Batches<B> = Mutex<HashMap<u64, (Instant, B)>>;
+/// Shared answers by (observer, window or lookback seconds).
+type Batches<B> = Mutex<HashMap<(&'static str, u64), (Instant, B)>>;
 /// One series of an answer: its labels, (namespace, workload) and value.
 type Found = (HashMap<String, String>, (String, String), f64);
 
@@ -33,10 +36,10 @@ type Found = (HashMap<String, String>, (String, String), f64);
 /// to a workload that did report within the lookback.
 const COVERAGE_FRESHNESS: Duration = Duration::from_secs(10);
 
-/// Canary metrics from Prometheus, from the series `observer` names.
+/// Canary metrics from Prometheus, from the series each rollout's observer names.
 pub struct PrometheusMetrics {
     api: QueryApi,
-    observer: Arc<dyn Observer>,
+    observers: Vec<Arc<dyn Observer>>,
     namespaces: Vec<String>,
     freshness: Duration,
     batches: Batches<Batch>,
@@ -45,13 +48,14 @@ pub struct PrometheusMetrics {
 }
 
 impl PrometheusMetrics {
-    /// `base` is Prometheus's URL (`http://host:9090`); `observer` writes the queries;
+    /// `base` is Prometheus's URL (`http://host:9090`); `observers` write the queries, each
+    /// those of the rollouts that name it;
     /// `namespaces` (validated DNS-1123 labels, empty = all) narrows the grouped queries;
     /// results younger than `freshness` are shared between rollouts.
     pub fn new(
         base: &str,
         timeout: Duration,
-        observer: Arc<dyn Observer>,
+        observers: Vec<Arc<dyn Observer>>,
         namespaces: Vec<String>,
         freshness: Duration,
     ) -> Result<Self, MetricsError> {
@@ -68,7 +72,7 @@ impl PrometheusMetrics {
                 timeout,
                 telemetry: None,
             },
-            observer,
+            observers,
             namespaces,
             freshness,
             batches: Mutex::new(HashMap::new()),
@@ -83,25 +87,33 @@ impl PrometheusMetrics {
         self
     }
 
-    fn batch(&self, window: Duration) -> Batch {
-        shared(&self.batches, window_secs(window), self.freshness, |secs| {
-            self.fetch(secs)
+    /// The observer named `name`, of those this backend was given.
+    fn observer(&self, name: &str) -> Result<&dyn Observer, MetricsError> {
+        self.observers
+            .iter()
+            .find(|o| o.name() == name)
+            .map(|o| o.as_ref())
+            .ok_or_else(|| MetricsError::UnknownObserver(name.to_owned()))
+    }
+
+    fn batch(&self, observer: &dyn Observer, window: Duration) -> Batch {
+        let key = (observer.name(), window_secs(window));
+        shared(&self.batches, key, self.freshness, |secs| {
+            self.fetch(observer, secs)
         })
     }
 
-    fn latency_batch(&self, window: Duration) -> TableBatch {
-        shared(
-            &self.latency_batches,
-            window_secs(window),
-            self.freshness,
-            |secs| self.fetch_latency(secs),
-        )
+    fn latency_batch(&self, observer: &dyn Observer, window: Duration) -> TableBatch {
+        let key = (observer.name(), window_secs(window));
+        shared(&self.latency_batches, key, self.freshness, |secs| {
+            self.fetch_latency(observer, secs)
+        })
     }
 
-    fn fetch_latency(&self, window_secs: u64) -> TableBatch {
+    fn fetch_latency(&self, observer: &dyn Observer, window_secs: u64) -> TableBatch {
         let api = self.api.clone();
-        let promql = self.observer.latency_p99(window_secs, &self.namespaces);
-        let labels = self.observer.labels();
+        let promql = observer.latency_p99(window_secs, &self.namespaces);
+        let labels = observer.labels();
         let at = evaluation_time(SystemTime::now());
         async move {
             let parse = |body: &str| parse_latency_vector(body, labels);
@@ -111,13 +123,13 @@ impl PrometheusMetrics {
         .shared()
     }
 
-    fn fetch(&self, window_secs: u64) -> Batch {
+    fn fetch(&self, observer: &dyn Observer, window_secs: u64) -> Batch {
         let api = self.api.clone();
         // One query for both rates, so both are evaluated at the same instant: evaluated
         // apart, a scrape landing in between could make the non-5xx rate exceed the total (a
         // success rate over 100%).
-        let promql = rates_query(self.observer.as_ref(), window_secs, &self.namespaces);
-        let labels = self.observer.labels();
+        let promql = rates_query(observer, window_secs, &self.namespaces);
+        let labels = observer.labels();
         let at = evaluation_time(SystemTime::now());
         async move {
             let parse = |body: &str| parse_rates(body, labels);
@@ -128,15 +140,15 @@ impl PrometheusMetrics {
     }
 
     /// Every workload of the served namespaces with a request series in the lookback.
-    fn reported(&self, lookback: Duration) -> TableBatch {
+    fn reported(&self, observer: &dyn Observer, lookback: Duration) -> TableBatch {
         shared(
             &self.coverage_batches,
-            window_secs(lookback),
+            (observer.name(), window_secs(lookback)),
             COVERAGE_FRESHNESS,
             |secs| {
                 let api = self.api.clone();
-                let promql = self.observer.reported(&self.namespaces, secs);
-                let labels = self.observer.labels();
+                let promql = observer.reported(&self.namespaces, secs);
+                let labels = observer.labels();
                 let at = evaluation_time(SystemTime::now());
                 async move {
                     let parse = |body: &str| parse_vector(body, labels);
@@ -157,15 +169,17 @@ impl PrometheusMetrics {
 impl Metrics for PrometheusMetrics {
     fn coverage<'a>(
         &'a self,
+        observer: &'a str,
         namespace: &'a str,
         workloads: &'a [String],
         lookback: Duration,
     ) -> BoxFuture<'a, Result<Coverage, MetricsError>> {
         Box::pin(async move {
+            let observer = self.observer(observer)?;
             // The starts of the same few seconds share one grouped answer; a workload it does
             // not list (new since, or the answer failed) is asked about on its own.
             if self.serves(namespace)
-                && let Ok(all) = self.reported(lookback).await
+                && let Ok(all) = self.reported(observer, lookback).await
             {
                 let reported = reported_in(&all, namespace, workloads);
                 if !reported.is_empty() {
@@ -176,10 +190,8 @@ impl Metrics for PrometheusMetrics {
                 }
             }
             let at = evaluation_time(SystemTime::now());
-            let promql = self
-                .observer
-                .reported_of(namespace, workloads, window_secs(lookback));
-            let labels = self.observer.labels();
+            let promql = observer.reported_of(namespace, workloads, window_secs(lookback));
+            let labels = observer.labels();
             let found = self
                 .api
                 .run(&promql, &at, |body| parse_vector(body, labels))
@@ -202,13 +214,18 @@ impl Metrics for PrometheusMetrics {
 
     fn sample<'a>(
         &'a self,
+        observer: &'a str,
         namespace: &'a str,
         workload: &'a str,
         window: Duration,
         latency: bool,
     ) -> BoxFuture<'a, Result<Sample, MetricsError>> {
-        let batch = self.batch(window);
-        let latency_batch = latency.then(|| self.latency_batch(window));
+        let observer = match self.observer(observer) {
+            Ok(observer) => observer,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let batch = self.batch(observer, window);
+        let latency_batch = latency.then(|| self.latency_batch(observer, window));
         Box::pin(async move {
             let key = (namespace.to_owned(), workload.to_owned());
             let latencies = async {
@@ -238,24 +255,25 @@ fn value_of(api: &QueryApi, promql: &str) -> BoxFuture<'static, Result<Option<f6
     async move { api.run(&promql, &at, parse_single).await }.boxed()
 }
 
-/// The batch for `secs` younger than `freshness`, or a new one from `fetch`.
+/// The batch of `key` (an observer and a number of seconds) younger than `freshness`, or a
+/// new one from `fetch` (given the seconds).
 fn shared<B: Clone>(
     batches: &Batches<B>,
-    secs: u64,
+    key: (&'static str, u64),
     freshness: Duration,
     fetch: impl FnOnce(u64) -> B,
 ) -> B {
     let now = Instant::now();
     let Ok(mut batches) = batches.lock() else {
-        return fetch(secs);
+        return fetch(key.1);
     };
-    if let Some((started, batch)) = batches.get(&secs)
+    if let Some((started, batch)) = batches.get(&key)
         && now.duration_since(*started) < freshness
     {
         return batch.clone();
     }
-    let batch = fetch(secs);
-    batches.insert(secs, (now, batch.clone()));
+    let batch = fetch(key.1);
+    batches.insert(key, (now, batch.clone()));
     batch
 }
 
@@ -562,20 +580,22 @@ fn transport(error: reqwest::Error, timeout: Duration) -> MetricsError {
 mod tests {
     use super::*;
     use crate::metrics::observer::istio::Istio;
+    use crate::metrics::observer::linkerd::Linkerd;
 
     const ISTIO: WorkloadLabels = WorkloadLabels {
         namespace: "destination_workload_namespace",
         workload: "destination_workload",
     };
 
-    /// Metrics over Istio's series from the Prometheus at `base`.
+    /// Metrics over Istio's and Linkerd's series from the Prometheus at `base`.
     fn istio_metrics(
         base: &str,
         timeout: Duration,
         namespaces: Vec<String>,
         freshness: Duration,
     ) -> PrometheusMetrics {
-        PrometheusMetrics::new(base, timeout, Arc::new(Istio), namespaces, freshness).unwrap()
+        let observers: Vec<Arc<dyn Observer>> = vec![Arc::new(Istio), Arc::new(Linkerd)];
+        PrometheusMetrics::new(base, timeout, observers, namespaces, freshness).unwrap()
     }
 
     #[test]
@@ -661,7 +681,10 @@ mod tests {
             Duration::from_secs(60),
         );
         let window = Duration::from_secs(30);
-        let plain = metrics.sample("test", "a", window, false).await.unwrap();
+        let plain = metrics
+            .sample("istio", "test", "a", window, false)
+            .await
+            .unwrap();
         assert_eq!(plain.latency_p99_ms, None);
         assert_eq!(plain.success_rate, Some(90.0));
         assert_eq!(plain.request_rate, Some(10.0));
@@ -675,16 +698,81 @@ mod tests {
         assert_eq!(latency_queries(), 0, "no rollout asked for latency");
 
         let (a, b) = futures::join!(
-            metrics.sample("test", "a", window, true),
-            metrics.sample("test", "b", window, true)
+            metrics.sample("istio", "test", "a", window, true),
+            metrics.sample("istio", "test", "b", window, true)
         );
         assert_eq!(a.unwrap().latency_p99_ms, Some(47.5));
         assert_eq!(b.unwrap().latency_p99_ms, Some(936.0));
-        let c = metrics.sample("test", "c", window, true).await.unwrap();
+        let c = metrics
+            .sample("istio", "test", "c", window, true)
+            .await
+            .unwrap();
         assert_eq!(c.latency_p99_ms, None, "no series: no data");
         assert_eq!(latency_queries(), 1, "{:?}", seen.lock().unwrap());
         // The success and request rates: still their one grouped query, shared by all.
         assert_eq!(seen.lock().unwrap().len(), 2, "{:?}", seen.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn rollouts_of_different_observers_never_share_a_query() {
+        let (base, seen) = fake_prometheus().await;
+        let metrics = istio_metrics(
+            &base,
+            Duration::from_secs(5),
+            vec!["test".into()],
+            Duration::from_secs(60),
+        );
+        let window = Duration::from_secs(30);
+        let (istio, linkerd, istio_again) = futures::join!(
+            metrics.sample("istio", "test", "a", window, true),
+            metrics.sample("linkerd", "test", "a", window, true),
+            metrics.sample("istio", "test", "b", window, true),
+        );
+        assert_eq!(istio.unwrap().success_rate, Some(90.0));
+        assert_eq!(istio_again.unwrap().success_rate, Some(100.0));
+        // The stand-in answers with Istio's labels only: nothing names a Linkerd deployment.
+        assert_eq!(linkerd.unwrap(), Sample::default());
+        let asked = seen.lock().unwrap().clone();
+        assert_eq!(
+            asked.len(),
+            4,
+            "rates and latency, once per observer: {asked:?}"
+        );
+        let of = |metric: &str| asked.iter().filter(|q| q.contains(metric)).count();
+        assert_eq!(of("istio_requests_total"), 1, "{asked:?}");
+        assert_eq!(
+            of("istio_request_duration_milliseconds_bucket"),
+            1,
+            "{asked:?}"
+        );
+        assert_eq!(of("response_total"), 1, "{asked:?}");
+        assert_eq!(of("response_latency_ms_bucket"), 1, "{asked:?}");
+        assert!(
+            asked
+                .iter()
+                .all(|q| !(q.contains("istio_") && q.contains("response_total"))),
+            "{asked:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_observer_is_an_error_and_asks_nothing() {
+        let (base, seen) = fake_prometheus().await;
+        let metrics = istio_metrics(&base, Duration::from_secs(5), vec![], Duration::ZERO);
+        let window = Duration::from_secs(30);
+        let sample = metrics.sample("kuma", "test", "a", window, true).await;
+        assert!(
+            matches!(&sample, Err(MetricsError::UnknownObserver(name)) if name == "kuma"),
+            "{sample:?}"
+        );
+        let coverage = metrics
+            .coverage("kuma", "test", &["a".into()], window)
+            .await;
+        assert!(
+            matches!(&coverage, Err(MetricsError::UnknownObserver(_))),
+            "{coverage:?}"
+        );
+        assert!(seen.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -695,7 +783,7 @@ mod tests {
         let (base, _) = fake_prometheus().await;
         let metrics = istio_metrics(&base, Duration::from_secs(5), vec![], Duration::ZERO);
         metrics
-            .sample("test", "a", Duration::from_secs(30), false)
+            .sample("istio", "test", "a", Duration::from_secs(30), false)
             .instrument(tracing::info_span!("step"))
             .await
             .unwrap();
@@ -723,11 +811,15 @@ mod tests {
         );
         let hour = Duration::from_secs(3600);
         let ab = ["a".to_owned(), "a-canary".to_owned()];
-        let first = metrics.coverage("test", &ab, hour).await.unwrap();
+        let first = metrics.coverage("istio", "test", &ab, hour).await.unwrap();
         assert_eq!(first.reported, ["a"]);
         let b = ["b".to_owned(), "b-canary".to_owned()];
         assert_eq!(
-            metrics.coverage("test", &b, hour).await.unwrap().reported,
+            metrics
+                .coverage("istio", "test", &b, hour)
+                .await
+                .unwrap()
+                .reported,
             ["b"]
         );
         let grouped = |seen: &Arc<Mutex<Vec<String>>>| {
@@ -742,14 +834,14 @@ mod tests {
         // Not in the shared answer: asked about by name (the fake answers a and b again, so
         // c is not reported), then whether Prometheus scrapes anything at all.
         let c = ["c".to_owned(), "c-canary".to_owned()];
-        let none = metrics.coverage("test", &c, hour).await.unwrap();
+        let none = metrics.coverage("istio", "test", &c, hour).await.unwrap();
         assert!(none.reported.is_empty());
         assert!(none.scraping);
         let asked = seen.lock().unwrap().clone();
         assert_eq!(asked.len(), 3, "{asked:?}");
         assert!(asked[1].contains("c-canary"), "{asked:?}");
         // A namespace the server does not serve is never answered from the shared answer.
-        let other = metrics.coverage("prod", &ab, hour).await.unwrap();
+        let other = metrics.coverage("istio", "prod", &ab, hour).await.unwrap();
         assert!(other.reported.is_empty());
         assert_eq!(seen.lock().unwrap().len(), 5);
     }
@@ -788,7 +880,7 @@ mod tests {
         let metrics = istio_metrics(&base, Duration::from_secs(5), vec![], Duration::ZERO)
             .with_telemetry(telemetry.clone());
         metrics
-            .sample("test", "a", Duration::from_secs(30), false)
+            .sample("istio", "test", "a", Duration::from_secs(30), false)
             .await
             .unwrap();
         let closed = {
@@ -798,7 +890,7 @@ mod tests {
         let down = istio_metrics(&closed, Duration::from_secs(1), vec![], Duration::ZERO)
             .with_telemetry(telemetry.clone());
         let failed = down
-            .coverage("test", &["a".to_owned()], Duration::from_secs(60))
+            .coverage("istio", "test", &["a".to_owned()], Duration::from_secs(60))
             .await;
         assert!(
             matches!(failed, Err(MetricsError::Http { .. })),

@@ -127,7 +127,10 @@ fn is_ending(event: &RolloutEvent) -> bool {
 fn query_error_reason(error: &MetricsError) -> &'static str {
     match error {
         MetricsError::Timeout(_) => "timeout",
-        MetricsError::Client { .. } | MetricsError::Http { .. } | MetricsError::Query(_) => "query",
+        MetricsError::Client { .. }
+        | MetricsError::Http { .. }
+        | MetricsError::Query(_)
+        | MetricsError::UnknownObserver(_) => "query",
         MetricsError::Unreadable { .. }
         | MetricsError::Value { .. }
         | MetricsError::Response(_) => "response",

@@ -1,6 +1,6 @@
-//! The mesh's Istio metrics as a real Prometheus (the `prometheus` package, started by the
-//! test) scrapes them: success rates by workload, and request rates following the
-//! VirtualService weights.
+//! The mesh's Istio and Linkerd metrics as a real Prometheus (the `prometheus` package,
+//! started by the test) scrapes them: success rates by workload, the same requests counted by
+//! both, and request rates following the VirtualService weights.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -54,6 +54,15 @@ fn success_rate(workload: &str) -> String {
         r#"sum(rate(istio_requests_total{{reporter="destination",destination_workload_namespace="test",destination_workload="{workload}",response_code!~"5.*"}}[5s]))
            /
            sum(rate(istio_requests_total{{reporter="destination",destination_workload_namespace="test",destination_workload="{workload}"}}[5s]))"#
+    )
+}
+
+/// The success rate from Linkerd's inbound series.
+fn linkerd_success_rate(workload: &str) -> String {
+    format!(
+        r#"sum(rate(response_total{{direction="inbound",namespace="test",deployment="{workload}",classification!="failure"}}[5s]))
+           /
+           sum(rate(response_total{{direction="inbound",namespace="test",deployment="{workload}"}}[5s]))"#
     )
 }
 
@@ -134,6 +143,40 @@ async fn prometheus_sees_canary_errors_and_traffic_following_the_weights() {
         (rates[0] - 0.8).abs() < 0.03,
         "canary success rate {rates:?}"
     );
+    let linkerd = eventually(
+        &prometheus,
+        &[
+            linkerd_success_rate("podinfo-canary"),
+            linkerd_success_rate("podinfo"),
+        ],
+        Duration::from_secs(15),
+        |v| (v[0] - 0.8).abs() < 0.03 && v[1] > 0.999,
+    )
+    .await;
+    assert!(
+        (linkerd[0] - 0.8).abs() < 0.03,
+        "Linkerd's canary success rate {linkerd:?}"
+    );
+    // One scrape of one page: both meshes' counters of the same requests are equal.
+    for (istio, linkerd) in [
+        (
+            r#"sum(istio_requests_total{reporter="destination",destination_workload="podinfo-canary"})"#,
+            r#"sum(response_total{direction="inbound",deployment="podinfo-canary"})"#,
+        ),
+        (
+            r#"sum(istio_requests_total{reporter="destination",destination_workload="podinfo-canary",response_code=~"5.*"})"#,
+            r#"sum(response_total{direction="inbound",deployment="podinfo-canary",classification="failure"})"#,
+        ),
+        (
+            r#"sum(istio_request_duration_milliseconds_count{reporter="destination",destination_workload="podinfo"})"#,
+            r#"sum(response_latency_ms_count{direction="inbound",deployment="podinfo"})"#,
+        ),
+    ] {
+        let both = format!("({istio}) - ({linkerd})");
+        let counted = value(&prometheus, istio).await;
+        assert!(counted.is_some_and(|c| c > 0.0), "{istio}: {counted:?}");
+        assert_eq!(value(&prometheus, &both).await, Some(0.0), "{both}");
+    }
 
     set_weights(&sim, 90, 10);
     let rates = eventually(
@@ -190,5 +233,12 @@ async fn destination_without_ready_pods_has_only_gateway_503s() {
             && l.contains(r#"destination_service_name="podinfo-canary""#)
             && l.contains(r#"response_code="503""#)),
         "the destination reports nothing it never received"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("response_total{")
+                && l.contains(r#"deployment="podinfo-canary""#)),
+        "Linkerd's inbound proxy counts nothing it never received"
     );
 }

@@ -43,6 +43,10 @@ impl Observer for Istio {
         LABELS
     }
 
+    fn requests_series(&self) -> &'static str {
+        "istio_requests_total series (reporter=\"destination\")"
+    }
+
     fn request_rates(&self, window_secs: u64, namespaces: &[String], ok_only: bool) -> String {
         let mut selector = served_selector(namespaces);
         if ok_only {

@@ -6,6 +6,7 @@
 //! A new mesh is one file here implementing [`Observer`] plus one line in [`OBSERVERS`].
 
 pub mod istio;
+pub mod linkerd;
 
 use std::sync::Arc;
 
@@ -25,6 +26,9 @@ pub trait Observer: Send + Sync {
 
     /// Which labels of a series name its namespace and workload.
     fn labels(&self) -> WorkloadLabels;
+
+    /// The request series it reads, for a person told that a workload has none.
+    fn requests_series(&self) -> &'static str;
 
     /// The request rate (per second, over the trailing `window_secs`) of every workload
     /// served, of the requests that did not fail when `ok_only`.
@@ -47,7 +51,10 @@ pub trait Observer: Send + Sync {
 pub type Build = fn() -> Arc<dyn Observer>;
 
 /// Every observer this server knows, by the name an operator picks it by.
-pub const OBSERVERS: &[(&str, Build)] = &[(istio::NAME, istio::observer)];
+pub const OBSERVERS: &[(&str, Build)] = &[
+    (istio::NAME, istio::observer),
+    (linkerd::NAME, linkerd::observer),
+];
 
 /// The observer named `name`; `None` when there is none by that name.
 pub fn by_name(name: &str) -> Option<Arc<dyn Observer>> {
@@ -98,9 +105,11 @@ mod tests {
     #[test]
     fn observers_are_found_by_name_and_an_unknown_one_is_none() {
         assert_eq!(by_name("istio").map(|o| o.name()), Some("istio"));
+        assert_eq!(by_name("linkerd").map(|o| o.name()), Some("linkerd"));
         assert!(by_name("Istio").is_none());
+        assert!(by_name("linkerd2").is_none());
         assert!(by_name("").is_none());
-        assert_eq!(names(), ["istio"]);
+        assert_eq!(names(), ["istio", "linkerd"]);
     }
 
     #[test]
