@@ -43,8 +43,8 @@ pub fn artifacts() -> PathBuf {
 /// What to start.
 #[derive(Clone)]
 pub struct Options {
-    /// Manifests applied when the simulator starts (default: Istio CRDs, steerer's Rollout
-    /// CRD, the `test` namespace and the example workloads).
+    /// Manifests applied when the simulator starts (default: Istio and Gateway API CRDs,
+    /// steerer's Rollout CRD, the `test` namespace and the example workloads).
     pub apply: Vec<PathBuf>,
     /// Synthetic requests per second per VirtualService host.
     pub request_rate: f64,
@@ -60,6 +60,7 @@ impl Default for Options {
         Self {
             apply: vec![
                 a.join("istio"),
+                a.join("gateway-api"),
                 a.join("steerer/05-rollouts-crd.yaml"),
                 a.join("namespace"),
                 a.join("workloads"),
