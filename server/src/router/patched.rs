@@ -214,7 +214,7 @@ impl PatchRouter {
             Some(ns) => self.api(ns),
             None => Api::all_with(self.client.clone(), &self.resource),
         };
-        match api.list_metadata(&ListParams::default().limit(1)).await {
+        match api.list(&ListParams::default().limit(1)).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
             Err(error) => Err(format!("failed to list {}s: {error}", self.kind)),
