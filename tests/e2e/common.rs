@@ -499,6 +499,25 @@ impl Harness {
         (weight(0), weight(1))
     }
 
+    /// Sets the example route's weights the way a person would, behind steerer's back.
+    pub async fn set_weights_by_hand(&self, ga: u32, canary: u32) {
+        let mut route = self.route_object().await;
+        let split = route.pointer_mut(split_pointer(self.route)).unwrap();
+        split[0]["weight"] = json!(ga);
+        split[1]["weight"] = json!(canary);
+        // A merge patch replaces lists whole: the route's own list of rules or routes.
+        let list = if self.route == RouteKind::VirtualService {
+            "http"
+        } else {
+            "rules"
+        };
+        let patch = json!({"spec": {list: route["spec"][list].clone()}});
+        routes(&self.kube, self.route)
+            .patch(GA, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap();
+    }
+
     /// The example route as stored.
     pub async fn route_object(&self) -> Value {
         let route = routes(&self.kube, self.route).get(GA).await.unwrap();

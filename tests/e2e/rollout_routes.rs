@@ -144,6 +144,76 @@ async fn no_route_sending_to_both_services_is_refused_and_nothing_changes() {
     assert!(listed.rollouts.is_empty(), "{:?}", listed.rollouts);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_edit_of_the_weights_pauses_the_rollout_and_an_abort_restores_only_the_weights() {
+    let mut h = Harness::start().await;
+    let before = h.route_but_weights().await;
+    let started = h
+        .start_rollout(h.request(Analysis {
+            step_weight: Some(20),
+            ..Default::default()
+        }))
+        .await;
+    h.wait_until(&started.id, Duration::from_secs(30), |r| {
+        r.canary_weight == 20
+    })
+    .await;
+    h.set_weights_by_hand(55, 45).await;
+    let paused = h
+        .wait_for_phase(&started.id, Phase::Paused, Duration::from_secs(10))
+        .await;
+    assert!(
+        paused.message.contains("was changed outside steerer")
+            && paused.message.contains("canary weight 20% -> 45%"),
+        "{}",
+        paused.message
+    );
+    assert_eq!(
+        h.weights().await,
+        (55, 45),
+        "steerer left the edit as it is"
+    );
+
+    h.client
+        .abort_rollout(steerer::v1::AbortRolloutRequest {
+            id: started.id.clone(),
+            reason: "hand edit".into(),
+        })
+        .await
+        .unwrap();
+    let done = h.wait_for_end(&started.id, Duration::from_secs(30)).await;
+    assert_eq!(done.phase(), Phase::Aborted, "{}", done.message);
+    assert_eq!(h.weights().await, (100, 0));
+    assert_eq!(h.route_but_weights().await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_route_ends_the_rollout_failed_naming_it() {
+    let mut h = Harness::start().await;
+    let started = h
+        .start_rollout(h.request(Analysis {
+            step_weight: Some(20),
+            progress_deadline: Some(prost_types::Duration {
+                seconds: 3,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }))
+        .await;
+    h.wait_until(&started.id, Duration::from_secs(30), |r| {
+        r.canary_weight >= 20
+    })
+    .await;
+    routes(&h.kube, h.route)
+        .delete(GA, &DeleteParams::default())
+        .await
+        .unwrap();
+    let done = h.wait_for_end(&started.id, Duration::from_secs(15)).await;
+    assert_eq!(done.phase(), Phase::Failed, "{}", done.message);
+    let gone = format!("{} test/podinfo no longer exists", h.route.name());
+    assert!(done.message.contains(&gone), "{}", done.message);
+}
+
 /// A cluster without the Gateway API CRDs: the server starts, routes VirtualServices, and
 /// refuses a start naming an HTTPRoute saying its CRD is missing. The simulator only: a real
 /// control plane of the harness serves the Gateway API.
