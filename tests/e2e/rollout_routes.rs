@@ -28,7 +28,7 @@ async fn refused(h: &mut Harness, request: StartRolloutRequest, code: Code) -> S
     status.message().to_owned()
 }
 
-async fn assert_nothing_changed(h: &mut Harness, route_before: &Value) {
+async fn assert_no_rollouts(h: &mut Harness) {
     let listed = h
         .client
         .list_rollouts(ListRolloutsRequest::default())
@@ -36,6 +36,10 @@ async fn assert_nothing_changed(h: &mut Harness, route_before: &Value) {
         .unwrap()
         .into_inner();
     assert!(listed.rollouts.is_empty(), "{:?}", listed.rollouts);
+}
+
+async fn assert_nothing_changed(h: &mut Harness, route_before: &Value) {
+    assert_no_rollouts(h).await;
     assert_eq!(&h.route_object().await, route_before);
 }
 
@@ -135,13 +139,7 @@ async fn no_route_sending_to_both_services_is_refused_and_nothing_changes() {
         message.contains("VirtualService, HTTPRoute, GRPCRoute"),
         "{message}"
     );
-    let listed = h
-        .client
-        .list_rollouts(ListRolloutsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.rollouts.is_empty(), "{:?}", listed.rollouts);
+    assert_no_rollouts(&mut h).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,13 +101,8 @@ impl Router for Routers {
         canary_service: &'a str,
     ) -> BoxFuture<'a, Result<Resolved, RouterError>> {
         Box::pin(async move {
-            let route = match route {
-                Some(route) => route.clone(),
-                None => {
-                    let found = self.find(namespace, ga_service, canary_service).await?;
-                    super::pick(namespace, ga_service, canary_service, found)?
-                }
-            };
+            let route =
+                super::named_or_found(self, namespace, route, ga_service, canary_service).await?;
             let router = self.of(route.kind.name())?;
             router
                 .resolve(namespace, Some(&route), ga_service, canary_service)

@@ -130,13 +130,9 @@ impl Router for FakeRouter {
         canary_service: &'a str,
     ) -> BoxFuture<'a, Result<Resolved, RouterError>> {
         Box::pin(async move {
-            let name = match route {
-                Some(route) => route.name.clone(),
-                None => {
-                    let found = self.find(namespace, ga_service, canary_service).await?;
-                    super::pick(namespace, ga_service, canary_service, found)?.name
-                }
-            };
+            let name = super::named_or_found(self, namespace, route, ga_service, canary_service)
+                .await?
+                .name;
             let s = self
                 .state
                 .lock()

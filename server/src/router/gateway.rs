@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::patched::{PatchRouter, Rules, Split};
+use super::patched::{PatchRouter, Rules, Split, split_of, weights_patch};
 use super::{KindRouter, RouteKind, RouterContext, RouterError};
 use crate::domain::template_hash;
 
@@ -118,34 +118,22 @@ impl Rules for GatewayRoutes {
                     )));
                 }
             };
-            let all = backends(rule);
-            if all.len() != 2 {
-                let others: Vec<&str> = all
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != ga_index && *i != canary_index)
-                    .map(|(_, b)| b.get("name").and_then(Value::as_str).unwrap_or("?"))
-                    .collect();
-                return Err(RouterError::Topology(format!(
-                    "{kind} {namespace}/{name} rule {rule_index} sends traffic to other backends besides {ga} and {canary}: {}",
-                    others.join(", ")
-                )));
-            }
-            let ga_weight = weight_of(&all[ga_index]);
-            let canary_weight = weight_of(&all[canary_index]);
-            if ga_weight + canary_weight != 100 {
-                return Err(RouterError::Topology(format!(
-                    "{kind} {namespace}/{name} rule {rule_index} weights sum to {} ({ga}={ga_weight}, {canary}={canary_weight}), not 100",
-                    ga_weight + canary_weight
-                )));
-            }
-            splits.push(Split {
+            let all: Vec<(&str, u32)> = backends(rule)
+                .iter()
+                .map(|b| {
+                    (
+                        b.get("name").and_then(Value::as_str).unwrap_or("?"),
+                        weight_of(b),
+                    )
+                })
+                .collect();
+            splits.push(split_of(
+                &format!("{kind} {namespace}/{name} rule {rule_index}"),
                 rule_index,
-                ga_index,
-                canary_index,
-                ga_weight,
-                canary_weight,
-            });
+                &all,
+                (ga_index, canary_index),
+                (ga, canary),
+            )?);
         }
         match splits.as_slice() {
             [] => Err(RouterError::Topology(format!(
@@ -201,31 +189,14 @@ impl Rules for GatewayRoutes {
         resource_version: Option<&str>,
         canary_weight: u32,
     ) -> Option<Value> {
-        let canary_weight = canary_weight.min(100);
-        if splits.iter().all(|s| s.canary_weight == canary_weight) {
-            return None;
-        }
-        let mut ops = Vec::new();
-        if let Some(rv) = resource_version {
-            ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
-        }
-        for split in splits {
-            for (index, weight) in [
-                (split.ga_index, 100 - canary_weight),
-                (split.canary_index, canary_weight),
-            ] {
-                let base = format!("/rules/{}/backendRefs/{index}", split.rule_index);
-                let name = spec
-                    .pointer(&format!("{base}/name"))
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                ops.push(json!({"op": "test", "path": format!("/spec{base}/name"), "value": name}));
-                ops.push(
-                    json!({"op": "add", "path": format!("/spec{base}/weight"), "value": weight}),
-                );
-            }
-        }
-        Some(Value::Array(ops))
+        weights_patch(
+            splits,
+            spec,
+            resource_version,
+            canary_weight,
+            |split, index| format!("/rules/{}/backendRefs/{index}", split.rule_index),
+            "name",
+        )
     }
 }
 

@@ -144,6 +144,23 @@ pub struct Resolved {
     pub fingerprint: String,
 }
 
+/// The route a start drives: the one it names, else the one `router` finds (see [`pick`]).
+pub async fn named_or_found<R: Router + ?Sized>(
+    router: &R,
+    namespace: &str,
+    route: Option<&RouteRef>,
+    ga_service: &str,
+    canary_service: &str,
+) -> Result<RouteRef, RouterError> {
+    match route {
+        Some(route) => Ok(route.clone()),
+        None => {
+            let found = router.find(namespace, ga_service, canary_service).await?;
+            pick(namespace, ga_service, canary_service, found)
+        }
+    }
+}
+
 /// The route a start that names none uses: the one `found` (routes sending traffic to both
 /// Services). None, or several, is refused with what was found.
 pub fn pick(

@@ -15,7 +15,7 @@ use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
 };
 use kube::{Client, ResourceExt};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -129,6 +129,83 @@ const PATCH_WEIGHTS: &str = "patch weights of";
 type Written = HashMap<(String, String), Arc<DynamicObject>>;
 /// (namespace, route, GA Service, canary Service).
 type SplitKey = (String, String, String, String);
+
+/// The split of one rule whose `backends` (name, weight) have GA at `ga_index` and the canary
+/// at `canary_index`. Refused when other backends share the rule or the two weights do not
+/// sum to 100; `rule` names the rule for people (`VirtualService test/podinfo http route 0`).
+pub fn split_of(
+    rule: &str,
+    rule_index: usize,
+    backends: &[(&str, u32)],
+    (ga_index, canary_index): (usize, usize),
+    (ga, canary): (&str, &str),
+) -> Result<Split, RouterError> {
+    if backends.len() != 2 {
+        let others: Vec<&str> = backends
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != ga_index && *i != canary_index)
+            .map(|(_, (name, _))| *name)
+            .collect();
+        return Err(RouterError::Topology(format!(
+            "{rule} routes to other destinations besides {ga} and {canary}: {}",
+            others.join(", ")
+        )));
+    }
+    let ga_weight = backends[ga_index].1;
+    let canary_weight = backends[canary_index].1;
+    if ga_weight + canary_weight != 100 {
+        return Err(RouterError::Topology(format!(
+            "{rule} weights sum to {} ({ga}={ga_weight}, {canary}={canary_weight}), not 100",
+            ga_weight + canary_weight
+        )));
+    }
+    Ok(Split {
+        rule_index,
+        ga_index,
+        canary_index,
+        ga_weight,
+        canary_weight,
+    })
+}
+
+/// The JSON patch that sets `canary_weight` on every split and nothing else, or `None` when
+/// the weights already match. It tests the resourceVersion (optimistic concurrency) and the
+/// field naming each backend it writes, so a route changed underneath fails the patch instead
+/// of having the wrong backend rewritten. `backend(split, index)` is the pointer under
+/// `/spec` of a backend of the split's rule, and `name` the field in it that names it.
+pub fn weights_patch(
+    splits: &[Split],
+    spec: &Value,
+    resource_version: Option<&str>,
+    canary_weight: u32,
+    backend: impl Fn(&Split, usize) -> String,
+    name: &str,
+) -> Option<Value> {
+    let canary_weight = canary_weight.min(100);
+    if splits.iter().all(|s| s.canary_weight == canary_weight) {
+        return None;
+    }
+    let mut ops = Vec::new();
+    if let Some(rv) = resource_version {
+        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
+    }
+    for split in splits {
+        for (index, weight) in [
+            (split.ga_index, 100 - canary_weight),
+            (split.canary_index, canary_weight),
+        ] {
+            let at = backend(split, index);
+            let named = spec
+                .pointer(&format!("{at}/{name}"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            ops.push(json!({"op": "test", "path": format!("/spec{at}/{name}"), "value": named}));
+            ops.push(json!({"op": "add", "path": format!("/spec{at}/weight"), "value": weight}));
+        }
+    }
+    Some(Value::Array(ops))
+}
 
 /// What starts a cache later: a kind the cluster may not serve is looked up first.
 struct Pending {
@@ -356,13 +433,9 @@ impl Router for PatchRouter {
         canary_service: &'a str,
     ) -> BoxFuture<'a, Result<Resolved, RouterError>> {
         Box::pin(async move {
-            let name = match route {
-                Some(route) => route.name.clone(),
-                None => {
-                    let found = self.find(namespace, ga_service, canary_service).await?;
-                    super::pick(namespace, ga_service, canary_service, found)?.name
-                }
-            };
+            let name = super::named_or_found(self, namespace, route, ga_service, canary_service)
+                .await?
+                .name;
             let object = self.current(namespace, &name).await?;
             let spec = spec(&object);
             let splits =

@@ -99,33 +99,14 @@ pub fn find_splits(
                 )));
             }
         };
-        if dests.len() != 2 {
-            let others: Vec<&str> = dests
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != ga_index && *i != canary_index)
-                .map(|(_, (h, _))| h.as_str())
-                .collect();
-            return Err(RouterError::Topology(format!(
-                "VirtualService {namespace}/{name} http route {rule_index} routes to other destinations besides {ga} and {canary}: {}",
-                others.join(", ")
-            )));
-        }
-        let ga_weight = dests[ga_index].1;
-        let canary_weight = dests[canary_index].1;
-        if ga_weight + canary_weight != 100 {
-            return Err(RouterError::Topology(format!(
-                "VirtualService {namespace}/{name} http route {rule_index} weights sum to {} ({ga}={ga_weight}, {canary}={canary_weight}), not 100",
-                ga_weight + canary_weight
-            )));
-        }
-        splits.push(Split {
+        let backends: Vec<(&str, u32)> = dests.iter().map(|(h, w)| (h.as_str(), *w)).collect();
+        splits.push(crate::router::patched::split_of(
+            &format!("VirtualService {namespace}/{name} http route {rule_index}"),
             rule_index,
-            ga_index,
-            canary_index,
-            ga_weight,
-            canary_weight,
-        });
+            &backends,
+            (ga_index, canary_index),
+            (ga, canary),
+        )?);
     }
     let Some(first) = splits.first() else {
         return Err(RouterError::Topology(format!(
@@ -186,34 +167,14 @@ pub fn weight_patch(
     resource_version: Option<&str>,
     canary_weight: u32,
 ) -> Option<Value> {
-    let canary_weight = canary_weight.min(100);
-    if splits.iter().all(|s| s.canary_weight == canary_weight) {
-        return None;
-    }
-    let mut ops = Vec::new();
-    if let Some(rv) = resource_version {
-        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
-    }
-    for split in splits {
-        for (index, weight) in [
-            (split.ga_index, 100 - canary_weight),
-            (split.canary_index, canary_weight),
-        ] {
-            let base = format!("/spec/http/{}/route/{index}", split.rule_index);
-            let host = spec
-                .pointer(&format!(
-                    "/http/{}/route/{index}/destination/host",
-                    split.rule_index
-                ))
-                .cloned()
-                .unwrap_or(Value::Null);
-            ops.push(
-                json!({"op": "test", "path": format!("{base}/destination/host"), "value": host}),
-            );
-            ops.push(json!({"op": "add", "path": format!("{base}/weight"), "value": weight}));
-        }
-    }
-    Some(Value::Array(ops))
+    crate::router::patched::weights_patch(
+        splits,
+        spec,
+        resource_version,
+        canary_weight,
+        |split, index| format!("/http/{}/route/{index}", split.rule_index),
+        "destination/host",
+    )
 }
 
 #[cfg(test)]
