@@ -506,9 +506,6 @@ impl Router for PatchRouter {
                         self.seen.forget(ns, name);
                         return RouteView::Missing;
                     }
-                    Err(error @ RouterError::Unserved { .. }) => {
-                        return RouteView::Broken(error.to_string());
-                    }
                     Err(error) if error.is_permanent() => {
                         return RouteView::Broken(error.to_string());
                     }
