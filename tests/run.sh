@@ -27,7 +27,7 @@ SIM_ONLY=(replicas::a_leader_cut_off_from_the_api_server_stops_leading_before_an
   server_kube_auth::an_expired_token_an_unanswering_api_server_and_a_stream_cap_are_refused
   rollout_routes::a_start_naming_a_kind_the_cluster_does_not_serve_is_refused_naming_its_crd)
 # Suites run again with the example's route as each Gateway API kind (STEERER_ROUTE).
-ROUTED=(rollout_promote rollout_rollback rollout_routes)
+ROUTED=(rollout_promote rollout_rollback rollout_routes rollout_control)
 skips=()
 for t in "${SIM_ONLY[@]}"; do skips+=(--skip "$t"); done
 
@@ -44,5 +44,7 @@ for kind in HTTPRoute GRPCRoute; do
     STEERER_ROUTE=$kind STEERER_SUBSTRATE=$substrate cargo test -p steerer --no-fail-fast --test e2e "$@" \
       -- "${ROUTED[@]/%/::}" "${skips[@]}" || status=$?
   done
+  echo "== kill -9 and resume with a $kind on the simulator"
+  STEERER_ROUTE=$kind cargo test -p steerer --no-fail-fast --test e2e "$@" -- rollout_restart:: || status=$?
 done
 exit "$status"
