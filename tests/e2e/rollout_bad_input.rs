@@ -51,7 +51,7 @@ fn route(kind: &str, name: &str) -> RouteRef {
 
 /// resourceVersions of everything a start could touch.
 /// The server lists no rollout at all.
-async fn assert_no_rollouts(h: &mut Harness) {
+pub async fn assert_no_rollouts(h: &mut Harness) {
     let listed = h
         .client
         .list_rollouts(ListRolloutsRequest::default())

@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use crate::common::{CANARY, GA, Harness, NS, Options, artifacts, routes, workloads};
+use crate::rollout_bad_input::assert_no_rollouts;
 use kube::api::{DeleteParams, DynamicObject, PostParams};
 use serde_json::{Value, json};
-use steerer::v1::{Analysis, ListRolloutsRequest, Phase, RouteRef, StartRolloutRequest};
+use steerer::v1::{Analysis, Phase, RouteRef, StartRolloutRequest};
 use steerer_server::domain::RouteKind;
 use tonic::Code;
 
@@ -26,16 +27,6 @@ async fn refused(h: &mut Harness, request: StartRolloutRequest, code: Code) -> S
     let status = h.client.start_rollout(request).await.unwrap_err();
     assert_eq!(status.code(), code, "{}", status.message());
     status.message().to_owned()
-}
-
-async fn assert_no_rollouts(h: &mut Harness) {
-    let listed = h
-        .client
-        .list_rollouts(ListRolloutsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.rollouts.is_empty(), "{:?}", listed.rollouts);
 }
 
 async fn assert_nothing_changed(h: &mut Harness, route_before: &Value) {
