@@ -19,12 +19,15 @@ export KUBECTL="$K8S_BIN/kubectl"
 
 # Suites (modules of tests/e2e) that run on both substrates: everything they do, a real
 # cluster can do too.
-BOTH=(rollout_promote rollout_rollback rollout_halts rollout_control rollout_endings rollout_records artifacts
+BOTH=(rollout_promote rollout_rollback rollout_routes rollout_halts rollout_control rollout_endings rollout_records artifacts
   cli_rollout grpcurl python_client rollout_latency own_metrics replicas rollout_templates
   rollout_webhooks rollout_approval server_kube_auth rollout_observer)
 # Tests of those suites that drive the simulator itself (a client cut off from the API server).
 SIM_ONLY=(replicas::a_leader_cut_off_from_the_api_server_stops_leading_before_another_takes_over
-  server_kube_auth::an_expired_token_an_unanswering_api_server_and_a_stream_cap_are_refused)
+  server_kube_auth::an_expired_token_an_unanswering_api_server_and_a_stream_cap_are_refused
+  rollout_routes::a_start_naming_a_kind_the_cluster_does_not_serve_is_refused_naming_its_crd)
+# Suites run again with the example's route as each Gateway API kind (STEERER_ROUTE).
+ROUTED=(rollout_promote rollout_rollback rollout_routes rollout_control)
 skips=()
 for t in "${SIM_ONLY[@]}"; do skips+=(--skip "$t"); done
 
@@ -35,4 +38,13 @@ echo "== end-to-end tests on a real control plane (STEERER_SUBSTRATE=real)"
 # One test binary (tests/e2e), a module per suite: the filters select the suites' modules.
 STEERER_SUBSTRATE=real cargo test -p steerer --no-fail-fast --test e2e "$@" -- "${BOTH[@]/%/::}" "${skips[@]}" ||
   status=$?
+for kind in HTTPRoute GRPCRoute; do
+  for substrate in sim real; do
+    echo "== route suites with a $kind on the $substrate cluster (STEERER_ROUTE=$kind)"
+    STEERER_ROUTE=$kind STEERER_SUBSTRATE=$substrate cargo test -p steerer --no-fail-fast --test e2e "$@" \
+      -- "${ROUTED[@]/%/::}" "${skips[@]}" || status=$?
+  done
+  echo "== kill -9 and resume with a $kind on the simulator"
+  STEERER_ROUTE=$kind cargo test -p steerer --no-fail-fast --test e2e "$@" -- rollout_restart:: || status=$?
+done
 exit "$status"

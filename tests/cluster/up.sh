@@ -8,8 +8,8 @@
 #
 # Writes DIR/kubeconfig (admin token), DIR/env (KUBECONFIG=..., KUBECTL=... lines), DIR/pids
 # ("name pid" lines) and DIR/*.log. Ready means: /readyz answers 200, the `default`
-# ServiceAccount exists in `default`, the Nodes are Ready and the Istio CRDs in
-# artifacts/istio/ are established.
+# ServiceAccount exists in `default`, the Nodes are Ready and the CRDs in
+# artifacts/istio/ and artifacts/gateway-api/ are established.
 #
 # Pods become Running and Ready as soon as they are bound to a node, except pods annotated
 # `sim.steerer.dev/ready: "false"`: those run but stay unready (also when the annotation is
@@ -304,12 +304,17 @@ nodes_ready() {
 }
 
 apply_istio_crds() {
+    local crds
     COMPONENT=istio-crds
-    k apply -f "$REPO/artifacts/istio/" >"$DIR/istio-crds.log" 2>&1 ||
-        fail "the API server rejected a CRD in $REPO/artifacts/istio/"
-    k wait --for=condition=Established --timeout="${WAIT_SECS}s" \
-        -f "$REPO/artifacts/istio/" >>"$DIR/istio-crds.log" 2>&1 ||
-        fail "the Istio CRDs did not become Established"
+    : >"$DIR/istio-crds.log"
+    # Istio's CRDs and the Gateway API's, as a cluster with a mesh has them.
+    for crds in "$REPO/artifacts/istio/" "$REPO/artifacts/gateway-api/"; do
+        k apply -f "$crds" >>"$DIR/istio-crds.log" 2>&1 ||
+            fail "the API server rejected a CRD in $crds"
+        k wait --for=condition=Established --timeout="${WAIT_SECS}s" \
+            -f "$crds" >>"$DIR/istio-crds.log" 2>&1 ||
+            fail "the CRDs of $crds did not become Established"
+    done
 }
 
 write_env() {

@@ -295,6 +295,12 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]})
     );
     assert_eq!(
+        rule_for(&role["rules"], "httproutes"),
+        json!({"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes", "grpcroutes"],
+               "verbs": ["get", "list", "watch", "patch"]}),
+        "Gateway API routes are read, watched and patched (their weights), nothing more"
+    );
+    assert_eq!(
         rule_for(&role["rules"], "configmaps")["verbs"],
         json!(["get", "list", "delete"]),
         "ConfigMaps are only read and deleted, to migrate records of earlier versions"

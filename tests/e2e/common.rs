@@ -18,7 +18,7 @@ use steerer::v1::rollout_service_client::RolloutServiceClient;
 use steerer::v1::{
     GetRolloutRequest, Phase, Rollout, RolloutEvent, StartRolloutRequest, WatchRolloutRequest,
 };
-use steerer_server::domain::{AnalysisSettings, Strategy};
+use steerer_server::domain::{AnalysisSettings, RouteKind, Strategy};
 use steerer_server::{ServerConfig, ServerError};
 use steerer_sim::control_plane::{self, ControlPlane};
 use steerer_sim::mesh::standalone::{MeshConfig, StandaloneMesh};
@@ -40,12 +40,54 @@ pub fn artifacts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts")
 }
 
+/// The kind of the example's route: `STEERER_ROUTE` (`VirtualService`, `HTTPRoute` or
+/// `GRPCRoute`, any letter case), VirtualService when unset. Every rollout suite runs for
+/// each kind this way, unchanged.
+pub fn route_kind() -> RouteKind {
+    match std::env::var("STEERER_ROUTE") {
+        Ok(kind) if !kind.is_empty() => RouteKind::parse(&kind).unwrap_or_else(|| {
+            panic!(
+                "STEERER_ROUTE={kind:?}: expected one of {}",
+                RouteKind::supported()
+            )
+        }),
+        _ => RouteKind::VirtualService,
+    }
+}
+
+/// The example's workloads, and its route of `kind`: artifacts/workloads/ has the
+/// VirtualService; a Gateway API route comes from tests/fixtures/routes/ instead.
+pub fn workloads(kind: RouteKind) -> Vec<PathBuf> {
+    let workloads = artifacts().join("workloads");
+    if kind == RouteKind::VirtualService {
+        return vec![workloads];
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&workloads)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| !path.ends_with("podinfo-virtualservice.yaml"))
+        .collect();
+    files.sort();
+    files.push(route_fixture(kind));
+    files
+}
+
+/// tests/fixtures/routes/podinfo-KIND.yaml: the example's split as a Gateway API route.
+pub fn route_fixture(kind: RouteKind) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/routes")
+        .join(format!("podinfo-{}.yaml", kind.name().to_ascii_lowercase()))
+}
+
 /// What to start.
 #[derive(Clone)]
 pub struct Options {
-    /// Manifests applied when the simulator starts (default: Istio CRDs, steerer's Rollout
-    /// CRD, the `test` namespace and the example workloads).
+    /// Manifests applied when the simulator starts (default: Istio and Gateway API CRDs,
+    /// steerer's Rollout CRD, the `test` namespace and the example workloads with their
+    /// route of kind `route`).
     pub apply: Vec<PathBuf>,
+    /// The kind of the example's route (default: [`route_kind`]).
+    pub route: RouteKind,
     /// Synthetic requests per second per VirtualService host.
     pub request_rate: f64,
     /// Simulated time (pod start-up, HPA sync…).
@@ -57,13 +99,17 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         let a = artifacts();
+        let route = route_kind();
+        let mut apply = vec![
+            a.join("istio"),
+            a.join("gateway-api"),
+            a.join("steerer/05-rollouts-crd.yaml"),
+            a.join("namespace"),
+        ];
+        apply.extend(workloads(route));
         Self {
-            apply: vec![
-                a.join("istio"),
-                a.join("steerer/05-rollouts-crd.yaml"),
-                a.join("namespace"),
-                a.join("workloads"),
-            ],
+            apply,
+            route,
             request_rate: 100.0,
             timing: Timing::fast(),
             server: test_server_config(),
@@ -250,6 +296,8 @@ pub struct Harness {
     pub config: ServerConfig,
     pub server: Option<ServerHandle>,
     pub client: RolloutServiceClient<Channel>,
+    /// The kind of the example's route.
+    pub route: RouteKind,
 }
 
 impl Harness {
@@ -284,6 +332,7 @@ impl Harness {
             config,
             server: Some(server),
             client,
+            route: options.route,
         }
     }
 
@@ -442,14 +491,62 @@ impl Harness {
         .await;
     }
 
-    /// The example VirtualService's (GA, canary) weights.
+    /// The example route's (GA, canary) weights.
     pub async fn weights(&self) -> (u64, u64) {
-        let vs = virtual_services(&self.kube).get(GA).await.unwrap();
-        let route = &vs.data["spec"]["http"][0]["route"];
-        (
-            route[0]["weight"].as_u64().unwrap_or(0),
-            route[1]["weight"].as_u64().unwrap_or(0),
-        )
+        let route = self.route_object().await;
+        let split = route.pointer(split_pointer(self.route)).unwrap();
+        let weight = |i: usize| split[i]["weight"].as_u64().unwrap_or(0);
+        (weight(0), weight(1))
+    }
+
+    /// Sets the example route's weights the way a person would, behind steerer's back.
+    pub async fn set_weights_by_hand(&self, ga: u32, canary: u32) {
+        let mut route = self.route_object().await;
+        let split = route.pointer_mut(split_pointer(self.route)).unwrap();
+        split[0]["weight"] = json!(ga);
+        split[1]["weight"] = json!(canary);
+        // A merge patch replaces lists whole: the route's own list of rules or routes.
+        let list = if self.route == RouteKind::VirtualService {
+            "http"
+        } else {
+            "rules"
+        };
+        let patch = json!({"spec": {list: route["spec"][list].clone()}});
+        routes(&self.kube, self.route)
+            .patch(GA, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap();
+    }
+
+    /// The example route as stored.
+    pub async fn route_object(&self) -> Value {
+        let route = routes(&self.kube, self.route).get(GA).await.unwrap();
+        serde_json::to_value(route).unwrap()
+    }
+
+    /// The plural resource name of the example route's kind (`virtualservices`…), as the
+    /// simulator counts requests.
+    pub fn route_plural(&self) -> &'static str {
+        self.route.resource().1
+    }
+
+    /// The example route as stored, but for what a rollout may change (the two weights) and
+    /// what the API server changes with every write (resourceVersion, generation, managed
+    /// fields): a rollout must leave the rest as the user wrote it.
+    pub async fn route_but_weights(&self) -> Value {
+        let mut route = self.route_object().await;
+        if let Some(meta) = route["metadata"].as_object_mut() {
+            for field in ["resourceVersion", "generation", "managedFields"] {
+                meta.remove(field);
+            }
+        }
+        let split = route.pointer_mut(split_pointer(self.route)).unwrap();
+        for backend in split.as_array_mut().into_iter().flatten() {
+            if let Some(fields) = backend.as_object_mut() {
+                fields.remove("weight");
+            }
+        }
+        route
     }
 
     /// The example VirtualService as stored.
@@ -473,6 +570,29 @@ pub async fn wait_for_series(prometheus: &Prometheus, workload: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The example's split within a route's spec: the destinations of a VirtualService's first
+/// HTTP route, the backendRefs of the fixtures' second rule.
+fn split_pointer(kind: RouteKind) -> &'static str {
+    match kind {
+        RouteKind::VirtualService => "/spec/http/0/route",
+        RouteKind::HttpRoute | RouteKind::GrpcRoute => "/spec/rules/1/backendRefs",
+    }
+}
+
+/// The API of routes of `kind` in the example namespace.
+pub fn routes(kube: &Client, kind: RouteKind) -> Api<DynamicObject> {
+    if kind == RouteKind::VirtualService {
+        return virtual_services(kube);
+    }
+    let (group, plural) = kind.resource();
+    let gvk = GroupVersionKind::gvk(group, "v1", kind.name());
+    Api::namespaced_with(
+        kube.clone(),
+        NS,
+        &ApiResource::from_gvk_with_plural(&gvk, plural),
+    )
 }
 
 /// The VirtualService API of the example namespace.

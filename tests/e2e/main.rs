@@ -28,6 +28,7 @@ mod rollout_promote;
 mod rollout_records;
 mod rollout_restart;
 mod rollout_rollback;
+mod rollout_routes;
 mod rollout_service;
 mod rollout_templates;
 mod rollout_webhooks;

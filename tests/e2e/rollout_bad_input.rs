@@ -51,7 +51,7 @@ fn route(kind: &str, name: &str) -> RouteRef {
 
 /// resourceVersions of everything a start could touch.
 /// The server lists no rollout at all.
-async fn assert_no_rollouts(h: &mut Harness) {
+pub async fn assert_no_rollouts(h: &mut Harness) {
     let listed = h
         .client
         .list_rollouts(ListRolloutsRequest::default())
@@ -257,9 +257,15 @@ async fn bad_requests_get_their_status_and_change_nothing() {
         ),
         (
             "route of a kind steerer cannot drive",
-            with(&|r| r.route = Some(route("HTTPRoute", GA))),
+            with(&|r| r.route = Some(route("Ingress", GA))),
             Code::InvalidArgument,
-            "route.kind \"HTTPRoute\" is not supported (supported: VirtualService)",
+            "route.kind \"Ingress\" is not supported (supported: VirtualService, HTTPRoute, GRPCRoute)",
+        ),
+        (
+            "unknown Gateway API route",
+            with(&|r| r.route = Some(route("HTTPRoute", "missing"))),
+            Code::NotFound,
+            "HTTPRoute test/missing not found",
         ),
         (
             "unknown route",

@@ -240,7 +240,7 @@ async fn a_deleted_virtual_service_ends_rollouts_failed_in_bounded_time_and_free
         "{refused:?}"
     );
     assert!(
-        refused.message().contains("no VirtualService"),
+        refused.message().contains("no route in namespace test"),
         "{}",
         refused.message()
     );

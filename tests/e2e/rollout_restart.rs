@@ -1,6 +1,6 @@
 //! Durability: the server is killed mid-rollout and started again. The rollout finishes from
 //! its step and weight, and a watcher resumed from its last sequence sees every event exactly
-//! once.
+//! once, and the route comes back as the user wrote it but for its two weights.
 
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use steerer::v1::{Analysis, EventType, Phase};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_server_resumes_the_rollout_and_the_watch_has_no_gap_or_duplicate() {
     let mut h = Harness::start().await;
+    let route_before = h.route_but_weights().await;
     let started = h
         .start_rollout(h.request(Analysis {
             step_weight: Some(10),
@@ -64,6 +65,11 @@ async fn killed_server_resumes_the_rollout_and_the_watch_has_no_gap_or_duplicate
     );
     assert_eq!(*steps.last().unwrap(), 100);
     assert_eq!(h.weights().await, (100, 0));
+    assert_eq!(
+        h.route_but_weights().await,
+        route_before,
+        "the route changes only in its two weights"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,6 @@
 //! Canaries that must not be promoted: one answering 20% errors is rolled back after
 //! `max_failed_checks`, one that never becomes ready is rolled back at the progress deadline.
-//! Either way GA is untouched and the VirtualService ends at 100/0.
+//! Either way GA is untouched and the route ends at 100/0, otherwise as the user wrote it.
 
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use steerer::v1::{Analysis, EventType, Phase};
 async fn canary_with_20_percent_errors_is_rolled_back_after_max_failed_checks() {
     let mut h = Harness::start().await;
     let ga_before = h.deployment(GA).await;
+    let route_before = h.route_but_weights().await;
     h.annotate_template(CANARY, json!({"sim.steerer.dev/error-rate": "0.2"}))
         .await;
     let started = h
@@ -45,6 +46,11 @@ async fn canary_with_20_percent_errors_is_rolled_back_after_max_failed_checks() 
     assert_eq!(events[rolling].canary_weight, 0);
 
     assert_eq!(h.weights().await, (100, 0));
+    assert_eq!(
+        h.route_but_weights().await,
+        route_before,
+        "the route changes only in its two weights"
+    );
     let ga_after = h.deployment(GA).await;
     assert_eq!(
         ga_after.spec.as_ref().unwrap().template,

@@ -134,9 +134,15 @@ pub struct StartArgs {
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub canary: Option<String>,
 
-    /// VirtualService that splits the traffic (default: the one routing to TARGET's Service).
-    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    /// VirtualService that splits the traffic (the same as --route virtualservice/NAME).
+    #[arg(long, value_name = "NAME", value_parser = parse_name, conflicts_with = "route")]
     pub virtual_service: Option<String>,
+
+    /// The route that splits the traffic: virtualservice/NAME, httproute/NAME or
+    /// grpcroute/NAME (default: the one route in the namespace sending traffic to both TARGET's
+    /// and the canary's Services).
+    #[arg(long, value_name = "KIND/NAME", value_parser = parse_route)]
+    pub route: Option<RouteArg>,
 
     /// Whose series judge the canary: istio or linkerd (default: the server's --observer).
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
@@ -310,6 +316,40 @@ pub fn parse_name(value: &str) -> Result<String, String> {
         None => Ok(value.to_string()),
         Some(problem) => Err(format!("{value:?} is not a valid name: it {problem}")),
     }
+}
+
+/// A route named on the command line: its kind as the API spells it, and its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteArg {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+/// The route kinds `--route` takes, as the API spells them.
+const ROUTE_KINDS: [&str; 3] = ["VirtualService", "HTTPRoute", "GRPCRoute"];
+
+pub fn parse_route(value: &str) -> Result<RouteArg, String> {
+    let kinds = || {
+        ROUTE_KINDS
+            .map(|k| format!("{}/NAME", k.to_ascii_lowercase()))
+            .join(", ")
+    };
+    let Some((kind, name)) = value.split_once('/') else {
+        return Err(format!("expected KIND/NAME ({}), got {value:?}", kinds()));
+    };
+    let Some(kind) = ROUTE_KINDS
+        .into_iter()
+        .find(|k| k.eq_ignore_ascii_case(kind))
+    else {
+        return Err(format!(
+            "route kind {kind:?} is not supported (use {})",
+            kinds()
+        ));
+    };
+    Ok(RouteArg {
+        kind,
+        name: parse_name(name)?,
+    })
 }
 
 pub fn parse_target(value: &str) -> Result<Target, String> {
@@ -532,6 +572,44 @@ mod tests {
         assert!(parse_target("shop/").is_err());
         assert!(parse_target("shop/a/b").is_err());
         assert!(parse_target(&format!("shop/{}", "a".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn a_route_is_kind_slash_name_in_any_letter_case() {
+        assert_eq!(
+            parse_route("httproute/cart"),
+            Ok(RouteArg {
+                kind: "HTTPRoute",
+                name: "cart".into()
+            })
+        );
+        assert_eq!(
+            parse_route("GRPCRoute/cart").map(|r| r.kind),
+            Ok("GRPCRoute")
+        );
+        assert_eq!(
+            parse_route("virtualservice/cart").map(|r| r.kind),
+            Ok("VirtualService")
+        );
+        let err = parse_route("ingress/cart").unwrap_err();
+        assert!(err.contains("\"ingress\" is not supported"), "{err}");
+        assert!(err.contains("grpcroute/NAME"), "{err}");
+        assert!(parse_route("cart").unwrap_err().contains("KIND/NAME"));
+        assert!(parse_route("httproute/Bad_Name").is_err());
+    }
+
+    #[test]
+    fn route_and_virtual_service_flags_exclude_each_other() {
+        let parsed = Cli::try_parse_from([
+            "steerer",
+            "start",
+            "shop/cart",
+            "--route",
+            "httproute/cart",
+            "--virtual-service",
+            "cart",
+        ]);
+        assert!(parsed.is_err());
     }
 
     #[test]

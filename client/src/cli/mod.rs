@@ -173,8 +173,14 @@ fn start_request(start: StartArgs) -> StartRolloutRequest {
         target: start.target.name,
         canary: start.canary.unwrap_or_default(),
         // The alias every server reads; `route` only servers that know route kinds.
-        virtual_service: start.virtual_service.unwrap_or_default(),
-        route: None,
+        virtual_service: match &start.route {
+            Some(route) if route.kind == "VirtualService" => route.name.clone(),
+            _ => start.virtual_service.unwrap_or_default(),
+        },
+        route: start.route.map(|route| steerer::v1::RouteRef {
+            kind: route.kind.to_owned(),
+            name: route.name,
+        }),
         observer: start.observer.unwrap_or_default(),
         images: start.images.into_iter().collect(),
         analysis: Some(Analysis {

@@ -610,14 +610,16 @@ pub fn rollout_table(rollouts: &[Rollout]) -> String {
 
 /// A one-line summary for the control commands and `start`.
 pub fn rollout_summary(verb: &str, r: &Rollout) -> String {
-    let mut line = format!(
-        "{verb} rollout {} of {}/{}: {} at {}% canary",
-        r.id,
-        r.namespace,
-        r.target,
+    let mut line = format!("{verb} rollout {} of {}/{}", r.id, r.namespace, r.target);
+    let route = route(r);
+    if !route.is_empty() {
+        line.push_str(&format!(" via {route}"));
+    }
+    line.push_str(&format!(
+        ": {} at {}% canary",
         phase_name(r.phase()),
         r.canary_weight
-    );
+    ));
     if !r.message.is_empty() {
         line.push_str(" — ");
         line.push_str(&r.message);
@@ -1131,6 +1133,22 @@ mod tests {
         assert_eq!(route(&older), "virtualservice/checkout");
         assert_eq!(JsonRollout::from(&older).route, "virtualservice/checkout");
         assert_eq!(route(&Rollout::default()), "");
+        let grpc = Rollout {
+            id: "r1".into(),
+            namespace: "shop".into(),
+            target: "cart".into(),
+            route: Some(steerer_client::proto::RouteRef {
+                kind: "GRPCRoute".into(),
+                name: "cart".into(),
+            }),
+            ..Rollout::default()
+        };
+        assert!(
+            rollout_summary("started", &grpc)
+                .starts_with("started rollout r1 of shop/cart via grpcroute/cart: "),
+            "{}",
+            rollout_summary("started", &grpc)
+        );
     }
 
     #[test]

@@ -340,7 +340,7 @@ async fn list_and_control_commands_print_one_record_per_line() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
-        "aborted rollout r-good of shop/checkout: ABORTED at 0% canary — aborted: bad build\n"
+        "aborted rollout r-good of shop/checkout via virtualservice/checkout: ABORTED at 0% canary — aborted: bad build\n"
     );
 
     let out = steerer(Some(&server), &["list", "--active", "-o", "json"]).await;

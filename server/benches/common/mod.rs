@@ -18,7 +18,9 @@ use steerer_server::domain::{Rollout, RolloutEvent, Sample};
 use steerer_server::engine::Ports;
 use steerer_server::events::Hub;
 use steerer_server::metrics::{Coverage, Metrics, MetricsError};
-use steerer_server::router::{Resolved, RouteSplit, RouteView, Router, RouterError};
+use steerer_server::router::{
+    Resolved, RouteKind, RouteRef, RouteSplit, RouteView, Router, RouterError,
+};
 use steerer_server::store::{Filter, Store, StoreError, Stored};
 use steerer_server::webhooks::fake::FakeWebhooks;
 use steerer_server::workloads::fake::FakeWorkloads;
@@ -253,22 +255,23 @@ impl Router for BenchRouter {
     fn resolve<'a>(
         &'a self,
         namespace: &'a str,
-        virtual_service: Option<&'a str>,
+        route: Option<&'a RouteRef>,
         ga_service: &'a str,
         canary_service: &'a str,
     ) -> BoxFuture<'a, Result<Resolved, RouterError>> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let name = virtual_service.unwrap_or(ga_service).to_owned();
+        let name = route.map_or(ga_service, |r| r.name.as_str()).to_owned();
         let result = match self.routes.lock() {
             Ok(routes) => match routes.get(&name) {
                 Some(r) if namespace == NS && r.ga == ga_service && r.canary == canary_service => {
                     Ok(Resolved {
-                        name,
+                        route: RouteRef::virtual_service(name),
                         canary_weight: r.weight,
                         fingerprint: "bench".to_owned(),
                     })
                 }
                 _ => Err(RouterError::NotFound {
+                    kind: RouteKind::VirtualService,
                     namespace: namespace.to_owned(),
                     name,
                 }),
@@ -276,6 +279,16 @@ impl Router for BenchRouter {
             Err(_) => Err(RouterError::Topology("poisoned".into())),
         };
         Box::pin(async move { result })
+    }
+
+    /// The bench names its routes; it is never asked to find one.
+    fn find<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _ga_service: &'a str,
+        _canary_service: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<RouteRef>, RouterError>> {
+        Box::pin(async move { Ok(Vec::new()) })
     }
 
     fn canary_weight<'a>(
@@ -289,6 +302,7 @@ impl Router for BenchRouter {
             .ok()
             .and_then(|r| r.get(&route.name).map(|r| r.weight))
             .ok_or_else(|| RouterError::NotFound {
+                kind: route.kind,
                 namespace: route.namespace.clone(),
                 name: route.name.clone(),
             });
@@ -324,6 +338,7 @@ impl Router for BenchRouter {
                     Ok(true)
                 }
                 None => Err(RouterError::NotFound {
+                    kind: route.kind,
                     namespace: route.namespace.clone(),
                     name: route.name.clone(),
                 }),

@@ -135,6 +135,7 @@ pub fn rollout(r: &Rollout) -> pb::Rollout {
         canary: r.canary.clone(),
         virtual_service: match r.route.kind {
             RouteKind::VirtualService => r.route.name.clone(),
+            RouteKind::HttpRoute | RouteKind::GrpcRoute => String::new(),
         },
         route: Some(pb::RouteRef {
             kind: r.route.kind.name().to_owned(),
@@ -194,9 +195,11 @@ pub fn status(e: EngineError) -> tonic::Status {
         }
         EngineError::AlreadyActive(_) => tonic::Status::already_exists(message),
         EngineError::Refused(_)
-        | EngineError::Route(RouterError::Topology(_) | RouterError::Unsupported { .. }) => {
-            tonic::Status::failed_precondition(message)
-        }
+        | EngineError::Route(
+            RouterError::Topology(_)
+            | RouterError::Unsupported { .. }
+            | RouterError::Unserved { .. },
+        ) => tonic::Status::failed_precondition(message),
         EngineError::Route(RouterError::Api { .. } | RouterError::Patch { .. })
         | EngineError::Store(_)
         | EngineError::MetricsUnreachable(_)

@@ -902,15 +902,28 @@ mod tests {
             ))
         );
         assert_eq!(
-            route(Some(&route_ref("HTTPRoute", "checkout")), ""),
+            route(Some(&route_ref("Ingress", "checkout")), ""),
             Err(Invalid(
-                "route.kind \"HTTPRoute\" is not supported (supported: VirtualService)".into()
+                "route.kind \"Ingress\" is not supported (supported: VirtualService, HTTPRoute, GRPCRoute)".into()
             ))
         );
         assert_eq!(
             route(Some(&route_ref("", "checkout")), ""),
             Err(Invalid(
-                "route.kind is required (supported: VirtualService)".into()
+                "route.kind is required (supported: VirtualService, HTTPRoute, GRPCRoute)".into()
+            ))
+        );
+        assert_eq!(
+            route(Some(&route_ref("grpcroute", "checkout")), ""),
+            Ok(Some(RouteRef {
+                kind: RouteKind::GrpcRoute,
+                name: "checkout".into()
+            }))
+        );
+        assert_eq!(
+            route(Some(&route_ref("HTTPRoute", "checkout")), "checkout"),
+            Err(Invalid(
+                "virtual_service \"checkout\" and route httproute/checkout name different routes; give one of them".into()
             ))
         );
         assert!(route(Some(&route_ref("VirtualService", "Not_A_Label")), "").is_err());

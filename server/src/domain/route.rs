@@ -1,5 +1,6 @@
 //! The route of a rollout: the object that splits its traffic between GA and canary, named by
-//! kind and name. An Istio VirtualService is one kind; a router per kind moves its weights.
+//! kind and name: an Istio VirtualService, or a Gateway API HTTPRoute or GRPCRoute; a router
+//! per kind moves its weights.
 
 use std::fmt;
 
@@ -10,17 +11,44 @@ use serde::{Deserialize, Serialize};
 pub enum RouteKind {
     /// An Istio `networking.istio.io` VirtualService.
     VirtualService,
+    /// A Gateway API `gateway.networking.k8s.io/v1` HTTPRoute.
+    #[serde(rename = "HTTPRoute")]
+    HttpRoute,
+    /// A Gateway API `gateway.networking.k8s.io/v1` GRPCRoute.
+    #[serde(rename = "GRPCRoute")]
+    GrpcRoute,
 }
 
 impl RouteKind {
     /// Every supported kind.
-    pub const ALL: [RouteKind; 1] = [RouteKind::VirtualService];
+    pub const ALL: [RouteKind; 3] = [
+        RouteKind::VirtualService,
+        RouteKind::HttpRoute,
+        RouteKind::GrpcRoute,
+    ];
 
     /// The Kubernetes kind, as people and the API say it: `VirtualService`.
     pub fn name(self) -> &'static str {
         match self {
             RouteKind::VirtualService => "VirtualService",
+            RouteKind::HttpRoute => "HTTPRoute",
+            RouteKind::GrpcRoute => "GRPCRoute",
         }
+    }
+
+    /// The API group and plural resource name: `("gateway.networking.k8s.io", "httproutes")`.
+    pub fn resource(self) -> (&'static str, &'static str) {
+        match self {
+            RouteKind::VirtualService => ("networking.istio.io", "virtualservices"),
+            RouteKind::HttpRoute => ("gateway.networking.k8s.io", "httproutes"),
+            RouteKind::GrpcRoute => ("gateway.networking.k8s.io", "grpcroutes"),
+        }
+    }
+
+    /// The name of the CRD that defines the kind: `httproutes.gateway.networking.k8s.io`.
+    pub fn crd(self) -> String {
+        let (group, plural) = self.resource();
+        format!("{plural}.{group}")
     }
 
     /// The kind named `name`, in any letter case (`VirtualService`, `virtualservice`).
@@ -133,8 +161,21 @@ mod tests {
             RouteKind::parse("VirtualService"),
             Some(RouteKind::VirtualService)
         );
-        assert_eq!(RouteKind::parse("HTTPRoute"), None);
-        assert_eq!(RouteKind::supported(), "VirtualService");
+        assert_eq!(RouteKind::parse("httproute"), Some(RouteKind::HttpRoute));
+        assert_eq!(RouteKind::parse("GRPCRoute"), Some(RouteKind::GrpcRoute));
+        assert_eq!(RouteKind::parse("Ingress"), None);
+        assert_eq!(
+            RouteKind::supported(),
+            "VirtualService, HTTPRoute, GRPCRoute"
+        );
+        assert_eq!(
+            RouteKind::GrpcRoute.crd(),
+            "grpcroutes.gateway.networking.k8s.io"
+        );
+        assert_eq!(
+            serde_json::to_value(RouteKind::HttpRoute).unwrap(),
+            "HTTPRoute"
+        );
         let route = RouteRef::virtual_service("checkout");
         assert_eq!(route.to_string(), "VirtualService checkout");
         assert_eq!(route.slashed(), "virtualservice/checkout");

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::decide::{self, Command};
 use super::driver::{Driver, Envelope, announce};
 use super::{EngineConfig, EngineError, Ports, StartRequest};
-use crate::domain::{Phase, Rollout, RouteRef};
+use crate::domain::{Phase, Rollout};
 use crate::store::{Filter, StoreError, prune};
 
 /// The id of the rollout a `request_id` starts: derived from the namespace and the key, so
@@ -467,11 +467,10 @@ impl Supervisor {
             w.deployment(ns, &request.target).as_ref(),
             canary.as_ref(),
         )?;
-        let named = request.route.as_ref().map(|route| route.name.as_str());
         let resolved = self
             .ports
             .router
-            .resolve(ns, named, &request.target, &canary_name)
+            .resolve(ns, request.route.as_ref(), &request.target, &canary_name)
             .await?;
         let observer = request
             .observer
@@ -486,8 +485,7 @@ impl Supervisor {
         } else {
             rollout_id_for_request(ns, &request.request_id)
         };
-        let route = RouteRef::virtual_service(resolved.name);
-        let mut rollout = decide::requested(&request, id.clone(), canary_name, route, now);
+        let mut rollout = decide::requested(&request, id.clone(), canary_name, resolved.route, now);
         rollout.observer = observer;
         let (rollout, started) = decide::start(
             rollout,

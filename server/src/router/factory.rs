@@ -10,15 +10,19 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use super::{
-    KindRouter, Resolved, RouteSplit, RouteView, Router, RouterContext, RouterError,
-    VIRTUAL_SERVICE,
+    GRPC_ROUTE, HTTP_ROUTE, KindRouter, Resolved, RouteRef, RouteSplit, RouteView, Router,
+    RouterContext, RouterError, VIRTUAL_SERVICE,
 };
 
 /// Starts the router of one kind.
 pub type Start = fn(&RouterContext<'_>) -> Arc<dyn KindRouter>;
 
 /// Every route kind this server drives, with the start of its router.
-pub const KINDS: &[(&str, Start)] = &[(VIRTUAL_SERVICE, super::istio::start)];
+pub const KINDS: &[(&str, Start)] = &[
+    (VIRTUAL_SERVICE, super::istio::start),
+    (HTTP_ROUTE, super::gateway::start_http),
+    (GRPC_ROUTE, super::gateway::start_grpc),
+];
 
 /// Errors starting the routers.
 #[derive(Debug, thiserror::Error)]
@@ -92,15 +96,34 @@ impl Router for Routers {
     fn resolve<'a>(
         &'a self,
         namespace: &'a str,
-        virtual_service: Option<&'a str>,
+        route: Option<&'a RouteRef>,
         ga_service: &'a str,
         canary_service: &'a str,
     ) -> BoxFuture<'a, Result<Resolved, RouterError>> {
-        // A start names a VirtualService or none; either way VirtualServices are searched.
-        match self.of(VIRTUAL_SERVICE) {
-            Ok(router) => router.resolve(namespace, virtual_service, ga_service, canary_service),
-            Err(error) => Box::pin(async move { Err(error) }),
-        }
+        Box::pin(async move {
+            let route =
+                super::named_or_found(self, namespace, route, ga_service, canary_service).await?;
+            let router = self.of(route.kind.name())?;
+            router
+                .resolve(namespace, Some(&route), ga_service, canary_service)
+                .await
+        })
+    }
+
+    /// The routes of every kind: a kind the cluster does not serve has none.
+    fn find<'a>(
+        &'a self,
+        namespace: &'a str,
+        ga_service: &'a str,
+        canary_service: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<RouteRef>, RouterError>> {
+        Box::pin(async move {
+            let mut found = Vec::new();
+            for (_, router) in &self.kinds {
+                found.extend(router.find(namespace, ga_service, canary_service).await?);
+            }
+            Ok(found)
+        })
     }
 
     fn observe<'a>(&'a self, route: &'a RouteSplit) -> BoxFuture<'a, RouteView> {
@@ -135,6 +158,7 @@ impl Router for Routers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::RouteKind;
     use crate::router::fake::FakeRouter;
 
     fn route() -> RouteSplit {
@@ -157,7 +181,7 @@ mod tests {
             .resolve("test", None, "podinfo", "podinfo-canary")
             .await
             .unwrap();
-        assert_eq!(resolved.name, "podinfo");
+        assert_eq!(resolved.route, RouteRef::virtual_service("podinfo"));
         assert!(routers.set_canary_weight(&route(), 30).await.unwrap());
         assert_eq!(istio.writes(), [30]);
         assert_eq!(routers.canary_weight(&route()).await.unwrap(), 30);
@@ -177,9 +201,10 @@ mod tests {
         assert!(refused.is_permanent());
         assert!(other.writes().is_empty());
         assert!(routers.canary_weight(&route()).await.is_err());
+        let named = RouteRef::virtual_service("podinfo");
         assert!(
             routers
-                .resolve("test", None, "podinfo", "podinfo-canary")
+                .resolve("test", Some(&named), "podinfo", "podinfo-canary")
                 .await
                 .is_err()
         );
@@ -187,6 +212,63 @@ mod tests {
             RouteView::Broken(why) => assert!(why.contains("VirtualService"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn two_kinds() -> (Arc<FakeRouter>, Arc<FakeRouter>, Routers) {
+        let istio = Arc::new(FakeRouter::default());
+        let gateway = Arc::new(FakeRouter::of_kind(RouteKind::HttpRoute));
+        let routers = Routers::default()
+            .with(VIRTUAL_SERVICE, istio.clone())
+            .with(HTTP_ROUTE, gateway.clone());
+        (istio, gateway, routers)
+    }
+
+    #[tokio::test]
+    async fn a_start_naming_no_route_finds_the_one_route_of_any_kind_sending_to_both() {
+        let (istio, gateway, routers) = two_kinds();
+        istio.add("test", "ga-only", "podinfo", "other-canary", 0);
+        gateway.add("test", "cart", "podinfo", "podinfo-canary", 20);
+        let resolved = routers
+            .resolve("test", None, "podinfo", "podinfo-canary")
+            .await
+            .unwrap();
+        assert_eq!(
+            resolved.route,
+            RouteRef {
+                kind: RouteKind::HttpRoute,
+                name: "cart".into()
+            }
+        );
+        assert_eq!(resolved.canary_weight, 20);
+    }
+
+    #[tokio::test]
+    async fn a_start_naming_no_route_is_refused_when_none_or_several_send_to_both() {
+        let (istio, gateway, routers) = two_kinds();
+        let none = routers
+            .resolve("test", None, "podinfo", "podinfo-canary")
+            .await
+            .unwrap_err();
+        assert!(
+            none.to_string().starts_with(
+                "no route in namespace test sends traffic to both podinfo and podinfo-canary"
+            ),
+            "{none}"
+        );
+        istio.add("test", "podinfo", "podinfo", "podinfo-canary", 0);
+        gateway.add("test", "podinfo", "podinfo", "podinfo-canary", 0);
+        let several = routers
+            .resolve("test", None, "podinfo", "podinfo-canary")
+            .await
+            .unwrap_err();
+        assert!(matches!(several, RouterError::Topology(_)));
+        assert!(
+            several
+                .to_string()
+                .contains("(virtualservice/podinfo, httproute/podinfo); name one in route"),
+            "{several}"
+        );
+        assert!(istio.writes().is_empty() && gateway.writes().is_empty());
     }
 
     #[test]

@@ -5,12 +5,18 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 
-use super::{Resolved, RouteSplit, RouteView, Router, RouterError};
+use super::{Resolved, RouteKind, RouteRef, RouteSplit, RouteView, Router, RouterError};
 
-/// Weights held in memory.
-#[derive(Default)]
+/// Weights held in memory, for routes of one kind (VirtualServices unless made otherwise).
 pub struct FakeRouter {
+    kind: RouteKind,
     state: Mutex<FakeState>,
+}
+
+impl Default for FakeRouter {
+    fn default() -> Self {
+        Self::of_kind(RouteKind::VirtualService)
+    }
 }
 
 #[derive(Default)]
@@ -29,6 +35,14 @@ struct FakeState {
 }
 
 impl FakeRouter {
+    /// An empty router of routes of `kind`.
+    pub fn of_kind(kind: RouteKind) -> Self {
+        Self {
+            kind,
+            state: Mutex::default(),
+        }
+    }
+
     /// Adds a VirtualService splitting `ga`/`canary` at `canary_weight`.
     pub fn add(&self, namespace: &str, vs: &str, ga: &str, canary: &str, canary_weight: u32) {
         if let Ok(mut s) = self.state.lock() {
@@ -111,42 +125,67 @@ impl Router for FakeRouter {
     fn resolve<'a>(
         &'a self,
         namespace: &'a str,
-        virtual_service: Option<&'a str>,
+        route: Option<&'a RouteRef>,
         ga_service: &'a str,
         canary_service: &'a str,
     ) -> BoxFuture<'a, Result<Resolved, RouterError>> {
-        let result = (|| {
+        Box::pin(async move {
+            let name = super::named_or_found(self, namespace, route, ga_service, canary_service)
+                .await?
+                .name;
             let s = self
                 .state
                 .lock()
                 .map_err(|_| RouterError::Topology("poisoned".into()))?;
-            let found = s.routes.iter().find(|((ns, name), (ga, _))| {
-                ns == namespace && virtual_service.is_none_or(|v| v == name) && ga == ga_service
-            });
-            match found {
-                Some(((_, name), (_, canary))) if canary == canary_service => {
-                    let key = (namespace.to_owned(), name.clone());
+            let key = (namespace.to_owned(), name.clone());
+            match s.routes.get(&key) {
+                Some((ga, canary)) if ga == ga_service && canary == canary_service => {
                     Ok(Resolved {
-                        name: name.clone(),
                         canary_weight: s.weights.get(&key).copied().unwrap_or(0),
                         fingerprint: fingerprint(&s, &key),
+                        route: RouteRef {
+                            kind: self.kind,
+                            name,
+                        },
                     })
                 }
-                Some(((_, name), _)) => Err(RouterError::Topology(format!(
-                    "VirtualService {namespace}/{name} has no destination for the canary Service {canary_service}"
+                Some(_) => Err(RouterError::Topology(format!(
+                    "{} {namespace}/{name} has no destination for the canary Service {canary_service}",
+                    self.kind
                 ))),
-                None => match virtual_service {
-                    Some(name) => Err(RouterError::NotFound {
-                        namespace: namespace.to_owned(),
-                        name: name.to_owned(),
-                    }),
-                    None => Err(RouterError::Topology(format!(
-                        "no VirtualService in namespace {namespace} routes to the GA Service {ga_service}"
-                    ))),
-                },
+                None => Err(RouterError::NotFound {
+                    kind: self.kind,
+                    namespace: namespace.to_owned(),
+                    name,
+                }),
             }
-        })();
-        Box::pin(async move { result })
+        })
+    }
+
+    fn find<'a>(
+        &'a self,
+        namespace: &'a str,
+        ga_service: &'a str,
+        canary_service: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<RouteRef>, RouterError>> {
+        let mut found: Vec<RouteRef> = self
+            .state
+            .lock()
+            .map(|s| {
+                s.routes
+                    .iter()
+                    .filter(|((ns, _), (ga, canary))| {
+                        ns == namespace && ga == ga_service && canary == canary_service
+                    })
+                    .map(|((_, name), _)| RouteRef {
+                        kind: self.kind,
+                        name: name.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Box::pin(async move { Ok(found) })
     }
 
     fn canary_weight<'a>(
@@ -156,6 +195,7 @@ impl Router for FakeRouter {
         let result =
             self.weight(&route.namespace, &route.name)
                 .ok_or_else(|| RouterError::NotFound {
+                    kind: self.kind,
                     namespace: route.namespace.clone(),
                     name: route.name.clone(),
                 });
@@ -191,6 +231,7 @@ impl Router for FakeRouter {
                 .lock()
                 .map_err(|_| RouterError::Topology("poisoned".into()))?;
             let refusal = |source| RouterError::Api {
+                kind: self.kind,
                 action: "patch weights of",
                 namespace: route.namespace.clone(),
                 name: route.name.clone(),
@@ -209,6 +250,7 @@ impl Router for FakeRouter {
             let key = (route.namespace.clone(), route.name.clone());
             if !s.weights.contains_key(&key) {
                 return Err(RouterError::NotFound {
+                    kind: self.kind,
                     namespace: route.namespace.clone(),
                     name: route.name.clone(),
                 });

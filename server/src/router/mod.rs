@@ -1,11 +1,15 @@
 //! Traffic routing: the `Router` trait the engine moves weights through, and its errors.
-//! Implementations, one per route kind: `istio` (VirtualService weights); `fake` for tests.
-//! `factory` starts the router of each kind and picks the one for each rollout's route.
+//! Implementations, one per route kind: `istio` (VirtualService weights), `gateway`
+//! (HTTPRoute and GRPCRoute weights), both a `patched::PatchRouter` over their own rules;
+//! `fake` for tests. `factory` starts the router of each kind and picks the one for each
+//! rollout's route, or finds the route when a start names none.
 
 pub mod factory;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
+pub mod gateway;
 pub mod istio;
+pub mod patched;
 
 use std::time::Duration;
 
@@ -14,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::Changes;
 
-pub use crate::domain::RouteKind;
 pub use crate::domain::views::RouteView;
+pub use crate::domain::{RouteKind, RouteRef};
 
 /// The split a rollout drives: its route (the kind picks the router) and the two Services it
 /// divides traffic between.
@@ -31,6 +35,9 @@ pub struct RouteSplit {
 
 /// The kind of route Istio's router drives.
 pub const VIRTUAL_SERVICE: &str = "VirtualService";
+/// The Gateway API kinds the gateway router drives.
+pub const HTTP_ROUTE: &str = "HTTPRoute";
+pub const GRPC_ROUTE: &str = "GRPCRoute";
 
 impl RouteSplit {
     /// The split of `state`'s route between its GA and canary Services.
@@ -72,25 +79,37 @@ pub trait KindRouter: Router {
 /// Errors resolving or writing routes.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
-    #[error("VirtualService {namespace}/{name} not found")]
-    NotFound { namespace: String, name: String },
-    /// The VirtualService exists but does not split traffic the way a rollout needs.
+    #[error("{kind} {namespace}/{name} not found")]
+    NotFound {
+        kind: RouteKind,
+        namespace: String,
+        name: String,
+    },
+    /// The route exists but does not split traffic the way a rollout needs.
     #[error("{0}")]
     Topology(String),
     /// No router of this server drives routes of this kind.
     #[error("this server has no router for routes of kind {kind}")]
     Unsupported { kind: String },
-    #[error("failed to {action} VirtualService {namespace}/{name}: {source}")]
+    /// The cluster does not serve the kind: its CRD is not installed.
+    #[error(
+        "the cluster does not serve {kind}s: the CustomResourceDefinition {} is missing",
+        kind.crd()
+    )]
+    Unserved { kind: RouteKind },
+    #[error("failed to {action} {kind} {namespace}/{name}: {source}")]
     Api {
+        kind: RouteKind,
         action: &'static str,
         namespace: String,
         name: String,
         #[source]
         source: Box<kube::Error>,
     },
-    /// The weight patch computed for the VirtualService is not a valid JSON patch.
-    #[error("invalid weight patch for VirtualService {namespace}/{name}: {source}")]
+    /// The weight patch computed for the route is not a valid JSON patch.
+    #[error("invalid weight patch for {kind} {namespace}/{name}: {source}")]
     Patch {
+        kind: RouteKind,
         namespace: String,
         name: String,
         #[source]
@@ -106,6 +125,7 @@ impl RouterError {
             RouterError::NotFound { .. }
             | RouterError::Topology(_)
             | RouterError::Unsupported { .. }
+            | RouterError::Unserved { .. }
             | RouterError::Patch { .. } => true,
             RouterError::Api { source, .. } => {
                 crate::retry::status_code(source).is_some_and(crate::retry::is_permanent)
@@ -117,25 +137,74 @@ impl RouterError {
 /// The route a start request resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
-    pub name: String,
+    pub route: RouteRef,
     /// The canary weight it routes now.
     pub canary_weight: u32,
-    /// Fingerprint of the routes a rollout manages (see [`istio::split::route_fingerprint`]).
+    /// Fingerprint of the rules a rollout manages (see [`patched::Rules::fingerprint`]).
     pub fingerprint: String,
+}
+
+/// The route a start drives: the one it names, else the one `router` finds (see [`pick`]).
+pub async fn named_or_found<R: Router + ?Sized>(
+    router: &R,
+    namespace: &str,
+    route: Option<&RouteRef>,
+    ga_service: &str,
+    canary_service: &str,
+) -> Result<RouteRef, RouterError> {
+    match route {
+        Some(route) => Ok(route.clone()),
+        None => {
+            let found = router.find(namespace, ga_service, canary_service).await?;
+            pick(namespace, ga_service, canary_service, found)
+        }
+    }
+}
+
+/// The route a start that names none uses: the one `found` (routes sending traffic to both
+/// Services). None, or several, is refused with what was found.
+pub fn pick(
+    namespace: &str,
+    ga_service: &str,
+    canary_service: &str,
+    mut found: Vec<RouteRef>,
+) -> Result<RouteRef, RouterError> {
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(RouterError::Topology(format!(
+            "no route in namespace {namespace} sends traffic to both {ga_service} and {canary_service} (looked for {}); create one or name it in route",
+            RouteKind::supported()
+        ))),
+        _ => {
+            let names: Vec<String> = found.iter().map(RouteRef::slashed).collect();
+            Err(RouterError::Topology(format!(
+                "several routes in namespace {namespace} send traffic to both {ga_service} and {canary_service} ({}); name one in route",
+                names.join(", ")
+            )))
+        }
+    }
 }
 
 /// Reads and writes canary weights.
 pub trait Router: Send + Sync {
     /// Finds and validates the route splitting traffic between the two Services (`route`
-    /// names it; `None`: the one in the namespace that routes to the GA Service). Returns its
-    /// name, the canary weight it routes now and the fingerprint of its split.
+    /// names it; `None`: the one in the namespace that sends traffic to both, see [`pick`]).
+    /// Returns it, the canary weight it routes now and the fingerprint of its split.
     fn resolve<'a>(
         &'a self,
         namespace: &'a str,
-        route: Option<&'a str>,
+        route: Option<&'a RouteRef>,
         ga_service: &'a str,
         canary_service: &'a str,
     ) -> BoxFuture<'a, Result<Resolved, RouterError>>;
+
+    /// Every route in the namespace with a rule sending traffic to both Services, by name.
+    fn find<'a>(
+        &'a self,
+        namespace: &'a str,
+        ga_service: &'a str,
+        canary_service: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<RouteRef>, RouterError>>;
 
     /// The route as last seen, from the watch cache when it has it (no API call on a step);
     /// an object the cache lacks is looked up in the API before it is called missing.

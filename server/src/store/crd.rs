@@ -376,6 +376,7 @@ fn object(rollout: &Rollout) -> DynamicObject {
     // The field records had before routes had kinds, for readers that know only it.
     match rollout.route.kind {
         RouteKind::VirtualService => spec["virtualService"] = json!(rollout.route.name),
+        RouteKind::HttpRoute | RouteKind::GrpcRoute => {}
     }
     if !rollout.request_id.is_empty() {
         spec["requestId"] = json!(rollout.request_id);

@@ -1,5 +1,5 @@
 //! The cluster as any API server shows it: kube-rs watch caches (reflectors) of
-//! VirtualServices, Services and ReplicaSets, so the mesh runs against a real kube-apiserver as
+//! VirtualServices, Gateway API routes, Services and ReplicaSets, so the mesh runs against a real kube-apiserver as
 //! well as against the simulator.
 
 use std::fmt::Debug;
@@ -69,9 +69,20 @@ pub fn virtual_service_resource(version: &str) -> ApiResource {
     )
 }
 
+/// The Gateway API route resource `plural` of `kind`, at `v1`.
+pub fn gateway_route_resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(super::gateway::GROUP, "v1", kind),
+        plural,
+    )
+}
+
 /// Watch caches of the objects routing needs, over any API server.
 pub struct KubeView {
     virtual_services: Store<DynamicObject>,
+    /// `None` where the API server does not serve the kind (no Gateway API CRDs).
+    http_routes: Option<Store<DynamicObject>>,
+    grpc_routes: Option<Store<DynamicObject>>,
     services: Store<Service>,
     replicasets: Store<ReplicaSet>,
     changes: watch::Receiver<u64>,
@@ -120,8 +131,31 @@ impl KubeView {
 
         let (tx, changes) = watch::channel(0u64);
         let tx = Arc::new(tx);
+        let mut gateway = Vec::new();
+        for (kind, plural) in [("HTTPRoute", "httproutes"), ("GRPCRoute", "grpcroutes")] {
+            let resource = gateway_route_resource(kind, plural);
+            let api: Api<DynamicObject> = match &scope.namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+                None => Api::all_with(client.clone(), &resource),
+            };
+            let what = format!("{plural}.{}/v1", super::gateway::GROUP);
+            gateway.push(match api.list(&probe).await {
+                Ok(_) => Some(reflect(api, resource, &what, &tx, shutdown)),
+                // Gateway API routes are optional: a cluster without their CRDs routes by
+                // VirtualServices alone.
+                Err(kube::Error::Api(status)) if status.is_not_found() => {
+                    tracing::info!(resource = %what, "not served; routing without it");
+                    None
+                }
+                Err(source) => return Err(ViewError::List { what, source }),
+            });
+        }
+        let grpc_routes = gateway.pop().flatten();
+        let http_routes = gateway.pop().flatten();
         Ok(Self {
             virtual_services: reflect(vs_api, vs_resource, &names[0], &tx, shutdown),
+            http_routes,
+            grpc_routes,
             services: reflect(svc_api, (), &names[1], &tx, shutdown),
             replicasets: reflect(rs_api, (), &names[2], &tx, shutdown),
             changes,
@@ -147,6 +181,14 @@ impl KubeView {
             .wait_until_ready()
             .await
             .map_err(not_synced(&self.names[2]))?;
+        for routes in [&self.http_routes, &self.grpc_routes].into_iter().flatten() {
+            routes
+                .wait_until_ready()
+                .await
+                .map_err(|_| ViewError::NotSynced {
+                    what: format!("{}/v1 routes", super::gateway::GROUP),
+                })?;
+        }
         Ok(())
     }
 }
@@ -200,6 +242,16 @@ impl ClusterView for KubeView {
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             virtual_services: to_json(self.virtual_services.state()),
+            http_routes: self
+                .http_routes
+                .as_ref()
+                .map(|s| to_json(s.state()))
+                .unwrap_or_default(),
+            grpc_routes: self
+                .grpc_routes
+                .as_ref()
+                .map(|s| to_json(s.state()))
+                .unwrap_or_default(),
             services: to_json(self.services.state()),
             replicasets: to_json(self.replicasets.state()),
         }

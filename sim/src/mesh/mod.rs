@@ -1,6 +1,7 @@
-//! The Istio data plane: synthetic requests from the ingress gateway, split by VirtualService
-//! routes and weights to the ready pods behind each destination Service, and the metrics
-//! Istio's proxies would export for them.
+//! The Istio data plane: synthetic requests from the ingress gateway, split by the routes and
+//! weights of VirtualServices and Gateway API HTTPRoutes and GRPCRoutes (see [`gateway`]) to
+//! the ready pods behind each destination Service, and the metrics Istio's proxies would
+//! export for them.
 //!
 //! Requests are `GET /` with no headers, except a share of them (10% unless the
 //! VirtualService's `sim.steerer.dev/header-share` annotation says otherwise) that carries
@@ -14,6 +15,7 @@
 
 pub mod autoscale;
 pub mod cluster;
+pub mod gateway;
 pub mod labels;
 pub mod metrics;
 pub mod routing;
@@ -127,8 +129,17 @@ struct Traffic {
 
 impl Traffic {
     fn rebuild(&mut self, snapshot: &Snapshot, mesh: &Mesh) {
+        let mut routes = snapshot.virtual_services.clone();
+        routes.extend(gateway::as_virtual_services(
+            "HTTPRoute",
+            &snapshot.http_routes,
+        ));
+        routes.extend(gateway::as_virtual_services(
+            "GRPCRoute",
+            &snapshot.grpc_routes,
+        ));
         self.table = routing::build(
-            &snapshot.virtual_services,
+            &routes,
             &snapshot.services,
             &snapshot.replicasets,
             DEFAULT_HEADER_SHARE,
@@ -250,6 +261,10 @@ fn sample_latency(rng: &mut impl rand::Rng, mean_ms: f64) -> f64 {
 pub struct Snapshot {
     /// Every VirtualService.
     pub virtual_services: Vec<Arc<Value>>,
+    /// Every Gateway API HTTPRoute (none where the cluster does not serve them).
+    pub http_routes: Vec<Arc<Value>>,
+    /// Every Gateway API GRPCRoute (none where the cluster does not serve them).
+    pub grpc_routes: Vec<Arc<Value>>,
     /// Every Service.
     pub services: Vec<Arc<Value>>,
     /// Every ReplicaSet: pod-template labels and annotations, `status.readyReplicas`.
@@ -259,7 +274,7 @@ pub struct Snapshot {
 /// Where the traffic engine reads the cluster from: the simulator's store, or an API server
 /// through watch caches.
 pub trait ClusterView {
-    /// The current VirtualServices, Services and ReplicaSets.
+    /// The current routes (VirtualServices, HTTPRoutes, GRPCRoutes), Services and ReplicaSets.
     fn snapshot(&self) -> Snapshot;
 
     /// Resolves when one of them may have changed since the last call; `false` when the view
@@ -288,6 +303,8 @@ impl ClusterView for StoreView<'_> {
         let list = |gr: &GroupResource| self.store.list(gr, None).0;
         Snapshot {
             virtual_services: list(&virtual_services()),
+            http_routes: list(&gateway::http_routes()),
+            grpc_routes: list(&gateway::grpc_routes()),
             services: list(&services()),
             replicasets: list(&crate::controllers::deployment::replicasets()),
         }
@@ -307,6 +324,8 @@ impl ClusterView for StoreView<'_> {
 
 fn relevant(gr: &GroupResource) -> bool {
     *gr == virtual_services()
+        || *gr == gateway::http_routes()
+        || *gr == gateway::grpc_routes()
         || *gr == services()
         || *gr == crate::controllers::deployment::replicasets()
 }

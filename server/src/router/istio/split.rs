@@ -4,24 +4,9 @@
 use serde_json::{Value, json};
 
 use crate::domain::template_hash;
-use crate::router::{RouteSplit, RouteView, RouterError};
-
-/// The view a rollout has of a VirtualService's spec.
-pub fn route_view(spec: &Value, route: &RouteSplit) -> RouteView {
-    match find_splits(
-        &route.name,
-        spec,
-        &route.namespace,
-        &route.ga_service,
-        &route.canary_service,
-    ) {
-        Ok(splits) => RouteView::Split {
-            canary_weight: splits[0].canary_weight,
-            fingerprint: route_fingerprint(spec, &splits),
-        },
-        Err(error) => RouteView::Broken(error.to_string()),
-    }
-}
+use crate::router::RouterError;
+#[cfg(test)]
+use crate::router::{RouteSplit, RouteView};
 
 /// Whether a VirtualService destination host names `service` in `namespace`
 /// (`svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`).
@@ -32,15 +17,7 @@ pub fn host_matches(host: &str, service: &str, namespace: &str) -> bool {
         || host == format!("{service}.{namespace}.svc.cluster.local")
 }
 
-/// Where the GA and canary weights sit in one HTTP route of a VirtualService.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Split {
-    pub http_index: usize,
-    pub ga_index: usize,
-    pub canary_index: usize,
-    pub ga_weight: u32,
-    pub canary_weight: u32,
-}
+pub use crate::router::patched::Split;
 
 fn destinations(route: &Value) -> Vec<(String, u32)> {
     route
@@ -68,15 +45,18 @@ fn destinations(route: &Value) -> Vec<(String, u32)> {
         .unwrap_or_default()
 }
 
-/// Whether any HTTP route of the VirtualService sends traffic to `service`.
-pub fn routes_to(spec: &Value, namespace: &str, service: &str) -> bool {
+/// Whether one HTTP route of the VirtualService sends traffic to both Services.
+pub fn routes_to_both(spec: &Value, namespace: &str, ga: &str, canary: &str) -> bool {
     spec.get("http")
         .and_then(Value::as_array)
         .is_some_and(|routes| {
             routes.iter().any(|r| {
-                destinations(r)
-                    .iter()
-                    .any(|(host, _)| host_matches(host, service, namespace))
+                let dests = destinations(r);
+                [ga, canary].iter().all(|service| {
+                    dests
+                        .iter()
+                        .any(|(host, _)| host_matches(host, service, namespace))
+                })
             })
         })
 }
@@ -97,7 +77,7 @@ pub fn find_splits(
         .cloned()
         .unwrap_or_default();
     let mut splits = Vec::new();
-    for (http_index, route) in routes.iter().enumerate() {
+    for (rule_index, route) in routes.iter().enumerate() {
         let dests = destinations(route);
         let ga_index = dests
             .iter()
@@ -110,42 +90,23 @@ pub fn find_splits(
             (None, None) => continue,
             (Some(_), None) => {
                 return Err(RouterError::Topology(format!(
-                    "VirtualService {namespace}/{name} http route {http_index} sends traffic to {ga} but has no destination for the canary Service {canary}"
+                    "VirtualService {namespace}/{name} http route {rule_index} sends traffic to {ga} but has no destination for the canary Service {canary}"
                 )));
             }
             (None, Some(_)) => {
                 return Err(RouterError::Topology(format!(
-                    "VirtualService {namespace}/{name} http route {http_index} sends traffic to {canary} but has no destination for the GA Service {ga}"
+                    "VirtualService {namespace}/{name} http route {rule_index} sends traffic to {canary} but has no destination for the GA Service {ga}"
                 )));
             }
         };
-        if dests.len() != 2 {
-            let others: Vec<&str> = dests
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != ga_index && *i != canary_index)
-                .map(|(_, (h, _))| h.as_str())
-                .collect();
-            return Err(RouterError::Topology(format!(
-                "VirtualService {namespace}/{name} http route {http_index} routes to other destinations besides {ga} and {canary}: {}",
-                others.join(", ")
-            )));
-        }
-        let ga_weight = dests[ga_index].1;
-        let canary_weight = dests[canary_index].1;
-        if ga_weight + canary_weight != 100 {
-            return Err(RouterError::Topology(format!(
-                "VirtualService {namespace}/{name} http route {http_index} weights sum to {} ({ga}={ga_weight}, {canary}={canary_weight}), not 100",
-                ga_weight + canary_weight
-            )));
-        }
-        splits.push(Split {
-            http_index,
-            ga_index,
-            canary_index,
-            ga_weight,
-            canary_weight,
-        });
+        let backends: Vec<(&str, u32)> = dests.iter().map(|(h, w)| (h.as_str(), *w)).collect();
+        splits.push(crate::router::patched::split_of(
+            &format!("VirtualService {namespace}/{name} http route {rule_index}"),
+            rule_index,
+            &backends,
+            (ga_index, canary_index),
+            (ga, canary),
+        )?);
     }
     let Some(first) = splits.first() else {
         return Err(RouterError::Topology(format!(
@@ -172,7 +133,7 @@ pub fn route_fingerprint(spec: &Value, splits: &[Split]) -> String {
         .iter()
         .map(|split| {
             let route = spec
-                .pointer(&format!("/http/{}", split.http_index))
+                .pointer(&format!("/http/{}", split.rule_index))
                 .cloned()
                 .unwrap_or(Value::Null);
             let destinations: Vec<Value> = route
@@ -186,7 +147,7 @@ pub fn route_fingerprint(spec: &Value, splits: &[Split]) -> String {
                 })
                 .unwrap_or_default();
             json!({
-                "http": split.http_index,
+                "http": split.rule_index,
                 "match": route.get("match").cloned().unwrap_or(Value::Null),
                 "destinations": destinations,
             })
@@ -206,39 +167,20 @@ pub fn weight_patch(
     resource_version: Option<&str>,
     canary_weight: u32,
 ) -> Option<Value> {
-    let canary_weight = canary_weight.min(100);
-    if splits.iter().all(|s| s.canary_weight == canary_weight) {
-        return None;
-    }
-    let mut ops = Vec::new();
-    if let Some(rv) = resource_version {
-        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
-    }
-    for split in splits {
-        for (index, weight) in [
-            (split.ga_index, 100 - canary_weight),
-            (split.canary_index, canary_weight),
-        ] {
-            let base = format!("/spec/http/{}/route/{index}", split.http_index);
-            let host = spec
-                .pointer(&format!(
-                    "/http/{}/route/{index}/destination/host",
-                    split.http_index
-                ))
-                .cloned()
-                .unwrap_or(Value::Null);
-            ops.push(
-                json!({"op": "test", "path": format!("{base}/destination/host"), "value": host}),
-            );
-            ops.push(json!({"op": "add", "path": format!("{base}/weight"), "value": weight}));
-        }
-    }
-    Some(Value::Array(ops))
+    crate::router::patched::weights_patch(
+        splits,
+        spec,
+        resource_version,
+        canary_weight,
+        |split, index| format!("/http/{}/route/{index}", split.rule_index),
+        "destination/host",
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::patched::Rules;
 
     fn spec(ga_host: &str, canary_host: &str, ga: u32, canary: u32) -> Value {
         json!({
@@ -276,7 +218,7 @@ mod tests {
         assert_eq!(
             splits,
             vec![Split {
-                http_index: 0,
+                rule_index: 0,
                 ga_index: 0,
                 canary_index: 1,
                 ga_weight: 90,
@@ -383,7 +325,7 @@ mod tests {
             canary_service: "podinfo-canary".into(),
         };
         assert!(matches!(
-            route_view(&spec("podinfo", "podinfo-canary", 70, 30), &route),
+            super::super::VIRTUAL_SERVICES.view(&spec("podinfo", "podinfo-canary", 70, 30), &route),
             RouteView::Split {
                 canary_weight: 30,
                 ..
@@ -391,7 +333,7 @@ mod tests {
         ));
         let lone = json!({"http": [{"route": [{"destination": {"host": "podinfo"}}]}]});
         assert!(matches!(
-            route_view(&lone, &route),
+            super::super::VIRTUAL_SERVICES.view(&lone, &route),
             RouteView::Broken(why) if why.contains("no destination for the canary Service")
         ));
     }
@@ -399,6 +341,7 @@ mod tests {
     #[test]
     fn missing_and_invalid_objects_are_permanent_errors_and_throttling_is_not() {
         let api = |code: Option<u16>| RouterError::Api {
+            kind: crate::domain::RouteKind::VirtualService,
             action: "patch weights of",
             namespace: "test".into(),
             name: "vs".into(),
@@ -418,6 +361,7 @@ mod tests {
         assert!(!api(None).is_permanent());
         assert!(
             RouterError::NotFound {
+                kind: crate::domain::RouteKind::VirtualService,
                 namespace: "test".into(),
                 name: "vs".into()
             }
