@@ -212,16 +212,16 @@ fn main() {
     println!("regressions at 50 req/s");
     let cases = [
         (
-            "  errors +1 point (2% vs 1%)",
+            "  errors +1 point (1.5% vs 0.5%)",
             Version {
-                error_rate: 0.02,
+                error_rate: 0.015,
                 ..SAME
             },
         ),
         (
-            "  errors +2 points (3% vs 1%)",
+            "  errors +2 points (2.5% vs 0.5%)",
             Version {
-                error_rate: 0.03,
+                error_rate: 0.025,
                 ..SAME
             },
         ),
