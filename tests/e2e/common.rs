@@ -43,20 +43,57 @@ pub fn artifacts() -> PathBuf {
 /// The kind of the example's route: `STEERER_ROUTE` (`VirtualService`, `HTTPRoute` or
 /// `GRPCRoute`, any letter case), VirtualService when unset. Every rollout suite runs for
 /// each kind this way, unchanged.
+///
+/// `STEERER_ROUTE` may also list kinds, comma-separated: each test then takes one of them by
+/// its own name (a hash of the test's name picks the position in the list), so one run
+/// covers every kind listed, a test each; the same list reversed gives each test the other
+/// kind of a pair (tests/run.sh runs `HTTPRoute,GRPCRoute` on one cluster and
+/// `GRPCRoute,HTTPRoute` on the other).
 pub fn route_kind() -> RouteKind {
-    match std::env::var("STEERER_ROUTE") {
-        Ok(kind) if !kind.is_empty() => RouteKind::parse(&kind).unwrap_or_else(|| {
-            panic!(
-                "STEERER_ROUTE={kind:?}: expected one of {}",
-                RouteKind::supported()
-            )
-        }),
-        _ => RouteKind::VirtualService,
+    let listed = std::env::var("STEERER_ROUTE").unwrap_or_default();
+    let kinds: Vec<RouteKind> = listed
+        .split(',')
+        .map(str::trim)
+        .filter(|kind| !kind.is_empty())
+        .map(|kind| {
+            RouteKind::parse(kind).unwrap_or_else(|| {
+                panic!(
+                    "STEERER_ROUTE={listed:?}: {kind:?} is not one of {}",
+                    RouteKind::supported()
+                )
+            })
+        })
+        .collect();
+    match kinds.as_slice() {
+        [] => RouteKind::VirtualService,
+        [kind] => *kind,
+        several => {
+            // libtest runs each test on a thread named after it.
+            let test = std::thread::current()
+                .name()
+                .filter(|name| name.contains("::"))
+                .unwrap_or_else(|| {
+                    panic!("STEERER_ROUTE={listed:?} picks a kind per test, but this thread is not a test's")
+                })
+                .to_owned();
+            several[kind_index(&test, several.len())]
+        }
     }
 }
 
-/// The example's workloads, and its route of `kind`: artifacts/workloads/ has the
-/// VirtualService; a Gateway API route comes from tests/fixtures/routes/ instead.
+/// The position in a list of `len` route kinds that the test named `test` takes: FNV-1a of
+/// the name, so the choice is the same on every run and machine.
+pub fn kind_index(test: &str, len: usize) -> usize {
+    let hash = test.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    usize::try_from(hash % len as u64).unwrap()
+}
+
+/// The example's workloads (podinfo, the files directly in artifacts/workloads/; not the
+/// Gateway API example in its `gateway-api/` folder), and its route of `kind`:
+/// artifacts/workloads/ has the VirtualService; a Gateway API route comes from
+/// tests/fixtures/routes/ instead.
 pub fn workloads(kind: RouteKind) -> Vec<PathBuf> {
     let workloads = artifacts().join("workloads");
     if kind == RouteKind::VirtualService {
@@ -65,7 +102,7 @@ pub fn workloads(kind: RouteKind) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&workloads)
         .unwrap()
         .map(|entry| entry.unwrap().path())
-        .filter(|path| !path.ends_with("podinfo-virtualservice.yaml"))
+        .filter(|path| path.is_file() && !path.ends_with("podinfo-virtualservice.yaml"))
         .collect();
     files.sort();
     files.push(route_fixture(kind));
@@ -574,7 +611,7 @@ pub async fn wait_for_series(prometheus: &Prometheus, workload: &str) {
 
 /// The example's split within a route's spec: the destinations of a VirtualService's first
 /// HTTP route, the backendRefs of the fixtures' second rule.
-fn split_pointer(kind: RouteKind) -> &'static str {
+pub fn split_pointer(kind: RouteKind) -> &'static str {
     match kind {
         RouteKind::VirtualService => "/spec/http/0/route",
         RouteKind::HttpRoute | RouteKind::GrpcRoute => "/spec/rules/1/backendRefs",

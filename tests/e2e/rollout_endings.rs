@@ -1,17 +1,18 @@
 //! Every rollout ends, and ends telling the truth: an abort during promotion is refused (GA
-//! already rolls out the canary's release), a deleted VirtualService ends the rollout FAILED
-//! instead of retrying forever, the canary keeps its pods for the scale-down delay after
-//! traffic leaves it (across a server restart, and never while the VirtualService still sends
-//! it traffic), and a VirtualService edited by hand halts the rollout until an operator
-//! resumes (adopting the edit) or aborts.
+//! already rolls out the canary's release), a deleted route ends the rollout FAILED instead
+//! of retrying forever, the canary keeps its pods for the scale-down delay after traffic
+//! leaves it (across a server restart, and never while the route still sends it traffic), and
+//! a route edited by hand halts the rollout until an operator resumes (adopting the edit) or
+//! aborts. The route is the harness's (`STEERER_ROUTE`): a VirtualService, HTTPRoute or
+//! GRPCRoute.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::common::{
-    CANARY, Cluster, GA, Harness, Options, events_until, image, replicas, virtual_services,
+    CANARY, Cluster, GA, Harness, Options, events_until, image, replicas, routes, split_pointer,
 };
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, DynamicObject, PostParams};
 use serde_json::json;
 use steerer::v1::{
     AbortRolloutRequest, Analysis, EventType, PauseRolloutRequest, Phase, ResumeRolloutRequest,
@@ -32,21 +33,6 @@ fn between(a: &RolloutEvent, b: &RolloutEvent) -> Duration {
         i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos)
     };
     Duration::from_nanos(u64::try_from(nanos(b) - nanos(a)).unwrap())
-}
-
-/// Sets the example VirtualService's weights the way a person would, behind steerer's back.
-async fn set_weights_by_hand(h: &Harness, ga: u32, canary: u32) {
-    let mut http = h.virtual_service().await.data["spec"]["http"].clone();
-    http[0]["route"][0]["weight"] = json!(ga);
-    http[0]["route"][1]["weight"] = json!(canary);
-    virtual_services(&h.kube)
-        .patch(
-            GA,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"http": http}})),
-        )
-        .await
-        .unwrap();
 }
 
 async fn abort(
@@ -121,16 +107,17 @@ async fn abort_during_promotion_is_refused_and_the_release_finishes_promoting() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_virtual_service_ends_rollouts_failed_in_bounded_time_and_frees_the_target() {
+async fn a_deleted_route_ends_rollouts_failed_in_bounded_time_and_frees_the_target() {
     let mut h = Harness::start().await;
     let analysis = || Analysis {
         step_weight: Some(25),
         progress_deadline: Some(seconds(3)),
         ..Default::default()
     };
-    let original = h.virtual_service().await;
+    let original = h.route_object().await;
+    let route = format!("{} test/podinfo", h.route.name());
 
-    // A paused rollout whose VirtualService is deleted: the abort answers at once, FAILED,
+    // A paused rollout whose route is deleted: the abort answers at once, FAILED,
     // saying what it could not undo.
     let first = h.start_rollout(h.request(analysis())).await;
     h.wait_until(&first.id, Duration::from_secs(30), |r| {
@@ -144,7 +131,7 @@ async fn a_deleted_virtual_service_ends_rollouts_failed_in_bounded_time_and_free
         })
         .await
         .unwrap();
-    virtual_services(&h.kube)
+    routes(&h.kube, h.route)
         .delete(GA, &DeleteParams::default())
         .await
         .unwrap();
@@ -158,33 +145,40 @@ async fn a_deleted_virtual_service_ends_rollouts_failed_in_bounded_time_and_free
     assert_eq!(answer.phase(), Phase::Failed, "{}", answer.message);
     // Either steerer's watch cache already saw the deletion, or the abort's route write was
     // answered 404 (on a real API server the watch event may come after the abort): both end
-    // FAILED, keep the operator's reason, name the VirtualService and say what stays.
+    // FAILED, keep the operator's reason, name the route and say what stays.
     let message = &answer.message;
     for part in [
         "aborted: cancel the release",
-        "VirtualService test/podinfo",
+        &route,
         "canary podinfo-canary keeps its",
     ] {
         assert!(message.contains(part), "{part:?}: {message}");
     }
     assert!(
         message.contains("no longer exists, so traffic could not be routed back to GA")
-            || message.contains(
-                "could not route all traffic to GA: VirtualService test/podinfo not found"
-            ),
+            || message.contains(&format!(
+                "could not route all traffic to GA: {route} not found"
+            )),
         "{message}"
     );
     assert!(replicas(&h.deployment(CANARY).await) > 0);
 
     // Put it back, and start again: the target is free.
     let mut recreated = original.clone();
-    recreated.metadata.resource_version = None;
-    recreated.metadata.uid = None;
-    recreated.metadata.creation_timestamp = None;
-    recreated.metadata.managed_fields = None;
-    recreated.data["spec"]["http"][0]["route"][0]["weight"] = json!(100);
-    recreated.data["spec"]["http"][0]["route"][1]["weight"] = json!(0);
-    virtual_services(&h.kube)
+    for field in [
+        "resourceVersion",
+        "uid",
+        "creationTimestamp",
+        "managedFields",
+        "generation",
+    ] {
+        recreated["metadata"].as_object_mut().unwrap().remove(field);
+    }
+    let split = recreated.pointer_mut(split_pointer(h.route)).unwrap();
+    split[0]["weight"] = json!(100);
+    split[1]["weight"] = json!(0);
+    let recreated: DynamicObject = serde_json::from_value(recreated).unwrap();
+    routes(&h.kube, h.route)
         .create(&PostParams::default(), &recreated)
         .await
         .unwrap();
@@ -194,7 +188,7 @@ async fn a_deleted_virtual_service_ends_rollouts_failed_in_bounded_time_and_free
     })
     .await;
 
-    // A progressing rollout whose VirtualService is deleted ends FAILED by itself, without
+    // A progressing rollout whose route is deleted ends FAILED by itself, without
     // retrying writes to the missing object.
     // The simulator counts the requests it serves; a real API server's count would come from
     // its audit log.
@@ -202,7 +196,7 @@ async fn a_deleted_virtual_service_ends_rollouts_failed_in_bounded_time_and_free
         Cluster::Sim(sim) => Some(sim.world().clone()),
         Cluster::Real { .. } => None,
     };
-    virtual_services(&h.kube)
+    routes(&h.kube, h.route)
         .delete(GA, &DeleteParams::default())
         .await
         .unwrap();
@@ -212,17 +206,16 @@ async fn a_deleted_virtual_service_ends_rollouts_failed_in_bounded_time_and_free
     let done = h.wait_for_end(&second.id, Duration::from_secs(10)).await;
     assert_eq!(done.phase(), Phase::Failed, "{}", done.message);
     assert!(
-        done.message
-            .contains("VirtualService test/podinfo no longer exists"),
+        done.message.contains(&format!("{route} no longer exists")),
         "{}",
         done.message
     );
     // At most the one step that may have been under way when it went.
     if let Some(world) = &world {
-        let patches = world.faults.count("patch", "virtualservices");
+        let patches = world.faults.count("patch", h.route_plural());
         assert!(
             patches <= 1,
-            "{patches} weight patches to a missing VirtualService"
+            "{patches} weight patches to a missing {route}"
         );
     }
     let again = abort(&mut h, &second.id, "").await.unwrap();
@@ -296,7 +289,7 @@ async fn the_canary_keeps_its_pods_for_the_scale_down_delay_even_across_a_restar
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_aborted_canary_is_never_scaled_down_while_the_virtual_service_sends_it_traffic() {
+async fn an_aborted_canary_is_never_scaled_down_while_the_route_sends_it_traffic() {
     const DELAY: Duration = Duration::from_secs(4);
     let mut options = Options::default();
     options.server.scale_down_delay = DELAY;
@@ -320,7 +313,7 @@ async fn an_aborted_canary_is_never_scaled_down_while_the_virtual_service_sends_
     assert!(replicas(&h.deployment(CANARY).await) > 0);
 
     // Someone sends traffic to the canary again during the wait.
-    set_weights_by_hand(&h, 50, 50).await;
+    h.set_weights_by_hand(50, 50).await;
     let events = events_until(
         &mut h.client,
         &started.id,
@@ -350,7 +343,7 @@ async fn an_aborted_canary_is_never_scaled_down_while_the_virtual_service_sends_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hand_edited_virtual_service_halts_the_rollout_until_resume_adopts_the_edit() {
+async fn a_hand_edited_route_halts_the_rollout_until_resume_adopts_the_edit() {
     let mut h = Harness::start().await;
     let started = h
         .start_rollout(h.request(Analysis {
@@ -363,7 +356,7 @@ async fn a_hand_edited_virtual_service_halts_the_rollout_until_resume_adopts_the
         r.canary_weight == 20
     })
     .await;
-    set_weights_by_hand(&h, 55, 45).await;
+    h.set_weights_by_hand(55, 45).await;
 
     let paused = h
         .wait_for_phase(&started.id, Phase::Paused, Duration::from_secs(10))

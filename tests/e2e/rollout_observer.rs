@@ -122,7 +122,7 @@ async fn a_healthy_canary_is_promoted_on_linkerd_series_alone_latency_included_a
 async fn an_unknown_observer_is_refused_naming_the_known_ones_and_changes_nothing() {
     let mut h = Harness::start().await;
     let ga_before = h.deployment(GA).await;
-    let vs_before = h.virtual_service().await;
+    let route_before = h.route_object().await;
     let refused = h
         .client
         .start_rollout(StartRolloutRequest {
@@ -138,7 +138,7 @@ async fn an_unknown_observer_is_refused_naming_the_known_ones_and_changes_nothin
         refused.message()
     );
     assert_eq!(h.deployment(GA).await.spec, ga_before.spec);
-    assert_eq!(h.virtual_service().await.data, vs_before.data);
+    assert_eq!(h.route_object().await, route_before);
     let listed = h
         .client
         .list_rollouts(steerer::v1::ListRolloutsRequest::default())
