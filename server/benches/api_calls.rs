@@ -53,6 +53,10 @@ fn copies(k: usize) -> anyhow::Result<Option<PathBuf>> {
     std::fs::create_dir_all(&dir)?;
     for entry in std::fs::read_dir(artifacts().join("workloads"))? {
         let path = entry?.path();
+        // The Gateway API example's folder is not podinfo's.
+        if !path.is_file() {
+            continue;
+        }
         let text = std::fs::read_to_string(&path)?;
         let file = path
             .file_name()

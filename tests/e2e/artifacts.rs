@@ -1,8 +1,10 @@
 //! Every manifest in `artifacts/`, applied to an empty cluster (either substrate) with the real kubectl
-//! exactly as README.md tells a user to (Istio CRDs, the `test` namespace, the podinfo
-//! workloads, then steerer's own installation), is accepted, stored as written and idempotent
+//! exactly as README.md tells a user to (Istio's and the Gateway API's CRDs, the `test`
+//! namespace, the podinfo workloads with their VirtualService, the backend workloads with their
+//! HTTPRoute, then steerer's own installation), is accepted, stored as written and idempotent
 //! under a second `kubectl apply`; a changed manifest goes through kubectl's strategic merge
-//! patch; and a rollout then promotes a new image on the workloads kubectl created.
+//! patch; and two rollouts then promote a new image on the workloads kubectl created, one
+//! through each example's route.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,8 @@ use steerer::v1::{Analysis, GetRolloutRequest, Phase, StartRolloutRequest};
 use steerer_sim::prometheus::{Prometheus, PrometheusConfig};
 
 const NEW_IMAGE: &str = "ghcr.io/stefanprodan/podinfo:6.1.0";
+/// The Gateway API example's GA Deployment (and Service, and HTTPRoute).
+const BACKEND: &str = "backend";
 
 /// The kubectl to run: `$KUBECTL` (tests/run.sh sets it to the one in the project's tool cache),
 /// else `kubectl` on PATH.
@@ -123,12 +127,19 @@ fn sorted(names: &[&str]) -> Vec<String> {
 }
 
 /// The README's install commands, in order, with the objects each creates.
-const APPLIES: [(&str, &[&str]); 4] = [
+const APPLIES: [(&str, &[&str]); 6] = [
     (
         "artifacts/istio/",
         &[
             "customresourcedefinition.apiextensions.k8s.io/destinationrules.networking.istio.io",
             "customresourcedefinition.apiextensions.k8s.io/virtualservices.networking.istio.io",
+        ],
+    ),
+    (
+        "artifacts/gateway-api/",
+        &[
+            "customresourcedefinition.apiextensions.k8s.io/grpcroutes.gateway.networking.k8s.io",
+            "customresourcedefinition.apiextensions.k8s.io/httproutes.gateway.networking.k8s.io",
         ],
     ),
     ("./artifacts/namespace/", &["namespace/test"]),
@@ -141,6 +152,16 @@ const APPLIES: [(&str, &[&str]); 4] = [
             "service/podinfo",
             "service/podinfo-canary",
             "virtualservice.networking.istio.io/podinfo",
+        ],
+    ),
+    (
+        "./artifacts/workloads/gateway-api/",
+        &[
+            "deployment.apps/backend",
+            "deployment.apps/backend-canary",
+            "service/backend",
+            "service/backend-canary",
+            "httproute.gateway.networking.k8s.io/backend",
         ],
     ),
     (
@@ -222,9 +243,10 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
 
     for (path, expected) in APPLIES {
         let out = kubectl.run(&["apply", "-f", path]).await;
-        // A real control plane comes with Istio's CRDs installed (tests/cluster/up.sh applies
-        // these same files), as a cluster with Istio does.
-        let action = if matches!(cluster, Cluster::Real { .. }) && path == "artifacts/istio/" {
+        // A real control plane comes with Istio's and the Gateway API's CRDs installed
+        // (tests/cluster/up.sh applies these same files), as a cluster with a mesh does.
+        let crds = ["artifacts/istio/", "artifacts/gateway-api/"];
+        let action = if matches!(cluster, Cluster::Real { .. }) && crds.contains(&path) {
             "unchanged"
         } else {
             "created"
@@ -247,13 +269,14 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
         assert!(out.lines().any(|l| l == name), "{name} missing from\n{out}");
     }
     let out = kubectl
-        .run(&["get", "deploy,svc,hpa,vs", "-n", NS, "-o", "name"])
+        .run(&["get", "deploy,svc,hpa,vs,httproute", "-n", NS, "-o", "name"])
         .await;
     assert_eq!(
         sorted(&out.lines().collect::<Vec<_>>()),
-        sorted(APPLIES[2].1),
+        sorted(&[APPLIES[3].1, APPLIES[4].1].concat()),
         "{out}"
     );
+
     let out = kubectl
         .run(&["get", "sa,deploy,svc", "-n", "steerer-system", "-o", "name"])
         .await;
@@ -448,22 +471,37 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
     );
 
     // A second apply of the same files changes nothing. kubectl always sends a
-    // PodDisruptionBudget's selector (its patch strategy is replace), so against a real API
-    // server it says the budget was "configured": the server stores nothing new all the same.
-    const BUDGET_CONFIGURED: &str = "poddisruptionbudget.policy/steerer configured";
-    let budget_version = async || {
-        kubectl
-            .json(&["get", "pdb", "steerer", "-n", "steerer-system"])
-            .await["metadata"]["resourceVersion"]
-            .clone()
+    // PodDisruptionBudget's selector (its patch strategy is replace), and a custom resource's
+    // lists whole when the stored object differs from the file (a real API server fills in the
+    // HTTPRoute's defaults: a backendRef's weight, group and kind, a rule's path match), so
+    // against a real API server it says those were "configured": the server stores nothing new
+    // all the same.
+    let resends: [(&str, [&str; 5]); 2] = [
+        (
+            "poddisruptionbudget.policy/steerer",
+            ["get", "pdb", "steerer", "-n", "steerer-system"],
+        ),
+        (
+            "httproute.gateway.networking.k8s.io/backend",
+            ["get", "httproute", BACKEND, "-n", NS],
+        ),
+    ];
+    let versions = async || {
+        let mut versions = Vec::new();
+        for (_, get) in &resends {
+            versions.push(kubectl.json(get).await["metadata"]["resourceVersion"].clone());
+        }
+        versions
     };
-    let budget_before = budget_version().await;
+    let versions_before = versions().await;
     for (path, expected) in APPLIES {
-        let out = kubectl.run(&["apply", "-f", path]).await;
-        let out = out.replace(
-            BUDGET_CONFIGURED,
-            "poddisruptionbudget.policy/steerer unchanged",
-        );
+        let mut out = kubectl.run(&["apply", "-f", path]).await;
+        for (object, _) in &resends {
+            out = out.replace(
+                &format!("{object} configured"),
+                &format!("{object} unchanged"),
+            );
+        }
         assert_eq!(
             objects(&out, "unchanged"),
             sorted(expected),
@@ -471,9 +509,9 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
         );
     }
     assert_eq!(
-        budget_version().await,
-        budget_before,
-        "the budget was rewritten"
+        versions().await,
+        versions_before,
+        "the budget or the HTTPRoute was rewritten"
     );
 
     // A changed manifest is applied as a strategic merge patch: the container merges by name,
@@ -544,56 +582,90 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
     let role = kubectl.json(&["get", "clusterrole", "steerer"]).await;
     assert_eq!(role["rules"], written_role["rules"]);
 
-    // The server, started against the cluster kubectl set up, promotes a new image.
+    // The server, started against the cluster kubectl set up, promotes a new image on each
+    // example at once: podinfo through its VirtualService, backend through its HTTPRoute,
+    // which the start names neither of (steerer finds each).
     crate::common::wait_for_series(&prometheus, GA).await;
+    crate::common::wait_for_series(&prometheus, BACKEND).await;
     let mut config = test_server_config();
     config.prometheus_url = prometheus.url();
     let server = start_server(config, kube_config).await;
     let mut client = connect(server.addr).await;
-    let started = client
-        .start_rollout(StartRolloutRequest {
-            namespace: NS.into(),
-            target: GA.into(),
-            images: HashMap::from([("podinfo".to_owned(), NEW_IMAGE.to_owned())]),
-            analysis: Some(Analysis {
-                step_weight: Some(50),
-                interval: Some(prost_types::Duration {
-                    seconds: 1,
-                    nanos: 0,
+    // The HTTPRoute as stored (with the API server's defaults), to compare after its rollout.
+    let stored_route = kubectl.json(&["get", "httproute", BACKEND, "-n", NS]).await;
+    let mut started = Vec::new();
+    for (target, container) in [(GA, "podinfo"), (BACKEND, "backend")] {
+        let rollout = client
+            .start_rollout(StartRolloutRequest {
+                namespace: NS.into(),
+                target: target.into(),
+                images: HashMap::from([(container.to_owned(), NEW_IMAGE.to_owned())]),
+                analysis: Some(Analysis {
+                    step_weight: Some(50),
+                    interval: Some(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
                 }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let done = loop {
-        let r = client
-            .get_rollout(GetRolloutRequest {
-                id: started.id.clone(),
             })
             .await
             .unwrap()
             .into_inner();
-        if crate::common::is_terminal(r.phase()) {
-            break r;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "rollout still {:?} at weight {}: {}",
-            r.phase(),
-            r.canary_weight,
-            r.message
+        started.push(rollout);
+    }
+    let found: Vec<(String, String)> = started
+        .iter()
+        .map(|r| {
+            let route = r.route.clone().unwrap();
+            (route.kind, route.name)
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("VirtualService".to_owned(), GA.to_owned()),
+            ("HTTPRoute".to_owned(), BACKEND.to_owned())
+        ]
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    for rollout in &started {
+        let done = loop {
+            let r = client
+                .get_rollout(GetRolloutRequest {
+                    id: rollout.id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if crate::common::is_terminal(r.phase()) {
+                break r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "rollout of {} still {:?} at weight {}: {}",
+                r.target,
+                r.phase(),
+                r.canary_weight,
+                r.message
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(
+            done.phase(),
+            Phase::Succeeded,
+            "{}: {}",
+            done.target,
+            done.message
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(done.phase(), Phase::Succeeded, "{}", done.message);
+    }
 
     let apps = Api::<Deployment>::namespaced(kube.clone(), NS);
-    assert_eq!(image(&apps.get(GA).await.unwrap()), NEW_IMAGE);
-    assert_eq!(replicas(&apps.get(CANARY).await.unwrap()), 0);
+    for (ga, canary) in [(GA, CANARY), (BACKEND, "backend-canary")] {
+        assert_eq!(image(&apps.get(ga).await.unwrap()), NEW_IMAGE, "{ga}");
+        assert_eq!(replicas(&apps.get(canary).await.unwrap()), 0, "{canary}");
+    }
     let vs = crate::common::virtual_services(&kube)
         .get(GA)
         .await
@@ -602,17 +674,41 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
     assert_eq!(route[0]["destination"]["host"], GA);
     assert_eq!(route[0]["weight"], 100);
     assert_eq!(route[1]["weight"].as_u64().unwrap_or(0), 0);
-    let out = kubectl
-        .run(&[
-            "get",
-            "deploy",
-            GA,
-            "-n",
-            NS,
-            "-o",
-            "jsonpath={.spec.template.spec.containers[0].image}",
-        ])
-        .await;
-    assert_eq!(out, NEW_IMAGE);
+    // The HTTPRoute is back on GA, and but for the split's two weights it is as it was.
+    let mut http_route = kubectl.json(&["get", "httproute", BACKEND, "-n", NS]).await;
+    let split = &mut http_route["spec"]["rules"][1]["backendRefs"];
+    assert_eq!(split[0]["name"], BACKEND);
+    assert_eq!(split[0]["weight"], 100);
+    assert_eq!(split[1]["weight"], 0);
+    let mut stored_route = stored_route;
+    for route in [&mut http_route, &mut stored_route] {
+        for backend in route["spec"]["rules"][1]["backendRefs"]
+            .as_array_mut()
+            .unwrap()
+        {
+            backend.as_object_mut().unwrap().remove("weight");
+        }
+    }
+    assert_eq!(http_route["spec"], stored_route["spec"]);
+    for field in ["labels", "annotations"] {
+        assert_eq!(
+            http_route["metadata"][field], stored_route["metadata"][field],
+            "{field}"
+        );
+    }
+    for (ga, container) in [(GA, "podinfo"), (BACKEND, "backend")] {
+        let out = kubectl
+            .run(&[
+                "get",
+                "deploy",
+                ga,
+                "-n",
+                NS,
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].image}",
+            ])
+            .await;
+        assert_eq!(out, NEW_IMAGE, "{ga}'s container {container}");
+    }
     server.stop().await.unwrap();
 }

@@ -13,11 +13,17 @@ use steerer_sim::prometheus::{Prometheus, PrometheusConfig};
 use steerer_sim::store::{GroupResource, UpdateScope};
 use steerer_sim::{Sim, SimConfig, Timing};
 
-/// Creates the example workloads from `artifacts/workloads/` straight in the store.
+/// Creates the example workloads from `artifacts/workloads/` (podinfo's files) straight in
+/// the store.
 fn create_workloads(sim: &Sim) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts/workloads");
     for entry in std::fs::read_dir(dir).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let path = entry.unwrap().path();
+        // podinfo's files; the Gateway API example has a folder of its own.
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(path).unwrap();
         let obj: Value = serde_yaml::from_str(&text).unwrap();
         let gr: GroupResource = match obj["kind"].as_str().unwrap() {
             "Deployment" => deployments(),
