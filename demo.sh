@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The steerer demo: a simulated cluster with the podinfo setup, a real Prometheus scraping its
-# mesh, the steerer server, and two canary releases driven through the CLI — a healthy version
-# promoted to GA and a failing one (5xx) rolled back. Ends by itself and leaves no process
+# The steerer demo: a simulated cluster with the two example targets of artifacts/workloads/
+# (podinfo, routed by an Istio VirtualService, and backend, routed by a Gateway API HTTPRoute),
+# a real Prometheus scraping its mesh, the steerer server, and two canary releases driven
+# through the CLI — a healthy podinfo promoted to GA through its VirtualService, and a failing
+# backend (5xx) rolled back through its HTTPRoute. Ends by itself and leaves no process
 # behind, also on Ctrl-C. Stops at the first thing that goes wrong, saying what in one line
 # (with the end of the log of a component that did not start) and keeping the logs.
 #
@@ -123,11 +125,11 @@ if [ -n "$real" ]; then
   metrics_url=$(wait_for_line "$work/mesh.out" "metrics: " "$mesh_pid" "the mesh" "$work/mesh.log")
   cluster_log="$work/cluster/kube-apiserver.log"
 else
-  say "Starting the simulated cluster (with Istio's CRDs)"
+  say "Starting the simulated cluster (with Istio's and the Gateway API's CRDs)"
   cluster_log="$work/sim.log"
   "$bin/steerer-sim" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
     --write-kubeconfig "$work/kubeconfig" --pod-startup 500ms --request-rate 100 \
-    --apply artifacts/istio >"$work/sim.out" 2>"$cluster_log" &
+    --apply artifacts/istio --apply artifacts/gateway-api >"$work/sim.out" 2>"$cluster_log" &
   sim_pid=$!
   pids+=("$sim_pid")
   metrics_url=$(wait_for_line "$work/sim.out" "metrics: " "$sim_pid" "the simulator" "$cluster_log")
@@ -141,14 +143,17 @@ kubectl apply -f ./artifacts/steerer/05-rollouts-crd.yaml ||
 kubectl wait --for=condition=Established --timeout=30s crd/rollouts.steerer.dev ||
   fail "the Rollout CRD was not established" "$cluster_log"
 
-say "kubectl apply: namespace test, podinfo and podinfo-canary, their Services, an HPA, the VirtualService"
+say "kubectl apply: namespace test; podinfo and podinfo-canary, their Services, an HPA, a VirtualService"
 kubectl apply -f ./artifacts/namespace/ || fail "kubectl apply -f artifacts/namespace/ failed" "$cluster_log"
 kubectl apply -f ./artifacts/workloads/ || fail "kubectl apply -f artifacts/workloads/ failed" "$cluster_log"
-for deployment in podinfo podinfo-canary; do
+say "kubectl apply: backend and backend-canary, their Services, an HTTPRoute (Gateway API)"
+kubectl apply -f ./artifacts/workloads/gateway-api/ ||
+  fail "kubectl apply -f artifacts/workloads/gateway-api/ failed" "$cluster_log"
+for deployment in podinfo podinfo-canary backend backend-canary; do
   kubectl -n test rollout status "deployment/$deployment" --timeout=60s ||
     fail "deployment $deployment did not become ready" "$cluster_log"
 done
-kubectl -n test get deployments,services,hpa,virtualservices
+kubectl -n test get deployments,services,hpa,virtualservices,httproutes
 
 say "Starting Prometheus (1 s scrape of the mesh's Istio metrics)"
 prom_port=$(free_port)
@@ -188,10 +193,12 @@ for _ in $(seq 1 100); do
 done
 [ -n "$reachable" ] || fail "the steerer server did not answer on $STEERER_SERVER within 10 s" "$work/server.log"
 
-# release NAME IMAGE EXPECTED: a release through the CLI, which must exit EXPECTED.
+# release NAME TARGET IMAGE EXPECTED: a release of TARGET (its container of the same name)
+# through the CLI, which must exit EXPECTED. The start names no route: steerer finds the one
+# sending traffic to TARGET and TARGET-canary, and its first line says which.
 release() {
-  local name=$1 image=$2 expected=$3 status=0
-  "$bin/steerer" start test/podinfo --image "podinfo=$image" \
+  local name=$1 target=$2 image=$3 expected=$4 status=0
+  "$bin/steerer" start "test/$target" --image "$target=$image" \
     --step-weight 20 --interval 2s --threshold 99 --max-failed-checks 2 --wait || status=$?
   alive "$server_pid" "the steerer server" "$work/server.log"
   if [ "$status" -ne "$expected" ]; then
@@ -199,22 +206,30 @@ release() {
   fi
 }
 
-say "Release 1: podinfo 6.0.1, a healthy canary -> promoted"
-release "release 1 (healthy)" ghcr.io/stefanprodan/podinfo:6.0.1 0
+say "Release 1: podinfo 6.0.1 through its Istio VirtualService, a healthy canary -> promoted"
+release "release 1 (podinfo, healthy)" podinfo ghcr.io/stefanprodan/podinfo:6.0.1 0
 
-say "Release 2: podinfo 6.0.2, a canary answering 30% 5xx -> rolled back"
+say "Release 2: backend 6.0.2 through its Gateway API HTTPRoute, a canary answering 30% 5xx -> rolled back"
 # The failing version: the simulator reads this pod-template annotation as the 5xx share.
-kubectl -n test patch deployment podinfo-canary --type=merge \
+kubectl -n test patch deployment backend-canary --type=merge \
   -p '{"spec":{"template":{"metadata":{"annotations":{"sim.steerer.dev/error-rate":"0.3"}}}}}' >/dev/null ||
-  fail "kubectl patch of podinfo-canary failed" "$cluster_log"
-release "release 2 (5xx)" ghcr.io/stefanprodan/podinfo:6.0.2 1
+  fail "kubectl patch of backend-canary failed" "$cluster_log"
+release "release 2 (backend, 5xx)" backend ghcr.io/stefanprodan/podinfo:6.0.2 1
 
 say "Summary"
 "$bin/steerer" list -n test
-ga_image=$(kubectl -n test get deployment podinfo -o jsonpath='{.spec.template.spec.containers[0].image}')
-echo "GA podinfo now runs: $ga_image"
-[ "$ga_image" = ghcr.io/stefanprodan/podinfo:6.0.1 ] ||
-  fail "GA runs $ga_image, expected the promoted ghcr.io/stefanprodan/podinfo:6.0.1"
-echo "release 1 (healthy): promoted (exit 0)"
-echo "release 2 (5xx):     rolled back (exit 1)"
+# expect_ga TARGET IMAGE: GA of TARGET runs IMAGE.
+expect_ga() {
+  local image
+  image=$(kubectl -n test get deployment "$1" -o jsonpath='{.spec.template.spec.containers[0].image}')
+  echo "GA $1 now runs: $image"
+  [ "$image" = "$2" ] || fail "GA $1 runs $image, expected $2"
+}
+expect_ga podinfo ghcr.io/stefanprodan/podinfo:6.0.1
+expect_ga backend ghcr.io/stefanprodan/podinfo:6.0.0
+weights=$(kubectl -n test get httproute backend -o jsonpath='{.spec.rules[1].backendRefs[*].weight}')
+echo "HTTPRoute backend's split (backend, backend-canary): $weights"
+[ "$weights" = "100 0" ] || fail "the HTTPRoute backend splits $weights, expected all on GA (100 0)"
+echo "release 1 (podinfo via virtualservice/podinfo, healthy): promoted (exit 0)"
+echo "release 2 (backend via httproute/backend, 5xx):          rolled back (exit 1)"
 echo "demo finished as expected"
