@@ -28,6 +28,16 @@ SIM_ONLY=(replicas::a_leader_cut_off_from_the_api_server_stops_leading_before_an
   rollout_routes::a_start_naming_a_kind_the_cluster_does_not_serve_is_refused_naming_its_crd)
 # Suites run again with the example's route as each Gateway API kind (STEERER_ROUTE).
 ROUTED=(rollout_promote rollout_rollback rollout_routes rollout_control)
+# Suites that exercise the route too, run again with a Gateway API kind picked per test
+# (STEERER_ROUTE lists both; a hash of the test's name picks one): every test takes one kind
+# on the simulator; the reversed list gives it the other, on the real control plane for
+# rollout_endings and on the simulator for the two suites whose tests the hash gives one kind
+# alone. Running each of them for each kind on both clusters would cost about 13 minutes
+# more than this (README.md, Tests).
+PER_TEST=(rollout_endings rollout_halts rollout_observer rollout_latency rollout_templates
+  rollout_webhooks rollout_approval)
+PER_TEST_REAL=(rollout_endings)
+PER_TEST_SIM_AGAIN=(rollout_halts rollout_approval)
 skips=()
 for t in "${SIM_ONLY[@]}"; do skips+=(--skip "$t"); done
 
@@ -47,4 +57,13 @@ for kind in HTTPRoute GRPCRoute; do
   echo "== kill -9 and resume with a $kind on the simulator"
   STEERER_ROUTE=$kind cargo test -p steerer --no-fail-fast --test e2e "$@" -- rollout_restart:: || status=$?
 done
+echo "== more route suites on the simulator, each test with an HTTPRoute or a GRPCRoute"
+STEERER_ROUTE=HTTPRoute,GRPCRoute cargo test -p steerer --no-fail-fast --test e2e "$@" \
+  -- "${PER_TEST[@]/%/::}" || status=$?
+echo "== rollout_halts and rollout_approval on the simulator, each test with the other Gateway API kind"
+STEERER_ROUTE=GRPCRoute,HTTPRoute cargo test -p steerer --no-fail-fast --test e2e "$@" \
+  -- "${PER_TEST_SIM_AGAIN[@]/%/::}" || status=$?
+echo "== rollout_endings on the real control plane, each test with the other Gateway API kind"
+STEERER_ROUTE=GRPCRoute,HTTPRoute STEERER_SUBSTRATE=real cargo test -p steerer --no-fail-fast --test e2e "$@" \
+  -- "${PER_TEST_REAL[@]/%/::}" || status=$?
 exit "$status"
