@@ -47,8 +47,7 @@ pub fn artifacts() -> PathBuf {
 /// `STEERER_ROUTE` may also list kinds, comma-separated: each test then takes one of them by
 /// its own name (a hash of the test's name picks the position in the list), so one run
 /// covers every kind listed, a test each; the same list reversed gives each test the other
-/// kind of a pair (tests/run.sh runs `HTTPRoute,GRPCRoute` on one cluster and
-/// `GRPCRoute,HTTPRoute` on the other).
+/// kind of a pair (which suites tests/run.sh runs so, and where: README.md, Tests).
 pub fn route_kind() -> RouteKind {
     let listed = std::env::var("STEERER_ROUTE").unwrap_or_default();
     let kinds: Vec<RouteKind> = listed
