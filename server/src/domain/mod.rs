@@ -2,6 +2,7 @@
 //! and (in `views`) what the engine sees of the cluster. Free of kube, tonic and the generated
 //! types so the engine and its tests stay plain Rust.
 
+pub mod baseline;
 #[cfg(test)]
 pub mod fixtures;
 pub mod judging;
@@ -9,6 +10,7 @@ pub mod route;
 pub mod strategy;
 pub mod views;
 
+pub use baseline::{AgainstBaseline, BaselineMode, BaselineSample, BaselineSettings, SideCounts};
 pub use judging::{
     CheckKind, CheckOutcome, CheckResult, Gates, HookAnswer, HookOutcome, MetricCheck, Webhook,
     WebhookKind, failed_names,
@@ -183,6 +185,9 @@ pub struct AnalysisSettings {
     /// Hold at the maximum weight until an operator promotes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_approval: bool,
+    /// Judge the canary against a baseline rather than (or besides) fixed bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineSettings>,
 }
 
 impl AnalysisSettings {
@@ -210,6 +215,7 @@ impl Default for AnalysisSettings {
             metrics: Vec::new(),
             webhooks: Vec::new(),
             require_approval: false,
+            baseline: None,
         }
     }
 }
@@ -348,6 +354,11 @@ pub struct Rollout {
     /// the rest of the delay.
     #[serde(default)]
     pub traffic_off_canary_at: Option<DateTime<Utc>>,
+    /// Checks judged against the baseline so far for the revision under analysis (checks
+    /// without data not counted): the next is look `baseline_looks + 1`, held to that look's
+    /// share of 1 − confidence. Persisted so a restarted server spends no budget twice.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub baseline_looks: u32,
     /// Who started it (the authenticated caller).
     #[serde(default)]
     pub created_by: String,
@@ -403,10 +414,15 @@ impl Rollout {
             route_fingerprint: None,
             promoted_template: None,
             traffic_off_canary_at: None,
+            baseline_looks: 0,
             created_by: String::new(),
             gates: Gates::default(),
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The observer of a record that names none: the only one there was when it was written.

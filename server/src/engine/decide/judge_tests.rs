@@ -31,6 +31,7 @@ fn a_success_rate_at_the_threshold_passes() {
                 max: None,
                 outcome: CheckOutcome::Passed,
                 detail: String::new(),
+                baseline: None,
             }],
         }
     );
