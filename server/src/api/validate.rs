@@ -708,6 +708,134 @@ mod tests {
         assert_eq!(s.interval, d.interval);
     }
 
+    fn with_baseline(max_weight: u32, baseline: pb::Baseline) -> pb::Analysis {
+        pb::Analysis {
+            max_weight: Some(max_weight),
+            baseline: Some(baseline),
+            ..Default::default()
+        }
+    }
+
+    fn ga_baseline() -> pb::Baseline {
+        pb::Baseline {
+            mode: pb::BaselineMode::Ga as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_baseline_gets_its_defaults_and_drops_the_servers_absolute_bounds() {
+        let d = AnalysisSettings {
+            max_latency_p99_ms: Some(500.0),
+            ..AnalysisSettings::default()
+        };
+        let s = analysis(Some(&with_baseline(50, ga_baseline())), &d).unwrap();
+        let b = s.baseline.expect("a baseline");
+        assert_eq!(b.mode, BaselineMode::Ga);
+        assert_eq!(b.confidence, 0.99);
+        assert_eq!(b.max_error_rate_increase, 0.5);
+        assert_eq!(b.max_latency_increase, 0.2);
+        assert_eq!(b.min_requests, 200);
+        assert!(!b.success_rate_guard);
+        assert_eq!(s.max_latency_p99_ms, None);
+        // Bounds the request sets stay, as guard rails.
+        let a = pb::Analysis {
+            success_rate_threshold: Some(90.0),
+            max_latency_p99_ms: Some(800.0),
+            ..with_baseline(50, ga_baseline())
+        };
+        let s = analysis(Some(&a), &d).unwrap();
+        assert!(s.baseline.unwrap().success_rate_guard);
+        assert_eq!(s.success_rate_threshold, 90.0);
+        assert_eq!(s.max_latency_p99_ms, Some(800.0));
+        // Without a baseline nothing changes.
+        let s = analysis(Some(&pb::Analysis::default()), &d).unwrap();
+        assert_eq!(s.baseline, None);
+        assert_eq!(s.max_latency_p99_ms, Some(500.0));
+    }
+
+    #[test]
+    fn a_baseline_that_could_not_be_judged_or_is_out_of_range_is_refused_saying_why() {
+        let d = AnalysisSettings::default();
+        let cases = [
+            (with_baseline(100, ga_baseline()), "must be below 100"),
+            (
+                with_baseline(
+                    50,
+                    pb::Baseline {
+                        mode: 0,
+                        ..Default::default()
+                    },
+                ),
+                "BASELINE_MODE_GA",
+            ),
+            (
+                with_baseline(
+                    50,
+                    pb::Baseline {
+                        mode: pb::BaselineMode::Deployment as i32,
+                        ..Default::default()
+                    },
+                ),
+                "not available",
+            ),
+            (
+                with_baseline(
+                    50,
+                    pb::Baseline {
+                        confidence: Some(1.0),
+                        ..ga_baseline()
+                    },
+                ),
+                "strictly between 0 and 1",
+            ),
+            (
+                with_baseline(
+                    50,
+                    pb::Baseline {
+                        confidence: Some(f64::NAN),
+                        ..ga_baseline()
+                    },
+                ),
+                "confidence",
+            ),
+            (
+                with_baseline(
+                    50,
+                    pb::Baseline {
+                        max_error_rate_increase: Some(-0.1),
+                        ..ga_baseline()
+                    },
+                ),
+                "max_error_rate_increase",
+            ),
+            (
+                with_baseline(
+                    50,
+                    pb::Baseline {
+                        max_latency_increase: Some(f64::INFINITY),
+                        ..ga_baseline()
+                    },
+                ),
+                "max_latency_increase",
+            ),
+            (
+                with_baseline(
+                    50,
+                    pb::Baseline {
+                        min_requests: Some(0),
+                        ..ga_baseline()
+                    },
+                ),
+                "min_requests",
+            ),
+        ];
+        for (a, says) in cases {
+            let err = analysis(Some(&a), &d).unwrap_err();
+            assert!(err.0.contains(says), "{err} should say {says}");
+        }
+    }
+
     #[test]
     fn out_of_range_analysis_is_rejected() {
         let d = AnalysisSettings::default();

@@ -680,6 +680,37 @@ mod tests {
     }
 
     #[test]
+    fn baseline_counts_come_from_one_valid_query_and_split_by_side() {
+        let w = ["podinfo".to_owned(), "podinfo-canary".to_owned()];
+        for observer in [&Istio as &dyn Observer, &Linkerd] {
+            let q = counts_query(observer, "test", &w, 120);
+            promql_parser::parser::parse(&q).unwrap_or_else(|e| panic!("{q}: {e}"));
+            assert!(q.contains("[120s]") && q.contains("increase("), "{q}");
+        }
+        let counts = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"destination_workload_namespace":"test","destination_workload":"podinfo","steerer_count":"requests"},"value":[1,"6000.4"]},
+            {"metric":{"destination_workload_namespace":"test","destination_workload":"podinfo","steerer_count":"failures"},"value":[1,"12"]},
+            {"metric":{"destination_workload_namespace":"test","destination_workload":"podinfo-canary","steerer_count":"requests"},"value":[1,"2000"]},
+            {"metric":{"destination_workload_namespace":"other","destination_workload":"podinfo-canary","steerer_count":"failures"},"value":[1,"99"]}
+        ]}}"#;
+        let buckets = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"le":"100","destination_workload_namespace":"test","destination_workload":"podinfo-canary"},"value":[1,"1500"]},
+            {"metric":{"le":"+Inf","destination_workload_namespace":"test","destination_workload":"podinfo-canary"},"value":[1,"2000"]},
+            {"metric":{"le":"50","destination_workload_namespace":"test","destination_workload":"podinfo-canary"},"value":[1,"NaN"]}
+        ]}}"#;
+        let counts = series_of(counts, ISTIO).unwrap();
+        let buckets = series_of(buckets, ISTIO).unwrap();
+        let ga = side_counts("test", "podinfo", &counts, &buckets);
+        assert_eq!((ga.requests, ga.failures), (6000.4, 12.0));
+        assert!(ga.buckets.is_empty());
+        let canary = side_counts("test", "podinfo-canary", &counts, &buckets);
+        // Another namespace's failures are not the canary's; a NaN bucket is left out.
+        assert_eq!((canary.requests, canary.failures), (2000.0, 0.0));
+        assert_eq!(canary.buckets.len(), 2);
+        assert!(canary.buckets.contains(&(f64::INFINITY, 2000.0)));
+    }
+
+    #[test]
     fn latency_vector_drops_nan_but_keeps_inf_so_the_check_fails() {
         let body = r#"{"status":"success","data":{"resultType":"vector","result":[
             {"metric":{"destination_workload_namespace":"test","destination_workload":"a"},"value":[1,"47.5"]},
