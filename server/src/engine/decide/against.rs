@@ -200,6 +200,8 @@ fn finding_judged(
         ));
         judged
     } else {
+        // Passed checks carry the phrase too: clients show it as the check's line.
+        result.detail = phrase.clone();
         Judged::new(result, phrase)
     }
 }
