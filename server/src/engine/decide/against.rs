@@ -211,14 +211,19 @@ fn percent(fraction: f64) -> String {
     crate::domain::judging::number((fraction * 1000.0).round() / 10.0)
 }
 
-/// `+2.8`, `-0.3`, `+0.0`.
+/// `+2.8`, `-0.3`, `+0.0` (never `-0.0`).
 fn signed(value: f64, decimals: usize) -> String {
-    format!("{value:+.decimals$}")
+    let text = format!("{value:+.decimals$}");
+    if text.starts_with('-') && text[1..].chars().all(|c| c == '0' || c == '.') {
+        format!("+{}", &text[1..])
+    } else {
+        text
+    }
 }
 
-/// `+21%` for a relative 0.21.
+/// `+21%` for a relative 0.21 (never `-0%`).
 fn signed_percent(value: f64) -> String {
-    format!("{:+.0}%", value * 100.0)
+    format!("{}%", signed(value * 100.0, 0))
 }
 
 /// `120ms`, `1.5ms`, `+Inf`.
@@ -370,6 +375,8 @@ mod tests {
         assert_eq!(p_value(1e-9), "p<0.0001");
         assert_eq!(signed(2.84, 1), "+2.8");
         assert_eq!(signed_percent(-0.034), "-3%");
+        assert_eq!(signed_percent(-0.001), "+0%");
+        assert_eq!(signed(-0.04, 1), "+0.0");
         assert_eq!(percent(0.95), "95");
         assert_eq!(two_figures(0.006079), "0.0061");
         assert_eq!(two_figures(0.5), "0.50");
