@@ -497,4 +497,25 @@ mod tests {
         let old: super::Rollout = serde_json::from_value(stored).unwrap();
         assert_eq!(old.observer, "istio");
     }
+
+    #[test]
+    fn the_baseline_and_its_looks_survive_the_record_and_older_records_have_neither() {
+        let mut rollout = super::Rollout::test();
+        rollout.analysis.baseline = Some(super::BaselineSettings {
+            confidence: 0.95,
+            success_rate_guard: true,
+            ..super::BaselineSettings::ga()
+        });
+        rollout.baseline_looks = 7;
+        let stored = serde_json::to_value(&rollout).unwrap();
+        assert_eq!(stored["baseline_looks"], 7);
+        assert_eq!(stored["analysis"]["baseline"]["mode"], "Ga");
+        let loaded: super::Rollout = serde_json::from_value(stored).unwrap();
+        assert_eq!(loaded, rollout);
+        let plain = serde_json::to_value(super::Rollout::test()).unwrap();
+        assert!(plain.get("baseline_looks").is_none());
+        assert!(plain["analysis"].get("baseline").is_none());
+        let old: super::Rollout = serde_json::from_value(plain).unwrap();
+        assert_eq!((old.baseline_looks, old.analysis.baseline), (0, None));
+    }
 }
