@@ -2,7 +2,8 @@
 //! the mesh's request counters and latency histograms in a real Prometheus. A canary as bad
 //! as GA is promoted where a fixed threshold rolls it back; a canary with more errors than
 //! GA, or with GA's mean latency but a far wider spread, is rolled back, each failed check
-//! naming the baseline's value, the p-value and the effect's interval.
+//! naming the baseline's value, the p-value and the effect's interval. The number of looks a
+//! rollout has had lives in its record, so a crashed server carries on at the right level.
 
 use std::time::Duration;
 
@@ -210,4 +211,53 @@ async fn a_canary_with_gas_mean_latency_but_ten_times_the_spread_is_rolled_back_
         assert!(named(&e.checks, "error_rate").passed);
     }
     assert_eq!(h.weights().await, (100, 0));
+}
+
+/// The look a failed check against the baseline was judged at, from its detail
+/// (`…: look 3 of the rollout, held to p < 0.00023`).
+fn look_of(check: &CheckResult) -> u32 {
+    let after = check
+        .detail
+        .split("look ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no look in {:?}", check.detail));
+    after
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no look number in {:?}", check.detail))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_looks_of_a_rollout_carry_on_across_a_server_crash() {
+    let mut h = Harness::start_with(options()).await;
+    h.annotate_template(CANARY, json!({"sim.steerer.dev/error-rate": "0.03"}))
+        .await;
+    let started = h
+        .start_rollout(h.request(Analysis {
+            max_failed_checks: Some(3),
+            ..against_ga()
+        }))
+        .await;
+    h.wait_until(&started.id, Duration::from_secs(40), |r| {
+        r.failed_checks >= 1
+    })
+    .await;
+    h.crash_and_restart().await;
+    let events = h
+        .watch_to_end(&started.id, 0, Duration::from_secs(60))
+        .await;
+    let done = h.get(&started.id).await;
+    assert_eq!(done.phase(), Phase::RolledBack, "{}", done.message);
+    let looks: Vec<u32> = failed_checks(&events)
+        .iter()
+        .map(|e| look_of(named(&e.checks, "error_rate")))
+        .collect();
+    assert_eq!(looks.len(), 3, "{:#?}", types(&events));
+    // Each look is held to a stricter level than the one before: a restarted server that
+    // forgot the looks would start again at look 1 and spend the budget twice.
+    assert!(
+        looks.windows(2).all(|w| w[0] < w[1]),
+        "looks across the crash: {looks:?}"
+    );
 }

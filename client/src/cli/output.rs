@@ -982,6 +982,39 @@ mod tests {
     }
 
     #[test]
+    fn checks_against_a_baseline_show_both_sides_the_interval_and_p() {
+        let phrase = "errors 2.9% vs 0.0% baseline (+2.9 pts, 99% CI +1.8..+4.6, p<0.0001) FAILED";
+        let errors = CheckResult {
+            baseline_value: Some(0.0),
+            p_value: Some(1e-6),
+            effect: Some(2.9),
+            effect_low: Some(1.8),
+            effect_high: Some(4.6),
+            query: "increase(x[60s])".into(),
+            detail: phrase.into(),
+            ..result(CheckKind::SuccessRate, "error_rate", Some(2.9), false)
+        };
+        assert_eq!(check_line(&errors), format!("error_rate: {phrase}"));
+        assert_eq!(
+            checks_field(std::slice::from_ref(&errors)),
+            "checks=[error_rate 2.9% vs 0.0% FAILED]"
+        );
+        let json = serde_json::to_value(JsonCheck::from(&errors)).unwrap();
+        assert_eq!(json["baseline_value"], 0.0);
+        assert_eq!(json["effect_low"], 1.8);
+        assert_eq!(json["query"], "increase(x[60s])");
+        // A check without a baseline carries none of those fields.
+        let plain = JsonCheck::from(&result(
+            CheckKind::SuccessRate,
+            "success_rate",
+            Some(99.0),
+            true,
+        ));
+        let plain = serde_json::to_value(plain).unwrap();
+        assert!(plain.get("p_value").is_none() && plain.get("query").is_none());
+    }
+
+    #[test]
     fn check_events_show_every_value_with_its_verdict_in_lines_and_json() {
         let failed = RolloutEvent {
             r#type: EventType::CheckFailed as i32,
