@@ -16,6 +16,7 @@ mod replicas;
 mod rollout_approval;
 mod rollout_auto;
 mod rollout_bad_input;
+mod rollout_baseline;
 mod rollout_control;
 mod rollout_endings;
 mod rollout_event_log;

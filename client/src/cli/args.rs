@@ -206,6 +206,25 @@ pub struct StartArgs {
     #[arg(long)]
     pub require_approval: bool,
 
+    /// Judge the canary against a baseline running the old version at the same time: `ga`
+    /// (GA's own pods; needs --max-weight below 100). --threshold and --max-latency-p99-ms
+    /// then stay as guard rails only when given.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub baseline: Option<BaselineArg>,
+
+    /// How sure the baseline judge must be before it fails a canary, e.g. 0.99 or 99%:
+    /// identical versions are rolled back in at most 1 - confidence of rollouts (default 0.99).
+    #[arg(long, value_name = "LEVEL", value_parser = parse_confidence, requires = "baseline")]
+    pub confidence: Option<f64>,
+
+    /// Percentage points of error rate above the baseline's tolerated (default 0.5).
+    #[arg(long, value_name = "POINTS", value_parser = parse_percent, requires = "baseline")]
+    pub max_error_increase: Option<f64>,
+
+    /// Relative slowdown against the baseline tolerated, e.g. 0.2 or 20% (default 0.2).
+    #[arg(long, value_name = "FRACTION", value_parser = parse_relative, requires = "baseline")]
+    pub max_latency_increase: Option<f64>,
+
     /// Replicas for a canary that sits at zero (default: GA's replica count).
     #[arg(long, value_name = "N")]
     pub canary_replicas: Option<u32>,
@@ -409,6 +428,45 @@ pub fn parse_percent(value: &str) -> Result<f64, String> {
         return Err(format!("{value:?} is outside 0..=100"));
     }
     Ok(pct)
+}
+
+/// Which baseline the canary is judged against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BaselineArg {
+    /// GA's own pods, over the same window.
+    Ga,
+    /// A TARGET-baseline Deployment from GA's template (where the server offers it).
+    Deployment,
+}
+
+/// A confidence level strictly between 0 and 1: `0.99`, or a percentage `99%`.
+pub fn parse_confidence(value: &str) -> Result<f64, String> {
+    let text = value.trim();
+    let level = match text.strip_suffix('%') {
+        Some(pct) => pct.trim().parse::<f64>().map(|p| p / 100.0),
+        None => text.parse::<f64>(),
+    }
+    .map_err(|_| format!("{value:?} is not a confidence like 0.99 or 99%"))?;
+    if !(level.is_finite() && level > 0.0 && level < 1.0) {
+        return Err(format!(
+            "{value:?} must lie strictly between 0 and 1 (0% and 100%)"
+        ));
+    }
+    Ok(level)
+}
+
+/// A relative change: `0.2`, or a percentage `20%`; 0..=10.
+pub fn parse_relative(value: &str) -> Result<f64, String> {
+    let text = value.trim();
+    let relative = match text.strip_suffix('%') {
+        Some(pct) => pct.trim().parse::<f64>().map(|p| p / 100.0),
+        None => text.parse::<f64>(),
+    }
+    .map_err(|_| format!("{value:?} is not a fraction like 0.2 or 20%"))?;
+    if !(relative.is_finite() && (0.0..=10.0).contains(&relative)) {
+        return Err(format!("{value:?} must lie between 0 and 10 (1000%)"));
+    }
+    Ok(relative)
 }
 
 pub fn parse_rate(value: &str) -> Result<f64, String> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use steerer_client::proto::{Analysis, ListRolloutsRequest, Rollout, StartRolloutRequest};
 use steerer_client::{Client, ClientError};
 
-use args::{Cli, Command, GlobalArgs, OutputFormat, StartArgs};
+use args::{BaselineArg, Cli, Command, GlobalArgs, OutputFormat, StartArgs};
 use exit::{CliError, Exit};
 use output::{JsonError, Printer};
 
@@ -218,6 +218,16 @@ fn start_request(start: StartArgs) -> StartRolloutRequest {
                 })
                 .collect(),
             require_approval: start.require_approval,
+            baseline: start.baseline.map(|mode| steerer::v1::Baseline {
+                mode: match mode {
+                    BaselineArg::Ga => steerer::v1::BaselineMode::Ga,
+                    BaselineArg::Deployment => steerer::v1::BaselineMode::Deployment,
+                } as i32,
+                confidence: start.confidence,
+                max_error_rate_increase: start.max_error_increase,
+                max_latency_increase: start.max_latency_increase,
+                min_requests: None,
+            }),
         }),
         request_id: start.request_id.unwrap_or_default(),
         canary_replicas: start.canary_replicas,
@@ -322,6 +332,61 @@ mod tests {
         assert_eq!(analysis.success_rate_threshold, Some(95.0));
         assert_eq!(analysis.step_weight, None);
         assert_eq!(request.canary, "");
+    }
+
+    #[test]
+    fn baseline_flags_become_the_requests_baseline() {
+        let cli = Cli::try_parse_from([
+            "steerer",
+            "start",
+            "shop/checkout",
+            "--max-weight",
+            "50",
+            "--baseline",
+            "ga",
+            "--confidence",
+            "95%",
+            "--max-error-increase",
+            "1",
+            "--max-latency-increase",
+            "30%",
+        ])
+        .unwrap();
+        let Command::Start(start) = cli.command else {
+            panic!("not start")
+        };
+        let analysis = start_request(*start).analysis.unwrap();
+        let baseline = analysis.baseline.unwrap();
+        assert_eq!(baseline.mode(), steerer::v1::BaselineMode::Ga);
+        assert_eq!(baseline.confidence, Some(0.95));
+        assert_eq!(baseline.max_error_rate_increase, Some(1.0));
+        assert!((baseline.max_latency_increase.unwrap() - 0.3).abs() < 1e-12);
+        assert_eq!(analysis.success_rate_threshold, None);
+        // The baseline's settings need a baseline, and take only sensible values.
+        for args in [
+            vec!["steerer", "start", "shop/checkout", "--confidence", "0.9"],
+            vec![
+                "steerer",
+                "start",
+                "shop/checkout",
+                "--baseline",
+                "ga",
+                "--confidence",
+                "1",
+            ],
+            vec!["steerer", "start", "shop/checkout", "--baseline", "nope"],
+            vec![
+                "steerer",
+                "start",
+                "shop/checkout",
+                "--baseline",
+                "ga",
+                "--max-latency-increase",
+                "-0.1",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
+        }
     }
 
     #[tokio::test]

@@ -91,6 +91,18 @@ pub struct JsonAnalysis {
     pub metrics: Vec<JsonMetricCheck>,
     pub webhooks: Vec<JsonWebhook>,
     pub require_approval: bool,
+    pub baseline: Option<JsonBaseline>,
+}
+
+/// The baseline the canary is judged against.
+#[derive(Debug, Serialize)]
+pub struct JsonBaseline {
+    /// `GA` or `DEPLOYMENT`.
+    pub mode: &'static str,
+    pub confidence: Option<f64>,
+    pub max_error_rate_increase: Option<f64>,
+    pub max_latency_increase: Option<f64>,
+    pub min_requests: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -133,6 +145,20 @@ pub struct JsonCheck {
     pub max: Option<f64>,
     pub passed: bool,
     pub detail: String,
+    /// Against a baseline: the same metric there, the p-value, the effect and its interval,
+    /// and the query.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p_value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effect: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effect_low: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effect_high: Option<f64>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub query: String,
 }
 
 /// One event, as `watch` and `start --wait` print it with `-o json`.
@@ -208,7 +234,23 @@ impl From<&Analysis> for JsonAnalysis {
                 })
                 .collect(),
             require_approval: a.require_approval,
+            baseline: a.baseline.as_ref().map(|b| JsonBaseline {
+                mode: baseline_mode_name(b.mode()),
+                confidence: b.confidence,
+                max_error_rate_increase: b.max_error_rate_increase,
+                max_latency_increase: b.max_latency_increase,
+                min_requests: b.min_requests,
+            }),
         }
+    }
+}
+
+/// `BASELINE_MODE_GA` → `GA`.
+pub fn baseline_mode_name(m: steerer::v1::BaselineMode) -> &'static str {
+    match m {
+        steerer::v1::BaselineMode::Ga => "GA",
+        steerer::v1::BaselineMode::Deployment => "DEPLOYMENT",
+        steerer::v1::BaselineMode::Unspecified => "UNSPECIFIED",
     }
 }
 
@@ -222,6 +264,12 @@ impl From<&CheckResult> for JsonCheck {
             max: c.max,
             passed: c.passed,
             detail: c.detail.clone(),
+            baseline_value: c.baseline_value,
+            p_value: c.p_value,
+            effect: c.effect,
+            effect_low: c.effect_low,
+            effect_high: c.effect_high,
+            query: c.query.clone(),
         }
     }
 }
@@ -241,6 +289,10 @@ pub fn check_kind_name(k: CheckKind) -> &'static str {
 /// One check for `get`: `error-ratio: 0.2 (max 0.01) FAILED (metric error-ratio 0.2 above
 /// max 0.01)`, `smoke: passed (HTTP 200)`, `latency_p99_ms: (max 200) no data (…)`.
 pub fn check_line(c: &CheckResult) -> String {
+    // Against a baseline the detail says it all: both values, the effect, its interval, p.
+    if c.p_value.is_some() && !c.detail.is_empty() {
+        return format!("{}: {}", c.name, c.detail);
+    }
     let mut line = format!("{}:", c.name);
     match (c.kind(), c.value) {
         (CheckKind::SuccessRate, Some(v)) => line.push_str(&format!(" {}", percent(v))),
@@ -281,6 +333,18 @@ fn checks_field(checks: &[CheckResult]) -> String {
         .iter()
         .map(|c| {
             let value = match (c.kind(), c.value) {
+                // Against a baseline: the canary's value and the baseline's.
+                (_, Some(v)) if c.p_value.is_some() => {
+                    let unit = |v: f64| {
+                        if c.name == "latency_shift" {
+                            format!("{v:.0}ms")
+                        } else {
+                            format!("{v:.1}%")
+                        }
+                    };
+                    let baseline = c.baseline_value.map(unit).unwrap_or_else(|| "?".into());
+                    format!(" {} vs {baseline}", unit(v))
+                }
                 (CheckKind::SuccessRate, Some(v)) => format!(" {}", percent(v)),
                 (CheckKind::Latency, Some(v)) => format!(" {v:.1}ms"),
                 (_, Some(v)) => format!(" {}", number(v)),
@@ -489,6 +553,22 @@ pub fn rollout_details(r: &Rollout) -> String {
             parts.push("promotion needs approval".to_owned());
         }
         field("analysis:", parts.join(", "));
+        if let Some(b) = &a.baseline {
+            let mut parts = vec![baseline_mode_name(b.mode()).to_ascii_lowercase()];
+            if let Some(c) = b.confidence {
+                parts.push(format!("confidence {}%", number(c * 100.0)));
+            }
+            if let Some(e) = b.max_error_rate_increase {
+                parts.push(format!("errors up to +{} pts", number(e)));
+            }
+            if let Some(l) = b.max_latency_increase {
+                parts.push(format!("latency up to +{}%", number(l * 100.0)));
+            }
+            if let Some(n) = b.min_requests {
+                parts.push(format!("{n} requests per side before judging"));
+            }
+            field("baseline:", parts.join(", "));
+        }
         for w in &a.webhooks {
             field(
                 "webhook:",
@@ -899,6 +979,39 @@ mod tests {
             passed,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn checks_against_a_baseline_show_both_sides_the_interval_and_p() {
+        let phrase = "errors 2.9% vs 0.0% baseline (+2.9 pts, 99% CI +1.8..+4.6, p<0.0001) FAILED";
+        let errors = CheckResult {
+            baseline_value: Some(0.0),
+            p_value: Some(1e-6),
+            effect: Some(2.9),
+            effect_low: Some(1.8),
+            effect_high: Some(4.6),
+            query: "increase(x[60s])".into(),
+            detail: phrase.into(),
+            ..result(CheckKind::SuccessRate, "error_rate", Some(2.9), false)
+        };
+        assert_eq!(check_line(&errors), format!("error_rate: {phrase}"));
+        assert_eq!(
+            checks_field(std::slice::from_ref(&errors)),
+            "checks=[error_rate 2.9% vs 0.0% FAILED]"
+        );
+        let json = serde_json::to_value(JsonCheck::from(&errors)).unwrap();
+        assert_eq!(json["baseline_value"], 0.0);
+        assert_eq!(json["effect_low"], 1.8);
+        assert_eq!(json["query"], "increase(x[60s])");
+        // A check without a baseline carries none of those fields.
+        let plain = JsonCheck::from(&result(
+            CheckKind::SuccessRate,
+            "success_rate",
+            Some(99.0),
+            true,
+        ));
+        let plain = serde_json::to_value(plain).unwrap();
+        assert!(plain.get("p_value").is_none() && plain.get("query").is_none());
     }
 
     #[test]

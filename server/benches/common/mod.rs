@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use steerer::v1::rollout_service_client::RolloutServiceClient;
 use steerer_server::ServerConfig;
-use steerer_server::domain::{Rollout, RolloutEvent, Sample};
+use steerer_server::domain::{BaselineSample, Rollout, RolloutEvent, Sample};
 use steerer_server::engine::Ports;
 use steerer_server::events::Hub;
 use steerer_server::metrics::{Coverage, Metrics, MetricsError};
@@ -445,6 +445,18 @@ impl Metrics for BenchMetrics {
             latency_p99_ms: None,
         });
         Box::pin(async move { Ok(sample) })
+    }
+
+    /// The benches' rollouts are judged by fixed bounds, never against a baseline.
+    fn baseline_sample<'a>(
+        &'a self,
+        _observer: &'a str,
+        _namespace: &'a str,
+        _canary: &'a str,
+        _baseline: &'a str,
+        _window: Duration,
+    ) -> BoxFuture<'a, Result<BaselineSample, MetricsError>> {
+        Box::pin(async { Ok(BaselineSample::default()) })
     }
 
     /// The benches' rollouts check no metric templates.

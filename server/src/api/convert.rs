@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use steerer::v1 as pb;
 
 use crate::domain::{
-    AnalysisSettings, CheckKind, CheckOutcome, CheckResult, EventKind, Phase, Rollout,
-    RolloutEvent, RouteKind, Strategy, WebhookKind,
+    AnalysisSettings, BaselineMode, BaselineSettings, CheckKind, CheckOutcome, CheckResult,
+    EventKind, Phase, Rollout, RolloutEvent, RouteKind, Strategy, WebhookKind,
 };
 use crate::engine::EngineError;
 use crate::router::RouterError;
@@ -86,6 +86,30 @@ pub fn check(c: &CheckResult) -> pb::CheckResult {
         max: c.max,
         passed: c.outcome == CheckOutcome::Passed,
         detail: c.detail.clone(),
+        baseline_value: c.baseline.as_ref().and_then(|b| b.value),
+        p_value: c.baseline.as_ref().and_then(|b| b.p_value),
+        effect: c.baseline.as_ref().and_then(|b| b.effect),
+        effect_low: c.baseline.as_ref().and_then(|b| b.effect_low),
+        effect_high: c.baseline.as_ref().and_then(|b| b.effect_high),
+        query: c
+            .baseline
+            .as_ref()
+            .map(|b| b.query.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// A rollout's baseline settings as the API says them.
+pub fn baseline(b: &BaselineSettings) -> pb::Baseline {
+    pb::Baseline {
+        mode: match b.mode {
+            BaselineMode::Ga => pb::BaselineMode::Ga,
+            BaselineMode::Deployment => pb::BaselineMode::Deployment,
+        } as i32,
+        confidence: Some(b.confidence),
+        max_error_rate_increase: Some(b.max_error_rate_increase),
+        max_latency_increase: Some(b.max_latency_increase),
+        min_requests: Some(b.min_requests),
     }
 }
 
@@ -98,7 +122,11 @@ pub fn analysis(s: &AnalysisSettings) -> pb::Analysis {
         step_weight: Some(step_weight),
         max_weight: Some(max_weight),
         interval: Some(duration(s.interval)),
-        success_rate_threshold: Some(s.success_rate_threshold),
+        // With a baseline the threshold applies only when the request set it.
+        success_rate_threshold: s
+            .baseline
+            .is_none_or(|b| b.success_rate_guard)
+            .then_some(s.success_rate_threshold),
         max_failed_checks: Some(s.max_failed_checks),
         progress_deadline: Some(duration(s.progress_deadline)),
         min_request_rate: Some(s.min_request_rate),
@@ -124,6 +152,7 @@ pub fn analysis(s: &AnalysisSettings) -> pb::Analysis {
             })
             .collect(),
         require_approval: s.require_approval,
+        baseline: s.baseline.as_ref().map(baseline),
     }
 }
 

@@ -125,6 +125,7 @@ mod tests {
                 max: None,
                 outcome: CheckOutcome::Failed,
                 detail: "below the threshold".into(),
+                baseline: None,
             }],
         }
     }

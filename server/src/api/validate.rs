@@ -9,7 +9,8 @@ use steerer::v1 as pb;
 
 use crate::domain::judging::DEFAULT_WEBHOOK_TIMEOUT;
 use crate::domain::{
-    AnalysisSettings, MetricCheck, RouteKind, RouteRef, Strategy, Webhook, WebhookKind,
+    AnalysisSettings, BaselineMode, BaselineSettings, MetricCheck, RouteKind, RouteRef, Strategy,
+    Webhook, WebhookKind,
 };
 use crate::metrics::templates::MetricTemplates;
 use crate::webhooks::AllowList;
@@ -246,8 +247,101 @@ pub fn analysis(
         s.max_latency_p99_ms = Some(v);
     }
     s.require_approval = s.require_approval || a.require_approval;
+    if let Some(b) = &a.baseline {
+        s.baseline = Some(baseline(b, a)?);
+        // Guard rails only when the request sets them: the server's defaults do not apply.
+        if a.max_latency_p99_ms.is_none() {
+            s.max_latency_p99_ms = None;
+        }
+    }
     check_analysis(&s)?;
     Ok(s)
+}
+
+/// The request's baseline with defaults filled in, each in range.
+fn baseline(b: &pb::Baseline, a: &pb::Analysis) -> Result<BaselineSettings, Invalid> {
+    let mode = match pb::BaselineMode::try_from(b.mode) {
+        Ok(pb::BaselineMode::Ga) => BaselineMode::Ga,
+        Ok(pb::BaselineMode::Deployment) => {
+            return Err(Invalid(
+                "analysis.baseline.mode BASELINE_MODE_DEPLOYMENT is not available on this server yet; use BASELINE_MODE_GA".to_owned(),
+            ));
+        }
+        _ => {
+            return Err(Invalid(format!(
+                "analysis.baseline.mode {} must be BASELINE_MODE_GA or BASELINE_MODE_DEPLOYMENT",
+                b.mode
+            )));
+        }
+    };
+    let mut s = BaselineSettings::ga();
+    s.mode = mode;
+    s.success_rate_guard = a.success_rate_threshold.is_some();
+    if let Some(v) = b.confidence {
+        s.confidence = v;
+    }
+    if let Some(v) = b.max_error_rate_increase {
+        s.max_error_rate_increase = v;
+    }
+    if let Some(v) = b.max_latency_increase {
+        s.max_latency_increase = v;
+    }
+    if let Some(v) = b.min_requests {
+        s.min_requests = v;
+    }
+    Ok(s)
+}
+
+/// Largest tolerated relative slowdown (ten times slower).
+const MAX_LATENCY_INCREASE: f64 = 10.0;
+/// Largest number of requests per side a check may wait for.
+const MAX_MIN_REQUESTS: u32 = 1_000_000;
+
+/// Range checks of baseline settings against the rest of the analysis: both sides must keep
+/// traffic at every weight the rollout reaches.
+fn check_baseline(b: &BaselineSettings, max_weight: u32) -> Result<(), Invalid> {
+    match b.mode {
+        BaselineMode::Ga if max_weight >= 100 => {
+            return Err(Invalid(format!(
+                "analysis.max_weight {max_weight} must be below 100 with a GA baseline: GA needs traffic to be compared with"
+            )));
+        }
+        BaselineMode::Deployment if max_weight > 50 => {
+            return Err(Invalid(format!(
+                "analysis.max_weight {max_weight} must be at most 50 with a baseline Deployment: it gets as much traffic as the canary"
+            )));
+        }
+        _ => {}
+    }
+    if !(b.confidence.is_finite() && b.confidence > 0.0 && b.confidence < 1.0) {
+        return Err(Invalid(format!(
+            "analysis.baseline.confidence {} must lie strictly between 0 and 1",
+            b.confidence
+        )));
+    }
+    if !(b.max_error_rate_increase.is_finite()
+        && (0.0..=100.0).contains(&b.max_error_rate_increase))
+    {
+        return Err(Invalid(format!(
+            "analysis.baseline.max_error_rate_increase {} must be percentage points between 0 and 100",
+            b.max_error_rate_increase
+        )));
+    }
+    if !(b.max_latency_increase.is_finite()
+        && (0.0..=MAX_LATENCY_INCREASE).contains(&b.max_latency_increase))
+    {
+        return Err(Invalid(format!(
+            "analysis.baseline.max_latency_increase {} must be a relative slowdown between 0 and {MAX_LATENCY_INCREASE}",
+            b.max_latency_increase
+        )));
+    }
+    if !(1..=MAX_MIN_REQUESTS).contains(&b.min_requests) {
+        return Err(Invalid(format!(
+            "analysis.baseline.min_requests {} must be between 1 and {MAX_MIN_REQUESTS}",
+            b.min_requests
+        )));
+    }
+    Ok(())
 }
 
 /// The request's metric checks and webhooks, into `settings`: every template one the server
@@ -467,6 +561,9 @@ pub fn check_analysis(s: &AnalysisSettings) -> Result<(), Invalid> {
             "analysis.max_latency_p99_ms {max} must be a finite number of milliseconds above 0"
         )));
     }
+    if let Some(b) = &s.baseline {
+        check_baseline(b, max_weight)?;
+    }
     Ok(())
 }
 
@@ -609,6 +706,134 @@ mod tests {
             }
         );
         assert_eq!(s.interval, d.interval);
+    }
+
+    fn with_baseline(max_weight: u32, baseline: pb::Baseline) -> pb::Analysis {
+        pb::Analysis {
+            max_weight: Some(max_weight),
+            baseline: Some(baseline),
+            ..Default::default()
+        }
+    }
+
+    fn ga_baseline() -> pb::Baseline {
+        pb::Baseline {
+            mode: pb::BaselineMode::Ga as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_baseline_gets_its_defaults_and_drops_the_servers_absolute_bounds() {
+        let d = AnalysisSettings {
+            max_latency_p99_ms: Some(500.0),
+            ..AnalysisSettings::default()
+        };
+        let s = analysis(Some(&with_baseline(50, ga_baseline())), &d).unwrap();
+        let b = s.baseline.expect("a baseline");
+        assert_eq!(b.mode, BaselineMode::Ga);
+        assert_eq!(b.confidence, 0.99);
+        assert_eq!(b.max_error_rate_increase, 0.5);
+        assert_eq!(b.max_latency_increase, 0.2);
+        assert_eq!(b.min_requests, 200);
+        assert!(!b.success_rate_guard);
+        assert_eq!(s.max_latency_p99_ms, None);
+        // Bounds the request sets stay, as guard rails.
+        let a = pb::Analysis {
+            success_rate_threshold: Some(90.0),
+            max_latency_p99_ms: Some(800.0),
+            ..with_baseline(50, ga_baseline())
+        };
+        let s = analysis(Some(&a), &d).unwrap();
+        assert!(s.baseline.unwrap().success_rate_guard);
+        assert_eq!(s.success_rate_threshold, 90.0);
+        assert_eq!(s.max_latency_p99_ms, Some(800.0));
+        // Without a baseline nothing changes.
+        let s = analysis(Some(&pb::Analysis::default()), &d).unwrap();
+        assert_eq!(s.baseline, None);
+        assert_eq!(s.max_latency_p99_ms, Some(500.0));
+    }
+
+    #[test]
+    fn a_baseline_that_could_not_be_judged_or_is_out_of_range_is_refused_saying_why() {
+        let d = AnalysisSettings::default();
+        let cases = [
+            (with_baseline(100, ga_baseline()), "must be below 100"),
+            (
+                with_baseline(
+                    50,
+                    pb::Baseline {
+                        mode: 0,
+                        ..Default::default()
+                    },
+                ),
+                "BASELINE_MODE_GA",
+            ),
+            (
+                with_baseline(
+                    50,
+                    pb::Baseline {
+                        mode: pb::BaselineMode::Deployment as i32,
+                        ..Default::default()
+                    },
+                ),
+                "not available",
+            ),
+            (
+                with_baseline(
+                    50,
+                    pb::Baseline {
+                        confidence: Some(1.0),
+                        ..ga_baseline()
+                    },
+                ),
+                "strictly between 0 and 1",
+            ),
+            (
+                with_baseline(
+                    50,
+                    pb::Baseline {
+                        confidence: Some(f64::NAN),
+                        ..ga_baseline()
+                    },
+                ),
+                "confidence",
+            ),
+            (
+                with_baseline(
+                    50,
+                    pb::Baseline {
+                        max_error_rate_increase: Some(-0.1),
+                        ..ga_baseline()
+                    },
+                ),
+                "max_error_rate_increase",
+            ),
+            (
+                with_baseline(
+                    50,
+                    pb::Baseline {
+                        max_latency_increase: Some(f64::INFINITY),
+                        ..ga_baseline()
+                    },
+                ),
+                "max_latency_increase",
+            ),
+            (
+                with_baseline(
+                    50,
+                    pb::Baseline {
+                        min_requests: Some(0),
+                        ..ga_baseline()
+                    },
+                ),
+                "min_requests",
+            ),
+        ];
+        for (a, says) in cases {
+            let err = analysis(Some(&a), &d).unwrap_err();
+            assert!(err.0.contains(says), "{err} should say {says}");
+        }
     }
 
     #[test]

@@ -139,6 +139,7 @@ impl HookAnswer {
                 CheckOutcome::Failed
             },
             detail: self.detail(),
+            baseline: None,
         }
     }
 }
@@ -177,10 +178,14 @@ pub struct CheckResult {
     /// Why it failed or had no data, or the webhook's answer.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    /// Judged against the baseline: what it found there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<super::AgainstBaseline>,
 }
 
 /// The names of the checks that missed their bound: the built-in metrics `failed` names,
-/// then the metric templates and webhooks that failed, in the order checked.
+/// then the checks against the baseline, metric templates and webhooks that failed, in the
+/// order checked.
 pub fn failed_names(failed: &Breaches, checks: &[CheckResult]) -> Vec<String> {
     let mut names = failed.names();
     names.extend(
@@ -188,7 +193,8 @@ pub fn failed_names(failed: &Breaches, checks: &[CheckResult]) -> Vec<String> {
             .iter()
             .filter(|c| {
                 c.outcome == CheckOutcome::Failed
-                    && matches!(c.kind, CheckKind::Metric | CheckKind::Webhook)
+                    && (c.baseline.is_some()
+                        || matches!(c.kind, CheckKind::Metric | CheckKind::Webhook))
             })
             .map(|c| c.name.clone()),
     );
@@ -258,6 +264,7 @@ mod tests {
             max: None,
             outcome,
             detail: String::new(),
+            baseline: None,
         };
         let checks = [
             result(CheckKind::SuccessRate, "success_rate", CheckOutcome::Failed),

@@ -2,6 +2,7 @@
 //! and (in `views`) what the engine sees of the cluster. Free of kube, tonic and the generated
 //! types so the engine and its tests stay plain Rust.
 
+pub mod baseline;
 #[cfg(test)]
 pub mod fixtures;
 pub mod judging;
@@ -9,6 +10,7 @@ pub mod route;
 pub mod strategy;
 pub mod views;
 
+pub use baseline::{AgainstBaseline, BaselineMode, BaselineSample, BaselineSettings, SideCounts};
 pub use judging::{
     CheckKind, CheckOutcome, CheckResult, Gates, HookAnswer, HookOutcome, MetricCheck, Webhook,
     WebhookKind, failed_names,
@@ -183,6 +185,9 @@ pub struct AnalysisSettings {
     /// Hold at the maximum weight until an operator promotes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_approval: bool,
+    /// Judge the canary against a baseline rather than (or besides) fixed bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineSettings>,
 }
 
 impl AnalysisSettings {
@@ -210,6 +215,7 @@ impl Default for AnalysisSettings {
             metrics: Vec::new(),
             webhooks: Vec::new(),
             require_approval: false,
+            baseline: None,
         }
     }
 }
@@ -348,6 +354,11 @@ pub struct Rollout {
     /// the rest of the delay.
     #[serde(default)]
     pub traffic_off_canary_at: Option<DateTime<Utc>>,
+    /// Checks judged against the baseline so far for the revision under analysis (checks
+    /// without data not counted): the next is look `baseline_looks + 1`, held to that look's
+    /// share of 1 − confidence. Persisted so a restarted server spends no budget twice.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub baseline_looks: u32,
     /// Who started it (the authenticated caller).
     #[serde(default)]
     pub created_by: String,
@@ -403,10 +414,15 @@ impl Rollout {
             route_fingerprint: None,
             promoted_template: None,
             traffic_off_canary_at: None,
+            baseline_looks: 0,
             created_by: String::new(),
             gates: Gates::default(),
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The observer of a record that names none: the only one there was when it was written.
@@ -480,5 +496,26 @@ mod tests {
         stored.as_object_mut().unwrap().remove("observer");
         let old: super::Rollout = serde_json::from_value(stored).unwrap();
         assert_eq!(old.observer, "istio");
+    }
+
+    #[test]
+    fn the_baseline_and_its_looks_survive_the_record_and_older_records_have_neither() {
+        let mut rollout = super::Rollout::test();
+        rollout.analysis.baseline = Some(super::BaselineSettings {
+            confidence: 0.95,
+            success_rate_guard: true,
+            ..super::BaselineSettings::ga()
+        });
+        rollout.baseline_looks = 7;
+        let stored = serde_json::to_value(&rollout).unwrap();
+        assert_eq!(stored["baseline_looks"], 7);
+        assert_eq!(stored["analysis"]["baseline"]["mode"], "Ga");
+        let loaded: super::Rollout = serde_json::from_value(stored).unwrap();
+        assert_eq!(loaded, rollout);
+        let plain = serde_json::to_value(super::Rollout::test()).unwrap();
+        assert!(plain.get("baseline_looks").is_none());
+        assert!(plain["analysis"].get("baseline").is_none());
+        let old: super::Rollout = serde_json::from_value(plain).unwrap();
+        assert_eq!((old.baseline_looks, old.analysis.baseline), (0, None));
     }
 }

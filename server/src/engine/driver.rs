@@ -796,6 +796,7 @@ async fn observe(
         ga,
         canary,
         sample: None,
+        baseline: None,
         ga_runs_canary,
         metrics_window: config.metrics_window,
         check_tick: config.check_tick,
@@ -813,14 +814,22 @@ async fn observe(
         .then(|| decide::sample_window(state, now, config.metrics_window, config.check_tick))
         .flatten();
     let due = decide::hooks_due(state, &obs, now, gate_called_at);
-    let (measured, hooks) = futures::join!(
+    let (measured, baseline, hooks) = futures::join!(
         measure(ports, config, state, window),
+        async {
+            // Boxed: only checks against a baseline pay for its future's size.
+            match window.and(decide::baseline_window(state, now)) {
+                Some(window) => Box::pin(measure_baseline(ports, state, window)).await,
+                None => None,
+            }
+        },
         call_hooks(ports, state, &due)
     );
     if let Some((sample, metric_values)) = measured {
         obs.sample = Some(sample);
         obs.metric_values = metric_values;
     }
+    obs.baseline = baseline.map(Box::new);
     obs.hooks = hooks;
     (obs, due.contains(&WebhookKind::ConfirmRollout))
 }
@@ -872,6 +881,31 @@ async fn measure(
     }));
     let (sample, values) = futures::join!(sample, values);
     Some((sample.map_err(|e| e.to_string()), values))
+}
+
+/// With a baseline and a check due, both sides' counts over `window` (since the analysis
+/// started). In GA mode the baseline is GA itself.
+async fn measure_baseline(
+    ports: &Ports,
+    state: &Rollout,
+    window: Duration,
+) -> Option<Result<crate::domain::BaselineSample, String>> {
+    let baseline = match state.analysis.baseline?.mode {
+        crate::domain::BaselineMode::Ga => &state.target,
+        // Refused at the API until the baseline Deployment is managed.
+        crate::domain::BaselineMode::Deployment => return None,
+    };
+    let sample = ports
+        .metrics
+        .baseline_sample(
+            &state.observer,
+            &state.namespace,
+            &state.canary,
+            baseline,
+            window,
+        )
+        .await;
+    Some(sample.map_err(|e| e.to_string()))
 }
 
 /// Calls the rollout's webhooks of the kinds `due`, all at once, and returns their answers.

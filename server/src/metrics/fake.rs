@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use super::{Coverage, Metrics, MetricsError};
-use crate::domain::Sample;
+use crate::domain::{BaselineSample, Sample};
 
 /// What a template query yields.
 type Value = Result<Option<f64>, MetricsError>;
@@ -21,6 +21,10 @@ pub struct FakeMetrics {
     coverage: Mutex<Option<Result<Coverage, MetricsError>>>,
     /// What `value` answers for a query containing each fragment.
     values: Mutex<Vec<(String, Value)>>,
+    /// What `baseline_sample` answers; `None`: no series for either side.
+    baseline: Mutex<Option<Result<BaselineSample, MetricsError>>>,
+    /// The windows `baseline_sample` was asked for, in order.
+    baseline_windows: Mutex<Vec<Duration>>,
     /// Every query `value` was asked.
     asked: Mutex<Vec<String>>,
     /// The observer of every `sample` and `coverage` asked, in order.
@@ -42,6 +46,21 @@ impl FakeMetrics {
             request_rate: Some(request_rate),
             latency_p99_ms: None,
         })
+    }
+
+    /// Sets what `baseline_sample` answers.
+    pub fn set_baseline(&self, sample: Result<BaselineSample, MetricsError>) {
+        if let Ok(mut b) = self.baseline.lock() {
+            *b = Some(sample);
+        }
+    }
+
+    /// The windows `baseline_sample` was asked for, in order.
+    pub fn baseline_windows(&self) -> Vec<Duration> {
+        self.baseline_windows
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_default()
     }
 
     /// Sets what `coverage` answers (`None`: every workload is reported).
@@ -124,6 +143,27 @@ impl Metrics for FakeMetrics {
                 ..s
             });
         Box::pin(async move { result })
+    }
+
+    fn baseline_sample<'a>(
+        &'a self,
+        observer: &'a str,
+        _namespace: &'a str,
+        _canary: &'a str,
+        _baseline: &'a str,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<BaselineSample, MetricsError>> {
+        self.note_observer(observer);
+        if let Ok(mut w) = self.baseline_windows.lock() {
+            w.push(window);
+        }
+        let answer = self
+            .baseline
+            .lock()
+            .ok()
+            .and_then(|b| b.clone())
+            .unwrap_or_else(|| Ok(BaselineSample::default()));
+        Box::pin(async move { answer })
     }
 
     fn value<'a>(&'a self, promql: &'a str) -> BoxFuture<'a, Result<Option<f64>, MetricsError>> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::domain::Sample;
+use crate::domain::{BaselineSample, Sample};
 
 /// Errors fetching metrics. Clone (one grouped answer serves many rollouts, its error too),
 /// so the causes are shared rather than flattened into text.
@@ -93,6 +93,19 @@ pub trait Metrics: Send + Sync {
         window: Duration,
         latency: bool,
     ) -> BoxFuture<'a, Result<Sample, MetricsError>>;
+
+    /// Requests, failed requests and latency buckets of `canary` and of `baseline` (both
+    /// workloads of `namespace`) over the trailing `window`, from the series of `observer`:
+    /// counts (increases), not rates, so the baseline judge tests what was served. A side
+    /// without series counts zero requests.
+    fn baseline_sample<'a>(
+        &'a self,
+        observer: &'a str,
+        namespace: &'a str,
+        canary: &'a str,
+        baseline: &'a str,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<BaselineSample, MetricsError>>;
 
     /// The one number an operator's query (a rendered metric template) yields now: `None`
     /// when it yields nothing (an empty result, NaN); an error when the query fails or

@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use super::observer::{Observer, WorkloadLabels};
 use super::{Coverage, Metrics, MetricsError};
-use crate::domain::Sample;
+use crate::domain::{BaselineSample, Sample, SideCounts};
 use crate::telemetry::Telemetry;
 
 type Table = HashMap<(String, String), f64>;
@@ -242,9 +242,90 @@ impl Metrics for PrometheusMetrics {
         })
     }
 
+    fn baseline_sample<'a>(
+        &'a self,
+        observer: &'a str,
+        namespace: &'a str,
+        canary: &'a str,
+        baseline: &'a str,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<BaselineSample, MetricsError>> {
+        Box::pin(async move {
+            // Not grouped with other rollouts: each rollout's window starts when its own
+            // analysis did. Two queries a check, both evaluated at the same instant.
+            let observer = self.observer(observer)?;
+            let workloads = [baseline.to_owned(), canary.to_owned()];
+            let secs = window_secs(window);
+            let requests_query = counts_query(observer, namespace, &workloads, secs);
+            let latency_query = observer.latency_buckets(namespace, &workloads, secs);
+            let at = evaluation_time(SystemTime::now());
+            let labels = observer.labels();
+            let (counts, buckets) = futures::try_join!(
+                self.api
+                    .run(&requests_query, &at, |body| series_of(body, labels)),
+                self.api
+                    .run(&latency_query, &at, |body| series_of(body, labels)),
+            )?;
+            let side = |workload: &str| side_counts(namespace, workload, &counts, &buckets);
+            Ok(BaselineSample {
+                canary: side(canary),
+                baseline: side(baseline),
+                requests_query,
+                latency_query,
+            })
+        })
+    }
+
     fn value<'a>(&'a self, promql: &'a str) -> BoxFuture<'a, Result<Option<f64>, MetricsError>> {
         value_of(&self.api, promql)
     }
+}
+
+/// The label of a [`counts_query`] answer saying which count a series is.
+const COUNT_LABEL: &str = "steerer_count";
+
+/// The requests and the failed requests of `workloads` over the trailing window in one query
+/// (so both are evaluated at the same instant), labelled `steerer_count="requests"` and
+/// `steerer_count="failures"`.
+pub fn counts_query(
+    observer: &dyn Observer,
+    namespace: &str,
+    workloads: &[String],
+    window_secs: u64,
+) -> String {
+    let part = |failed_only: bool, name: &str| {
+        format!(
+            "label_replace({}, \"{COUNT_LABEL}\", \"{name}\", \"\", \"\")",
+            observer.request_increase(namespace, workloads, window_secs, failed_only)
+        )
+    };
+    format!("{} or {}", part(false, "requests"), part(true, "failures"))
+}
+
+/// One side's counts out of the answers of [`counts_query`] and of the bucket query. Values
+/// that are not finite counts are left out (a missing side counts zero: no data).
+fn side_counts(namespace: &str, workload: &str, counts: &[Found], buckets: &[Found]) -> SideCounts {
+    let mine = |key: &(String, String)| key.0 == namespace && key.1 == workload;
+    let mut side = SideCounts::default();
+    for (labels, key, value) in counts {
+        if !mine(key) || !value.is_finite() || *value < 0.0 {
+            continue;
+        }
+        match labels.get(COUNT_LABEL).map(String::as_str) {
+            Some("requests") => side.requests = *value,
+            Some("failures") => side.failures = *value,
+            _ => {}
+        }
+    }
+    side.buckets = buckets
+        .iter()
+        .filter(|(_, key, value)| mine(key) && value.is_finite() && *value >= 0.0)
+        .filter_map(|(labels, _, value)| {
+            let le = labels.get("le")?.parse::<f64>().ok()?;
+            (!le.is_nan()).then_some((le, *value))
+        })
+        .collect();
+    side
 }
 
 /// What a check reads of an operator's query: one number, or nothing.
@@ -596,6 +677,37 @@ mod tests {
     ) -> PrometheusMetrics {
         let observers: Vec<Arc<dyn Observer>> = vec![Arc::new(Istio), Arc::new(Linkerd)];
         PrometheusMetrics::new(base, timeout, observers, namespaces, freshness).unwrap()
+    }
+
+    #[test]
+    fn baseline_counts_come_from_one_valid_query_and_split_by_side() {
+        let w = ["podinfo".to_owned(), "podinfo-canary".to_owned()];
+        for observer in [&Istio as &dyn Observer, &Linkerd] {
+            let q = counts_query(observer, "test", &w, 120);
+            promql_parser::parser::parse(&q).unwrap_or_else(|e| panic!("{q}: {e}"));
+            assert!(q.contains("[120s]") && q.contains("increase("), "{q}");
+        }
+        let counts = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"destination_workload_namespace":"test","destination_workload":"podinfo","steerer_count":"requests"},"value":[1,"6000.4"]},
+            {"metric":{"destination_workload_namespace":"test","destination_workload":"podinfo","steerer_count":"failures"},"value":[1,"12"]},
+            {"metric":{"destination_workload_namespace":"test","destination_workload":"podinfo-canary","steerer_count":"requests"},"value":[1,"2000"]},
+            {"metric":{"destination_workload_namespace":"other","destination_workload":"podinfo-canary","steerer_count":"failures"},"value":[1,"99"]}
+        ]}}"#;
+        let buckets = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"le":"100","destination_workload_namespace":"test","destination_workload":"podinfo-canary"},"value":[1,"1500"]},
+            {"metric":{"le":"+Inf","destination_workload_namespace":"test","destination_workload":"podinfo-canary"},"value":[1,"2000"]},
+            {"metric":{"le":"50","destination_workload_namespace":"test","destination_workload":"podinfo-canary"},"value":[1,"NaN"]}
+        ]}}"#;
+        let counts = series_of(counts, ISTIO).unwrap();
+        let buckets = series_of(buckets, ISTIO).unwrap();
+        let ga = side_counts("test", "podinfo", &counts, &buckets);
+        assert_eq!((ga.requests, ga.failures), (6000.4, 12.0));
+        assert!(ga.buckets.is_empty());
+        let canary = side_counts("test", "podinfo-canary", &counts, &buckets);
+        // Another namespace's failures are not the canary's; a NaN bucket is left out.
+        assert_eq!((canary.requests, canary.failures), (2000.0, 0.0));
+        assert_eq!(canary.buckets.len(), 2);
+        assert!(canary.buckets.contains(&(f64::INFINITY, 2000.0)));
     }
 
     #[test]

@@ -101,6 +101,14 @@ impl Histogram {
         }
     }
 
+    /// The share of requests above `bound` (one of the bounds), in [0, 1]; 0 without requests.
+    pub fn share_above(&self, bound: f64) -> f64 {
+        match self.total() {
+            0 => 0.0,
+            n => self.above(bound) as f64 / n as f64,
+        }
+    }
+
     /// Requests above `bound` (one of the bounds).
     fn above(&self, bound: f64) -> u64 {
         self.bounds
@@ -112,7 +120,7 @@ impl Histogram {
     }
 
     /// The smallest bound at or below which at least `q` of the requests fall.
-    fn quantile_bound(&self, q: f64) -> Option<f64> {
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
         let need = q * self.total() as f64;
         let mut seen = 0u64;
         for (b, c) in self.bounds.iter().zip(&self.counts) {
@@ -212,14 +220,7 @@ pub fn tail(
     if canary.total() == 0 || baseline.total() == 0 || canary.bounds != baseline.bounds {
         return None;
     }
-    let p95 = baseline.quantile_bound(0.95).filter(|b| b.is_finite())?;
-    let threshold = *canary
-        .bounds
-        .iter()
-        .find(|b| **b >= p95 * (1.0 + margin.max(0.0)))?;
-    if !threshold.is_finite() {
-        return None;
-    }
+    let (p95, threshold) = tail_bounds(baseline, margin)?;
     let c = Counts {
         requests: canary.total(),
         failures: canary.above(threshold),
@@ -229,6 +230,18 @@ pub fn tail(
         failures: baseline.above(p95),
     };
     proportions::compare(c, b, 0.0, confidence)
+}
+
+/// The bounds of the tail test: the baseline's 95th percentile (a bucket bound) and the
+/// canary's threshold, that percentile times 1 + `margin` moved up to a bucket bound. `None`
+/// when either lies beyond the last finite bound.
+pub fn tail_bounds(baseline: &Histogram, margin: f64) -> Option<(f64, f64)> {
+    let p95 = baseline.quantile_bound(0.95).filter(|b| b.is_finite())?;
+    let threshold = *baseline
+        .bounds
+        .iter()
+        .find(|b| **b >= p95 * (1.0 + margin.max(0.0)))?;
+    threshold.is_finite().then_some((p95, threshold))
 }
 
 #[cfg(test)]

@@ -209,7 +209,8 @@ impl Traffic {
                 &mut |outcome| {
                     match outcome.endpoint {
                         Some(ep) => {
-                            let latency = sample_latency(&mut rng, ep.latency_ms);
+                            let latency =
+                                sample_latency(&mut rng, ep.latency_ms, ep.latency_stddev_ms);
                             metrics.record(
                                 Reporter::Destination,
                                 outcome.series,
@@ -243,17 +244,22 @@ impl Traffic {
     }
 }
 
-/// A log-normal latency with the given mean: most requests near it, a tail above.
-fn sample_latency(rng: &mut impl rand::Rng, mean_ms: f64) -> f64 {
-    const SIGMA: f64 = 0.4;
+/// A log-normal latency with the given mean and standard deviation (`None`: a log-scale
+/// spread of 0.4, about 0.42 of the mean): most requests near the mean, a tail above.
+fn sample_latency(rng: &mut impl rand::Rng, mean_ms: f64, stddev_ms: Option<f64>) -> f64 {
+    const DEFAULT_SIGMA: f64 = 0.4;
     if mean_ms <= 0.0 {
         return 0.0;
     }
-    let mu = mean_ms.ln() - SIGMA * SIGMA / 2.0;
+    // A log-normal with mean m and standard deviation s has σ² = ln(1 + s²/m²).
+    let sigma = stddev_ms
+        .map(|s| (1.0 + (s / mean_ms).powi(2)).ln().sqrt())
+        .unwrap_or(DEFAULT_SIGMA);
+    let mu = mean_ms.ln() - sigma * sigma / 2.0;
     let u1: f64 = rng.random_range(f64::EPSILON..1.0);
     let u2: f64 = rng.random();
     let normal = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-    (mu + SIGMA * normal).exp()
+    (mu + sigma * normal).exp()
 }
 
 /// The objects the routing table is computed from, as JSON.

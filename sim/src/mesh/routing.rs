@@ -13,6 +13,9 @@ use super::labels;
 pub const ERROR_RATE_ANNOTATION: &str = "sim.steerer.dev/error-rate";
 /// Pod-template annotation: mean latency of a revision in milliseconds.
 pub const LATENCY_ANNOTATION: &str = "sim.steerer.dev/latency-ms";
+/// Pod-template annotation: standard deviation of a revision's (log-normal) latency in
+/// milliseconds, around its mean. Without it the spread is a fixed share of the mean.
+pub const LATENCY_STDDEV_ANNOTATION: &str = "sim.steerer.dev/latency-stddev-ms";
 /// VirtualService annotation: fraction of synthetic requests that carry the headers (and
 /// query parameters) the VirtualService's match conditions ask for.
 pub const HEADER_SHARE_ANNOTATION: &str = "sim.steerer.dev/header-share";
@@ -91,6 +94,8 @@ pub struct Endpoint {
     pub error_rate: f64,
     /// Mean latency in milliseconds.
     pub latency_ms: f64,
+    /// Standard deviation of the latency in milliseconds; `None`: the default shape.
+    pub latency_stddev_ms: Option<f64>,
     /// Rendered Istio labels of the series this endpoint reports, without reporter,
     /// response code and flags.
     pub labels: Arc<str>,
@@ -377,6 +382,7 @@ fn endpoint(rev: &Revision<'_>, ns: &str, service_host: &str, service_name: &str
         latency_ms: annotation(LATENCY_ANNOTATION)
             .filter(|l| *l >= 0.0)
             .unwrap_or(DEFAULT_LATENCY_MS),
+        latency_stddev_ms: annotation(LATENCY_STDDEV_ANNOTATION).filter(|s| *s >= 0.0),
         labels: labels.into(),
         series: 0,
         key: format!("{ns}/{}/{}", rev.deployment, rev.hash),
@@ -760,7 +766,11 @@ mod tests {
             let mut errors = ErrorState::default();
             state.send(&table.hosts[0], 5000, &mut errors, &no_override, &mut |o| {
                 if let Some(ep) = o.endpoint {
-                    latencies.push(super::super::sample_latency(&mut rng, ep.latency_ms));
+                    latencies.push(super::super::sample_latency(
+                        &mut rng,
+                        ep.latency_ms,
+                        ep.latency_stddev_ms,
+                    ));
                 }
             });
             assert_eq!(latencies.len(), 5000);
@@ -770,6 +780,58 @@ mod tests {
                 "latency-ms {annotated}: p99 {p99}"
             );
         }
+    }
+
+    #[test]
+    fn the_stddev_annotation_widens_the_spread_around_the_same_mean() {
+        let sampled = |annotations: serde_json::Value| {
+            let table = build(
+                &[split_vs(0, 100)],
+                &[service("podinfo-canary")],
+                &[replicaset("podinfo-canary", "b", 1, annotations)],
+                0.1,
+            );
+            let mut rng = rand::rng();
+            let mut latencies = Vec::new();
+            let mut state = HostState::default();
+            let mut errors = ErrorState::default();
+            state.send(
+                &table.hosts[0],
+                20000,
+                &mut errors,
+                &no_override,
+                &mut |o| {
+                    if let Some(ep) = o.endpoint {
+                        latencies.push(super::super::sample_latency(
+                            &mut rng,
+                            ep.latency_ms,
+                            ep.latency_stddev_ms,
+                        ));
+                    }
+                },
+            );
+            let n = latencies.len() as f64;
+            let mean = latencies.iter().sum::<f64>() / n;
+            let sd = (latencies.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / n).sqrt();
+            (mean, sd)
+        };
+        let (mean, sd) = sampled(json!({LATENCY_ANNOTATION: "50", LATENCY_STDDEV_ANNOTATION: "5"}));
+        assert!(
+            (mean - 50.0).abs() < 1.5 && (sd - 5.0).abs() < 1.0,
+            "{mean} {sd}"
+        );
+        let (mean, sd) =
+            sampled(json!({LATENCY_ANNOTATION: "50", LATENCY_STDDEV_ANNOTATION: "50"}));
+        assert!(
+            (mean - 50.0).abs() < 4.0 && (sd - 50.0).abs() < 15.0,
+            "{mean} {sd}"
+        );
+        // Without it, today's shape: a spread of about 0.4 of the mean.
+        let (mean, sd) = sampled(json!({LATENCY_ANNOTATION: "50"}));
+        assert!(
+            (mean - 50.0).abs() < 2.0 && (sd - 20.8).abs() < 3.0,
+            "{mean} {sd}"
+        );
     }
 
     #[test]

@@ -50,7 +50,7 @@ impl Verdict {
 
 /// One value judged against its bound: as the breakdown records it and as messages say it.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Judged {
+pub struct Judged {
     result: CheckResult,
     /// The value against its bound, as a check message says it.
     phrase: String,
@@ -59,7 +59,7 @@ pub(super) struct Judged {
 }
 
 impl Judged {
-    fn new(result: CheckResult, phrase: String) -> Self {
+    pub(super) fn new(result: CheckResult, phrase: String) -> Self {
         Self {
             result,
             phrase,
@@ -67,7 +67,7 @@ impl Judged {
         }
     }
 
-    fn without_data(
+    pub(super) fn without_data(
         mut result: CheckResult,
         phrase: String,
         key: &'static str,
@@ -80,6 +80,21 @@ impl Judged {
             phrase,
             no_data: Some((key, why)),
         }
+    }
+
+    /// The result's detail, when it should say more than the phrase.
+    pub(super) fn set_detail(&mut self, detail: String) {
+        self.result.detail = detail;
+    }
+
+    #[cfg(test)]
+    pub(super) fn result(&self) -> &CheckResult {
+        &self.result
+    }
+
+    #[cfg(test)]
+    pub(super) fn phrase(&self) -> &str {
+        &self.phrase
     }
 }
 
@@ -99,6 +114,7 @@ pub(super) fn check(
         max,
         outcome: CheckOutcome::Passed,
         detail: String::new(),
+        baseline: None,
     }
 }
 
@@ -119,6 +135,13 @@ fn builtin(
 ) -> Vec<Judged> {
     let threshold = settings.success_rate_threshold;
     let ceiling = settings.max_latency_p99_ms;
+    // With a baseline the absolute threshold is a guard rail the request may set; unset, the
+    // baseline judges the success rate alone (and its own minimum of requests says when
+    // there is too little traffic).
+    let guarded = settings.baseline.is_none_or(|b| b.success_rate_guard);
+    if !guarded && ceiling.is_none() {
+        return Vec::new();
+    }
     let success_check = |value| {
         check(
             CheckKind::SuccessRate,
@@ -161,12 +184,15 @@ fn builtin(
     let (success, p99) = match judged {
         Ok(values) => values,
         Err(((key, why), success, p99)) => {
-            let mut out = vec![Judged::without_data(
-                success_check(success),
-                format!("success rate not judged ({why})"),
-                key,
-                why.clone(),
-            )];
+            let mut out = Vec::new();
+            if guarded {
+                out.push(Judged::without_data(
+                    success_check(success),
+                    format!("success rate not judged ({why})"),
+                    key,
+                    why.clone(),
+                ));
+            }
             if let Some(max) = ceiling {
                 out.push(Judged::without_data(
                     latency_check(p99),
@@ -178,22 +204,25 @@ fn builtin(
             return out;
         }
     };
-    let mut out = vec![if !(0.0..=100.0).contains(&success) {
-        failing(
-            success_check(Some(success)),
-            format!("success rate {success} is out of range"),
-        )
-    } else if success < threshold {
-        failing(
-            success_check(Some(success)),
-            format!("success rate {success:.2}% below threshold {threshold}%"),
-        )
-    } else {
-        Judged::new(
-            success_check(Some(success)),
-            format!("success rate {success:.2}% meets {threshold}%"),
-        )
-    }];
+    let mut out = Vec::new();
+    if guarded {
+        out.push(if !(0.0..=100.0).contains(&success) {
+            failing(
+                success_check(Some(success)),
+                format!("success rate {success} is out of range"),
+            )
+        } else if success < threshold {
+            failing(
+                success_check(Some(success)),
+                format!("success rate {success:.2}% below threshold {threshold}%"),
+            )
+        } else {
+            Judged::new(
+                success_check(Some(success)),
+                format!("success rate {success:.2}% meets {threshold}%"),
+            )
+        });
+    }
     if let Some(max) = ceiling {
         out.push(match p99 {
             None => Judged::without_data(
@@ -301,10 +330,13 @@ pub(super) fn hooks_judged(
 /// else a value without data makes it no data; else it passes.
 pub(super) fn verdict(judged: Vec<Judged>, request_rate: Option<f64>) -> Verdict {
     let checks: Vec<CheckResult> = judged.iter().map(|j| j.result.clone()).collect();
+    // The built-in bounds; a check against the baseline is named on its own.
     let failed_of = |kind| {
-        judged
-            .iter()
-            .any(|j| j.result.kind == kind && j.result.outcome == CheckOutcome::Failed)
+        judged.iter().any(|j| {
+            j.result.kind == kind
+                && j.result.baseline.is_none()
+                && j.result.outcome == CheckOutcome::Failed
+        })
     };
     let (failures, others): (Vec<&Judged>, Vec<&Judged>) = judged
         .iter()
@@ -344,24 +376,27 @@ pub(super) fn verdict(judged: Vec<Judged>, request_rate: Option<f64>) -> Verdict
 /// latency ceiling, a p99 above it fails, a NaN or infinite p99 fails, and a missing p99 is
 /// no data (unless the success rate already failed the check).
 pub fn evaluate(sample: &Sample, settings: &AnalysisSettings) -> Verdict {
-    evaluate_all(Ok(sample), &[], &[], settings)
+    evaluate_all(Ok(sample), &[], &[], settings, Vec::new())
 }
 
-/// Judges a whole check: the measurement (`Err((key, why))` when there was none), each
-/// metric template's value, and each rollout webhook's answer. Any failure fails the check;
-/// else anything without data makes it no data (never a pass); else it passes.
+/// Judges a whole check: the measurement (`Err((key, why))` when there was none), the checks
+/// against the baseline (judged already, see `against`), each metric template's value, and
+/// each rollout webhook's answer. Any failure fails the check; else anything without data
+/// makes it no data (never a pass); else it passes.
 pub fn evaluate_all(
     sample: Result<&Sample, (&'static str, String)>,
     metric_values: &[(String, Result<Option<f64>, String>)],
     hooks: &[HookAnswer],
     settings: &AnalysisSettings,
+    against_baseline: Vec<Judged>,
 ) -> Verdict {
     let request_rate = sample
         .as_ref()
         .ok()
         .and_then(|s| s.request_rate)
         .filter(|r| r.is_finite());
-    let mut judged = builtin(sample, settings);
+    let mut judged = against_baseline;
+    judged.extend(builtin(sample, settings));
     judged.extend(settings.metrics.iter().map(|m| {
         metric_judged(
             m,

@@ -11,6 +11,7 @@
 //! the route (`edits`), the transitions before, during and after a promotion (`progress`,
 //! `promotion`, `endings`), and repeats recorded sparingly (`quiet`).
 
+mod against;
 mod commands;
 mod deadline;
 mod edits;
@@ -32,8 +33,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Breaches, CheckResult, DeploymentView, EventKind, HookAnswer, HpaView, Phase, Rollout,
-    RolloutEvent, RouteView, Sample, WebhookKind,
+    BaselineSample, Breaches, CheckResult, DeploymentView, EventKind, HookAnswer, HpaView, Phase,
+    Rollout, RolloutEvent, RouteView, Sample, WebhookKind,
 };
 
 pub use commands::{Command, Refused, apply_command, command_on_finished};
@@ -41,8 +42,8 @@ pub use gates::{APPROVAL, hook_phase, hooks_due};
 pub use health::{ga_runs_canary, halt_reason};
 pub use judge::{Verdict, evaluate, evaluate_all};
 pub use plan::{
-    TICK_SLACK, check_due, evidence_window, reads_weight_back, resumed_at, sample_window,
-    until_tick, written_unrecorded,
+    TICK_SLACK, baseline_window, check_due, evidence_window, reads_weight_back, resumed_at,
+    sample_window, until_tick, written_unrecorded,
 };
 pub use quiet::{MIN_QUIET, REPEATS_IN_FULL, quiet_window};
 pub use start::{NotAdmitted, admit, canary_name, requested, start};
@@ -73,6 +74,9 @@ pub struct Observation {
     /// The canary measurement when one was due (`wants_sample`); `Err` when the provider
     /// failed.
     pub sample: Option<Result<Sample, String>>,
+    /// With a baseline, both sides' counts since the analysis started when a check was due;
+    /// `Err` when the provider failed. Boxed: the driver's future holds an observation.
+    pub baseline: Option<Box<Result<BaselineSample, String>>>,
     /// GA's pod template equals the canary's with GA's selector labels.
     pub ga_runs_canary: bool,
     /// The shortest window the metrics provider measures over (the engine's

@@ -120,6 +120,17 @@ pub fn evidence_window(
     Ok(if whole.is_zero() { age } else { whole })
 }
 
+/// The window of a check against the baseline: everything since the revision under analysis
+/// first got traffic (the analysis start), in whole seconds so the provider's rounding up
+/// never reaches back before it. Counts over it are cumulative: each look sees all the
+/// evidence so far, and the looks' levels (`stats::looks`) pay for looking again.
+pub fn baseline_window(state: &Rollout, now: DateTime<Utc>) -> Option<Duration> {
+    let since = state.traffic_since?;
+    let age = (now - since).to_std().ok()?;
+    let whole = Duration::from_secs(age.as_secs());
+    (!whole.is_zero()).then_some(whole)
+}
+
 /// Whether a check is due now: the rollout progresses above weight zero, an interval has
 /// passed, the revision has had a metrics window of its own traffic, and nothing holds it
 /// back (both Deployments settled and healthy, the canary still the revision analysed, the
@@ -200,6 +211,7 @@ pub(super) fn restart(d: &mut Decision, state: &Rollout, revision: &str) {
     // The new revision's evidence starts with its own first step, and it passes its own
     // confirmations and pre-rollout webhooks.
     d.next.traffic_since = None;
+    d.next.baseline_looks = 0;
     d.next.gates = Gates::default();
     d.wake = poll(state);
     d.emit(

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::against::against;
 use super::deadline::{halted, no_data};
 use super::edits::paused_for_edit;
 use super::endings::{begin_rollback, objects_missing};
@@ -163,7 +164,27 @@ pub(super) fn progressing(
         ),
     };
     let measured_at_all = measurement.is_ok();
-    let verdict = evaluate_all(measurement, &obs.metric_values, &obs.hooks, settings);
+    let against_baseline = match &settings.baseline {
+        Some(baseline) => {
+            let look = against(
+                obs.baseline.as_deref(),
+                baseline,
+                state.baseline_looks.saturating_add(1),
+            );
+            if look.looked {
+                d.next.baseline_looks = state.baseline_looks.saturating_add(1);
+            }
+            look.judged
+        }
+        None => Vec::new(),
+    };
+    let verdict = evaluate_all(
+        measurement,
+        &obs.metric_values,
+        &obs.hooks,
+        settings,
+        against_baseline,
+    );
     if measured_at_all {
         // A check without a measurement leaves the last one on record.
         d.next.last_analysis = Some(AnalysisRecord {

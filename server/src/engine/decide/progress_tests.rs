@@ -310,3 +310,115 @@ fn deciding_twice_on_the_same_state_gives_the_same_absolute_weight() {
     assert_eq!(a.actions, b.actions);
     assert_eq!(a.actions, vec![Action::SetCanaryWeight(30)]);
 }
+
+/// Both sides' counts: requests and failures of the canary, then of the baseline.
+fn against_ga(canary: (f64, f64), ga: (f64, f64)) -> Observation {
+    use crate::domain::{BaselineSample, SideCounts};
+    let side = |(requests, failures)| SideCounts {
+        requests,
+        failures,
+        buckets: Vec::new(),
+    };
+    Observation {
+        baseline: Some(Box::new(Ok(BaselineSample {
+            canary: side(canary),
+            baseline: side(ga),
+            requests_query: "q".into(),
+            latency_query: "l".into(),
+        }))),
+        ..Observation::test().measured(95.0, 20.0)
+    }
+}
+
+fn judged_against_ga(state: Rollout) -> Rollout {
+    state.with(|r| r.analysis.baseline = Some(crate::domain::BaselineSettings::ga()))
+}
+
+#[test]
+fn with_a_baseline_the_same_error_rate_on_both_sides_passes_where_the_threshold_would_fail() {
+    let state = judged_against_ga(Rollout::test().progressing(30, 0));
+    let d = decide(&state, &against_ga((2000.0, 100.0), (6000.0, 300.0)), t(1));
+    assert_eq!(
+        kinds(&d),
+        vec![EventKind::CheckPassed, EventKind::WeightChanged]
+    );
+    assert!(
+        d.events[0].message.contains("errors 5.0% vs 5.0% baseline"),
+        "{}",
+        d.events[0].message
+    );
+    // The server's default threshold does not apply: no success_rate check at all.
+    let checks = &d.next.last_analysis.as_ref().unwrap().checks;
+    assert_eq!(
+        checks.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["error_rate"]
+    );
+    assert_eq!(d.next.baseline_looks, 1);
+    // Without a baseline the same canary fails the 99% threshold.
+    let d = decide(
+        &Rollout::test().progressing(30, 0),
+        &against_ga((2000.0, 100.0), (6000.0, 300.0)),
+        t(1),
+    );
+    assert_eq!(kinds(&d), vec![EventKind::CheckFailed]);
+}
+
+#[test]
+fn with_a_baseline_more_errors_than_ga_fail_the_check_naming_it_and_the_look_counts() {
+    let state = judged_against_ga(Rollout::test().progressing(30, 0)).with(|r| {
+        r.baseline_looks = 2;
+    });
+    let d = decide(&state, &against_ga((1000.0, 30.0), (3000.0, 0.0)), t(1));
+    assert_eq!(kinds(&d), vec![EventKind::CheckFailed]);
+    assert_eq!(d.next.failed_checks, 1);
+    assert_eq!(d.next.baseline_looks, 3);
+    let event = d.events[0].clone().record("r1", 2, t(1));
+    assert_eq!(event.failed_names(), ["error_rate"]);
+    assert_eq!(event.failed, Breaches::default());
+    assert!(
+        event
+            .message
+            .contains("errors 3.0% vs 0.0% baseline (+3.0 pts, 99% CI +"),
+        "{}",
+        event.message
+    );
+    let errors = &event.checks[0];
+    assert_eq!(errors.baseline.as_ref().unwrap().value, Some(0.0));
+    assert!(
+        errors.detail.contains("look 3 of the rollout"),
+        "{}",
+        errors.detail
+    );
+}
+
+#[test]
+fn with_a_baseline_too_few_requests_on_a_side_is_no_data_and_spends_no_look() {
+    let state = judged_against_ga(Rollout::test().progressing(30, 0));
+    let d = decide(&state, &against_ga((150.0, 0.0), (3000.0, 0.0)), t(1));
+    assert_eq!(kinds(&d), vec![EventKind::CheckNoData]);
+    assert_eq!(d.next.baseline_looks, 0);
+    assert_eq!(d.next.canary_weight, 30);
+    // And no measurement of the baseline at all is no data too, never a pass.
+    let d = decide(&state, &Observation::test().measured(100.0, 20.0), t(1));
+    assert_eq!(kinds(&d), vec![EventKind::CheckNoData]);
+}
+
+#[test]
+fn a_new_revision_starts_its_looks_again() {
+    let state = judged_against_ga(Rollout::test().progressing(30, 0)).with(|r| {
+        r.baseline_looks = 4;
+        r.revision = "old".into();
+    });
+    let d = decide(&state, &Observation::test(), t(1));
+    assert_eq!(d.next.baseline_looks, 0);
+}
+
+#[test]
+fn the_baseline_window_reaches_back_to_the_analysis_start_in_whole_seconds() {
+    let state = Rollout::test()
+        .progressing(30, 0)
+        .with(|r| r.traffic_since = Some(t(-90) - ms(400)));
+    assert_eq!(baseline_window(&state, t(0)), Some(Duration::from_secs(90)));
+    let state = state.with(|r| r.traffic_since = None);
+    assert_eq!(baseline_window(&state, t(0)), None);
+}

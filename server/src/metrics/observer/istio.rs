@@ -34,6 +34,16 @@ fn served_selector(namespaces: &[String]) -> String {
     selector
 }
 
+/// The destination-reported selector of `workloads` (validated names) of `namespace`.
+fn workloads_selector(namespace: &str, workloads: &[String]) -> String {
+    let alternatives: Vec<String> = workloads.iter().map(|w| regex_escape(w)).collect();
+    format!(
+        "reporter=\"destination\",destination_workload_namespace={},destination_workload=~{}",
+        promql_string(namespace),
+        promql_string(&alternatives.join("|"))
+    )
+}
+
 impl Observer for Istio {
     fn name(&self) -> &'static str {
         NAME
@@ -61,6 +71,31 @@ impl Observer for Istio {
         let selector = served_selector(namespaces);
         format!(
             "histogram_quantile(0.99, sum by (le, destination_workload_namespace, destination_workload) (rate(istio_request_duration_milliseconds_bucket{{{selector}}}[{window_secs}s])))"
+        )
+    }
+
+    fn request_increase(
+        &self,
+        namespace: &str,
+        workloads: &[String],
+        window_secs: u64,
+        failed_only: bool,
+    ) -> String {
+        let failed = if failed_only {
+            ",response_code=~\"5.*\""
+        } else {
+            ""
+        };
+        format!(
+            "sum by (destination_workload_namespace, destination_workload) (increase(istio_requests_total{{{}{failed}}}[{window_secs}s]))",
+            workloads_selector(namespace, workloads)
+        )
+    }
+
+    fn latency_buckets(&self, namespace: &str, workloads: &[String], window_secs: u64) -> String {
+        format!(
+            "sum by (le, destination_workload_namespace, destination_workload) (increase(istio_request_duration_milliseconds_bucket{{{}}}[{window_secs}s]))",
+            workloads_selector(namespace, workloads)
         )
     }
 
@@ -149,6 +184,24 @@ mod tests {
         // Never valid names, but escaped all the same: a regex cannot widen the match.
         let q = Istio.reported_of("test", &["a.b|c".into()], 60);
         assert!(q.contains(r#"destination_workload=~"a\\.b\\|c""#), "{q}");
+    }
+
+    #[test]
+    fn counts_are_increases_of_the_named_workloads_and_failures_are_5xx() {
+        let w = ["podinfo".to_owned(), "podinfo-canary".to_owned()];
+        assert_eq!(
+            Istio.request_increase("test", &w, 90, true),
+            "sum by (destination_workload_namespace, destination_workload) (increase(istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"test\",destination_workload=~\"podinfo|podinfo-canary\",response_code=~\"5.*\"}[90s]))"
+        );
+        assert!(
+            !Istio
+                .request_increase("test", &w, 90, false)
+                .contains("response_code")
+        );
+        assert_eq!(
+            Istio.latency_buckets("test", &w, 90),
+            "sum by (le, destination_workload_namespace, destination_workload) (increase(istio_request_duration_milliseconds_bucket{reporter=\"destination\",destination_workload_namespace=\"test\",destination_workload=~\"podinfo|podinfo-canary\"}[90s]))"
+        );
     }
 
     #[test]

@@ -35,6 +35,16 @@ fn served_selector(namespaces: &[String]) -> String {
     selector
 }
 
+/// The inbound selector of `workloads` (validated names) of `namespace`.
+fn workloads_selector(namespace: &str, workloads: &[String]) -> String {
+    let alternatives: Vec<String> = workloads.iter().map(|w| regex_escape(w)).collect();
+    format!(
+        "direction=\"inbound\",namespace={},deployment=~{}",
+        promql_string(namespace),
+        promql_string(&alternatives.join("|"))
+    )
+}
+
 impl Observer for Linkerd {
     fn name(&self) -> &'static str {
         NAME
@@ -62,6 +72,31 @@ impl Observer for Linkerd {
         let selector = served_selector(namespaces);
         format!(
             "histogram_quantile(0.99, sum by (le, namespace, deployment) (rate(response_latency_ms_bucket{{{selector}}}[{window_secs}s])))"
+        )
+    }
+
+    fn request_increase(
+        &self,
+        namespace: &str,
+        workloads: &[String],
+        window_secs: u64,
+        failed_only: bool,
+    ) -> String {
+        let failed = if failed_only {
+            ",classification=\"failure\""
+        } else {
+            ""
+        };
+        format!(
+            "sum by (namespace, deployment) (increase(response_total{{{}{failed}}}[{window_secs}s]))",
+            workloads_selector(namespace, workloads)
+        )
+    }
+
+    fn latency_buckets(&self, namespace: &str, workloads: &[String], window_secs: u64) -> String {
+        format!(
+            "sum by (le, namespace, deployment) (increase(response_latency_ms_bucket{{{}}}[{window_secs}s]))",
+            workloads_selector(namespace, workloads)
         )
     }
 
@@ -132,6 +167,19 @@ mod tests {
     }
 
     #[test]
+    fn counts_are_inbound_increases_and_failures_are_classified_by_the_proxy() {
+        let w = ["podinfo".to_owned(), "podinfo-canary".to_owned()];
+        assert_eq!(
+            Linkerd.request_increase("test", &w, 90, true),
+            "sum by (namespace, deployment) (increase(response_total{direction=\"inbound\",namespace=\"test\",deployment=~\"podinfo|podinfo-canary\",classification=\"failure\"}[90s]))"
+        );
+        assert_eq!(
+            Linkerd.latency_buckets("test", &w, 90),
+            "sum by (le, namespace, deployment) (increase(response_latency_ms_bucket{direction=\"inbound\",namespace=\"test\",deployment=~\"podinfo|podinfo-canary\"}[90s]))"
+        );
+    }
+
+    #[test]
     fn no_query_asks_for_istio_series() {
         let ns = ["test".to_owned()];
         for q in [
@@ -139,6 +187,8 @@ mod tests {
             Linkerd.latency_p99(30, &ns),
             Linkerd.reported(&ns, 60),
             Linkerd.reported_of("test", &["a".into()], 60),
+            Linkerd.request_increase("test", &["a".into()], 60, true),
+            Linkerd.latency_buckets("test", &["a".into()], 60),
         ] {
             assert!(!q.contains("istio_"), "{q}");
         }

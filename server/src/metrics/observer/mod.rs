@@ -38,6 +38,21 @@ pub trait Observer: Send + Sync {
     /// `window_secs`.
     fn latency_p99(&self, window_secs: u64, namespaces: &[String]) -> String;
 
+    /// The number of requests (of failed requests when `failed_only`) each of `workloads`
+    /// (validated names) of `namespace` served over the trailing `window_secs`: an
+    /// `increase`, not a rate, grouped by [`Observer::labels`].
+    fn request_increase(
+        &self,
+        namespace: &str,
+        workloads: &[String],
+        window_secs: u64,
+        failed_only: bool,
+    ) -> String;
+
+    /// The latency histogram (milliseconds; cumulative bucket counts by `le`) of each of
+    /// `workloads` of `namespace` over the trailing `window_secs`, as increases.
+    fn latency_buckets(&self, namespace: &str, workloads: &[String], window_secs: u64) -> String;
+
     /// One series for each workload served with any request series over the trailing
     /// `lookback_secs`.
     fn reported(&self, namespaces: &[String], lookback_secs: u64) -> String;
@@ -125,6 +140,9 @@ mod tests {
                 observer.latency_p99(30, &namespaces),
                 observer.reported(&namespaces, 3600),
                 observer.reported_of("test", &["a".into(), "a-canary".into()], 3600),
+                observer.request_increase("test", &["a".into(), "a-canary".into()], 90, false),
+                observer.request_increase("test", &["a".into(), "a-canary".into()], 90, true),
+                observer.latency_buckets("test", &["a".into(), "a-canary".into()], 90),
             ];
             for q in grouped {
                 promql_parser::parser::parse(&q).unwrap_or_else(|e| panic!("{name}: {q}: {e}"));
