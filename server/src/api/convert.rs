@@ -124,6 +124,11 @@ pub fn analysis(s: &AnalysisSettings) -> pb::Analysis {
             })
             .collect(),
         require_approval: s.require_approval,
+        strategy: pb::Strategy::Canary as i32,
+        iterations: None,
+        r#match: Vec::new(),
+        mirror_weight: None,
+        session_affinity: None,
     }
 }
 

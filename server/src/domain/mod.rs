@@ -14,7 +14,9 @@ pub use judging::{
     WebhookKind, failed_names,
 };
 pub use route::{RouteKind, RouteRef};
-pub use strategy::{Next, Strategy};
+pub use strategy::{
+    MatchValue, Matched, Next, RequestMatch, SessionAffinity, Strategy, StrategyRequest,
+};
 pub use views::{DeploymentView, HpaView, RouteView, promoted_template, template_hash};
 
 use std::collections::BTreeMap;

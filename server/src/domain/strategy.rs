@@ -8,6 +8,9 @@
 //! live traffic while N checks pass, then all of it at once) and mirroring (a share of GA's
 //! requests copied to the canary, beside either).
 
+use std::fmt;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// The strategy of a rollout. Stored flattened into the analysis settings with the field
@@ -79,6 +82,103 @@ impl Strategy {
     }
 }
 
+/// What a start request asks of the traffic, validated (`api::validate::strategy`): the
+/// strategy and the routing it adds (matches, mirroring, session affinity). Only a plain
+/// weighted canary runs today; the others are refused as not implemented
+/// rather than half run (`unsupported`), and become `Strategy` variants as the engine and
+/// routers learn them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StrategyRequest {
+    /// A weighted canary, optionally mirroring GA's traffic and keeping clients sticky.
+    Canary {
+        mirror_weight: Option<u32>,
+        session_affinity: Option<SessionAffinity>,
+    },
+    /// Requests matching any of `matches` go to the canary; promotion after `iterations`
+    /// passing checks.
+    AbTest {
+        iterations: u32,
+        matches: Vec<RequestMatch>,
+    },
+    /// No live traffic (only mirrored copies) while `iterations` checks pass, then all of it.
+    BlueGreen {
+        iterations: u32,
+        mirror_weight: Option<u32>,
+    },
+}
+
+impl StrategyRequest {
+    /// What the request asks for that this server cannot do yet, for a person; `None` when
+    /// it can run it.
+    pub fn unsupported(&self) -> Option<String> {
+        let what = match self {
+            StrategyRequest::AbTest { .. } => "analysis.strategy STRATEGY_AB_TEST",
+            StrategyRequest::BlueGreen { .. } => "analysis.strategy STRATEGY_BLUE_GREEN",
+            StrategyRequest::Canary {
+                mirror_weight: Some(_),
+                ..
+            } => "mirroring (analysis.mirror_weight)",
+            StrategyRequest::Canary {
+                session_affinity: Some(_),
+                ..
+            } => "a sticky canary (analysis.session_affinity)",
+            StrategyRequest::Canary { .. } => return None,
+        };
+        Some(format!(
+            "{what} is not implemented by this server yet; nothing was changed"
+        ))
+    }
+}
+
+/// A condition on a request: which header or cookie, and how its value is compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestMatch {
+    pub on: Matched,
+    pub value: MatchValue,
+}
+
+/// What a `RequestMatch` compares: a header (by name, case-insensitively) or a cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Matched {
+    Header(String),
+    Cookie(String),
+}
+
+/// How a `RequestMatch` compares the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MatchValue {
+    Exact(String),
+    Prefix(String),
+    /// An RE2 regular expression the whole value must match.
+    Regex(String),
+}
+
+impl fmt::Display for RequestMatch {
+    /// "header x-cohort=beta", "cookie plan^=gold", "header user-agent=~.*Mobile.*": the
+    /// forms the CLI's `--match` takes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, name) = match &self.on {
+            Matched::Header(name) => ("header", name),
+            Matched::Cookie(name) => ("cookie", name),
+        };
+        let (op, value) = match &self.value {
+            MatchValue::Exact(v) => ("=", v),
+            MatchValue::Prefix(v) => ("^=", v),
+            MatchValue::Regex(v) => ("=~", v),
+        };
+        write!(f, "{kind} {name}{op}{value}")
+    }
+}
+
+/// Sticky canary: the version that answered a client sets this cookie, and requests that
+/// carry it keep reaching that version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionAffinity {
+    pub cookie_name: String,
+    /// `None`: a session cookie.
+    pub max_age: Option<Duration>,
+}
+
 /// The stored form: the fields of every kind, each kind reading its own.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Stored {
@@ -126,6 +226,32 @@ mod tests {
         assert_eq!(CANARY.after_pass(60), Next::Promote);
         assert!(!CANARY.completes_at(59));
         assert_eq!(CANARY.describe(), "25% steps up to 60%");
+    }
+
+    #[test]
+    fn a_request_match_reads_as_the_cli_writes_it() {
+        let m = |on, value| RequestMatch { on, value }.to_string();
+        assert_eq!(
+            m(
+                Matched::Header("x-cohort".into()),
+                MatchValue::Exact("beta".into())
+            ),
+            "header x-cohort=beta"
+        );
+        assert_eq!(
+            m(
+                Matched::Cookie("plan".into()),
+                MatchValue::Prefix("gold".into())
+            ),
+            "cookie plan^=gold"
+        );
+        assert_eq!(
+            m(
+                Matched::Header("user-agent".into()),
+                MatchValue::Regex(".*Mobile.*".into())
+            ),
+            "header user-agent=~.*Mobile.*"
+        );
     }
 
     #[test]
