@@ -1,7 +1,8 @@
 //! Rollout strategies beside the weighted canary (A/B by header or cookie, blue/green,
 //! mirroring, sticky canaries): every malformed or misplaced strategy setting is refused with
 //! INVALID_ARGUMENT, and a well-formed one this server cannot route yet with UNIMPLEMENTED;
-//! either way nothing in the cluster changes and no rollout is recorded. Runs for the route
+//! either way nothing in the cluster changes and no rollout is recorded, through the generated
+//! client and through the CLI's strategy flags. Runs for the route
 //! kind of `STEERER_ROUTE`, on the simulator or (`STEERER_SUBSTRATE=real`) a real cluster.
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -227,5 +228,58 @@ async fn invalid_or_not_yet_routable_strategies_are_refused_and_change_nothing()
         before,
         "a refused request changed the cluster"
     );
+    assert_no_rollouts(&mut h).await;
+}
+
+/// The CLI's strategy flags reach the server as the contract says: a bad flag exits 2 before
+/// any call, a request the server finds invalid exits 2 saying why, and one it cannot route
+/// yet exits 1 with its UNIMPLEMENTED sentence; nothing changes either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clis_strategy_flags_get_the_servers_answers_and_change_nothing() {
+    use crate::cli_support::{run, stderr};
+    let mut h = Harness::start().await;
+    let addr = h.addr();
+    let before = cluster_state(&h).await;
+    let cases: [(&[&str], i32, &str); 6] = [
+        (
+            &["--match", "header:x cohort=beta"],
+            2,
+            "is not a header or cookie name",
+        ),
+        (&["--sticky", "canary user"], 2, "is not a cookie name"),
+        (&["--mirror-weight", "0"], 2, "0 is not in 1..=100"),
+        (
+            &["--strategy", "ab"],
+            2,
+            "needs at least one analysis.match",
+        ),
+        (
+            &["--strategy", "blue-green", "--match", "cookie:plan=gold"],
+            2,
+            "analysis.match cannot be used with STRATEGY_BLUE_GREEN",
+        ),
+        (
+            &[
+                "--strategy",
+                "ab",
+                "--match",
+                "header:x-cohort=beta",
+                "--match",
+                "cookie:plan^=gold",
+                "--iterations",
+                "5",
+            ],
+            1,
+            "analysis.strategy STRATEGY_AB_TEST is not implemented by this server yet",
+        ),
+    ];
+    for (flags, code, says) in cases {
+        let mut args = vec!["start", "test/podinfo"];
+        args.extend_from_slice(flags);
+        let out = run(addr, &args).await;
+        assert_eq!(out.status.code(), Some(code), "{flags:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{flags:?}: {}", stderr(&out));
+    }
+    assert_eq!(cluster_state(&h).await, before);
     assert_no_rollouts(&mut h).await;
 }
