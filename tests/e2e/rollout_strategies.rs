@@ -2,16 +2,22 @@
 //! mirroring, sticky canaries): every malformed or misplaced strategy setting is refused with
 //! INVALID_ARGUMENT, and a well-formed one this server cannot route yet with UNIMPLEMENTED;
 //! either way nothing in the cluster changes and no rollout is recorded, through the generated
-//! client and through the CLI's strategy flags. Runs for the route
-//! kind of `STEERER_ROUTE`, on the simulator or (`STEERER_SUBSTRATE=real`) a real cluster.
+//! client and through the CLI's strategy flags. A/B tests run: promoted, rolled back on their
+//! matched traffic, aborted and resumed after a kill -9, each ending with the route exactly as
+//! the user wrote it. Runs for the route kind of `STEERER_ROUTE`, on the simulator or
+//! (`STEERER_SUBSTRATE=real`) a real cluster.
+
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, ListParams};
-use serde_json::Value;
-use steerer::v1::{Analysis, RequestMatch, SessionAffinity, Strategy};
+use serde_json::{Value, json};
+use steerer::v1::{
+    AbortRolloutRequest, Analysis, EventType, Phase, RequestMatch, SessionAffinity, Strategy,
+};
 use tonic::Code;
 
-use crate::common::{Harness, NS};
+use crate::common::{CANARY, GA, Harness, NS, collect_events, events_until};
 use crate::rollout_bad_input::assert_no_rollouts;
 
 /// The route as stored (resourceVersion included) and every Deployment's resourceVersion.
@@ -183,11 +189,6 @@ async fn invalid_or_not_yet_routable_strategies_are_refused_and_change_nothing()
 
     let not_yet: Vec<(&str, Analysis, &str)> = vec![
         (
-            "A/B test",
-            ab(vec![header("x-cohort", "beta"), cookie("plan", "gold")]),
-            "STRATEGY_AB_TEST is not implemented",
-        ),
-        (
             "blue/green",
             blue_green(),
             "STRATEGY_BLUE_GREEN is not implemented",
@@ -259,18 +260,9 @@ async fn the_clis_strategy_flags_get_the_servers_answers_and_change_nothing() {
             "analysis.match cannot be used with STRATEGY_BLUE_GREEN",
         ),
         (
-            &[
-                "--strategy",
-                "ab",
-                "--match",
-                "header:x-cohort=beta",
-                "--match",
-                "cookie:plan^=gold",
-                "--iterations",
-                "5",
-            ],
+            &["--strategy", "blue-green", "--iterations", "5"],
             1,
-            "analysis.strategy STRATEGY_AB_TEST is not implemented by this server yet",
+            "analysis.strategy STRATEGY_BLUE_GREEN is not implemented by this server yet",
         ),
     ];
     for (flags, code, says) in cases {
@@ -282,4 +274,180 @@ async fn the_clis_strategy_flags_get_the_servers_answers_and_change_nothing() {
     }
     assert_eq!(cluster_state(&h).await, before);
     assert_no_rollouts(&mut h).await;
+}
+
+/// The field of the example route's spec holding its rules.
+fn rules_key(h: &Harness) -> &'static str {
+    match h.route {
+        steerer_server::domain::RouteKind::VirtualService => "http",
+        _ => "rules",
+    }
+}
+
+/// The example route's spec as stored.
+async fn route_spec(h: &Harness) -> Value {
+    h.route_object().await["spec"].clone()
+}
+
+/// Makes `share` of the example Service's synthetic requests carry `x-cohort: beta` (0 takes
+/// the rule away), through the mesh's `POST /sim/traffic`.
+async fn send_cohort(h: &Harness, share: f64) {
+    let body = if share > 0.0 {
+        json!({"namespace": NS, "service": GA, "share": share, "headers": {"x-cohort": "beta"}})
+    } else {
+        json!({"namespace": NS, "service": GA, "clear": true})
+    };
+    let status = reqwest::Client::new()
+        .post(format!("http://{}/sim/traffic", h.cluster.traffic_addr()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200, "POST /sim/traffic {body}");
+}
+
+/// Starts an A/B test of `x-cohort: beta` needing `iterations` passing checks, waits until its
+/// rule is in the route, and checks the route then: the user's rules as they were, with
+/// steerer's rule ahead of the split sending the matching requests to the canary.
+async fn start_ab(h: &mut Harness, before: &Value, iterations: u32) -> String {
+    let started = h
+        .start_rollout(h.request(Analysis {
+            iterations: Some(iterations),
+            ..ab(vec![header("x-cohort", "beta")])
+        }))
+        .await;
+    let events = events_until(
+        &mut h.client,
+        &started.id,
+        0,
+        Duration::from_secs(60),
+        |e| e.r#type() == EventType::WeightChanged,
+    )
+    .await;
+    let routed = events.last().unwrap();
+    assert!(
+        routed
+            .message
+            .contains("A/B: requests with header x-cohort=beta go to the canary"),
+        "{}",
+        routed.message
+    );
+    let key = rules_key(h);
+    let during = route_spec(h).await;
+    let all = during[key].as_array().unwrap();
+    let ours: Vec<&Value> = all.iter().filter(|r| r["name"] == "steerer-ab").collect();
+    assert_eq!(ours.len(), 1, "{during}");
+    let text = ours[0].to_string();
+    assert!(text.contains(CANARY) && text.contains("beta"), "{text}");
+    assert!(!text.contains(&format!("\"{GA}\"")), "{text}");
+    let mut theirs = during.clone();
+    theirs[key] = Value::Array(
+        all.iter()
+            .filter(|r| r["name"] != "steerer-ab")
+            .cloned()
+            .collect(),
+    );
+    assert_eq!(&theirs, before, "steerer changed the user's own rules");
+    started.id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ab_test_sends_matching_requests_to_the_canary_then_promotes_and_restores_the_route() {
+    let mut h = Harness::start().await;
+    let before = route_spec(&h).await;
+    send_cohort(&h, 0.5).await;
+    let id = start_ab(&mut h, &before, 3).await;
+    let done = h.wait_for_end(&id, Duration::from_secs(120)).await;
+    assert_eq!(done.phase(), Phase::Succeeded, "{}", done.message);
+    let events = collect_events(&mut h.client, &id, 0, Duration::from_secs(10)).await;
+    let passed: Vec<&str> = events
+        .iter()
+        .filter(|e| e.r#type() == EventType::CheckPassed)
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(passed.len(), 3, "{passed:?}");
+    assert!(passed[2].starts_with("check 3 of 3 passed"), "{passed:?}");
+    assert_eq!(
+        route_spec(&h).await,
+        before,
+        "the route is not as the user wrote it"
+    );
+    send_cohort(&h, 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ab_test_failing_on_its_matched_traffic_is_rolled_back_and_restores_the_route() {
+    let mut h = Harness::start().await;
+    let before = route_spec(&h).await;
+    let ga_image = crate::common::image(&h.deployment(GA).await);
+    h.set_error_rate(NS, CANARY, Some(0.5)).await;
+    send_cohort(&h, 0.5).await;
+    let id = start_ab(&mut h, &before, 5).await;
+    let done = h.wait_for_end(&id, Duration::from_secs(120)).await;
+    assert_eq!(done.phase(), Phase::RolledBack, "{}", done.message);
+    assert!(done.message.contains("failed checks"), "{}", done.message);
+    assert_eq!(
+        route_spec(&h).await,
+        before,
+        "the route is not as the user wrote it"
+    );
+    assert_eq!(crate::common::image(&h.deployment(GA).await), ga_image);
+    h.set_error_rate(NS, CANARY, None).await;
+    send_cohort(&h, 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborting_an_ab_test_restores_the_route() {
+    let mut h = Harness::start().await;
+    let before = route_spec(&h).await;
+    send_cohort(&h, 0.5).await;
+    let id = start_ab(&mut h, &before, 50).await;
+    h.client
+        .abort_rollout(AbortRolloutRequest {
+            id: id.clone(),
+            reason: "wrong cohort".into(),
+        })
+        .await
+        .unwrap();
+    let done = h.wait_for_end(&id, Duration::from_secs(60)).await;
+    assert_eq!(done.phase(), Phase::Aborted, "{}", done.message);
+    assert_eq!(
+        route_spec(&h).await,
+        before,
+        "the route is not as the user wrote it"
+    );
+    send_cohort(&h, 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ab_test_killed_mid_way_resumes_its_count_and_promotes() {
+    let mut h = Harness::start().await;
+    let before = route_spec(&h).await;
+    send_cohort(&h, 0.5).await;
+    let id = start_ab(&mut h, &before, 4).await;
+    events_until(&mut h.client, &id, 0, Duration::from_secs(60), |e| {
+        e.r#type() == EventType::CheckPassed
+    })
+    .await;
+    h.crash_and_restart().await;
+    let resumed = h.get(&id).await;
+    assert_eq!(resumed.phase(), Phase::Progressing, "{}", resumed.message);
+    let done = h.wait_for_end(&id, Duration::from_secs(120)).await;
+    assert_eq!(done.phase(), Phase::Succeeded, "{}", done.message);
+    let events = collect_events(&mut h.client, &id, 0, Duration::from_secs(10)).await;
+    let passed = events
+        .iter()
+        .filter(|e| e.r#type() == EventType::CheckPassed)
+        .count();
+    assert_eq!(
+        passed, 4,
+        "the count of passing checks went on from the record"
+    );
+    assert_eq!(
+        route_spec(&h).await,
+        before,
+        "the route is not as the user wrote it"
+    );
+    send_cohort(&h, 0.0).await;
 }

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use steerer::v1 as pb;
 
 use crate::domain::{
-    AnalysisSettings, CheckKind, CheckOutcome, CheckResult, EventKind, Phase, Rollout,
-    RolloutEvent, RouteKind, Strategy, WebhookKind,
+    AnalysisSettings, CheckKind, CheckOutcome, CheckResult, EventKind, MatchValue, Matched, Phase,
+    RequestMatch, Rollout, RolloutEvent, RouteKind, Strategy, WebhookKind,
 };
 use crate::engine::EngineError;
 use crate::router::RouterError;
@@ -89,14 +89,36 @@ pub fn check(c: &CheckResult) -> pb::CheckResult {
     }
 }
 
+/// An A/B match as the API writes it.
+fn request_match(m: &RequestMatch) -> pb::RequestMatch {
+    let mut out = pb::RequestMatch::default();
+    match &m.on {
+        Matched::Header(name) => out.header = name.clone(),
+        Matched::Cookie(name) => out.cookie = name.clone(),
+    }
+    match &m.value {
+        MatchValue::Exact(v) => out.exact = v.clone(),
+        MatchValue::Prefix(v) => out.prefix = v.clone(),
+        MatchValue::Regex(v) => out.regex = v.clone(),
+    }
+    out
+}
+
 pub fn analysis(s: &AnalysisSettings) -> pb::Analysis {
-    let Strategy::Canary {
-        step_weight,
-        max_weight,
-    } = s.strategy;
+    let (kind, weights, iterations) = match &s.strategy {
+        Strategy::Canary {
+            step_weight,
+            max_weight,
+        } => (
+            pb::Strategy::Canary,
+            Some((*step_weight, *max_weight)),
+            None,
+        ),
+        Strategy::AbTest { iterations, .. } => (pb::Strategy::AbTest, None, Some(*iterations)),
+    };
     pb::Analysis {
-        step_weight: Some(step_weight),
-        max_weight: Some(max_weight),
+        step_weight: weights.map(|(step, _)| step),
+        max_weight: weights.map(|(_, max)| max),
         interval: Some(duration(s.interval)),
         success_rate_threshold: Some(s.success_rate_threshold),
         max_failed_checks: Some(s.max_failed_checks),
@@ -124,9 +146,9 @@ pub fn analysis(s: &AnalysisSettings) -> pb::Analysis {
             })
             .collect(),
         require_approval: s.require_approval,
-        strategy: pb::Strategy::Canary as i32,
-        iterations: None,
-        r#match: Vec::new(),
+        strategy: kind as i32,
+        iterations,
+        r#match: s.strategy.matches().iter().map(request_match).collect(),
         mirror_weight: None,
         session_affinity: None,
     }

@@ -220,6 +220,7 @@ impl RolloutService for Api {
         )
         .map_err(invalid)?;
         let strategy = validate::strategy(r.analysis.as_ref()).map_err(invalid)?;
+        analysis.strategy = strategy.strategy(&analysis.strategy);
         if r.canary_replicas.is_some_and(|n| n == 0 || n > 1000) {
             return Err(Status::invalid_argument(
                 "canary_replicas must be between 1 and 1000",

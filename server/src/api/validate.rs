@@ -218,15 +218,17 @@ pub fn analysis(
     let Some(a) = request else {
         return Ok(s);
     };
-    let Strategy::Canary {
+    if let Strategy::Canary {
         step_weight,
         max_weight,
-    } = &mut s.strategy;
-    if let Some(v) = a.step_weight {
-        *step_weight = v;
-    }
-    if let Some(v) = a.max_weight {
-        *max_weight = v;
+    } = &mut s.strategy
+    {
+        if let Some(v) = a.step_weight {
+            *step_weight = v;
+        }
+        if let Some(v) = a.max_weight {
+            *max_weight = v;
+        }
     }
     if let Some(v) = &a.interval {
         s.interval = duration("analysis.interval", v)?;
@@ -412,24 +414,26 @@ pub fn webhooks(hooks: &[pb::Webhook], allow: &AllowList) -> Result<Vec<Webhook>
 
 /// Range checks of analysis settings (also applied to the server's defaults).
 pub fn check_analysis(s: &AnalysisSettings) -> Result<(), Invalid> {
-    let Strategy::Canary {
+    if let Strategy::Canary {
         step_weight,
         max_weight,
-    } = s.strategy;
-    if !(1..=100).contains(&step_weight) {
-        return Err(Invalid(format!(
-            "analysis.step_weight {step_weight} must be between 1 and 100"
-        )));
-    }
-    if !(1..=100).contains(&max_weight) {
-        return Err(Invalid(format!(
-            "analysis.max_weight {max_weight} must be between 1 and 100"
-        )));
-    }
-    if step_weight > max_weight {
-        return Err(Invalid(format!(
-            "analysis.step_weight {step_weight} must not exceed analysis.max_weight {max_weight}"
-        )));
+    } = s.strategy
+    {
+        if !(1..=100).contains(&step_weight) {
+            return Err(Invalid(format!(
+                "analysis.step_weight {step_weight} must be between 1 and 100"
+            )));
+        }
+        if !(1..=100).contains(&max_weight) {
+            return Err(Invalid(format!(
+                "analysis.max_weight {max_weight} must be between 1 and 100"
+            )));
+        }
+        if step_weight > max_weight {
+            return Err(Invalid(format!(
+                "analysis.step_weight {step_weight} must not exceed analysis.max_weight {max_weight}"
+            )));
+        }
     }
     if s.interval < MIN_INTERVAL || s.interval > MAX_INTERVAL {
         return Err(Invalid(format!(
@@ -1174,8 +1178,13 @@ mod tests {
 
     #[test]
     fn strategies_this_server_cannot_route_yet_say_so() {
+        let a_b = strategy(Some(&ab(vec![header("x-cohort", "beta")]))).unwrap();
+        assert_eq!(a_b.unsupported(), None, "an A/B test runs");
+        assert!(matches!(
+            a_b.strategy(&Strategy::default()),
+            Strategy::AbTest { iterations: 10, ref matches } if matches.len() == 1
+        ));
         for (request, says) in [
-            (ab(vec![header("x-cohort", "beta")]), "STRATEGY_AB_TEST"),
             (
                 pb::Analysis {
                     strategy: pb::Strategy::BlueGreen as i32,

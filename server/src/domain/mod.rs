@@ -15,7 +15,7 @@ pub use judging::{
 };
 pub use route::{RouteKind, RouteRef};
 pub use strategy::{
-    MatchValue, Matched, Next, RequestMatch, SessionAffinity, Strategy, StrategyRequest,
+    AB_WEIGHT, MatchValue, Matched, Next, RequestMatch, SessionAffinity, Strategy, StrategyRequest,
 };
 pub use views::{DeploymentView, HpaView, RouteView, promoted_template, template_hash};
 
@@ -292,6 +292,10 @@ pub struct Rollout {
     pub phase: Phase,
     pub canary_weight: u32,
     pub failed_checks: u32,
+    /// Passing checks of the revision under analysis: what an A/B test counts to its
+    /// `iterations` (records from before A/B tests have none).
+    #[serde(default)]
+    pub passed_checks: u32,
     pub analysis: AnalysisSettings,
     pub last_analysis: Option<AnalysisRecord>,
     pub message: String,
@@ -379,6 +383,7 @@ impl Rollout {
             route,
             observer: observer_of_old_records(),
             revision: String::new(),
+            passed_checks: 0,
             phase: Phase::Pending,
             canary_weight: 0,
             failed_checks: 0,

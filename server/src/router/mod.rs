@@ -4,6 +4,7 @@
 //! `fake` for tests. `factory` starts the router of each kind and picks the one for each
 //! rollout's route, or finds the route when a start names none.
 
+pub mod ab;
 pub mod factory;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::Changes;
 
 pub use crate::domain::views::RouteView;
-pub use crate::domain::{RouteKind, RouteRef};
+pub use crate::domain::{RequestMatch, RouteKind, RouteRef};
 
 /// The split a rollout drives: its route (the kind picks the router) and the two Services it
 /// divides traffic between.
@@ -31,6 +32,9 @@ pub struct RouteSplit {
     pub name: String,
     pub ga_service: String,
     pub canary_service: String,
+    /// An A/B test's matches (empty for a weighted canary): a canary weight above 0 puts a
+    /// rule sending the requests matching any of them to the canary ahead of each split.
+    pub matches: Vec<RequestMatch>,
 }
 
 /// The kind of route Istio's router drives.
@@ -48,6 +52,7 @@ impl RouteSplit {
             name: state.route.name.clone(),
             ga_service: state.target.clone(),
             canary_service: state.canary.clone(),
+            matches: state.analysis.strategy.matches().to_vec(),
         }
     }
 

@@ -18,11 +18,13 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::ab;
 use super::{
     KindRouter, Resolved, RouteKind, RouteRef, RouteSplit, RouteView, Router, RouterContext,
     RouterError,
 };
 use crate::cache::{Cache, Changes, Views};
+use crate::domain::RequestMatch;
 
 /// Where the GA and canary weights sit in one rule of a route (an `http[]` route of a
 /// VirtualService, a `rules[]` entry of an HTTPRoute or GRPCRoute).
@@ -65,21 +67,37 @@ pub trait Rules: Send + Sync {
         canary_weight: u32,
     ) -> Option<Value>;
 
-    /// The view a rollout has of a route's spec.
-    fn view(&self, spec: &Value, route: &RouteSplit) -> RouteView {
-        match self.find_splits(
-            &route.name,
-            spec,
-            &route.namespace,
-            &route.ga_service,
-            &route.canary_service,
-        ) {
-            Ok(splits) => RouteView::Split {
-                canary_weight: splits[0].canary_weight,
-                fingerprint: self.fingerprint(spec, &splits),
-            },
-            Err(error) => RouteView::Broken(error.to_string()),
-        }
+    /// The field of the spec holding the rules: `http` (VirtualService), `rules` (Gateway API).
+    fn rules_key(&self) -> &'static str;
+
+    /// The rule steerer adds ahead of `split` for an A/B test, named `name`: the split rule
+    /// with each of its matches joined with each of `matches` (a request must meet both), and
+    /// all of that traffic to the split's canary backend.
+    fn ab_rule(&self, spec: &Value, split: &Split, matches: &[RequestMatch], name: &str) -> Value;
+
+    /// The view a rollout has of a route's spec (see [`ab::read`]).
+    fn view(&self, spec: &Value, route: &RouteSplit) -> RouteView
+    where
+        Self: Sized,
+    {
+        view_with(self, spec, route)
+    }
+}
+
+/// The view a rollout has of a route's spec under `rules` (see [`ab::read`]).
+pub fn view_with(rules: &dyn Rules, spec: &Value, route: &RouteSplit) -> RouteView {
+    match ab::read(
+        rules,
+        (&route.name, &route.namespace),
+        spec,
+        (&route.ga_service, &route.canary_service),
+        &route.matches,
+    ) {
+        Ok((_, canary_weight, fingerprint)) => RouteView::Split {
+            canary_weight,
+            fingerprint,
+        },
+        Err(error) => RouteView::Broken(error.to_string()),
     }
 }
 
@@ -309,7 +327,7 @@ impl PatchRouter {
         self.seen.of(
             key,
             &vs.metadata,
-            || self.rules.view(&spec(vs), route),
+            || view_with(self.rules, &spec(vs), route),
             || self.cache.get().map(Cache::names).unwrap_or_default(),
         )
     }
@@ -437,17 +455,20 @@ impl Router for PatchRouter {
                 .await?
                 .name;
             let object = self.current(namespace, &name).await?;
-            let spec = spec(&object);
-            let splits =
-                self.rules
-                    .find_splits(&name, &spec, namespace, ga_service, canary_service)?;
+            let (_, canary_weight, fingerprint) = ab::read(
+                self.rules,
+                (&name, namespace),
+                &spec(&object),
+                (ga_service, canary_service),
+                &[],
+            )?;
             Ok(Resolved {
                 route: RouteRef {
                     kind: self.kind,
                     name,
                 },
-                canary_weight: splits[0].canary_weight,
-                fingerprint: self.rules.fingerprint(&spec, &splits),
+                canary_weight,
+                fingerprint,
             })
         })
     }
@@ -463,8 +484,9 @@ impl Router for PatchRouter {
                 return Ok(Vec::new());
             };
             let sends = |object: &Arc<DynamicObject>| {
+                let (user, _) = ab::strip(&spec(object), self.rules.rules_key());
                 self.rules
-                    .sends_to_both(&spec(object), namespace, ga_service, canary_service)
+                    .sends_to_both(&user, namespace, ga_service, canary_service)
             };
             let mut found: Vec<Arc<DynamicObject>> = cache
                 .all()
@@ -515,7 +537,7 @@ impl Router for PatchRouter {
                     }
                 },
             };
-            self.rules.view(&spec(&vs), route)
+            view_with(self.rules, &spec(&vs), route)
         })
     }
 
@@ -526,14 +548,14 @@ impl Router for PatchRouter {
         Box::pin(async move {
             self.cache()?;
             let vs = self.fetch(&route.namespace, &route.name).await?;
-            let splits = self.rules.find_splits(
-                &route.name,
+            let (_, weight, _) = ab::read(
+                self.rules,
+                (&route.name, &route.namespace),
                 &spec(&vs),
-                &route.namespace,
-                &route.ga_service,
-                &route.canary_service,
+                (&route.ga_service, &route.canary_service),
+                &route.matches,
             )?;
-            Ok(splits[0].canary_weight)
+            Ok(weight)
         })
     }
 
@@ -579,14 +601,29 @@ impl PatchRouter {
             self.current(ns, name).await?
         };
         let spec = spec(&vs);
+        let key = self.rules.rules_key();
+        let (user, own) = ab::strip(&spec, key);
         let splits =
             self.rules
-                .find_splits(name, &spec, ns, &route.ga_service, &route.canary_service)?;
+                .find_splits(name, &user, ns, &route.ga_service, &route.canary_service)?;
         let rv = vs.resource_version();
-        let Some(ops) = self
-            .rules
-            .weight_patch(&splits, &spec, rv.as_deref(), weight)
-        else {
+        let ops = if own.is_empty() && route.matches.is_empty() {
+            // A weighted canary moves the weights and nothing else.
+            self.rules
+                .weight_patch(&splits, &spec, rv.as_deref(), weight)
+        } else {
+            // An A/B test adds or removes its rules; steerer's rules left in a route are
+            // removed with the same patch.
+            let desired =
+                ab::desired(self.rules, &user, &splits, &route.matches, weight).map_err(|why| {
+                    RouterError::Topology(format!(
+                        "cannot compute the rules of {} {ns}/{name}: {why}",
+                        self.kind
+                    ))
+                })?;
+            ab::rules_patch(&spec, key, rv.as_deref(), desired)
+        };
+        let Some(ops) = ops else {
             return Ok(false);
         };
         let patch: json_patch::Patch =

@@ -3,10 +3,10 @@
 
 use serde_json::{Value, json};
 
-use crate::domain::template_hash;
-use crate::router::RouterError;
+use crate::domain::{MatchValue, Matched, RequestMatch, template_hash};
 #[cfg(test)]
 use crate::router::{RouteSplit, RouteView};
+use crate::router::{RouterError, ab};
 
 /// Whether a VirtualService destination host names `service` in `namespace`
 /// (`svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`).
@@ -177,6 +177,60 @@ pub fn weight_patch(
     )
 }
 
+/// The rule steerer adds ahead of `split` for an A/B test (see [`Rules::ab_rule`]): a copy of
+/// the split route (its rewrites, timeouts and retries apply alike) named `name`, whose match
+/// blocks are the split's own each joined with one of `matches`, and whose one destination is
+/// the canary's. A cookie is matched by a regex on the `Cookie` header.
+///
+/// [`Rules::ab_rule`]: crate::router::patched::Rules::ab_rule
+pub fn ab_rule(spec: &Value, split: &Split, matches: &[RequestMatch], name: &str) -> Value {
+    let route = spec
+        .pointer(&format!("/http/{}", split.rule_index))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let own: Vec<Value> = route
+        .get("match")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+        .cloned()
+        .unwrap_or_else(|| vec![json!({})]);
+    let mut joined = Vec::new();
+    for block in &own {
+        for m in matches {
+            let (header, matcher) = match &m.on {
+                Matched::Header(header) => (
+                    header.to_ascii_lowercase(),
+                    match &m.value {
+                        MatchValue::Exact(v) => json!({"exact": v}),
+                        MatchValue::Prefix(v) => json!({"prefix": v}),
+                        MatchValue::Regex(v) => json!({"regex": v}),
+                    },
+                ),
+                Matched::Cookie(cookie) => (
+                    "cookie".to_owned(),
+                    json!({"regex": ab::cookie_regex(cookie, &m.value)}),
+                ),
+            };
+            let mut block = block.clone();
+            if !block.get("headers").is_some_and(Value::is_object) {
+                block["headers"] = json!({});
+            }
+            block["headers"][header] = matcher;
+            joined.push(block);
+        }
+    }
+    let mut canary = route
+        .pointer(&format!("/route/{}", split.canary_index))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    canary["weight"] = json!(100);
+    let mut rule = route;
+    rule["name"] = json!(name);
+    rule["match"] = Value::Array(joined);
+    rule["route"] = json!([canary]);
+    rule
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,6 +377,7 @@ mod tests {
             name: "vs".into(),
             ga_service: "podinfo".into(),
             canary_service: "podinfo-canary".into(),
+            matches: Vec::new(),
         };
         assert!(matches!(
             super::super::VIRTUAL_SERVICES.view(&spec("podinfo", "podinfo-canary", 70, 30), &route),
