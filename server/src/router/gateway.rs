@@ -450,3 +450,85 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod ab_tests {
+    //! A/B rules written and read back through the router's rules.
+    use serde_json::{Value, json};
+
+    use crate::domain::{AB_WEIGHT, MatchValue, RequestMatch};
+    use crate::domain::{Matched, RouteKind};
+    use crate::router::gateway::HTTP_ROUTES;
+    use crate::router::patched::view_with;
+    use crate::router::patched::written;
+    use crate::router::{RouteSplit, RouteView};
+
+    fn beta() -> Vec<RequestMatch> {
+        vec![
+            RequestMatch {
+                on: Matched::Header("X-Cohort".into()),
+                value: MatchValue::Exact("beta".into()),
+            },
+            RequestMatch {
+                on: Matched::Cookie("plan".into()),
+                value: MatchValue::Prefix("gold".into()),
+            },
+        ]
+    }
+
+    fn split(kind: RouteKind, matches: Vec<RequestMatch>) -> RouteSplit {
+        RouteSplit {
+            namespace: "test".into(),
+            kind,
+            name: "podinfo".into(),
+            ga_service: "podinfo".into(),
+            canary_service: "podinfo-canary".into(),
+            matches,
+        }
+    }
+
+    fn http_route() -> Value {
+        json!({"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [
+            {"name": "podinfo", "port": 9898, "weight": 100},
+            {"name": "podinfo-canary", "port": 9898, "weight": 0},
+        ]}]})
+    }
+
+    fn weight_and_fingerprint(view: RouteView) -> (u32, String) {
+        match view {
+            RouteView::Split {
+                canary_weight,
+                fingerprint,
+            } => (canary_weight, fingerprint),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_ab_rule_in_an_http_route_tolerates_the_api_servers_defaults() {
+        let route = split(RouteKind::HttpRoute, beta());
+        let before = http_route();
+        let (_, print) = weight_and_fingerprint(view_with(&HTTP_ROUTES, &before, &route));
+        let on = written(&HTTP_ROUTES, &before, &route, AB_WEIGHT);
+        assert_eq!(on["rules"][1], before["rules"][0]);
+        assert_eq!(
+            on["rules"][0],
+            json!({"name": "steerer-ab", "matches": [
+                {"path": {"type": "PathPrefix", "value": "/"},
+                 "headers": [{"type": "Exact", "name": "X-Cohort", "value": "beta"}]},
+                {"path": {"type": "PathPrefix", "value": "/"},
+                 "headers": [{"type": "RegularExpression", "name": "cookie",
+                              "value": "^(.*?;\\s*)?plan=gold[^;]*(;.*)?$"}]},
+            ], "backendRefs": [{"name": "podinfo-canary", "port": 9898, "weight": 100}]})
+        );
+        // What a real API server stores: the backendRef's group and kind filled in.
+        let mut stored = on.clone();
+        stored["rules"][0]["backendRefs"][0]["group"] = json!("");
+        stored["rules"][0]["backendRefs"][0]["kind"] = json!("Service");
+        assert_eq!(
+            weight_and_fingerprint(view_with(&HTTP_ROUTES, &stored, &route)),
+            (AB_WEIGHT, print)
+        );
+        assert_eq!(written(&HTTP_ROUTES, &stored, &route, 0), before);
+    }
+}

@@ -434,3 +434,121 @@ mod tests {
         assert!(json_patch::patch(&mut doc, &patch).is_err());
     }
 }
+
+#[cfg(test)]
+mod ab_tests {
+    //! A/B rules written and read back through the router's rules.
+    use serde_json::{Value, json};
+
+    use crate::domain::{AB_WEIGHT, MatchValue, RequestMatch};
+    use crate::domain::{Matched, RouteKind};
+    use crate::router::ab::{OWN_RULE, strip};
+    use crate::router::istio::VIRTUAL_SERVICES;
+    use crate::router::patched::view_with;
+    use crate::router::patched::{Rules, written};
+    use crate::router::{RouteSplit, RouteView};
+
+    fn beta() -> Vec<RequestMatch> {
+        vec![
+            RequestMatch {
+                on: Matched::Header("X-Cohort".into()),
+                value: MatchValue::Exact("beta".into()),
+            },
+            RequestMatch {
+                on: Matched::Cookie("plan".into()),
+                value: MatchValue::Prefix("gold".into()),
+            },
+        ]
+    }
+
+    fn split(kind: RouteKind, matches: Vec<RequestMatch>) -> RouteSplit {
+        RouteSplit {
+            namespace: "test".into(),
+            kind,
+            name: "podinfo".into(),
+            ga_service: "podinfo".into(),
+            canary_service: "podinfo-canary".into(),
+            matches,
+        }
+    }
+
+    fn virtual_service() -> Value {
+        json!({"hosts": ["podinfo"], "http": [
+            {"name": "pinned", "match": [{"uri": {"prefix": "/admin"}}],
+             "route": [{"destination": {"host": "admin"}}]},
+            {"match": [{"uri": {"prefix": "/"}}], "timeout": "5s", "route": [
+                {"destination": {"host": "podinfo", "port": {"number": 9898}}, "weight": 100},
+                {"destination": {"host": "podinfo-canary", "port": {"number": 9898}}, "weight": 0},
+            ]},
+        ]})
+    }
+
+    fn weight_and_fingerprint(view: RouteView) -> (u32, String) {
+        match view {
+            RouteView::Split {
+                canary_weight,
+                fingerprint,
+            } => (canary_weight, fingerprint),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_ab_rule_goes_ahead_of_the_virtual_service_split_and_leaves_it_as_written() {
+        let route = split(RouteKind::VirtualService, beta());
+        let before = virtual_service();
+        let (weight, print) = weight_and_fingerprint(view_with(&VIRTUAL_SERVICES, &before, &route));
+        assert_eq!(weight, 0);
+        let on = written(&VIRTUAL_SERVICES, &before, &route, AB_WEIGHT);
+        assert_eq!(on["http"].as_array().unwrap().len(), 3);
+        assert_eq!(on["http"][0], before["http"][0]);
+        assert_eq!(on["http"][2], before["http"][1]);
+        let rule = &on["http"][1];
+        assert_eq!(rule["name"], OWN_RULE);
+        assert_eq!(rule["timeout"], "5s");
+        assert_eq!(
+            rule["match"],
+            json!([
+                {"uri": {"prefix": "/"}, "headers": {"x-cohort": {"exact": "beta"}}},
+                {"uri": {"prefix": "/"}, "headers": {"cookie": {"regex": "^(.*?;\\s*)?plan=gold[^;]*(;.*)?$"}}},
+            ])
+        );
+        assert_eq!(
+            rule["route"],
+            json!([{"destination": {"host": "podinfo-canary", "port": {"number": 9898}}, "weight": 100}])
+        );
+        // Steerer's rule is not a split the route detection refuses, and a rollout reads it
+        // as its A/B weight with the owner's fingerprint.
+        assert!(VIRTUAL_SERVICES.sends_to_both(
+            &strip(&on, "http").0,
+            "test",
+            "podinfo",
+            "podinfo-canary"
+        ));
+        assert_eq!(
+            weight_and_fingerprint(view_with(&VIRTUAL_SERVICES, &on, &route)),
+            (AB_WEIGHT, print.clone())
+        );
+        // Writing it again changes nothing; going back to GA restores the route exactly.
+        assert_eq!(written(&VIRTUAL_SERVICES, &on, &route, AB_WEIGHT), on);
+        assert_eq!(written(&VIRTUAL_SERVICES, &on, &route, 0), before);
+        // A hand edit of steerer's rule is a change of the routes a rollout relies on.
+        let mut edited = on.clone();
+        edited["http"][1]["match"][0]["headers"]["x-cohort"]["exact"] = json!("gamma");
+        let (_, changed) = weight_and_fingerprint(view_with(&VIRTUAL_SERVICES, &edited, &route));
+        assert_ne!(changed, print);
+        // ...and so is weight moved by hand on the unmatched traffic.
+        let mut moved = on.clone();
+        moved["http"][2]["route"][0]["weight"] = json!(80);
+        moved["http"][2]["route"][1]["weight"] = json!(20);
+        let (weight, changed) =
+            weight_and_fingerprint(view_with(&VIRTUAL_SERVICES, &moved, &route));
+        assert_ne!((weight, changed), (AB_WEIGHT, print.clone()));
+        // A weighted canary finding steerer's rule left in its route sees a change, and its
+        // next write takes the rule out.
+        let canary = split(RouteKind::VirtualService, Vec::new());
+        let (_, seen) = weight_and_fingerprint(view_with(&VIRTUAL_SERVICES, &on, &canary));
+        assert_ne!(seen, print);
+        assert_eq!(written(&VIRTUAL_SERVICES, &on, &canary, 0), before);
+    }
+}
