@@ -129,8 +129,8 @@ impl Strategy {
 }
 
 /// What a start request asks of the traffic, validated (`api::validate::strategy`): the
-/// strategy and the routing it adds (matches, mirroring, session affinity). Only a plain
-/// weighted canary runs today; the others are refused as not implemented
+/// strategy and the routing it adds (matches, mirroring, session affinity). A weighted canary
+/// and an A/B test run today (`strategy`); the others are refused as not implemented
 /// rather than half run (`unsupported`), and become `Strategy` variants as the engine and
 /// routers learn them.
 #[derive(Debug, Clone, PartialEq, Eq)]
