@@ -451,3 +451,49 @@ async fn an_ab_test_killed_mid_way_resumes_its_count_and_promotes() {
     );
     send_cohort(&h, 0.0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_edit_of_the_ab_rule_pauses_the_test_and_an_abort_restores_the_route() {
+    use kube::api::{Patch, PatchParams};
+    let mut h = Harness::start().await;
+    let before = route_spec(&h).await;
+    send_cohort(&h, 0.5).await;
+    let id = start_ab(&mut h, &before, 50).await;
+    // Someone points steerer's rule at another cohort.
+    let key = rules_key(&h);
+    let mut spec = route_spec(&h).await;
+    let text = spec.to_string().replace("\"beta\"", "\"gamma\"");
+    assert_ne!(text, spec.to_string());
+    spec = serde_json::from_str(&text).unwrap();
+    crate::common::routes(&h.kube, h.route)
+        .patch(
+            GA,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {key: spec[key].clone()}})),
+        )
+        .await
+        .unwrap();
+    let paused = h
+        .wait_until(&id, Duration::from_secs(30), |r| r.phase() == Phase::Paused)
+        .await;
+    assert!(
+        paused.message.contains("changed outside steerer"),
+        "{}",
+        paused.message
+    );
+    h.client
+        .abort_rollout(AbortRolloutRequest {
+            id: id.clone(),
+            reason: "edited".into(),
+        })
+        .await
+        .unwrap();
+    let done = h.wait_for_end(&id, Duration::from_secs(60)).await;
+    assert_eq!(done.phase(), Phase::Aborted, "{}", done.message);
+    assert_eq!(
+        route_spec(&h).await,
+        before,
+        "the route is not as the user wrote it"
+    );
+    send_cohort(&h, 0.0).await;
+}
