@@ -1,8 +1,8 @@
 //! Traffic routing: the `Router` trait the engine moves weights through, and its errors.
 //! Implementations, one per route kind: `istio` (VirtualService weights), `gateway`
 //! (HTTPRoute and GRPCRoute weights), both a `patched::PatchRouter` over their own rules;
-//! `fake` for tests. `factory` starts the router of each kind and picks the one for each
-//! rollout's route, or finds the route when a start names none.
+//! `fake` for tests; `ab` the A/B rules all kinds share. `factory` starts the router of each
+//! kind and picks the one for each rollout's route, or finds the route when a start names none.
 
 pub mod ab;
 pub mod factory;
@@ -221,8 +221,10 @@ pub trait Router: Send + Sync {
         route: &'a RouteSplit,
     ) -> BoxFuture<'a, Result<u32, RouterError>>;
 
-    /// Routes `weight` percent to the canary and the rest to GA. Writes nothing when the
-    /// weights already match; returns whether it wrote.
+    /// Routes `weight` percent to the canary and the rest to GA; for an A/B test (the route's
+    /// `matches`), puts steerer's rule in (a weight above 0) or takes it out (0), GA keeping
+    /// the unmatched traffic. Writes nothing when the route is already so; returns whether it
+    /// wrote.
     fn set_canary_weight<'a>(
         &'a self,
         route: &'a RouteSplit,

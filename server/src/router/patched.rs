@@ -1,6 +1,7 @@
 //! The router of routes that are custom resources ([`PatchRouter`]): objects of one kind read
-//! from a watch cache and written with JSON patches that change only the weights, guarded by
-//! the resourceVersion (retried on conflict). Each kind brings its pure [`Rules`] (where the
+//! from a watch cache and written with JSON patches that change only the weights (and, for an
+//! A/B test, add or remove steerer's own `steerer-ab` rules), guarded by the resourceVersion
+//! (retried on conflict). Each kind brings its pure [`Rules`] (where the
 //! weights sit, what a hand edit changes, the patch): Istio's VirtualService, the Gateway
 //! API's HTTPRoute and GRPCRoute.
 
