@@ -387,6 +387,17 @@ async fn an_ab_test_failing_on_its_matched_traffic_is_rolled_back_and_restores_t
     let done = h.wait_for_end(&id, Duration::from_secs(120)).await;
     assert_eq!(done.phase(), Phase::RolledBack, "{}", done.message);
     assert!(done.message.contains("failed checks"), "{}", done.message);
+    // Failed on what the canary served of the matched requests, not for want of data.
+    let events = collect_events(&mut h.client, &id, 0, Duration::from_secs(10)).await;
+    let failed: Vec<f64> = events
+        .iter()
+        .filter(|e| e.r#type() == EventType::CheckFailed)
+        .filter_map(|e| e.success_rate)
+        .collect();
+    assert!(
+        !failed.is_empty() && failed.iter().all(|rate| *rate < 95.0),
+        "{failed:?}"
+    );
     assert_eq!(
         route_spec(&h).await,
         before,
