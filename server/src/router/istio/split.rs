@@ -551,4 +551,49 @@ mod ab_tests {
         assert_ne!(seen, print);
         assert_eq!(written(&VIRTUAL_SERVICES, &on, &canary, 0), before);
     }
+
+    #[test]
+    fn each_split_of_a_virtual_service_gets_its_own_ab_rule_ahead_of_it() {
+        let route = split(RouteKind::VirtualService, beta());
+        let dests = json!([
+            {"destination": {"host": "podinfo"}, "weight": 100},
+            {"destination": {"host": "podinfo-canary"}, "weight": 0},
+        ]);
+        let before = json!({"hosts": ["podinfo"], "http": [
+            {"match": [{"uri": {"prefix": "/api"}}], "route": dests},
+            {"route": dests},
+        ]});
+        let (_, print) = weight_and_fingerprint(view_with(&VIRTUAL_SERVICES, &before, &route));
+        let on = written(&VIRTUAL_SERVICES, &before, &route, AB_WEIGHT);
+        let names: Vec<&Value> = on["http"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| &r["name"])
+            .collect();
+        assert_eq!(
+            names,
+            [
+                &json!("steerer-ab"),
+                &Value::Null,
+                &json!("steerer-ab-2"),
+                &Value::Null
+            ]
+        );
+        assert_eq!(on["http"][0]["match"][0]["uri"], json!({"prefix": "/api"}));
+        assert_eq!(on["http"][2]["match"][0].get("uri"), None);
+        assert_eq!(
+            weight_and_fingerprint(view_with(&VIRTUAL_SERVICES, &on, &route)),
+            (AB_WEIGHT, print.clone())
+        );
+        // A rule moved away from its split is not as steerer left it.
+        let mut moved = on.clone();
+        let rules = moved["http"].as_array_mut().unwrap();
+        let first = rules.remove(0);
+        rules.insert(1, first);
+        let (_, seen) = weight_and_fingerprint(view_with(&VIRTUAL_SERVICES, &moved, &route));
+        assert_ne!(seen, print);
+        assert_eq!(written(&VIRTUAL_SERVICES, &on, &route, 0), before);
+        assert_eq!(written(&VIRTUAL_SERVICES, &moved, &route, 0), before);
+    }
 }
