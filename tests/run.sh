@@ -21,13 +21,14 @@ export KUBECTL="$K8S_BIN/kubectl"
 # cluster can do too.
 BOTH=(rollout_promote rollout_rollback rollout_routes rollout_halts rollout_control rollout_endings rollout_records artifacts
   cli_rollout grpcurl python_client rollout_latency own_metrics replicas rollout_templates
-  rollout_webhooks rollout_approval server_kube_auth rollout_observer rollout_baseline)
+  rollout_webhooks rollout_approval server_kube_auth rollout_observer rollout_baseline
+  rollout_strategies)
 # Tests of those suites that drive the simulator itself (a client cut off from the API server).
 SIM_ONLY=(replicas::a_leader_cut_off_from_the_api_server_stops_leading_before_another_takes_over
   server_kube_auth::an_expired_token_an_unanswering_api_server_and_a_stream_cap_are_refused
   rollout_routes::a_start_naming_a_kind_the_cluster_does_not_serve_is_refused_naming_its_crd)
 # Suites run again with the example's route as each Gateway API kind (STEERER_ROUTE).
-ROUTED=(rollout_promote rollout_rollback rollout_routes rollout_control)
+ROUTED=(rollout_promote rollout_rollback rollout_routes rollout_control rollout_strategies)
 # Suites that exercise the route too, run again with a Gateway API kind picked per test
 # (STEERER_ROUTE lists both; a hash of the test's name picks one): every test takes one kind
 # on the simulator; the reversed list gives it the other, on the real control plane for

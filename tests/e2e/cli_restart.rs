@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::cli_support::{events, sequences, steerer};
 use crate::common::Harness;
-use steerer::v1::{Analysis, Phase};
+use steerer::v1::{Analysis, EventType, Phase};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -157,10 +157,23 @@ async fn check_watch_across(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    h.wait_until(&started.id, Duration::from_secs(30), |r| {
-        r.canary_weight >= 40
-    })
+    // Followed on the event stream, not polled: a poll can miss the whole stretch from 40%
+    // to the end when the machine is busy, and restart a server whose rollout is over.
+    crate::common::events_until(
+        &mut h.client,
+        &started.id,
+        0,
+        Duration::from_secs(30),
+        |e| e.r#type() == EventType::WeightChanged && e.canary_weight >= 40,
+    )
     .await;
+    let before = h.get(&started.id).await;
+    assert_eq!(
+        before.phase(),
+        Phase::Progressing,
+        "the restart must come mid-rollout: {}",
+        before.message
+    );
 
     restart(h).await;
     let out = wait_for(watcher, Duration::from_secs(90)).await;

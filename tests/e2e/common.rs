@@ -302,6 +302,15 @@ impl Cluster {
         }
     }
 
+    /// The address serving the mesh's `POST /sim/traffic`: the simulator's API address, or
+    /// the standalone mesh's metrics address on a real cluster.
+    pub fn traffic_addr(&self) -> SocketAddr {
+        match self {
+            Cluster::Sim(sim) => sim.api_addr(),
+            Cluster::Real { mesh, .. } => mesh.metrics_addr(),
+        }
+    }
+
     /// Writes a kubeconfig for the cluster's admin to `path` (for kubectl).
     pub fn write_kubeconfig(&self, path: &Path) {
         match self {

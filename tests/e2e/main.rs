@@ -31,6 +31,7 @@ mod rollout_restart;
 mod rollout_rollback;
 mod rollout_routes;
 mod rollout_service;
+mod rollout_strategies;
 mod rollout_templates;
 mod rollout_webhooks;
 mod server_auth;

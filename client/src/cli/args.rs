@@ -152,6 +152,33 @@ pub struct StartArgs {
     #[arg(long = "image", value_name = "CONTAINER=IMAGE", value_parser = parse_image)]
     pub images: Vec<(String, String)>,
 
+    /// How traffic reaches the canary: canary (weight steps), ab (requests matching --match
+    /// go to the canary) or blue-green (no live traffic until --iterations checks pass, then
+    /// all of it). Default: canary.
+    #[arg(long, value_name = "STRATEGY", value_enum)]
+    pub strategy: Option<StrategyArg>,
+
+    /// With --strategy ab, requests sent to the canary: header:NAME=VALUE, cookie:NAME=VALUE,
+    /// NAME=~REGEX (RE2) or NAME^=PREFIX in place of NAME=VALUE; repeatable (any one matching
+    /// is enough).
+    #[arg(long = "match", value_name = "header|cookie:NAME=VALUE", value_parser = parse_match)]
+    pub matches: Vec<steerer::v1::RequestMatch>,
+
+    /// Passed checks before promotion with --strategy ab or blue-green, 1..=1000 (server
+    /// default 10).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub iterations: Option<u32>,
+
+    /// Percent of GA's requests also sent to the canary (answers discarded), 1..=100; with
+    /// the canary and blue-green strategies.
+    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub mirror_weight: Option<u32>,
+
+    /// Sticky canary: each client keeps reaching the version that first answered it, through
+    /// cookie COOKIE (lasting MAX_AGE, e.g. 1h; default: the browser session).
+    #[arg(long, value_name = "COOKIE[:MAX_AGE]", value_parser = parse_sticky)]
+    pub sticky: Option<StickyArg>,
+
     /// Canary weight added per step, 1..=100 (server default 10).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub step_weight: Option<u32>,
@@ -417,6 +444,96 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         return Err("the duration must be longer than zero".into());
     }
     Ok(duration)
+}
+
+/// `--strategy`: how traffic reaches the canary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    Canary,
+    Ab,
+    BlueGreen,
+}
+
+impl StrategyArg {
+    /// The protocol's value.
+    pub fn proto(self) -> steerer::v1::Strategy {
+        match self {
+            StrategyArg::Canary => steerer::v1::Strategy::Canary,
+            StrategyArg::Ab => steerer::v1::Strategy::AbTest,
+            StrategyArg::BlueGreen => steerer::v1::Strategy::BlueGreen,
+        }
+    }
+}
+
+/// `--sticky COOKIE[:MAX_AGE]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyArg {
+    pub cookie: String,
+    pub max_age: Option<Duration>,
+}
+
+/// Whether `name` is an RFC 7230 token, what header and cookie names must be.
+fn http_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+}
+
+/// `--match`: `header:NAME=VALUE` or `cookie:NAME=VALUE`, with `=~REGEX` or `^=PREFIX` in
+/// place of `=VALUE`. The first `=` ends the name: a name cannot end in `^`, and an exact
+/// value cannot start with `~` (match it with a regex). The server checks the rest (lengths,
+/// RE2 syntax, cookie characters).
+pub fn parse_match(value: &str) -> Result<steerer::v1::RequestMatch, String> {
+    let usage = || {
+        format!(
+            "{value:?} is not header:NAME=VALUE or cookie:NAME=VALUE (or NAME=~REGEX, NAME^=PREFIX)"
+        )
+    };
+    let (kind, rest) = value.split_once(':').ok_or_else(usage)?;
+    let (name, operand) = rest.split_once('=').ok_or_else(usage)?;
+    let mut m = steerer::v1::RequestMatch::default();
+    let name = if let Some(name) = name.strip_suffix('^') {
+        m.prefix = operand.to_owned();
+        name
+    } else if let Some(regex) = operand.strip_prefix('~') {
+        m.regex = regex.to_owned();
+        name
+    } else {
+        m.exact = operand.to_owned();
+        name
+    };
+    if !http_token(name) {
+        return Err(format!(
+            "{name:?} in {value:?} is not a header or cookie name (an RFC 7230 token)"
+        ));
+    }
+    if m.exact.is_empty() && m.prefix.is_empty() && m.regex.is_empty() {
+        return Err(format!("{value:?} compares {name} with nothing"));
+    }
+    match kind.to_ascii_lowercase().as_str() {
+        "header" => m.header = name.to_owned(),
+        "cookie" => m.cookie = name.to_owned(),
+        _ => return Err(usage()),
+    }
+    Ok(m)
+}
+
+/// `--sticky COOKIE[:MAX_AGE]`.
+pub fn parse_sticky(value: &str) -> Result<StickyArg, String> {
+    let (cookie, max_age) = match value.split_once(':') {
+        Some((cookie, age)) => (cookie, Some(parse_duration(age)?)),
+        None => (value, None),
+    };
+    if !http_token(cookie) {
+        return Err(format!(
+            "{cookie:?} is not a cookie name (an RFC 7230 token); expected COOKIE[:MAX_AGE]"
+        ));
+    }
+    Ok(StickyArg {
+        cookie: cookie.to_owned(),
+        max_age,
+    })
 }
 
 pub fn parse_percent(value: &str) -> Result<f64, String> {
@@ -830,6 +947,87 @@ mod tests {
             vec!["steerer", "get"],
         ] {
             let err = Cli::try_parse_from(&argv).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn matches_name_a_header_or_cookie_and_one_comparison() {
+        let m = parse_match("header:x-cohort=beta").unwrap();
+        assert_eq!((m.header.as_str(), m.exact.as_str()), ("x-cohort", "beta"));
+        assert!(m.cookie.is_empty() && m.prefix.is_empty() && m.regex.is_empty());
+        let m = parse_match("cookie:plan^=gold").unwrap();
+        assert_eq!((m.cookie.as_str(), m.prefix.as_str()), ("plan", "gold"));
+        assert!(m.exact.is_empty());
+        let m = parse_match("Header:user-agent=~.*Mobile=.*").unwrap();
+        assert_eq!(
+            (m.header.as_str(), m.regex.as_str()),
+            ("user-agent", ".*Mobile=.*")
+        );
+        for bad in [
+            "x-cohort=beta",
+            "query:x=1",
+            "header:x-cohort",
+            "header:=beta",
+            "header:x cohort=beta",
+            "header:x-cohort=",
+            "header:x-cohort=~",
+            "cookie:plan^=",
+        ] {
+            assert!(parse_match(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sticky_takes_a_cookie_and_an_optional_lifetime() {
+        assert_eq!(
+            parse_sticky("canary-user"),
+            Ok(StickyArg {
+                cookie: "canary-user".into(),
+                max_age: None
+            })
+        );
+        assert_eq!(
+            parse_sticky("canary-user:1h").map(|s| s.max_age),
+            Ok(Some(Duration::from_secs(3600)))
+        );
+        assert!(parse_sticky("bad cookie").is_err());
+        assert!(parse_sticky("c:soon").is_err());
+        assert!(parse_sticky(":1h").is_err());
+    }
+
+    #[test]
+    fn start_takes_a_strategy_and_its_settings() {
+        let cli = Cli::try_parse_from([
+            "steerer",
+            "start",
+            "shop/checkout",
+            "--strategy",
+            "ab",
+            "--match",
+            "header:x-cohort=beta",
+            "--match",
+            "cookie:plan=gold",
+            "--iterations",
+            "5",
+        ])
+        .unwrap();
+        let Command::Start(start) = cli.command else {
+            panic!("not start")
+        };
+        assert_eq!(start.strategy, Some(StrategyArg::Ab));
+        assert_eq!(start.matches.len(), 2);
+        assert_eq!(start.iterations, Some(5));
+        for argv in [
+            vec!["--strategy", "linear"],
+            vec!["--iterations", "0"],
+            vec!["--iterations", "1001"],
+            vec!["--mirror-weight", "0"],
+            vec!["--mirror-weight", "101"],
+        ] {
+            let mut args = vec!["steerer", "start", "shop/checkout"];
+            args.extend(argv.iter().copied());
+            let err = Cli::try_parse_from(&args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{argv:?}");
         }
     }

@@ -228,6 +228,17 @@ fn start_request(start: StartArgs) -> StartRolloutRequest {
                 max_latency_increase: start.max_latency_increase,
                 min_requests: None,
             }),
+            strategy: start
+                .strategy
+                .map_or(steerer::v1::Strategy::Unspecified, |s| s.proto())
+                as i32,
+            iterations: start.iterations,
+            r#match: start.matches,
+            mirror_weight: start.mirror_weight,
+            session_affinity: start.sticky.map(|sticky| steerer::v1::SessionAffinity {
+                cookie_name: sticky.cookie,
+                max_age: sticky.max_age.map(duration),
+            }),
         }),
         request_id: start.request_id.unwrap_or_default(),
         canary_replicas: start.canary_replicas,
@@ -387,6 +398,39 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn strategy_flags_fill_the_analysis_and_default_to_the_servers_choice() {
+        let request = |extra: &[&str]| {
+            let mut args = vec!["steerer", "start", "shop/checkout"];
+            args.extend_from_slice(extra);
+            let Command::Start(start) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not start")
+            };
+            start_request(*start).analysis.unwrap()
+        };
+        let plain = request(&[]);
+        assert_eq!(plain.strategy(), steerer::v1::Strategy::Unspecified);
+        assert!(plain.r#match.is_empty() && plain.session_affinity.is_none());
+        let bg = request(&[
+            "--strategy",
+            "blue-green",
+            "--iterations",
+            "3",
+            "--mirror-weight",
+            "20",
+        ]);
+        assert_eq!(bg.strategy(), steerer::v1::Strategy::BlueGreen);
+        assert_eq!((bg.iterations, bg.mirror_weight), (Some(3), Some(20)));
+        let ab = request(&["--strategy", "ab", "--match", "cookie:plan=~gold|silver"]);
+        assert_eq!(ab.strategy(), steerer::v1::Strategy::AbTest);
+        assert_eq!(ab.r#match[0].cookie, "plan");
+        assert_eq!(ab.r#match[0].regex, "gold|silver");
+        let sticky = request(&["--sticky", "canary-user:1h"]);
+        let affinity = sticky.session_affinity.unwrap();
+        assert_eq!(affinity.cookie_name, "canary-user");
+        assert_eq!(affinity.max_age.unwrap().seconds, 3600);
     }
 
     #[tokio::test]

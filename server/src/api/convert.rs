@@ -7,7 +7,8 @@ use steerer::v1 as pb;
 
 use crate::domain::{
     AnalysisSettings, BaselineMode, BaselineSettings, CheckKind, CheckOutcome, CheckResult,
-    EventKind, Phase, Rollout, RolloutEvent, RouteKind, Strategy, WebhookKind,
+    EventKind, MatchValue, Matched, Phase, RequestMatch, Rollout, RolloutEvent, RouteKind,
+    Strategy, WebhookKind,
 };
 use crate::engine::EngineError;
 use crate::router::RouterError;
@@ -113,14 +114,36 @@ pub fn baseline(b: &BaselineSettings) -> pb::Baseline {
     }
 }
 
+/// An A/B match as the API writes it.
+fn request_match(m: &RequestMatch) -> pb::RequestMatch {
+    let mut out = pb::RequestMatch::default();
+    match &m.on {
+        Matched::Header(name) => out.header = name.clone(),
+        Matched::Cookie(name) => out.cookie = name.clone(),
+    }
+    match &m.value {
+        MatchValue::Exact(v) => out.exact = v.clone(),
+        MatchValue::Prefix(v) => out.prefix = v.clone(),
+        MatchValue::Regex(v) => out.regex = v.clone(),
+    }
+    out
+}
+
 pub fn analysis(s: &AnalysisSettings) -> pb::Analysis {
-    let Strategy::Canary {
-        step_weight,
-        max_weight,
-    } = s.strategy;
+    let (kind, weights, iterations) = match &s.strategy {
+        Strategy::Canary {
+            step_weight,
+            max_weight,
+        } => (
+            pb::Strategy::Canary,
+            Some((*step_weight, *max_weight)),
+            None,
+        ),
+        Strategy::AbTest { iterations, .. } => (pb::Strategy::AbTest, None, Some(*iterations)),
+    };
     pb::Analysis {
-        step_weight: Some(step_weight),
-        max_weight: Some(max_weight),
+        step_weight: weights.map(|(step, _)| step),
+        max_weight: weights.map(|(_, max)| max),
         interval: Some(duration(s.interval)),
         // With a baseline the threshold applies only when the request set it.
         success_rate_threshold: s
@@ -153,6 +176,11 @@ pub fn analysis(s: &AnalysisSettings) -> pb::Analysis {
             .collect(),
         require_approval: s.require_approval,
         baseline: s.baseline.as_ref().map(baseline),
+        strategy: kind as i32,
+        iterations,
+        r#match: s.strategy.matches().iter().map(request_match).collect(),
+        mirror_weight: None,
+        session_affinity: None,
     }
 }
 

@@ -219,10 +219,17 @@ impl RolloutService for Api {
             &config.webhook_allow,
         )
         .map_err(invalid)?;
+        let strategy = validate::strategy(r.analysis.as_ref()).map_err(invalid)?;
+        analysis.strategy = strategy.strategy(&analysis.strategy);
         if r.canary_replicas.is_some_and(|n| n == 0 || n > 1000) {
             return Err(Status::invalid_argument(
                 "canary_replicas must be between 1 and 1000",
             ));
+        }
+        // A valid request for traffic this server cannot route yet is refused whole, never
+        // run as a plain canary.
+        if let Some(unsupported) = strategy.unsupported() {
+            return Err(Status::unimplemented(unsupported));
         }
         let (namespace, target) = (r.namespace.clone(), r.target.clone());
         let place = (namespace.as_str(), target.as_str(), "");

@@ -9,8 +9,9 @@ use steerer::v1 as pb;
 
 use crate::domain::judging::DEFAULT_WEBHOOK_TIMEOUT;
 use crate::domain::{
-    AnalysisSettings, BaselineMode, BaselineSettings, MetricCheck, RouteKind, RouteRef, Strategy,
-    Webhook, WebhookKind,
+    AnalysisSettings, BaselineMode, BaselineSettings, MatchValue, Matched, MetricCheck,
+    RequestMatch, RouteKind, RouteRef, SessionAffinity, Strategy, StrategyRequest, Webhook,
+    WebhookKind,
 };
 use crate::metrics::templates::MetricTemplates;
 use crate::webhooks::AllowList;
@@ -218,15 +219,17 @@ pub fn analysis(
     let Some(a) = request else {
         return Ok(s);
     };
-    let Strategy::Canary {
+    if let Strategy::Canary {
         step_weight,
         max_weight,
-    } = &mut s.strategy;
-    if let Some(v) = a.step_weight {
-        *step_weight = v;
-    }
-    if let Some(v) = a.max_weight {
-        *max_weight = v;
+    } = &mut s.strategy
+    {
+        if let Some(v) = a.step_weight {
+            *step_weight = v;
+        }
+        if let Some(v) = a.max_weight {
+            *max_weight = v;
+        }
     }
     if let Some(v) = &a.interval {
         s.interval = duration("analysis.interval", v)?;
@@ -505,24 +508,26 @@ pub fn webhooks(hooks: &[pb::Webhook], allow: &AllowList) -> Result<Vec<Webhook>
 
 /// Range checks of analysis settings (also applied to the server's defaults).
 pub fn check_analysis(s: &AnalysisSettings) -> Result<(), Invalid> {
-    let Strategy::Canary {
+    if let Strategy::Canary {
         step_weight,
         max_weight,
-    } = s.strategy;
-    if !(1..=100).contains(&step_weight) {
-        return Err(Invalid(format!(
-            "analysis.step_weight {step_weight} must be between 1 and 100"
-        )));
-    }
-    if !(1..=100).contains(&max_weight) {
-        return Err(Invalid(format!(
-            "analysis.max_weight {max_weight} must be between 1 and 100"
-        )));
-    }
-    if step_weight > max_weight {
-        return Err(Invalid(format!(
-            "analysis.step_weight {step_weight} must not exceed analysis.max_weight {max_weight}"
-        )));
+    } = s.strategy
+    {
+        if !(1..=100).contains(&step_weight) {
+            return Err(Invalid(format!(
+                "analysis.step_weight {step_weight} must be between 1 and 100"
+            )));
+        }
+        if !(1..=100).contains(&max_weight) {
+            return Err(Invalid(format!(
+                "analysis.max_weight {max_weight} must be between 1 and 100"
+            )));
+        }
+        if step_weight > max_weight {
+            return Err(Invalid(format!(
+                "analysis.step_weight {step_weight} must not exceed analysis.max_weight {max_weight}"
+            )));
+        }
     }
     if s.interval < MIN_INTERVAL || s.interval > MAX_INTERVAL {
         return Err(Invalid(format!(
@@ -562,9 +567,268 @@ pub fn check_analysis(s: &AnalysisSettings) -> Result<(), Invalid> {
         )));
     }
     if let Some(b) = &s.baseline {
-        check_baseline(b, max_weight)?;
+        // The most of all traffic the canary takes: an A/B test leaves GA every request that
+        // matches none of its entries, so GA always has traffic to be compared with.
+        let peak = match s.strategy {
+            Strategy::Canary { max_weight, .. } => max_weight,
+            Strategy::AbTest { .. } => 0,
+        };
+        check_baseline(b, peak)?;
     }
     Ok(())
+}
+
+/// Request matches per A/B test.
+pub const MAX_MATCHES: usize = 10;
+/// Longest header or cookie name, value or regex in a request match.
+const MAX_MATCH_BYTES: usize = 256;
+/// Passed checks an A/B test or blue/green rollout needs when the request says nothing.
+pub const DEFAULT_ITERATIONS: u32 = 10;
+const MAX_ITERATIONS: u32 = 1000;
+/// The longest cookie lifetime browsers keep (RFC 6265bis caps Max-Age at 400 days).
+const MAX_COOKIE_AGE: Duration = Duration::from_secs(400 * 24 * 3600);
+
+/// The strategy a start asks for and the routing it adds, each field checked against the
+/// strategy it belongs to: `match` only with an A/B test (which needs one), session affinity
+/// only with a canary, mirroring not with an A/B test, `iterations` not with a canary (which
+/// counts steps), `step_weight`/`max_weight` only with a canary.
+pub fn strategy(request: Option<&pb::Analysis>) -> Result<StrategyRequest, Invalid> {
+    let none = pb::Analysis::default();
+    let a = request.unwrap_or(&none);
+    let kind = pb::Strategy::try_from(a.strategy).map_err(|_| {
+        Invalid(format!(
+            "analysis.strategy {} is not a strategy",
+            a.strategy
+        ))
+    })?;
+    if let Some(n) = a.iterations
+        && !(1..=MAX_ITERATIONS).contains(&n)
+    {
+        return Err(Invalid(format!(
+            "analysis.iterations {n} must be between 1 and {MAX_ITERATIONS}"
+        )));
+    }
+    if let Some(n) = a.mirror_weight
+        && !(1..=100).contains(&n)
+    {
+        return Err(Invalid(format!(
+            "analysis.mirror_weight {n} must be a percentage between 1 and 100"
+        )));
+    }
+    let name = kind.as_str_name();
+    let not_with = |field: &str| Invalid(format!("analysis.{field} cannot be used with {name}"));
+    let iterations = a.iterations.unwrap_or(DEFAULT_ITERATIONS);
+    match kind {
+        pb::Strategy::Unspecified | pb::Strategy::Canary => {
+            if a.iterations.is_some() {
+                return Err(Invalid(format!(
+                    "analysis.iterations cannot be used with {}: a canary is promoted at \
+                     max_weight, not after a number of checks",
+                    pb::Strategy::Canary.as_str_name()
+                )));
+            }
+            if !a.r#match.is_empty() {
+                return Err(Invalid(format!(
+                    "analysis.match cannot be used with {}: only {} routes by match",
+                    pb::Strategy::Canary.as_str_name(),
+                    pb::Strategy::AbTest.as_str_name()
+                )));
+            }
+            Ok(StrategyRequest::Canary {
+                mirror_weight: a.mirror_weight,
+                session_affinity: a
+                    .session_affinity
+                    .as_ref()
+                    .map(session_affinity)
+                    .transpose()?,
+            })
+        }
+        pb::Strategy::AbTest => {
+            if a.r#match.is_empty() {
+                return Err(Invalid(format!(
+                    "{name} needs at least one analysis.match (header:NAME=VALUE or \
+                     cookie:NAME=VALUE) saying which requests go to the canary"
+                )));
+            }
+            if a.mirror_weight.is_some() {
+                return Err(not_with("mirror_weight"));
+            }
+            if a.session_affinity.is_some() {
+                return Err(not_with("session_affinity"));
+            }
+            weights_unused(a, name)?;
+            if a.r#match.len() > MAX_MATCHES {
+                return Err(Invalid(format!(
+                    "analysis.match has {} entries; at most {MAX_MATCHES}",
+                    a.r#match.len()
+                )));
+            }
+            let matches = a
+                .r#match
+                .iter()
+                .enumerate()
+                .map(|(i, m)| request_match(i, m))
+                .collect::<Result<_, _>>()?;
+            Ok(StrategyRequest::AbTest {
+                iterations,
+                matches,
+            })
+        }
+        pb::Strategy::BlueGreen => {
+            if !a.r#match.is_empty() {
+                return Err(not_with("match"));
+            }
+            if a.session_affinity.is_some() {
+                return Err(not_with("session_affinity"));
+            }
+            weights_unused(a, name)?;
+            Ok(StrategyRequest::BlueGreen {
+                iterations,
+                mirror_weight: a.mirror_weight,
+            })
+        }
+    }
+}
+
+/// Weights steer a canary only; given with another strategy they would be silently ignored.
+fn weights_unused(a: &pb::Analysis, name: &str) -> Result<(), Invalid> {
+    for (field, given) in [
+        ("step_weight", a.step_weight.is_some()),
+        ("max_weight", a.max_weight.is_some()),
+    ] {
+        if given {
+            return Err(Invalid(format!(
+                "analysis.{field} cannot be used with {name}: it moves traffic by \
+                 analysis.iterations passing checks, not by weight steps"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One entry of `analysis.match`: exactly one of header or cookie, named by an RFC 7230
+/// token, and exactly one of exact, prefix or regex.
+fn request_match(index: usize, m: &pb::RequestMatch) -> Result<RequestMatch, Invalid> {
+    let field = format!("analysis.match[{index}]");
+    let on = match (m.header.is_empty(), m.cookie.is_empty()) {
+        (false, true) => {
+            http_token(&format!("{field}.header"), &m.header)?;
+            Matched::Header(m.header.clone())
+        }
+        (true, false) => {
+            http_token(&format!("{field}.cookie"), &m.cookie)?;
+            Matched::Cookie(m.cookie.clone())
+        }
+        _ => {
+            return Err(Invalid(format!(
+                "{field} needs exactly one of header or cookie"
+            )));
+        }
+    };
+    let given = [
+        ("exact", &m.exact),
+        ("prefix", &m.prefix),
+        ("regex", &m.regex),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .collect::<Vec<_>>();
+    let [(how, value)] = given[..] else {
+        return Err(Invalid(format!(
+            "{field} needs exactly one of exact, prefix or regex"
+        )));
+    };
+    let field = format!("{field}.{how}");
+    if value.len() > MAX_MATCH_BYTES {
+        return Err(Invalid(format!(
+            "{field} is {} bytes long; at most {MAX_MATCH_BYTES}",
+            value.len()
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Invalid(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    let value = match how {
+        "regex" => {
+            re2(&field, value)?;
+            MatchValue::Regex(value.clone())
+        }
+        _ => {
+            if matches!(on, Matched::Cookie(_))
+                && let Some(c) = value
+                    .chars()
+                    .find(|c| c.is_whitespace() || matches!(c, '"' | ',' | ';' | '\\'))
+            {
+                return Err(Invalid(format!(
+                    "{field} {value:?} holds {c:?}, which a cookie value cannot (RFC 6265)"
+                )));
+            }
+            if how == "exact" {
+                MatchValue::Exact(value.clone())
+            } else {
+                MatchValue::Prefix(value.clone())
+            }
+        }
+    };
+    Ok(RequestMatch { on, value })
+}
+
+/// A header or cookie name: an RFC 7230 token (letters, digits and ! # $ % & ' * + - . ^ _ `
+/// | ~) of at most 256 bytes.
+pub fn http_token(field: &str, value: &str) -> Result<(), Invalid> {
+    if value.is_empty() {
+        return Err(Invalid(format!("{field} is required")));
+    }
+    if value.len() > MAX_MATCH_BYTES {
+        return Err(Invalid(format!(
+            "{field} is {} bytes long; at most {MAX_MATCH_BYTES}",
+            value.len()
+        )));
+    }
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !value.chars().all(tchar) {
+        return Err(Invalid(format!(
+            "{field} {:?} is not an RFC 7230 token (letters, digits and !#$%&'*+-.^_`|~)",
+            value.chars().take(64).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+/// A regex RE2 accepts, checked with the parser of the `regex` crate, whose syntax is RE2's
+/// (no look-around, no backreferences): the meshes that match with it (Envoy) use RE2.
+fn re2(field: &str, value: &str) -> Result<(), Invalid> {
+    let refused = |why: String| Invalid(format!("{field} is not an RE2 regular expression: {why}"));
+    match regex_syntax::Parser::new().parse(value) {
+        Ok(_) => Ok(()),
+        Err(regex_syntax::Error::Parse(e)) => Err(refused(e.kind().to_string())),
+        Err(regex_syntax::Error::Translate(e)) => Err(refused(e.kind().to_string())),
+        Err(e) => Err(refused(e.to_string())),
+    }
+}
+
+/// Session affinity: a cookie name that is an RFC 7230 token, and a lifetime of 1s to 400
+/// days when one is given.
+fn session_affinity(s: &pb::SessionAffinity) -> Result<SessionAffinity, Invalid> {
+    http_token("analysis.session_affinity.cookie_name", &s.cookie_name)?;
+    let max_age = match &s.max_age {
+        None => None,
+        Some(age) => {
+            let age = duration("analysis.session_affinity.max_age", age)?;
+            if age < Duration::from_secs(1) || age > MAX_COOKIE_AGE {
+                return Err(Invalid(format!(
+                    "analysis.session_affinity.max_age {age:?} must be between 1s and 400 days"
+                )));
+            }
+            Some(age)
+        }
+    };
+    Ok(SessionAffinity {
+        cookie_name: s.cookie_name.clone(),
+        max_age,
+    })
 }
 
 /// Rollouts per ListRollouts page when the request leaves it at 0.
@@ -1058,6 +1322,382 @@ mod tests {
             nothing_allowed.0.contains("allows no webhook host"),
             "{nothing_allowed}"
         );
+    }
+
+    fn header(name: &str, exact: &str) -> pb::RequestMatch {
+        pb::RequestMatch {
+            header: name.into(),
+            exact: exact.into(),
+            ..Default::default()
+        }
+    }
+
+    fn ab(matches: Vec<pb::RequestMatch>) -> pb::Analysis {
+        pb::Analysis {
+            strategy: pb::Strategy::AbTest as i32,
+            r#match: matches,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_strategy_is_taken_with_its_defaults() {
+        assert_eq!(
+            strategy(None),
+            Ok(StrategyRequest::Canary {
+                mirror_weight: None,
+                session_affinity: None
+            })
+        );
+        assert_eq!(strategy(None).unwrap().unsupported(), None);
+        let cookie = pb::RequestMatch {
+            cookie: "plan".into(),
+            regex: "gold|platinum".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            strategy(Some(&ab(vec![header("x-cohort", "beta"), cookie]))),
+            Ok(StrategyRequest::AbTest {
+                iterations: DEFAULT_ITERATIONS,
+                matches: vec![
+                    RequestMatch {
+                        on: Matched::Header("x-cohort".into()),
+                        value: MatchValue::Exact("beta".into()),
+                    },
+                    RequestMatch {
+                        on: Matched::Cookie("plan".into()),
+                        value: MatchValue::Regex("gold|platinum".into()),
+                    },
+                ],
+            })
+        );
+        let blue_green = pb::Analysis {
+            strategy: pb::Strategy::BlueGreen as i32,
+            iterations: Some(1000),
+            mirror_weight: Some(100),
+            ..Default::default()
+        };
+        assert_eq!(
+            strategy(Some(&blue_green)),
+            Ok(StrategyRequest::BlueGreen {
+                iterations: 1000,
+                mirror_weight: Some(100)
+            })
+        );
+        let sticky = pb::Analysis {
+            strategy: pb::Strategy::Canary as i32,
+            session_affinity: Some(pb::SessionAffinity {
+                cookie_name: "canary-user".into(),
+                max_age: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            strategy(Some(&sticky)),
+            Ok(StrategyRequest::Canary {
+                mirror_weight: None,
+                session_affinity: Some(SessionAffinity {
+                    cookie_name: "canary-user".into(),
+                    max_age: Some(Duration::from_secs(3600)),
+                }),
+            })
+        );
+    }
+
+    #[test]
+    fn strategies_this_server_cannot_route_yet_say_so() {
+        let a_b = strategy(Some(&ab(vec![header("x-cohort", "beta")]))).unwrap();
+        assert_eq!(a_b.unsupported(), None, "an A/B test runs");
+        assert!(matches!(
+            a_b.strategy(&Strategy::default()),
+            Strategy::AbTest { iterations: 10, ref matches } if matches.len() == 1
+        ));
+        for (request, says) in [
+            (
+                pb::Analysis {
+                    strategy: pb::Strategy::BlueGreen as i32,
+                    ..Default::default()
+                },
+                "STRATEGY_BLUE_GREEN",
+            ),
+            (
+                pb::Analysis {
+                    mirror_weight: Some(10),
+                    ..Default::default()
+                },
+                "mirror_weight",
+            ),
+            (
+                pb::Analysis {
+                    session_affinity: Some(pb::SessionAffinity {
+                        cookie_name: "c".into(),
+                        max_age: None,
+                    }),
+                    ..Default::default()
+                },
+                "session_affinity",
+            ),
+        ] {
+            let why = strategy(Some(&request)).unwrap().unsupported().unwrap();
+            assert!(why.contains(says), "{says}: {why}");
+            assert!(why.contains("not implemented"), "{why}");
+        }
+    }
+
+    #[test]
+    fn every_strategy_field_out_of_place_or_out_of_range_is_refused_saying_why() {
+        let long = "a".repeat(257);
+        let with = |f: fn(&mut pb::Analysis)| {
+            let mut a = ab(vec![header("x-cohort", "beta")]);
+            f(&mut a);
+            a
+        };
+        let blue_green = |f: fn(&mut pb::Analysis)| {
+            let mut a = pb::Analysis {
+                strategy: pb::Strategy::BlueGreen as i32,
+                ..Default::default()
+            };
+            f(&mut a);
+            a
+        };
+        let affinity = |name: &str, seconds: i64| {
+            Some(pb::SessionAffinity {
+                cookie_name: name.into(),
+                max_age: Some(prost_types::Duration { seconds, nanos: 0 }),
+            })
+        };
+        let cases: Vec<(pb::Analysis, &str)> = vec![
+            (ab(vec![]), "needs at least one analysis.match"),
+            (
+                blue_green(|a| a.r#match = vec![header("x-cohort", "beta")]),
+                "analysis.match cannot be used with STRATEGY_BLUE_GREEN",
+            ),
+            (
+                blue_green(|a| {
+                    a.session_affinity = Some(pb::SessionAffinity {
+                        cookie_name: "c".into(),
+                        max_age: None,
+                    })
+                }),
+                "analysis.session_affinity cannot be used with STRATEGY_BLUE_GREEN",
+            ),
+            (
+                with(|a| {
+                    a.session_affinity = Some(pb::SessionAffinity {
+                        cookie_name: "c".into(),
+                        max_age: None,
+                    })
+                }),
+                "analysis.session_affinity cannot be used with STRATEGY_AB_TEST",
+            ),
+            (
+                pb::Analysis {
+                    r#match: vec![header("x-cohort", "beta")],
+                    ..Default::default()
+                },
+                "analysis.match cannot be used with STRATEGY_CANARY",
+            ),
+            (
+                ab(vec![header("x cohort", "beta")]),
+                "analysis.match[0].header \"x cohort\" is not an RFC 7230 token",
+            ),
+            (ab(vec![header(":authority", "x")]), "RFC 7230 token"),
+            (ab(vec![header("x-é", "x")]), "RFC 7230 token"),
+            (
+                ab(vec![
+                    header("x-cohort", "beta"),
+                    pb::RequestMatch {
+                        cookie: "pl;an".into(),
+                        exact: "gold".into(),
+                        ..Default::default()
+                    },
+                ]),
+                "analysis.match[1].cookie",
+            ),
+            (ab(vec![header(&long, "x")]), "257 bytes long; at most 256"),
+            (
+                ab(vec![header("x-cohort", &long)]),
+                "analysis.match[0].exact is 257 bytes long; at most 256",
+            ),
+            (
+                ab(vec![pb::RequestMatch {
+                    header: "x".into(),
+                    regex: format!("{long}*"),
+                    ..Default::default()
+                }]),
+                "analysis.match[0].regex is 258 bytes long",
+            ),
+            (
+                ab(vec![pb::RequestMatch {
+                    header: "x".into(),
+                    regex: "(beta".into(),
+                    ..Default::default()
+                }]),
+                "analysis.match[0].regex is not an RE2 regular expression: unclosed group",
+            ),
+            (
+                ab(vec![pb::RequestMatch {
+                    header: "x".into(),
+                    regex: "beta(?=x)".into(),
+                    ..Default::default()
+                }]),
+                "look-around",
+            ),
+            (
+                ab(vec![pb::RequestMatch {
+                    header: "x".into(),
+                    regex: r"(a)\1".into(),
+                    ..Default::default()
+                }]),
+                "not an RE2 regular expression",
+            ),
+            (
+                ab(vec![header("x-cohort", "be\r\nta")]),
+                "control characters",
+            ),
+            (
+                ab(vec![pb::RequestMatch {
+                    cookie: "plan".into(),
+                    exact: "gold; admin=1".into(),
+                    ..Default::default()
+                }]),
+                "which a cookie value cannot",
+            ),
+            (
+                ab(vec![pb::RequestMatch {
+                    header: "x".into(),
+                    cookie: "y".into(),
+                    exact: "z".into(),
+                    ..Default::default()
+                }]),
+                "exactly one of header or cookie",
+            ),
+            (
+                ab(vec![pb::RequestMatch {
+                    exact: "z".into(),
+                    ..Default::default()
+                }]),
+                "exactly one of header or cookie",
+            ),
+            (
+                ab(vec![pb::RequestMatch {
+                    header: "x".into(),
+                    exact: "z".into(),
+                    prefix: "z".into(),
+                    ..Default::default()
+                }]),
+                "exactly one of exact, prefix or regex",
+            ),
+            (
+                ab(vec![header("x", "")]),
+                "exactly one of exact, prefix or regex",
+            ),
+            (
+                ab(vec![header("x", "y"); MAX_MATCHES + 1]),
+                "11 entries; at most 10",
+            ),
+            (
+                with(|a| a.mirror_weight = Some(10)),
+                "analysis.mirror_weight cannot be used with STRATEGY_AB_TEST",
+            ),
+            (
+                pb::Analysis {
+                    mirror_weight: Some(0),
+                    ..Default::default()
+                },
+                "analysis.mirror_weight 0 must be a percentage between 1 and 100",
+            ),
+            (
+                blue_green(|a| a.mirror_weight = Some(101)),
+                "analysis.mirror_weight 101",
+            ),
+            (
+                with(|a| a.iterations = Some(1001)),
+                "analysis.iterations 1001 must be between 1 and 1000",
+            ),
+            (
+                blue_green(|a| a.iterations = Some(0)),
+                "analysis.iterations 0",
+            ),
+            (
+                pb::Analysis {
+                    iterations: Some(5),
+                    ..Default::default()
+                },
+                "analysis.iterations cannot be used with STRATEGY_CANARY",
+            ),
+            (
+                with(|a| a.step_weight = Some(10)),
+                "analysis.step_weight cannot be used with STRATEGY_AB_TEST",
+            ),
+            (
+                blue_green(|a| a.max_weight = Some(50)),
+                "analysis.max_weight cannot be used with STRATEGY_BLUE_GREEN",
+            ),
+            (
+                pb::Analysis {
+                    strategy: 7,
+                    ..Default::default()
+                },
+                "analysis.strategy 7 is not a strategy",
+            ),
+            (
+                pb::Analysis {
+                    session_affinity: affinity("", 60),
+                    ..Default::default()
+                },
+                "analysis.session_affinity.cookie_name is required",
+            ),
+            (
+                pb::Analysis {
+                    session_affinity: affinity("a=b", 60),
+                    ..Default::default()
+                },
+                "RFC 7230 token",
+            ),
+            (
+                pb::Analysis {
+                    session_affinity: affinity("c", 0),
+                    ..Default::default()
+                },
+                "between 1s and 400 days",
+            ),
+            (
+                pb::Analysis {
+                    session_affinity: affinity("c", 401 * 24 * 3600),
+                    ..Default::default()
+                },
+                "between 1s and 400 days",
+            ),
+            (
+                pb::Analysis {
+                    session_affinity: affinity("c", -5),
+                    ..Default::default()
+                },
+                "positive duration",
+            ),
+        ];
+        for (request, says) in cases {
+            let error = strategy(Some(&request)).unwrap_err();
+            assert!(error.0.contains(says), "{says}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_regex_of_exactly_256_bytes_and_rfc_7230_punctuation_in_names_are_accepted() {
+        let regex = format!("{}.*", "a".repeat(254));
+        let request = ab(vec![
+            pb::RequestMatch {
+                header: "x".into(),
+                regex,
+                ..Default::default()
+            },
+            header("x-a!#$%&'*+.^_`|~1", "v"),
+        ]);
+        assert!(strategy(Some(&request)).is_ok());
     }
 
     #[test]

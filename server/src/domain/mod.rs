@@ -16,7 +16,9 @@ pub use judging::{
     WebhookKind, failed_names,
 };
 pub use route::{RouteKind, RouteRef};
-pub use strategy::{Next, Strategy};
+pub use strategy::{
+    AB_WEIGHT, MatchValue, Matched, Next, RequestMatch, SessionAffinity, Strategy, StrategyRequest,
+};
 pub use views::{DeploymentView, HpaView, RouteView, promoted_template, template_hash};
 
 use std::collections::BTreeMap;
@@ -296,6 +298,10 @@ pub struct Rollout {
     pub phase: Phase,
     pub canary_weight: u32,
     pub failed_checks: u32,
+    /// Passing checks of the revision under analysis: what an A/B test counts to its
+    /// `iterations` (records from before A/B tests have none).
+    #[serde(default)]
+    pub passed_checks: u32,
     pub analysis: AnalysisSettings,
     pub last_analysis: Option<AnalysisRecord>,
     pub message: String,
@@ -388,6 +394,7 @@ impl Rollout {
             route,
             observer: observer_of_old_records(),
             revision: String::new(),
+            passed_checks: 0,
             phase: Phase::Pending,
             canary_weight: 0,
             failed_checks: 0,

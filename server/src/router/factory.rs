@@ -168,6 +168,7 @@ mod tests {
             name: "podinfo".into(),
             ga_service: "podinfo".into(),
             canary_service: "podinfo-canary".into(),
+            matches: Vec::new(),
         }
     }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::patched::{PatchRouter, Rules, Split, split_of, weights_patch};
-use super::{KindRouter, RouteKind, RouterContext, RouterError};
-use crate::domain::template_hash;
+use super::{KindRouter, RequestMatch, RouteKind, RouterContext, RouterError, ab};
+use crate::domain::{MatchValue, Matched, template_hash};
 
 /// The served version of `gateway.networking.k8s.io` the routers use.
 pub const API_VERSION: &str = "v1";
@@ -198,6 +198,79 @@ impl Rules for GatewayRoutes {
             "name",
         )
     }
+
+    fn rules_key(&self) -> &'static str {
+        "rules"
+    }
+
+    /// A copy of the split rule (its filters and timeouts apply alike) named `name`, whose
+    /// matches are the split's own (an HTTPRoute's default: every path) each joined with a
+    /// header match of one of `matches`, and whose one backendRef is the canary's. The
+    /// Gateway API matches headers exactly or by regex: a prefix becomes a regex, and a cookie
+    /// a regex on the `Cookie` header.
+    fn ab_rule(&self, spec: &Value, split: &Split, matches: &[RequestMatch], name: &str) -> Value {
+        let rule = rules(spec)
+            .get(split.rule_index)
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let every = match self.kind {
+            RouteKind::HttpRoute => json!({"path": {"type": "PathPrefix", "value": "/"}}),
+            _ => json!({}),
+        };
+        let own: Vec<Value> = rule
+            .get("matches")
+            .and_then(Value::as_array)
+            .filter(|m| !m.is_empty())
+            .cloned()
+            .unwrap_or_else(|| vec![every]);
+        let mut joined = Vec::new();
+        for block in &own {
+            for m in matches {
+                let (header, kind, value) = match (&m.on, &m.value) {
+                    (Matched::Header(h), MatchValue::Exact(v)) => (h.clone(), "Exact", v.clone()),
+                    (Matched::Header(h), MatchValue::Prefix(v)) => (
+                        h.clone(),
+                        "RegularExpression",
+                        format!("{}.*", ab::escape(v)),
+                    ),
+                    (Matched::Header(h), MatchValue::Regex(v)) => {
+                        (h.clone(), "RegularExpression", v.clone())
+                    }
+                    (Matched::Cookie(c), value) => (
+                        "cookie".to_owned(),
+                        "RegularExpression",
+                        ab::cookie_regex(c, value),
+                    ),
+                };
+                let mut block = block.clone();
+                let mut headers: Vec<Value> = block
+                    .get("headers")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                // Header names are unique in a match: the A/B condition takes the place of one
+                // on the same header.
+                headers.retain(|h| {
+                    !h.get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| n.eq_ignore_ascii_case(&header))
+                });
+                headers.push(json!({"type": kind, "name": header, "value": value}));
+                block["headers"] = Value::Array(headers);
+                joined.push(block);
+            }
+        }
+        let mut canary = backends(&rule)
+            .get(split.canary_index)
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        canary["weight"] = json!(100);
+        let mut rule = rule;
+        rule["name"] = json!(name);
+        rule["matches"] = Value::Array(joined);
+        rule["backendRefs"] = json!([canary]);
+        rule
+    }
 }
 
 #[cfg(test)]
@@ -362,6 +435,7 @@ mod tests {
             name: "podinfo".into(),
             ga_service: "podinfo".into(),
             canary_service: "podinfo-canary".into(),
+            matches: Vec::new(),
         };
         assert!(matches!(
             GRPC_ROUTES.view(&route(80, 20), &split),
@@ -374,5 +448,87 @@ mod tests {
             GRPC_ROUTES.view(&json!({"rules": []}), &split),
             RouteView::Broken(why) if why.starts_with("GRPCRoute test/podinfo")
         ));
+    }
+}
+
+#[cfg(test)]
+mod ab_tests {
+    //! A/B rules written and read back through the router's rules.
+    use serde_json::{Value, json};
+
+    use crate::domain::{AB_WEIGHT, MatchValue, RequestMatch};
+    use crate::domain::{Matched, RouteKind};
+    use crate::router::gateway::HTTP_ROUTES;
+    use crate::router::patched::view_with;
+    use crate::router::patched::written;
+    use crate::router::{RouteSplit, RouteView};
+
+    fn beta() -> Vec<RequestMatch> {
+        vec![
+            RequestMatch {
+                on: Matched::Header("X-Cohort".into()),
+                value: MatchValue::Exact("beta".into()),
+            },
+            RequestMatch {
+                on: Matched::Cookie("plan".into()),
+                value: MatchValue::Prefix("gold".into()),
+            },
+        ]
+    }
+
+    fn split(kind: RouteKind, matches: Vec<RequestMatch>) -> RouteSplit {
+        RouteSplit {
+            namespace: "test".into(),
+            kind,
+            name: "podinfo".into(),
+            ga_service: "podinfo".into(),
+            canary_service: "podinfo-canary".into(),
+            matches,
+        }
+    }
+
+    fn http_route() -> Value {
+        json!({"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [
+            {"name": "podinfo", "port": 9898, "weight": 100},
+            {"name": "podinfo-canary", "port": 9898, "weight": 0},
+        ]}]})
+    }
+
+    fn weight_and_fingerprint(view: RouteView) -> (u32, String) {
+        match view {
+            RouteView::Split {
+                canary_weight,
+                fingerprint,
+            } => (canary_weight, fingerprint),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_ab_rule_in_an_http_route_tolerates_the_api_servers_defaults() {
+        let route = split(RouteKind::HttpRoute, beta());
+        let before = http_route();
+        let (_, print) = weight_and_fingerprint(view_with(&HTTP_ROUTES, &before, &route));
+        let on = written(&HTTP_ROUTES, &before, &route, AB_WEIGHT);
+        assert_eq!(on["rules"][1], before["rules"][0]);
+        assert_eq!(
+            on["rules"][0],
+            json!({"name": "steerer-ab", "matches": [
+                {"path": {"type": "PathPrefix", "value": "/"},
+                 "headers": [{"type": "Exact", "name": "X-Cohort", "value": "beta"}]},
+                {"path": {"type": "PathPrefix", "value": "/"},
+                 "headers": [{"type": "RegularExpression", "name": "cookie",
+                              "value": "^(.*?;\\s*)?plan=gold[^;]*(;.*)?$"}]},
+            ], "backendRefs": [{"name": "podinfo-canary", "port": 9898, "weight": 100}]})
+        );
+        // What a real API server stores: the backendRef's group and kind filled in.
+        let mut stored = on.clone();
+        stored["rules"][0]["backendRefs"][0]["group"] = json!("");
+        stored["rules"][0]["backendRefs"][0]["kind"] = json!("Service");
+        assert_eq!(
+            weight_and_fingerprint(view_with(&HTTP_ROUTES, &stored, &route)),
+            (AB_WEIGHT, print)
+        );
+        assert_eq!(written(&HTTP_ROUTES, &stored, &route, 0), before);
     }
 }

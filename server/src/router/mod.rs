@@ -1,9 +1,10 @@
 //! Traffic routing: the `Router` trait the engine moves weights through, and its errors.
 //! Implementations, one per route kind: `istio` (VirtualService weights), `gateway`
 //! (HTTPRoute and GRPCRoute weights), both a `patched::PatchRouter` over their own rules;
-//! `fake` for tests. `factory` starts the router of each kind and picks the one for each
-//! rollout's route, or finds the route when a start names none.
+//! `fake` for tests; `ab` the A/B rules all kinds share. `factory` starts the router of each
+//! kind and picks the one for each rollout's route, or finds the route when a start names none.
 
+pub mod ab;
 pub mod factory;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::Changes;
 
 pub use crate::domain::views::RouteView;
-pub use crate::domain::{RouteKind, RouteRef};
+pub use crate::domain::{RequestMatch, RouteKind, RouteRef};
 
 /// The split a rollout drives: its route (the kind picks the router) and the two Services it
 /// divides traffic between.
@@ -31,6 +32,9 @@ pub struct RouteSplit {
     pub name: String,
     pub ga_service: String,
     pub canary_service: String,
+    /// An A/B test's matches (empty for a weighted canary): a canary weight above 0 puts a
+    /// rule sending the requests matching any of them to the canary ahead of each split.
+    pub matches: Vec<RequestMatch>,
 }
 
 /// The kind of route Istio's router drives.
@@ -48,6 +52,7 @@ impl RouteSplit {
             name: state.route.name.clone(),
             ga_service: state.target.clone(),
             canary_service: state.canary.clone(),
+            matches: state.analysis.strategy.matches().to_vec(),
         }
     }
 
@@ -216,8 +221,10 @@ pub trait Router: Send + Sync {
         route: &'a RouteSplit,
     ) -> BoxFuture<'a, Result<u32, RouterError>>;
 
-    /// Routes `weight` percent to the canary and the rest to GA. Writes nothing when the
-    /// weights already match; returns whether it wrote.
+    /// Routes `weight` percent to the canary and the rest to GA; for an A/B test (the route's
+    /// `matches`), puts steerer's rule in (a weight above 0) or takes it out (0), GA keeping
+    /// the unmatched traffic. Writes nothing when the route is already so; returns whether it
+    /// wrote.
     fn set_canary_weight<'a>(
         &'a self,
         route: &'a RouteSplit,

@@ -1,6 +1,7 @@
 //! The router of routes that are custom resources ([`PatchRouter`]): objects of one kind read
-//! from a watch cache and written with JSON patches that change only the weights, guarded by
-//! the resourceVersion (retried on conflict). Each kind brings its pure [`Rules`] (where the
+//! from a watch cache and written with JSON patches that change only the weights (and, for an
+//! A/B test, add or remove steerer's own `steerer-ab` rules), guarded by the resourceVersion
+//! (retried on conflict). Each kind brings its pure [`Rules`] (where the
 //! weights sit, what a hand edit changes, the patch): Istio's VirtualService, the Gateway
 //! API's HTTPRoute and GRPCRoute.
 
@@ -18,11 +19,13 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::ab;
 use super::{
     KindRouter, Resolved, RouteKind, RouteRef, RouteSplit, RouteView, Router, RouterContext,
     RouterError,
 };
 use crate::cache::{Cache, Changes, Views};
+use crate::domain::{AB_WEIGHT, RequestMatch, template_hash};
 
 /// Where the GA and canary weights sit in one rule of a route (an `http[]` route of a
 /// VirtualService, a `rules[]` entry of an HTTPRoute or GRPCRoute).
@@ -65,22 +68,124 @@ pub trait Rules: Send + Sync {
         canary_weight: u32,
     ) -> Option<Value>;
 
-    /// The view a rollout has of a route's spec.
-    fn view(&self, spec: &Value, route: &RouteSplit) -> RouteView {
-        match self.find_splits(
-            &route.name,
-            spec,
-            &route.namespace,
-            &route.ga_service,
-            &route.canary_service,
-        ) {
-            Ok(splits) => RouteView::Split {
-                canary_weight: splits[0].canary_weight,
-                fingerprint: self.fingerprint(spec, &splits),
-            },
-            Err(error) => RouteView::Broken(error.to_string()),
+    /// The field of the spec holding the rules: `http` (VirtualService), `rules` (Gateway API).
+    fn rules_key(&self) -> &'static str;
+
+    /// The rule steerer adds ahead of `split` for an A/B test, named `name`: the split rule
+    /// with each of its matches joined with each of `matches` (a request must meet both), and
+    /// all of that traffic to the split's canary backend.
+    fn ab_rule(&self, spec: &Value, split: &Split, matches: &[RequestMatch], name: &str) -> Value;
+
+    /// The view a rollout has of a route's spec (see [`read_route`]).
+    fn view(&self, spec: &Value, route: &RouteSplit) -> RouteView
+    where
+        Self: Sized,
+    {
+        view_with(self, spec, route)
+    }
+}
+
+/// The view a rollout has of a route's spec under `rules` (see [`read_route`]).
+pub fn view_with(rules: &dyn Rules, spec: &Value, route: &RouteSplit) -> RouteView {
+    match read_route(
+        rules,
+        (&route.name, &route.namespace),
+        spec,
+        (&route.ga_service, &route.canary_service),
+        &route.matches,
+    ) {
+        Ok((_, canary_weight, fingerprint)) => RouteView::Split {
+            canary_weight,
+            fingerprint,
+        },
+        Err(error) => RouteView::Broken(error.to_string()),
+    }
+}
+
+/// Steerer's rules for an A/B test, one ahead of each split of the owner's `spec`.
+pub fn own_rules(
+    rules: &dyn Rules,
+    spec: &Value,
+    splits: &[Split],
+    matches: &[RequestMatch],
+) -> Vec<Value> {
+    splits
+        .iter()
+        .enumerate()
+        .map(|(n, split)| rules.ab_rule(spec, split, matches, &ab::own_name(n)))
+        .collect()
+}
+
+/// What a rollout reads in a route: the splits (found in the route as its owner wrote it), the
+/// canary weight and the fingerprint of the owner's split rules.
+///
+/// With an A/B test's rules in place exactly as the rollout of `matches` writes them (and GA
+/// taking all other traffic) the canary weight is [`AB_WEIGHT`](crate::domain::AB_WEIGHT) and the fingerprint the
+/// owner's; steerer's rules in any other state (changed, or not this rollout's) change the
+/// fingerprint, which the engine sees as a hand edit.
+pub fn read_route(
+    rules: &dyn Rules,
+    (name, namespace): (&str, &str),
+    spec: &Value,
+    (ga, canary): (&str, &str),
+    matches: &[RequestMatch],
+) -> Result<(Vec<Split>, u32, String), RouterError> {
+    let (user, own) = ab::strip(spec, rules.rules_key());
+    let splits = rules.find_splits(name, &user, namespace, ga, canary)?;
+    let weight = splits[0].canary_weight;
+    let fingerprint = rules.fingerprint(&user, &splits);
+    if own.is_empty() {
+        return Ok((splits, weight, fingerprint));
+    }
+    let wanted = own_rules(rules, &user, &splits, matches);
+    let indexes: Vec<usize> = splits.iter().map(|s| s.rule_index).collect();
+    let placed = ab::in_place(spec, rules.rules_key(), &indexes);
+    if !matches.is_empty()
+        && weight == 0
+        && placed
+        && own.len() == wanted.len()
+        && own.iter().zip(&wanted).all(|(o, w)| ab::holds(o, w))
+    {
+        return Ok((splits, AB_WEIGHT, fingerprint));
+    }
+    let changed = template_hash(&json!({"routes": fingerprint, "steerer": own, "weight": weight}));
+    Ok((splits, weight, changed))
+}
+
+/// The rules a route should hold for `canary_weight`: the owner's rules (of `user`, the spec
+/// without steerer's) with the splits' weights set, and for an A/B test (`matches` not
+/// empty) at a weight above 0 steerer's rule ahead of each split, whose unmatched traffic
+/// all goes to GA.
+pub fn desired_rules(
+    rules: &dyn Rules,
+    user: &Value,
+    splits: &[Split],
+    matches: &[RequestMatch],
+    canary_weight: u32,
+) -> Result<Value, String> {
+    let key = rules.rules_key();
+    let (split_weight, ab) = if matches.is_empty() {
+        (canary_weight, false)
+    } else {
+        (0, canary_weight > 0)
+    };
+    let mut doc = json!({ "spec": user });
+    if let Some(ops) = rules.weight_patch(splits, user, None, split_weight) {
+        let ops: json_patch::Patch = serde_json::from_value(ops).map_err(|e| e.to_string())?;
+        json_patch::patch(&mut doc, &ops).map_err(|e| e.to_string())?;
+    }
+    let mut all = doc
+        .pointer(&format!("/spec/{key}"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if ab {
+        let own = own_rules(rules, user, splits, matches);
+        for (split, rule) in splits.iter().zip(own).rev() {
+            all.insert(split.rule_index.min(all.len()), rule);
         }
     }
+    Ok(Value::Array(all))
 }
 
 /// Retries of a weight patch after the first attempt.
@@ -309,7 +414,7 @@ impl PatchRouter {
         self.seen.of(
             key,
             &vs.metadata,
-            || self.rules.view(&spec(vs), route),
+            || view_with(self.rules, &spec(vs), route),
             || self.cache.get().map(Cache::names).unwrap_or_default(),
         )
     }
@@ -437,17 +542,20 @@ impl Router for PatchRouter {
                 .await?
                 .name;
             let object = self.current(namespace, &name).await?;
-            let spec = spec(&object);
-            let splits =
-                self.rules
-                    .find_splits(&name, &spec, namespace, ga_service, canary_service)?;
+            let (_, canary_weight, fingerprint) = read_route(
+                self.rules,
+                (&name, namespace),
+                &spec(&object),
+                (ga_service, canary_service),
+                &[],
+            )?;
             Ok(Resolved {
                 route: RouteRef {
                     kind: self.kind,
                     name,
                 },
-                canary_weight: splits[0].canary_weight,
-                fingerprint: self.rules.fingerprint(&spec, &splits),
+                canary_weight,
+                fingerprint,
             })
         })
     }
@@ -463,8 +571,9 @@ impl Router for PatchRouter {
                 return Ok(Vec::new());
             };
             let sends = |object: &Arc<DynamicObject>| {
+                let (user, _) = ab::strip(&spec(object), self.rules.rules_key());
                 self.rules
-                    .sends_to_both(&spec(object), namespace, ga_service, canary_service)
+                    .sends_to_both(&user, namespace, ga_service, canary_service)
             };
             let mut found: Vec<Arc<DynamicObject>> = cache
                 .all()
@@ -515,7 +624,7 @@ impl Router for PatchRouter {
                     }
                 },
             };
-            self.rules.view(&spec(&vs), route)
+            view_with(self.rules, &spec(&vs), route)
         })
     }
 
@@ -526,14 +635,14 @@ impl Router for PatchRouter {
         Box::pin(async move {
             self.cache()?;
             let vs = self.fetch(&route.namespace, &route.name).await?;
-            let splits = self.rules.find_splits(
-                &route.name,
+            let (_, weight, _) = read_route(
+                self.rules,
+                (&route.name, &route.namespace),
                 &spec(&vs),
-                &route.namespace,
-                &route.ga_service,
-                &route.canary_service,
+                (&route.ga_service, &route.canary_service),
+                &route.matches,
             )?;
-            Ok(splits[0].canary_weight)
+            Ok(weight)
         })
     }
 
@@ -579,14 +688,29 @@ impl PatchRouter {
             self.current(ns, name).await?
         };
         let spec = spec(&vs);
+        let key = self.rules.rules_key();
+        let (user, own) = ab::strip(&spec, key);
         let splits =
             self.rules
-                .find_splits(name, &spec, ns, &route.ga_service, &route.canary_service)?;
+                .find_splits(name, &user, ns, &route.ga_service, &route.canary_service)?;
         let rv = vs.resource_version();
-        let Some(ops) = self
-            .rules
-            .weight_patch(&splits, &spec, rv.as_deref(), weight)
-        else {
+        let ops = if own.is_empty() && route.matches.is_empty() {
+            // A weighted canary moves the weights and nothing else.
+            self.rules
+                .weight_patch(&splits, &spec, rv.as_deref(), weight)
+        } else {
+            // An A/B test adds or removes its rules; steerer's rules left in a route are
+            // removed with the same patch.
+            let desired = desired_rules(self.rules, &user, &splits, &route.matches, weight)
+                .map_err(|why| {
+                    RouterError::Topology(format!(
+                        "cannot compute the rules of {} {ns}/{name}: {why}",
+                        self.kind
+                    ))
+                })?;
+            ab::rules_patch(&spec, key, rv.as_deref(), desired)
+        };
+        let Some(ops) = ops else {
             return Ok(false);
         };
         let patch: json_patch::Patch =
@@ -626,6 +750,35 @@ impl PatchRouter {
             }),
         }
     }
+}
+
+/// The spec after the router's write of `weight` to `route` (both write paths), for tests.
+#[cfg(test)]
+pub fn written(rules: &dyn Rules, spec: &Value, route: &RouteSplit, weight: u32) -> Value {
+    let key = rules.rules_key();
+    let (user, own) = ab::strip(spec, key);
+    let splits = rules
+        .find_splits(
+            &route.name,
+            &user,
+            &route.namespace,
+            &route.ga_service,
+            &route.canary_service,
+        )
+        .unwrap();
+    let ops = if own.is_empty() && route.matches.is_empty() {
+        rules.weight_patch(&splits, spec, Some("7"), weight)
+    } else {
+        let wanted = desired_rules(rules, &user, &splits, &route.matches, weight).unwrap();
+        ab::rules_patch(spec, key, Some("7"), wanted)
+    };
+    let Some(ops) = ops else {
+        return spec.clone();
+    };
+    let ops: json_patch::Patch = serde_json::from_value(ops).unwrap();
+    let mut doc = json!({"metadata": {"resourceVersion": "7"}, "spec": spec});
+    json_patch::patch(&mut doc, &ops).unwrap();
+    doc["spec"].take()
 }
 
 #[cfg(test)]

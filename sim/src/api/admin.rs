@@ -17,6 +17,7 @@
 //! | `POST /sim/reset-counts` | | zeroes the counters |
 //! | `POST /sim/error-rate` | `{"namespace": "default", "deployment": "web-canary", "rate": 0.2}` (`null` restores the annotation) | overrides a workload's 5xx rate |
 //! | `POST /sim/load` | `{"namespace": "default", "hpa": "web", "load": 2.0}` | sets the load an HPA follows |
+//! | `POST /sim/traffic` | `{"namespace": "shop", "service": "checkout", "share": 0.3, "headers"?: {"x-cohort": "beta"}, "cookies"?: {"plan": "gold"}}`, or `{"namespace", "service", "clear": true}` | that share of the Service's synthetic requests carries those headers and cookies (rules add up, to at most 1); `clear` removes its rules; answers `{"rules": [...]}` |
 //! | `POST /sim/token` | `{"namespace": "ci", "serviceAccount": "deployer", "audiences"?: ["steerer"], "expirationSeconds": -120}` | a token for that service account with any lifetime (negative: already expired; TokenReview allows a minute of leeway), for tests of expiry; `{"token", "expirationTimestamp"}` |
 //!
 //! Every answer is JSON; a bad body gets a 400 `Status`.
@@ -47,6 +48,7 @@ GET    /sim/counts                 requests by verb and resource
 POST   /sim/reset-counts           zero the counters
 POST   /sim/error-rate             {\"namespace\", \"deployment\", \"rate\": number|null}
 POST   /sim/load                   {\"namespace\", \"hpa\", \"load\"}
+POST   /sim/traffic                {\"namespace\", \"service\", \"share\", \"headers\"?, \"cookies\"?} or {\"namespace\", \"service\", \"clear\": true}
 POST   /sim/token                  {\"namespace\", \"serviceAccount\", \"audiences\"?, \"expirationSeconds\"}: a token of any lifetime
 ";
 
@@ -244,6 +246,10 @@ fn run(
                 .mesh
                 .set_error_rate(&e.namespace, &e.deployment, e.rate);
             ok(&json!({}))
+        }
+        (&Method::POST, ["traffic"]) => {
+            let rules = world.mesh.traffic().apply(body)?;
+            ok(&json!({"rules": rules}))
         }
         (&Method::POST, ["load"]) => {
             let l = parse_load(body)?;

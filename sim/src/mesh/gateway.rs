@@ -53,6 +53,10 @@ pub fn as_virtual_service(kind: &str, route: &Value) -> Option<Value> {
                 "route".to_owned(),
                 Value::Array(destinations(rule, namespace)),
             );
+            if let Some((host, percent)) = request_mirror(rule, namespace) {
+                http.insert("mirror".to_owned(), json!({"host": host}));
+                http.insert("mirrorPercentage".to_owned(), json!({"value": percent}));
+            }
             Value::Object(http)
         })
         .collect();
@@ -93,6 +97,42 @@ fn destinations(rule: &Value, namespace: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A rule's `RequestMirror` filter: the Service host it copies requests to and the percent
+/// copied (`percent`, or `fraction` numerator/denominator (default 100); all when neither).
+fn request_mirror(rule: &Value, namespace: &str) -> Option<(String, f64)> {
+    let filter = rule
+        .get("filters")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|f| f.get("type").and_then(Value::as_str) == Some("RequestMirror"))?;
+    let mirror = filter.get("requestMirror")?;
+    let backend = mirror.get("backendRef")?;
+    if !is_service(backend) {
+        return None;
+    }
+    let name = backend.get("name")?.as_str()?;
+    let ns = backend
+        .get("namespace")
+        .and_then(Value::as_str)
+        .unwrap_or(namespace);
+    let percent = if let Some(percent) = mirror.get("percent").and_then(Value::as_f64) {
+        percent
+    } else if let Some(fraction) = mirror.get("fraction") {
+        let numerator = fraction.get("numerator").and_then(Value::as_f64)?;
+        let denominator = fraction
+            .get("denominator")
+            .and_then(Value::as_f64)
+            .unwrap_or(100.0);
+        if denominator <= 0.0 {
+            return None;
+        }
+        100.0 * numerator / denominator
+    } else {
+        100.0
+    };
+    Some((format!("{name}.{ns}"), percent.clamp(0.0, 100.0)))
+}
+
 /// Whether a backendRef names a core Service (the default group and kind).
 fn is_service(backend: &Value) -> bool {
     backend
@@ -119,7 +159,17 @@ fn request_match(m: &Value) -> Value {
             .filter_map(|h| {
                 let name = h.get("name")?.as_str()?;
                 let value = h.get("value").cloned().unwrap_or(Value::Null);
-                Some((name.to_owned(), json!({"exact": value})))
+                let how = match h.get("type").and_then(Value::as_str) {
+                    Some("RegularExpression") => "regex",
+                    _ => "exact",
+                };
+                // Header names are case-insensitive; Istio writes them in lower case.
+                let name = if field == "headers" {
+                    name.to_ascii_lowercase()
+                } else {
+                    name.to_owned()
+                };
+                Some((name, json!({how: value})))
             })
             .collect();
         if !wanted.is_empty() {
@@ -220,6 +270,79 @@ mod tests {
         assert!(rule_matches(&http[1], true));
         assert!(rule_matches(&http[2], false));
         assert_eq!(vs["metadata"]["name"], "GRPCRoute/podinfo");
+    }
+
+    #[test]
+    fn regex_header_matches_and_request_mirrors_carry_over() {
+        use crate::mesh::routing::{Request, rule_takes};
+        use crate::mesh::traffic::Profile;
+        let vs = as_virtual_service(
+            "HTTPRoute",
+            &route(json!([
+                {"matches": [{"headers": [{"name": "X-Cohort", "type": "RegularExpression", "value": "be.a"}]}],
+                 "backendRefs": [{"name": "podinfo-canary", "port": 9898}]},
+                {"backendRefs": [{"name": "podinfo", "port": 9898}],
+                 "filters": [{"type": "RequestMirror", "requestMirror": {
+                     "backendRef": {"name": "podinfo-canary", "port": 9898}, "percent": 40}}]},
+                {"backendRefs": [{"name": "podinfo", "port": 9898}],
+                 "filters": [{"type": "RequestMirror", "requestMirror": {
+                     "backendRef": {"name": "podinfo-canary", "port": 9898},
+                     "fraction": {"numerator": 1, "denominator": 8}}}]},
+            ])),
+        )
+        .unwrap();
+        let http = &vs["spec"]["http"];
+        assert_eq!(
+            http[0]["match"][0]["headers"],
+            json!({"x-cohort": {"regex": "be.a"}})
+        );
+        let beta = Profile {
+            share: 0.5,
+            headers: [("x-cohort".to_owned(), "beta".to_owned())].into(),
+            cookies: Default::default(),
+        };
+        let betamax = Profile {
+            headers: [("x-cohort".to_owned(), "betamax".to_owned())].into(),
+            ..beta.clone()
+        };
+        assert!(rule_takes(&http[0], &Request::Carrying(&beta)));
+        assert!(!rule_takes(&http[0], &Request::Carrying(&betamax)));
+        assert!(!rule_takes(&http[0], &Request::Plain));
+        assert_eq!(http[1]["mirror"], json!({"host": "podinfo-canary.test"}));
+        assert_eq!(http[1]["mirrorPercentage"], json!({"value": 40.0}));
+        assert_eq!(http[2]["mirrorPercentage"], json!({"value": 12.5}));
+        assert!(http[0].get("mirror").is_none());
+    }
+
+    #[test]
+    fn a_grpc_header_match_takes_requests_carrying_the_header() {
+        use crate::mesh::routing::{Request, rule_takes};
+        use crate::mesh::traffic::Profile;
+        let vs = as_virtual_service(
+            "GRPCRoute",
+            &route(json!([
+                {"matches": [{"headers": [{"name": "x-cohort", "value": "beta"}]}],
+                 "backendRefs": [{"name": "podinfo-canary", "port": 9898}]},
+            ])),
+        )
+        .unwrap();
+        let beta = Profile {
+            share: 1.0,
+            headers: [("x-cohort".to_owned(), "beta".to_owned())].into(),
+            cookies: Default::default(),
+        };
+        assert!(rule_takes(
+            &vs["spec"]["http"][0],
+            &Request::Carrying(&beta)
+        ));
+        let other = Profile {
+            headers: [("x-cohort".to_owned(), "gamma".to_owned())].into(),
+            ..beta
+        };
+        assert!(!rule_takes(
+            &vs["spec"]["http"][0],
+            &Request::Carrying(&other)
+        ));
     }
 
     #[test]

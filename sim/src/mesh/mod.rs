@@ -6,8 +6,12 @@
 //! Requests are `GET /` with no headers, except a share of them (10% unless the
 //! VirtualService's `sim.steerer.dev/header-share` annotation says otherwise) that carries
 //! whatever headers and query parameters the routes' match conditions ask for, so header-based
-//! routes get traffic too. Splits are deterministic (smooth weighted round-robin), so tests see
-//! exact proportions.
+//! routes get traffic too. Once a Service has `POST /sim/traffic` rules ([`traffic`]), those
+//! say instead which share of its requests carries which headers and cookies, and routes
+//! match on them (exact, prefix, RE2 regex). A route's mirror (Istio's `mirror` and
+//! `mirrorPercentage`, the Gateway API's `RequestMirror`) gets a copy of that share of its
+//! requests, which it serves and reports while the caller gets the primary's answer. Splits
+//! are deterministic (smooth weighted round-robin), so tests see exact proportions.
 //!
 //! One traffic engine ([`drive`]) runs over a [`ClusterView`]: the simulator's own store
 //! ([`run`]), or watch caches of any API server ([`cluster::KubeView`], used by
@@ -20,6 +24,7 @@ pub mod labels;
 pub mod metrics;
 pub mod routing;
 pub mod standalone;
+pub mod traffic;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -65,6 +70,7 @@ pub struct Mesh {
     request_rate: f64,
     overrides: Mutex<HashMap<(String, String), f64>>,
     metrics: Mutex<Metrics>,
+    traffic: traffic::TrafficRules,
 }
 
 impl Mesh {
@@ -78,6 +84,7 @@ impl Mesh {
             },
             overrides: Mutex::new(HashMap::new()),
             metrics: Mutex::new(Metrics::default()),
+            traffic: traffic::TrafficRules::default(),
         }
     }
 
@@ -99,6 +106,11 @@ impl Mesh {
                 overrides.remove(&key);
             }
         }
+    }
+
+    /// The headers and cookies of each Service's synthetic requests (`POST /sim/traffic`).
+    pub fn traffic(&self) -> &traffic::TrafficRules {
+        &self.traffic
     }
 
     /// The metrics in the Prometheus text format.
@@ -143,6 +155,7 @@ impl Traffic {
             &snapshot.services,
             &snapshot.replicasets,
             DEFAULT_HEADER_SHARE,
+            &mesh.traffic.snapshot(),
         );
         {
             let mut metrics = lock(&mesh.metrics);
@@ -169,7 +182,11 @@ impl Traffic {
             .hosts
             .iter()
             .flat_map(|h| &h.routes)
-            .flat_map(|r| &r.destinations)
+            .flat_map(|r| {
+                r.destinations
+                    .iter()
+                    .chain(r.mirror.as_ref().map(|m| &m.destination))
+            })
             .filter_map(|d| match &d.target {
                 routing::Target::Endpoints(eps) => Some(eps),
                 routing::Target::NoCluster => None,
@@ -208,6 +225,18 @@ impl Traffic {
                 &error_override,
                 &mut |outcome| {
                     match outcome.endpoint {
+                        // A mirrored copy: only the sidecar that served it reports it.
+                        Some(ep) if outcome.mirrored => {
+                            let latency =
+                                sample_latency(&mut rng, ep.latency_ms, ep.latency_stddev_ms);
+                            metrics.record(
+                                Reporter::Destination,
+                                outcome.series,
+                                outcome.code,
+                                outcome.flags,
+                                latency,
+                            );
+                        }
                         Some(ep) => {
                             let latency =
                                 sample_latency(&mut rng, ep.latency_ms, ep.latency_stddev_ms);
@@ -347,6 +376,7 @@ pub async fn drive(
 ) {
     let mut traffic = Traffic::default();
     let mut dirty = true;
+    let mut traffic_generation = mesh.traffic.generation();
     let mut tick = tokio::time::interval(traffic_tick);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last = Instant::now();
@@ -360,6 +390,11 @@ pub async fn drive(
                 dirty = true;
             }
             _ = tick.tick() => {
+                let generation = mesh.traffic.generation();
+                if generation != traffic_generation {
+                    traffic_generation = generation;
+                    dirty = true;
+                }
                 if dirty {
                     traffic.rebuild(&view.snapshot(), mesh);
                     dirty = false;

@@ -8,6 +8,10 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::labels;
+use super::traffic::Profile;
+
+/// Every Service's `POST /sim/traffic` rules, by (namespace, name).
+pub type TrafficProfiles = std::collections::BTreeMap<(String, String), Vec<Profile>>;
 
 /// Pod-template annotation: fraction of requests a revision answers with a 5xx.
 pub const ERROR_RATE_ANNOTATION: &str = "sim.steerer.dev/error-rate";
@@ -41,8 +45,21 @@ pub struct HostEntry {
     pub plain_route: Option<usize>,
     /// The route a request carrying headers takes.
     pub tagged_route: Option<usize>,
+    /// The host's Service's `POST /sim/traffic` rules, each with the route its requests take;
+    /// when there are any, they replace the tagged share.
+    pub profiles: Vec<ProfileRoute>,
     /// `spec.http[]` in order.
     pub routes: Vec<Route>,
+}
+
+/// A share of a host's requests carrying a profile's headers and cookies, and the route
+/// they take.
+#[derive(Debug, Clone)]
+pub struct ProfileRoute {
+    /// Fraction of the host's requests.
+    pub share: f64,
+    /// The first rule that matches them (`None`: no route matches).
+    pub route: Option<usize>,
 }
 
 /// One `spec.http[]` entry.
@@ -52,6 +69,17 @@ pub struct Route {
     pub destinations: Vec<Destination>,
     /// Their weights, in order.
     pub weights: Vec<u32>,
+    /// `mirror` with `mirrorPercentage`: a copy of that share of the route's requests goes
+    /// there too, and its answer is dropped.
+    pub mirror: Option<Mirror>,
+}
+
+/// Where a route mirrors its requests.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    pub destination: Destination,
+    /// Percent of the route's requests copied, 0..=100.
+    pub percent: f64,
 }
 
 /// One weighted destination of a route.
@@ -113,7 +141,11 @@ impl Table {
             .hosts
             .iter_mut()
             .flat_map(|h| &mut h.routes)
-            .flat_map(|r| &mut r.destinations)
+            .flat_map(|r| {
+                r.destinations
+                    .iter_mut()
+                    .chain(r.mirror.as_mut().map(|m| &mut m.destination))
+            })
         {
             dest.unknown_series = intern(&dest.unknown_labels);
             if let Target::Endpoints(endpoints) = &mut dest.target {
@@ -136,12 +168,14 @@ struct Revision<'a> {
 }
 
 /// Computes the routing table. `default_header_share` applies to VirtualServices without the
-/// `sim.steerer.dev/header-share` annotation.
+/// `sim.steerer.dev/header-share` annotation; `traffic` gives each Service's requests their
+/// headers and cookies.
 pub fn build(
     virtual_services: &[Arc<Value>],
     services: &[Arc<Value>],
     replicasets: &[Arc<Value>],
     default_header_share: f64,
+    traffic: &TrafficProfiles,
 ) -> Table {
     let empty = serde_json::Map::new();
     let mut services_by_key: HashMap<(&str, &str), &Value> = HashMap::new();
@@ -221,6 +255,7 @@ pub fn build(
                 Route {
                     weights: destinations.iter().map(|d| d.weight).collect(),
                     destinations,
+                    mirror: mirror(rule, ns, &services_by_key, &revisions_by_ns),
                 }
             })
             .collect();
@@ -233,16 +268,50 @@ pub fn build(
             .flatten()
             .filter_map(Value::as_str)
         {
+            let profiles = traffic_of(host, ns, http, traffic)
+                .into_iter()
+                .flatten()
+                .map(|profile| ProfileRoute {
+                    share: profile.share,
+                    route: http
+                        .iter()
+                        .position(|rule| rule_takes(rule, &Request::Carrying(profile))),
+                })
+                .collect();
             hosts.push(HostEntry {
                 key: format!("{ns}/{name}/{host}"),
                 header_share,
                 plain_route,
                 tagged_route,
+                profiles,
                 routes: routes.clone(),
             });
         }
     }
     Table { hosts }
+}
+
+/// The `POST /sim/traffic` rules of a host's requests: those of the Service the host names,
+/// else (a Gateway API hostname such as `podinfo.example.com` names none) those of the first
+/// Service the routes send to that has any.
+fn traffic_of<'a>(
+    host: &str,
+    ns: &str,
+    http: &[Value],
+    traffic: &'a TrafficProfiles,
+) -> Option<&'a Vec<Profile>> {
+    let (name, namespace) = resolve_host(host, ns);
+    if let Some(rules) = traffic.get(&(namespace, name)) {
+        return Some(rules);
+    }
+    http.iter()
+        .filter_map(|rule| rule.get("route").and_then(Value::as_array))
+        .flatten()
+        .filter_map(|dest| dest.pointer("/destination/host").and_then(Value::as_str))
+        .find_map(|dest| {
+            let (name, namespace) = resolve_host(dest, ns);
+            traffic.get(&(namespace, name))
+        })
 }
 
 fn str_at<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
@@ -270,59 +339,90 @@ fn destinations(
                 .and_then(Value::as_u64)
                 .and_then(|w| u32::try_from(w).ok())
                 .unwrap_or(if single { 100 } else { 0 });
-            let (svc_name, svc_ns) = resolve_host(host, vs_ns);
-            let service_host = format!("{svc_name}.{svc_ns}.svc.cluster.local");
-            let service = services.get(&(svc_ns.as_str(), svc_name.as_str()));
-            let target = match service {
-                None => Target::NoCluster,
-                Some(svc) => {
-                    let selector = svc.pointer("/spec/selector").and_then(Value::as_object);
-                    let endpoints = match selector {
-                        Some(selector) if !selector.is_empty() => revisions
-                            .get(svc_ns.as_str())
-                            .into_iter()
-                            .flatten()
-                            .filter(|rev| rev.ready > 0 && selects(selector, rev.labels))
-                            .map(|rev| endpoint(rev, &svc_ns, &service_host, &svc_name))
-                            .collect(),
-                        _ => Vec::new(),
-                    };
-                    Target::Endpoints(endpoints)
-                }
-            };
-            let unknown_labels = labels::destination_labels(&labels::DestinationLabels {
-                workload: "unknown",
-                namespace: "unknown",
-                principal: "unknown",
-                app: "unknown",
-                version: "unknown",
-                canonical_service: "unknown",
-                canonical_revision: "unknown",
-                service_host: &service_host,
-                service_name: if matches!(target, Target::NoCluster) {
-                    "unknown"
-                } else {
-                    &svc_name
-                },
-                service_namespace: if matches!(target, Target::NoCluster) {
-                    "unknown"
-                } else {
-                    &svc_ns
-                },
-            });
-            let ready_weights = match &target {
-                Target::Endpoints(endpoints) => endpoints.iter().map(|e| e.ready).collect(),
-                Target::NoCluster => Vec::new(),
-            };
-            Some(Destination {
-                weight,
-                unknown_labels: unknown_labels.into(),
-                unknown_series: 0,
-                target,
-                ready_weights,
-            })
+            Some(destination(host, weight, vs_ns, services, revisions))
         })
         .collect()
+}
+
+/// A rule's `mirror` (Istio's `mirrorPercentage` defaults to all requests).
+fn mirror(
+    rule: &Value,
+    vs_ns: &str,
+    services: &HashMap<(&str, &str), &Value>,
+    revisions: &HashMap<&str, Vec<Revision<'_>>>,
+) -> Option<Mirror> {
+    let host = rule.pointer("/mirror/host").and_then(Value::as_str)?;
+    let percent = rule
+        .pointer("/mirrorPercentage/value")
+        .and_then(Value::as_f64)
+        .filter(|p| p.is_finite())
+        .unwrap_or(100.0)
+        .clamp(0.0, 100.0);
+    Some(Mirror {
+        destination: destination(host, 100, vs_ns, services, revisions),
+        percent,
+    })
+}
+
+/// One destination host with its weight, resolved to the ready pods behind its Service.
+fn destination(
+    host: &str,
+    weight: u32,
+    vs_ns: &str,
+    services: &HashMap<(&str, &str), &Value>,
+    revisions: &HashMap<&str, Vec<Revision<'_>>>,
+) -> Destination {
+    let (svc_name, svc_ns) = resolve_host(host, vs_ns);
+    let service_host = format!("{svc_name}.{svc_ns}.svc.cluster.local");
+    let service = services.get(&(svc_ns.as_str(), svc_name.as_str()));
+    let target = match service {
+        None => Target::NoCluster,
+        Some(svc) => {
+            let selector = svc.pointer("/spec/selector").and_then(Value::as_object);
+            let endpoints = match selector {
+                Some(selector) if !selector.is_empty() => revisions
+                    .get(svc_ns.as_str())
+                    .into_iter()
+                    .flatten()
+                    .filter(|rev| rev.ready > 0 && selects(selector, rev.labels))
+                    .map(|rev| endpoint(rev, &svc_ns, &service_host, &svc_name))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Target::Endpoints(endpoints)
+        }
+    };
+    let unknown_labels = labels::destination_labels(&labels::DestinationLabels {
+        workload: "unknown",
+        namespace: "unknown",
+        principal: "unknown",
+        app: "unknown",
+        version: "unknown",
+        canonical_service: "unknown",
+        canonical_revision: "unknown",
+        service_host: &service_host,
+        service_name: if matches!(target, Target::NoCluster) {
+            "unknown"
+        } else {
+            &svc_name
+        },
+        service_namespace: if matches!(target, Target::NoCluster) {
+            "unknown"
+        } else {
+            &svc_ns
+        },
+    });
+    let ready_weights = match &target {
+        Target::Endpoints(endpoints) => endpoints.iter().map(|e| e.ready).collect(),
+        Target::NoCluster => Vec::new(),
+    };
+    Destination {
+        weight,
+        unknown_labels: unknown_labels.into(),
+        unknown_series: 0,
+        target,
+        ready_weights,
+    }
 }
 
 fn selects(
@@ -402,27 +502,76 @@ pub fn resolve_host(host: &str, vs_ns: &str) -> (String, String) {
     }
 }
 
+/// A synthetic request as route matches see it: every one is `GET /` from the ingress
+/// gateway, with no headers, with every header the rule asks for ("tagged"), or with the
+/// headers and cookies of a `POST /sim/traffic` rule.
+#[derive(Debug, Clone, Copy)]
+pub enum Request<'a> {
+    Plain,
+    Tagged,
+    Carrying(&'a Profile),
+}
+
 /// Whether an `http[]` rule takes a synthetic request. Synthetic requests are `GET /` from
 /// the ingress gateway; a "tagged" request also carries every header and query parameter the
 /// rule asks for (and so fails `withoutHeaders`).
 pub fn rule_matches(rule: &Value, tagged: bool) -> bool {
+    rule_takes(
+        rule,
+        &if tagged {
+            Request::Tagged
+        } else {
+            Request::Plain
+        },
+    )
+}
+
+/// Whether an `http[]` rule takes `request`.
+pub fn rule_takes(rule: &Value, request: &Request<'_>) -> bool {
     let Some(matches) = rule.get("match").and_then(Value::as_array) else {
         return true;
     };
-    matches.is_empty() || matches.iter().any(|m| request_matches(m, tagged))
+    matches.is_empty() || matches.iter().any(|m| request_matches(m, request))
 }
 
-fn request_matches(m: &Value, tagged: bool) -> bool {
-    let non_empty = |field: &str| {
+fn request_matches(m: &Value, request: &Request<'_>) -> bool {
+    let fields = |field: &str| {
         m.get(field)
             .and_then(Value::as_object)
-            .is_some_and(|o| !o.is_empty())
+            .filter(|o| !o.is_empty())
     };
-    if (non_empty("headers") || non_empty("queryParams")) && !tagged {
-        return false;
-    }
-    if non_empty("withoutHeaders") && tagged {
-        return false;
+    match request {
+        Request::Plain => {
+            if fields("headers").is_some() || fields("queryParams").is_some() {
+                return false;
+            }
+        }
+        Request::Tagged => {
+            if fields("withoutHeaders").is_some() {
+                return false;
+            }
+        }
+        Request::Carrying(profile) => {
+            // Profiles carry headers and cookies, never query parameters.
+            if fields("queryParams").is_some() {
+                return false;
+            }
+            let carries = |name: &str, matcher: &Value| {
+                profile
+                    .header(name)
+                    .is_some_and(|value| string_matches(matcher, &value))
+            };
+            if let Some(headers) = fields("headers")
+                && !headers.iter().all(|(name, matcher)| carries(name, matcher))
+            {
+                return false;
+            }
+            if let Some(without) = fields("withoutHeaders")
+                && without.iter().any(|(name, matcher)| carries(name, matcher))
+            {
+                return false;
+            }
+        }
     }
     if let Some(uri) = m.get("uri")
         && !string_matches(uri, "/")
@@ -437,13 +586,17 @@ fn request_matches(m: &Value, tagged: bool) -> bool {
     true
 }
 
-/// An Istio StringMatch against a value; a regex is taken to match (no regex engine here).
+/// An Istio StringMatch against a value: `exact`, `prefix`, or `regex` matching the whole
+/// value (RE2 syntax, as Envoy has it; a regex that does not compile matches nothing).
 fn string_matches(matcher: &Value, value: &str) -> bool {
     if let Some(exact) = matcher.get("exact").and_then(Value::as_str) {
         return exact == value;
     }
     if let Some(prefix) = matcher.get("prefix").and_then(Value::as_str) {
         return value.starts_with(prefix);
+    }
+    if let Some(regex) = matcher.get("regex").and_then(Value::as_str) {
+        return regex::Regex::new(&format!("^(?:{regex})$")).is_ok_and(|re| re.is_match(value));
     }
     true
 }
@@ -487,8 +640,13 @@ pub struct HostState {
     /// Fraction of a request not sent yet.
     pub pending: f64,
     tagged: f64,
+    /// Fractions of a request not sent yet, per profile.
+    profiles: Vec<f64>,
     /// Per route, then per destination of the route.
     routes: Vec<(WeightedRoundRobin, Vec<WeightedRoundRobin>)>,
+    /// Per route: the fraction of a mirrored copy not sent yet, and how the copies share the
+    /// mirror's pods.
+    mirrors: Vec<(f64, WeightedRoundRobin)>,
 }
 
 /// Per-endpoint error accumulators, so a 0.2 error rate fails exactly one request in five.
@@ -508,6 +666,8 @@ pub struct Outcome<'a> {
     pub code: u16,
     /// Envoy response flags (`-`, `UH`, `NC`).
     pub flags: &'static str,
+    /// A mirrored copy: its destination served it, and nobody saw the answer.
+    pub mirrored: bool,
 }
 
 impl HostState {
@@ -521,14 +681,34 @@ impl HostState {
         error_override: &dyn Fn(&str, &str) -> Option<f64>,
         sink: &mut dyn FnMut(Outcome<'a>),
     ) {
-        self.tagged += count as f64 * entry.header_share;
-        let tagged = self.tagged.floor();
-        self.tagged -= tagged;
-        let tagged = (tagged as u64).min(count);
-        for (route, n) in [
-            (entry.tagged_route, tagged),
-            (entry.plain_route, count - tagged),
-        ] {
+        let mut classes = Vec::with_capacity(entry.profiles.len() + 2);
+        let mut left = count;
+        if entry.profiles.is_empty() {
+            self.tagged += count as f64 * entry.header_share;
+            let tagged = self.tagged.floor();
+            self.tagged -= tagged;
+            let tagged = (tagged as u64).min(left);
+            left -= tagged;
+            classes.push((entry.tagged_route, tagged));
+        } else {
+            if self.profiles.len() != entry.profiles.len() {
+                self.profiles = vec![0.0; entry.profiles.len()];
+            }
+            for (profile, pending) in entry.profiles.iter().zip(&mut self.profiles) {
+                *pending += count as f64 * profile.share;
+                let n = pending.floor();
+                *pending -= n;
+                let n = (n as u64).min(left);
+                left -= n;
+                classes.push((profile.route, n));
+            }
+        }
+        classes.push((entry.plain_route, left));
+        if self.mirrors.len() < entry.routes.len() {
+            self.mirrors
+                .resize_with(entry.routes.len(), Default::default);
+        }
+        for (route, n) in classes {
             let Some(route_index) = route else {
                 continue;
             };
@@ -543,7 +723,29 @@ impl HostState {
             if endpoint_rrs.len() != route.destinations.len() {
                 endpoint_rrs.resize_with(route.destinations.len(), Default::default);
             }
+            let (mirror_pending, mirror_rr) = &mut self.mirrors[route_index];
             for _ in 0..n {
+                if let Some(mirror) = &route.mirror {
+                    *mirror_pending += mirror.percent / 100.0;
+                    if *mirror_pending >= 1.0 - 1e-9 {
+                        *mirror_pending -= 1.0;
+                        // A copy nobody can serve is dropped without a trace, as Envoy does.
+                        if let Target::Endpoints(endpoints) = &mirror.destination.target
+                            && let Some(i) = mirror_rr.pick(&mirror.destination.ready_weights)
+                        {
+                            let ep = &endpoints[i];
+                            let rate = error_override(&ep.namespace, &ep.workload)
+                                .unwrap_or(ep.error_rate);
+                            sink(Outcome {
+                                series: ep.series,
+                                endpoint: Some(ep),
+                                code: errors.answer(ep, rate),
+                                flags: "-",
+                                mirrored: true,
+                            });
+                        }
+                    }
+                }
                 let Some(dest_index) = route_rr.pick(&route.weights) else {
                     break;
                 };
@@ -555,6 +757,7 @@ impl HostState {
                             endpoint: None,
                             code: 503,
                             flags: "NC",
+                            mirrored: false,
                         });
                         continue;
                     }
@@ -566,6 +769,7 @@ impl HostState {
                         endpoint: None,
                         code: 503,
                         flags: "UH",
+                        mirrored: false,
                     });
                     continue;
                 };
@@ -577,6 +781,7 @@ impl HostState {
                     endpoint: Some(ep),
                     code,
                     flags: "-",
+                    mirrored: false,
                 });
             }
         }
@@ -677,6 +882,7 @@ mod tests {
                 replicaset("podinfo-canary", "b", 1, json!({})),
             ],
             0.1,
+            &TrafficProfiles::new(),
         );
         let counts = send(&table, 1000, &no_override);
         assert_eq!(counts[&("podinfo".to_owned(), 200, "-")], 900);
@@ -702,6 +908,7 @@ mod tests {
                 replicaset("podinfo-canary", "b", 1, json!({})),
             ],
             0.1,
+            &TrafficProfiles::new(),
         );
         let counts = send(&table, 400, &no_override);
         assert_eq!(counts[&("podinfo-canary".to_owned(), 200, "-")], 100);
@@ -718,6 +925,7 @@ mod tests {
                 replicaset("podinfo-canary", "b", 0, json!({})),
             ],
             0.1,
+            &TrafficProfiles::new(),
         );
         let counts = send(&table, 100, &no_override);
         assert_eq!(counts[&("unknown".to_owned(), 503, "UH")], 50);
@@ -726,7 +934,13 @@ mod tests {
 
     #[test]
     fn destination_without_a_service_answers_503_no_cluster() {
-        let table = build(&[split_vs(0, 100)], &[service("podinfo")], &[], 0.1);
+        let table = build(
+            &[split_vs(0, 100)],
+            &[service("podinfo")],
+            &[],
+            0.1,
+            &TrafficProfiles::new(),
+        );
         let counts = send(&table, 10, &no_override);
         assert_eq!(counts[&("unknown".to_owned(), 503, "NC")], 10);
     }
@@ -759,6 +973,7 @@ mod tests {
                     json!({LATENCY_ANNOTATION: annotated}),
                 )],
                 0.1,
+                &TrafficProfiles::new(),
             );
             let mut rng = rand::rng();
             let mut latencies = Vec::new();
@@ -790,6 +1005,7 @@ mod tests {
                 &[service("podinfo-canary")],
                 &[replicaset("podinfo-canary", "b", 1, annotations)],
                 0.1,
+                &TrafficProfiles::new(),
             );
             let mut rng = rand::rng();
             let mut latencies = Vec::new();
@@ -850,6 +1066,7 @@ mod tests {
                 ),
             ],
             0.1,
+            &TrafficProfiles::new(),
         );
         let counts = send(&table, 1000, &no_override);
         let errors: u64 = counts
@@ -865,6 +1082,134 @@ mod tests {
             (workload == "podinfo-canary").then_some(0.0)
         });
         assert_eq!(counts[&("podinfo-canary".to_owned(), 200, "-")], 100);
+    }
+
+    fn profile(share: f64, headers: &[(&str, &str)], cookies: &[(&str, &str)]) -> Profile {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        Profile {
+            share,
+            headers: map(headers),
+            cookies: map(cookies),
+        }
+    }
+
+    fn workloads() -> (Vec<Arc<Value>>, Vec<Arc<Value>>) {
+        (
+            vec![service("podinfo"), service("podinfo-canary")],
+            vec![
+                replicaset("podinfo", "a", 2, json!({})),
+                replicaset("podinfo-canary", "b", 1, json!({})),
+            ],
+        )
+    }
+
+    #[test]
+    fn requests_carrying_a_rules_headers_or_cookies_take_the_routes_matching_them() {
+        let vs = arc(json!({
+            "metadata": {"name": "podinfo", "namespace": "test"},
+            "spec": {"hosts": ["podinfo"], "http": [
+                {"match": [{"headers": {"x-cohort": {"exact": "beta"}}},
+                           {"headers": {"cookie": {"regex": "^(.*?;\\s*)?plan=gold(;.*)?$"}}}],
+                 "route": [{"destination": {"host": "podinfo-canary"}}]},
+                {"match": [{"headers": {"user-agent": {"prefix": "Mobile"}},
+                            "withoutHeaders": {"x-cohort": {"regex": "al.*"}}}],
+                 "route": [{"destination": {"host": "podinfo-canary"}}]},
+                {"route": [{"destination": {"host": "podinfo"}}]},
+            ]},
+        }));
+        let (services, replicasets) = workloads();
+        let traffic: TrafficProfiles = [(
+            ("test".to_owned(), "podinfo".to_owned()),
+            vec![
+                profile(0.3, &[("x-cohort", "beta")], &[]),
+                profile(0.2, &[], &[("session", "1"), ("plan", "gold")]),
+                profile(
+                    0.1,
+                    &[("x-cohort", "alpha"), ("user-agent", "Mobile/1")],
+                    &[],
+                ),
+                profile(0.1, &[("user-agent", "Mobile/2")], &[]),
+                profile(0.1, &[("x-cohort", "beta2")], &[("plan", "golden")]),
+            ],
+        )]
+        .into();
+        let table = build(&[vs], &services, &replicasets, 0.1, &traffic);
+        let routes: Vec<_> = table.hosts[0].profiles.iter().map(|p| p.route).collect();
+        assert_eq!(routes, [Some(0), Some(0), Some(2), Some(1), Some(2)]);
+        let counts = send(&table, 1000, &no_override);
+        // 0.3 + 0.2 + 0.1 to the canary; the rest (and none of the old tagged share) to GA.
+        assert_eq!(counts[&("podinfo-canary".to_owned(), 200, "-")], 600);
+        assert_eq!(counts[&("podinfo".to_owned(), 200, "-")], 400);
+        // Another Service's rules change nothing here.
+        let elsewhere: TrafficProfiles = [(
+            ("test".to_owned(), "cart".to_owned()),
+            vec![profile(1.0, &[("x-cohort", "beta")], &[])],
+        )]
+        .into();
+        let table = build(
+            &[split_vs(100, 0)],
+            &services,
+            &replicasets,
+            0.0,
+            &elsewhere,
+        );
+        assert!(table.hosts[0].profiles.is_empty());
+        // A host that names no Service (a Gateway API hostname) takes the rules of the
+        // Services it routes to.
+        let mut hostname = (*split_vs(100, 0)).clone();
+        hostname["spec"]["hosts"] = json!(["podinfo.example.com"]);
+        let table = build(&[arc(hostname)], &services, &replicasets, 0.0, &traffic);
+        assert_eq!(table.hosts[0].profiles.len(), 5);
+    }
+
+    #[test]
+    fn a_mirror_serves_and_reports_a_copy_of_its_share_of_the_routes_requests() {
+        let vs = arc(json!({
+            "metadata": {"name": "podinfo", "namespace": "test"},
+            "spec": {"hosts": ["podinfo"], "http": [
+                {"route": [{"destination": {"host": "podinfo"}}],
+                 "mirror": {"host": "podinfo-canary.test.svc.cluster.local"},
+                 "mirrorPercentage": {"value": 25.0}},
+            ]},
+        }));
+        let (services, replicasets) = workloads();
+        let table = build(&[vs], &services, &replicasets, 0.1, &TrafficProfiles::new());
+        let mut state = HostState::default();
+        let mut errors = ErrorState::default();
+        let mut seen: HashMap<(String, bool), u64> = HashMap::new();
+        state.send(&table.hosts[0], 1000, &mut errors, &no_override, &mut |o| {
+            let workload = o
+                .endpoint
+                .map_or("unknown".to_owned(), |e| e.workload.clone());
+            *seen.entry((workload, o.mirrored)).or_default() += 1;
+        });
+        assert_eq!(seen[&("podinfo".to_owned(), false)], 1000);
+        assert_eq!(seen[&("podinfo-canary".to_owned(), true)], 250);
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        // Without mirrorPercentage, Istio mirrors every request.
+        let all = arc(json!({
+            "metadata": {"name": "podinfo", "namespace": "test"},
+            "spec": {"hosts": ["podinfo"], "http": [
+                {"route": [{"destination": {"host": "podinfo"}}],
+                 "mirror": {"host": "podinfo-canary"}},
+            ]},
+        }));
+        let table = build(
+            &[all],
+            &services,
+            &replicasets,
+            0.1,
+            &TrafficProfiles::new(),
+        );
+        assert_eq!(
+            table.hosts[0].routes[0].mirror.as_ref().unwrap().percent,
+            100.0
+        );
     }
 
     #[test]

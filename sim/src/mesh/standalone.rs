@@ -1,6 +1,6 @@
 //! The mesh apart from the simulated API (`steerer-sim mesh`): the traffic engine over watch
 //! caches of any API server (a real kube-apiserver or a simulator), serving on one address
-//! `/metrics` and the run-time controls `/sim/error-rate` and `/sim/load`.
+//! `/metrics` and the run-time controls `/sim/error-rate`, `/sim/load` and `/sim/traffic`.
 //!
 //! | request | body | effect |
 //! |---|---|---|
@@ -8,6 +8,7 @@
 //! | `GET /sim` | | this list, as text |
 //! | `POST /sim/error-rate` | `{"namespace": "test", "deployment": "podinfo-canary", "rate": 0.2}` (`null` restores the annotation) | overrides a workload's 5xx rate |
 //! | `POST /sim/load` | `{"namespace": "test", "hpa": "podinfo-canary", "load": 2.0}` | drives that HPA through the API (see [`super::autoscale`]) |
+//! | `POST /sim/traffic` | `{"namespace": "test", "service": "podinfo", "share": 0.3, "headers"?: {…}, "cookies"?: {…}}` or `{"namespace", "service", "clear": true}` | headers and cookies of a share of that Service's requests (see [`super::traffic`]) |
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ const HELP: &str = "steerer-sim mesh endpoints:
 GET    /metrics                    Istio request metrics
 POST   /sim/error-rate             {\"namespace\", \"deployment\", \"rate\": number|null}
 POST   /sim/load                   {\"namespace\", \"hpa\", \"load\"}
+POST   /sim/traffic                {\"namespace\", \"service\", \"share\", \"headers\"?, \"cookies\"?} or {\"namespace\", \"service\", \"clear\": true}
 ";
 
 /// Everything [`StandaloneMesh::start`] needs.
@@ -223,7 +225,7 @@ impl Drop for StandaloneMesh {
     }
 }
 
-/// `GET /sim`, `POST /sim/error-rate` and `POST /sim/load`, answering as the simulator's own
+/// `GET /sim`, `POST /sim/error-rate`, `POST /sim/load` and `POST /sim/traffic`, answering as the simulator's own
 /// admin endpoints do.
 fn controls(mesh: &Arc<Mesh>, loads: &Arc<Loads>) -> Router {
     let ok = || (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response();
@@ -253,6 +255,22 @@ fn controls(mesh: &Arc<Mesh>, loads: &Arc<Loads>) -> Router {
             }
         }
     };
+    let traffic = {
+        let mesh = Arc::clone(mesh);
+        move |body: Bytes| async move {
+            match mesh.traffic().apply(&body) {
+                Ok(rules) => {
+                    tracing::info!(rules = rules.len(), "traffic rules set");
+                    (
+                        StatusCode::OK,
+                        axum::Json(serde_json::json!({"rules": rules})),
+                    )
+                        .into_response()
+                }
+                Err(e) => e.into_response(),
+            }
+        }
+    };
     Router::new()
         .route(
             "/sim",
@@ -262,4 +280,5 @@ fn controls(mesh: &Arc<Mesh>, loads: &Arc<Loads>) -> Router {
         )
         .route("/sim/error-rate", post(error_rate))
         .route("/sim/load", post(load))
+        .route("/sim/traffic", post(traffic))
 }

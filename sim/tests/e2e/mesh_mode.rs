@@ -438,3 +438,174 @@ async fn mesh_command_names_a_virtual_service_version_the_server_does_not_serve(
     assert!(output.stdout.is_empty());
     sim.shutdown().await;
 }
+
+/// Replaces the example VirtualService's routes.
+async fn set_vs_http(client: &kube::Client, http: Value) {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NS, &virtual_service_resource("v1"));
+    let patch = json!({"spec": {"http": http}});
+    api.patch("podinfo", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn standalone_mesh_routes_a_shares_headers_and_cookies_by_match_and_mirrors_a_share() {
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).unwrap();
+    let mesh = StandaloneMesh::start(MeshConfig {
+        kubeconfig: Some(kubeconfig),
+        request_rate: 200.0,
+        scope: Scope::default(),
+        ..MeshConfig::default()
+    })
+    .await
+    .unwrap();
+    let addr = mesh.metrics_addr();
+    let client = kube::Client::try_from(sim.kube_config().await.unwrap()).unwrap();
+    let wait = Duration::from_secs(30);
+    let canary = json!([{"destination": {"host": "podinfo-canary"}}]);
+    let ga = json!([{"destination": {"host": "podinfo"}}]);
+
+    // An A/B route: a header, or a cookie (matched on the cookie header, as Istio does).
+    set_vs_http(
+        &client,
+        json!([
+            {"match": [{"headers": {"x-cohort": {"exact": "beta"}}},
+                       {"headers": {"cookie": {"regex": "^(.*?;\\s*)?plan=gold(;.*)?$"}}}],
+             "route": canary},
+            {"route": ga},
+        ]),
+    )
+    .await;
+    let rule = json!({"namespace": NS, "service": "podinfo", "share": 0.3,
+                      "headers": {"X-Cohort": "beta"}});
+    assert_eq!(post(addr, "/sim/traffic", rule).await, 200);
+    eventually(addr, "the header's 30% on the canary", wait, |w| {
+        near(w.canary_share(), 0.3, 0.04)
+    })
+    .await;
+    let rules = json!({"namespace": NS, "service": "podinfo", "share": 0.2,
+                       "cookies": {"plan": "gold", "session": "42"}});
+    assert_eq!(post(addr, "/sim/traffic", rules).await, 200);
+    let other = json!({"namespace": NS, "service": "podinfo", "share": 0.2,
+                       "cookies": {"plan": "golden"}});
+    assert_eq!(post(addr, "/sim/traffic", other).await, 200);
+    eventually(addr, "header and cookie, 50% on the canary", wait, |w| {
+        near(w.canary_share(), 0.5, 0.04)
+    })
+    .await;
+    // Shares past all requests, and names that are no HTTP token, change nothing.
+    let over = json!({"namespace": NS, "service": "podinfo", "share": 0.5});
+    assert_eq!(post(addr, "/sim/traffic", over).await, 400);
+    let bad = json!({"namespace": NS, "service": "podinfo", "share": 0.1,
+                     "headers": {"x cohort": "beta"}});
+    assert_eq!(post(addr, "/sim/traffic", bad).await, 400);
+    let clear = json!({"namespace": NS, "service": "podinfo", "clear": true});
+    assert_eq!(post(addr, "/sim/traffic", clear).await, 200);
+
+    // Mirroring: GA answers every request, and the canary serves a copy of a quarter of them,
+    // which only its own sidecar reports.
+    set_vs_http(
+        &client,
+        json!([{"route": ga, "mirror": {"host": "podinfo-canary"},
+                "mirrorPercentage": {"value": 25.0}}]),
+    )
+    .await;
+    let window = eventually(addr, "a quarter of GA's requests mirrored", wait, |w| {
+        let ga = w.answered("podinfo");
+        ga > 100.0 && (w.answered("podinfo-canary") / ga - 0.25).abs() <= 0.03
+    })
+    .await;
+    let seen_by_gateway = window.sum(|s| s.reporter == "source" && s.workload == "podinfo-canary");
+    assert_eq!(seen_by_gateway, 0.0, "the caller never sees the copy");
+
+    mesh.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// The simulator's own mesh, driven through its API address: an HTTPRoute (whose hostname
+/// names no Service) routes the share of `podinfo`'s requests that carries a header matching
+/// its regular expression to the canary, and its RequestMirror filter copies a share of the
+/// rest to the canary too.
+#[tokio::test]
+async fn the_simulators_api_takes_traffic_rules_for_an_httproutes_header_match_and_mirror() {
+    let workloads: Vec<PathBuf> = std::fs::read_dir(artifacts().join("workloads"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| !path.ends_with("podinfo-virtualservice.yaml"))
+        .collect();
+    let mut apply = vec![
+        artifacts().join("gateway-api"),
+        artifacts().join("namespace"),
+    ];
+    apply.extend(workloads);
+    let sim = Sim::start(SimConfig {
+        timing: Timing::fast(),
+        request_rate: 200.0,
+        apply,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = kube::Client::try_from(sim.kube_config().await.unwrap()).unwrap();
+    let routes: Api<DynamicObject> = Api::namespaced_with(
+        client,
+        NS,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+            "httproutes",
+        ),
+    );
+    let route: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "podinfo", "namespace": NS},
+        "spec": {
+            "parentRefs": [{"name": "gateway"}],
+            "hostnames": ["podinfo.example.com"],
+            "rules": [
+                {"matches": [{"headers": [{"type": "RegularExpression", "name": "X-Cohort",
+                                           "value": "beta|gamma"}]}],
+                 "backendRefs": [{"name": "podinfo-canary", "port": 9898}]},
+                {"backendRefs": [{"name": "podinfo", "port": 9898}],
+                 "filters": [{"type": "RequestMirror", "requestMirror": {
+                     "backendRef": {"name": "podinfo-canary", "port": 9898}, "percent": 50}}]},
+            ],
+        },
+    }))
+    .unwrap();
+    routes
+        .create(&kube::api::PostParams::default(), &route)
+        .await
+        .unwrap();
+    let api = sim.api_addr();
+    let addr = sim.metrics_addr();
+    let wait = Duration::from_secs(30);
+    for (share, cohort) in [(0.2, "beta"), (0.1, "gamma"), (0.1, "delta")] {
+        let rule = json!({"namespace": NS, "service": "podinfo", "share": share,
+                          "headers": {"x-cohort": cohort}});
+        assert_eq!(post(api, "/sim/traffic", rule).await, 200);
+    }
+    // Of every 100 requests, 30 match and go to the canary; the other 70 go to GA, which
+    // mirrors 35 of them to the canary: the canary serves 65, the gateway sees it answer 30.
+    eventually(
+        addr,
+        "matches and mirrored copies on the canary",
+        wait,
+        |w| {
+            let ga = w.answered("podinfo");
+            let canary = w.answered("podinfo-canary");
+            let routed = w.sum(|s| s.reporter == "source" && s.workload == "podinfo-canary");
+            ga > 100.0
+                && (canary / ga - 65.0 / 70.0).abs() <= 0.08
+                && (routed / ga - 30.0 / 70.0).abs() <= 0.05
+        },
+    )
+    .await;
+    let over = json!({"namespace": NS, "service": "podinfo", "share": 0.8});
+    assert_eq!(post(api, "/sim/traffic", over).await, 400);
+    sim.shutdown().await;
+}

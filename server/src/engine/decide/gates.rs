@@ -52,7 +52,10 @@ pub fn hooks_due(
         Phase::Progressing if check_due(state, obs, now) => {
             add(WebhookKind::Rollout);
             add(WebhookKind::Rollback);
-            if settings.strategy.completes_at(state.canary_weight) {
+            if settings
+                .strategy
+                .completes_at(state.canary_weight, state.passed_checks)
+            {
                 add(WebhookKind::ConfirmPromotion);
             }
         }

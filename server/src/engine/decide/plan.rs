@@ -177,18 +177,23 @@ pub fn written_unrecorded(state: &Rollout, weight: u32) -> bool {
 pub(super) fn step_up(d: &mut Decision, state: &Rollout, to: u32, now: DateTime<Utc>, why: String) {
     let settings = &state.analysis;
     let from = state.canary_weight;
-    d.actions.push(Action::SetCanaryWeight(to));
-    d.next.canary_weight = to;
     d.next.last_step_at = Some(now);
     d.next.quiet = None;
+    d.wake = settings.interval;
+    if to == from && from > 0 {
+        // An A/B test between checks: the traffic stays as it is for another interval.
+        return;
+    }
+    d.actions.push(Action::SetCanaryWeight(to));
+    d.next.canary_weight = to;
     if d.next.traffic_since.is_none() && to > 0 {
         d.next.traffic_since = Some(now);
     }
-    d.wake = settings.interval;
-    d.emit(
-        EventKind::WeightChanged,
-        format!("{why}; canary weight {from}% -> {to}%"),
-    );
+    let what = match settings.strategy.routes(to) {
+        Some(routes) => format!("{why}; {routes}"),
+        None => format!("{why}; canary weight {from}% -> {to}%"),
+    };
+    d.emit(EventKind::WeightChanged, what);
 }
 
 /// A new canary revision: the analysis starts again from weight 0, with its own evidence,
@@ -199,6 +204,7 @@ pub(super) fn restart(d: &mut Decision, state: &Rollout, revision: &str) {
     }
     d.next.canary_weight = 0;
     d.next.failed_checks = 0;
+    d.next.passed_checks = 0;
     d.next.phase = Phase::Pending;
     d.next.revision = String::new();
     d.next.halted_since = None;

@@ -13,7 +13,7 @@ use super::judge::{Verdict, evaluate_all, rate_note};
 use super::plan::{evidence_window, interval_elapsed, next_step, restart, step_up, until_tick};
 use super::promotion::begin_promotion;
 use super::{Action, Decision, Observation, poll};
-use crate::domain::{AnalysisRecord, Breaches, EventKind, Next, Phase, Rollout, Sample};
+use crate::domain::{AnalysisRecord, Breaches, EventKind, Next, Phase, Rollout, Sample, Strategy};
 
 pub(super) fn pending(d: &mut Decision, state: &Rollout, obs: &Observation, now: DateTime<Utc>) {
     if objects_missing(d, state, obs, now) {
@@ -219,12 +219,23 @@ pub(super) fn progressing(
             checks,
         } => {
             d.next.halted_since = None;
-            let message = format!(
-                "check passed at weight {}%: {measured}{}",
-                state.canary_weight,
-                rate_note(request_rate)
-            );
-            if let Next::Weight(to) = settings.strategy.after_pass(state.canary_weight) {
+            let passed = state.passed_checks.saturating_add(1);
+            d.next.passed_checks = passed;
+            let message = match &settings.strategy {
+                Strategy::AbTest { iterations, .. } => format!(
+                    "check {passed} of {iterations} passed on the A/B traffic: {measured}{}",
+                    rate_note(request_rate)
+                ),
+                Strategy::Canary { .. } => format!(
+                    "check passed at weight {}%: {measured}{}",
+                    state.canary_weight,
+                    rate_note(request_rate)
+                ),
+            };
+            if let Next::Weight(to) = settings
+                .strategy
+                .after_pass(state.canary_weight, state.passed_checks)
+            {
                 d.next.quiet = None;
                 d.emit_check(
                     EventKind::CheckPassed,
@@ -246,11 +257,17 @@ pub(super) fn progressing(
                         checks,
                         Breaches::default(),
                     );
+                    let done = match &settings.strategy {
+                        Strategy::AbTest { iterations, .. } => {
+                            format!("A/B analysis passed {iterations} checks")
+                        }
+                        Strategy::Canary { .. } => {
+                            "analysis passed at the maximum weight".to_owned()
+                        }
+                    };
                     let why = match confirmed {
-                        Some(said) => format!(
-                            "analysis passed at the maximum weight and confirm-promotion said yes ({said})"
-                        ),
-                        None => "analysis passed at the maximum weight".to_owned(),
+                        Some(said) => format!("{done} and confirm-promotion said yes ({said})"),
+                        None => done,
                     };
                     begin_promotion(d, ga, canary, obs, &why, now);
                 }

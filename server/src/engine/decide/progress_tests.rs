@@ -91,6 +91,79 @@ fn passing_check_at_max_weight_promotes() {
     assert_eq!(d.next.promotion_min_ready, Some(3));
 }
 
+fn ab_test(r: &mut Rollout) {
+    r.analysis.strategy = crate::domain::Strategy::AbTest {
+        iterations: 3,
+        matches: vec![crate::domain::RequestMatch {
+            on: crate::domain::Matched::Header("x-cohort".into()),
+            value: crate::domain::MatchValue::Exact("beta".into()),
+        }],
+    };
+}
+
+#[test]
+fn an_ab_test_routes_its_matches_to_the_canary_and_says_so() {
+    let state = Rollout::test().prepared().with(ab_test);
+    let d = decide(&state, &Observation::test(), t(1));
+    assert_eq!(
+        d.actions,
+        vec![Action::SetCanaryWeight(crate::domain::AB_WEIGHT)]
+    );
+    assert_eq!(kinds(&d), vec![EventKind::WeightChanged]);
+    assert!(
+        d.events[0]
+            .message
+            .ends_with("A/B: requests with header x-cohort=beta go to the canary, the rest to GA"),
+        "{}",
+        d.events[0].message
+    );
+}
+
+#[test]
+fn an_ab_test_holds_its_route_while_checks_pass_and_promotes_on_the_last_iteration() {
+    let state = Rollout::test().progressing(100, 0).with(ab_test);
+    let first = decide(&state, &Observation::test().measured(100.0, 20.0), t(1));
+    assert!(first.actions.is_empty(), "{:?}", first.actions);
+    assert_eq!(kinds(&first), vec![EventKind::CheckPassed]);
+    assert!(
+        first.events[0]
+            .message
+            .starts_with("check 1 of 3 passed on the A/B traffic: "),
+        "{}",
+        first.events[0].message
+    );
+    assert_eq!(first.next.passed_checks, 1);
+    assert_eq!(first.next.canary_weight, 100);
+    assert_eq!(first.next.last_step_at, Some(t(1)));
+    // The record keeps the count: a restarted server carries on from it.
+    let stored: Rollout =
+        serde_json::from_value(serde_json::to_value(&first.next).unwrap()).unwrap();
+    assert_eq!(stored.passed_checks, 1);
+    let state = stored.with(|r| {
+        r.passed_checks = 2;
+        r.last_step_at = Some(t(0));
+    });
+    let last = decide(&state, &Observation::test().measured(100.0, 20.0), t(1));
+    assert_eq!(last.next.phase, Phase::Promoting);
+    assert_eq!(last.actions, vec![Action::PromoteTemplate]);
+    assert!(
+        last.events[1]
+            .message
+            .contains("A/B analysis passed 3 checks")
+    );
+}
+
+#[test]
+fn a_new_revision_during_an_ab_test_takes_its_rule_out_and_counts_again() {
+    let state = Rollout::test().progressing(100, 0).with(ab_test).with(|r| {
+        r.passed_checks = 2;
+        r.revision = "older".into();
+    });
+    let d = decide(&state, &Observation::test(), t(1));
+    assert_eq!(d.actions, vec![Action::SetCanaryWeight(0)]);
+    assert_eq!(d.next.passed_checks, 0);
+}
+
 #[test]
 fn a_slow_canary_fails_its_check_on_latency_and_the_record_and_event_say_so() {
     let state = Rollout::test()

@@ -8,7 +8,7 @@ use serde_json::Value;
 pub mod split;
 
 use super::patched::{PatchRouter, Rules, Split};
-use super::{KindRouter, RouteKind, RouterContext, RouterError};
+use super::{KindRouter, RequestMatch, RouteKind, RouterContext, RouterError};
 
 /// The rules of VirtualServices.
 pub struct VirtualServices;
@@ -44,6 +44,14 @@ impl Rules for VirtualServices {
         canary_weight: u32,
     ) -> Option<Value> {
         split::weight_patch(splits, spec, resource_version, canary_weight)
+    }
+
+    fn rules_key(&self) -> &'static str {
+        "http"
+    }
+
+    fn ab_rule(&self, spec: &Value, split: &Split, matches: &[RequestMatch], name: &str) -> Value {
+        split::ab_rule(spec, split, matches, name)
     }
 }
 

@@ -3,10 +3,10 @@
 
 use serde_json::{Value, json};
 
-use crate::domain::template_hash;
-use crate::router::RouterError;
+use crate::domain::{MatchValue, Matched, RequestMatch, template_hash};
 #[cfg(test)]
 use crate::router::{RouteSplit, RouteView};
+use crate::router::{RouterError, ab};
 
 /// Whether a VirtualService destination host names `service` in `namespace`
 /// (`svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`).
@@ -177,6 +177,60 @@ pub fn weight_patch(
     )
 }
 
+/// The rule steerer adds ahead of `split` for an A/B test (see [`Rules::ab_rule`]): a copy of
+/// the split route (its rewrites, timeouts and retries apply alike) named `name`, whose match
+/// blocks are the split's own each joined with one of `matches`, and whose one destination is
+/// the canary's. A cookie is matched by a regex on the `Cookie` header.
+///
+/// [`Rules::ab_rule`]: crate::router::patched::Rules::ab_rule
+pub fn ab_rule(spec: &Value, split: &Split, matches: &[RequestMatch], name: &str) -> Value {
+    let route = spec
+        .pointer(&format!("/http/{}", split.rule_index))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let own: Vec<Value> = route
+        .get("match")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+        .cloned()
+        .unwrap_or_else(|| vec![json!({})]);
+    let mut joined = Vec::new();
+    for block in &own {
+        for m in matches {
+            let (header, matcher) = match &m.on {
+                Matched::Header(header) => (
+                    header.to_ascii_lowercase(),
+                    match &m.value {
+                        MatchValue::Exact(v) => json!({"exact": v}),
+                        MatchValue::Prefix(v) => json!({"prefix": v}),
+                        MatchValue::Regex(v) => json!({"regex": v}),
+                    },
+                ),
+                Matched::Cookie(cookie) => (
+                    "cookie".to_owned(),
+                    json!({"regex": ab::cookie_regex(cookie, &m.value)}),
+                ),
+            };
+            let mut block = block.clone();
+            if !block.get("headers").is_some_and(Value::is_object) {
+                block["headers"] = json!({});
+            }
+            block["headers"][header] = matcher;
+            joined.push(block);
+        }
+    }
+    let mut canary = route
+        .pointer(&format!("/route/{}", split.canary_index))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    canary["weight"] = json!(100);
+    let mut rule = route;
+    rule["name"] = json!(name);
+    rule["match"] = Value::Array(joined);
+    rule["route"] = json!([canary]);
+    rule
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,6 +377,7 @@ mod tests {
             name: "vs".into(),
             ga_service: "podinfo".into(),
             canary_service: "podinfo-canary".into(),
+            matches: Vec::new(),
         };
         assert!(matches!(
             super::super::VIRTUAL_SERVICES.view(&spec("podinfo", "podinfo-canary", 70, 30), &route),
@@ -377,5 +432,168 @@ mod tests {
             serde_json::from_value(weight_patch(&splits, &s, Some("6"), 10).unwrap()).unwrap();
         let mut doc = json!({"metadata": {"resourceVersion": "7"}, "spec": s});
         assert!(json_patch::patch(&mut doc, &patch).is_err());
+    }
+}
+
+#[cfg(test)]
+mod ab_tests {
+    //! A/B rules written and read back through the router's rules.
+    use serde_json::{Value, json};
+
+    use crate::domain::{AB_WEIGHT, MatchValue, RequestMatch};
+    use crate::domain::{Matched, RouteKind};
+    use crate::router::ab::{OWN_RULE, strip};
+    use crate::router::istio::VIRTUAL_SERVICES;
+    use crate::router::patched::view_with;
+    use crate::router::patched::{Rules, written};
+    use crate::router::{RouteSplit, RouteView};
+
+    fn beta() -> Vec<RequestMatch> {
+        vec![
+            RequestMatch {
+                on: Matched::Header("X-Cohort".into()),
+                value: MatchValue::Exact("beta".into()),
+            },
+            RequestMatch {
+                on: Matched::Cookie("plan".into()),
+                value: MatchValue::Prefix("gold".into()),
+            },
+        ]
+    }
+
+    fn split(kind: RouteKind, matches: Vec<RequestMatch>) -> RouteSplit {
+        RouteSplit {
+            namespace: "test".into(),
+            kind,
+            name: "podinfo".into(),
+            ga_service: "podinfo".into(),
+            canary_service: "podinfo-canary".into(),
+            matches,
+        }
+    }
+
+    fn virtual_service() -> Value {
+        json!({"hosts": ["podinfo"], "http": [
+            {"name": "pinned", "match": [{"uri": {"prefix": "/admin"}}],
+             "route": [{"destination": {"host": "admin"}}]},
+            {"match": [{"uri": {"prefix": "/"}}], "timeout": "5s", "route": [
+                {"destination": {"host": "podinfo", "port": {"number": 9898}}, "weight": 100},
+                {"destination": {"host": "podinfo-canary", "port": {"number": 9898}}, "weight": 0},
+            ]},
+        ]})
+    }
+
+    fn weight_and_fingerprint(view: RouteView) -> (u32, String) {
+        match view {
+            RouteView::Split {
+                canary_weight,
+                fingerprint,
+            } => (canary_weight, fingerprint),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_ab_rule_goes_ahead_of_the_virtual_service_split_and_leaves_it_as_written() {
+        let route = split(RouteKind::VirtualService, beta());
+        let before = virtual_service();
+        let (weight, print) = weight_and_fingerprint(view_with(&VIRTUAL_SERVICES, &before, &route));
+        assert_eq!(weight, 0);
+        let on = written(&VIRTUAL_SERVICES, &before, &route, AB_WEIGHT);
+        assert_eq!(on["http"].as_array().unwrap().len(), 3);
+        assert_eq!(on["http"][0], before["http"][0]);
+        assert_eq!(on["http"][2], before["http"][1]);
+        let rule = &on["http"][1];
+        assert_eq!(rule["name"], OWN_RULE);
+        assert_eq!(rule["timeout"], "5s");
+        assert_eq!(
+            rule["match"],
+            json!([
+                {"uri": {"prefix": "/"}, "headers": {"x-cohort": {"exact": "beta"}}},
+                {"uri": {"prefix": "/"}, "headers": {"cookie": {"regex": "^(.*?;\\s*)?plan=gold[^;]*(;.*)?$"}}},
+            ])
+        );
+        assert_eq!(
+            rule["route"],
+            json!([{"destination": {"host": "podinfo-canary", "port": {"number": 9898}}, "weight": 100}])
+        );
+        // Steerer's rule is not a split the route detection refuses, and a rollout reads it
+        // as its A/B weight with the owner's fingerprint.
+        assert!(VIRTUAL_SERVICES.sends_to_both(
+            &strip(&on, "http").0,
+            "test",
+            "podinfo",
+            "podinfo-canary"
+        ));
+        assert_eq!(
+            weight_and_fingerprint(view_with(&VIRTUAL_SERVICES, &on, &route)),
+            (AB_WEIGHT, print.clone())
+        );
+        // Writing it again changes nothing; going back to GA restores the route exactly.
+        assert_eq!(written(&VIRTUAL_SERVICES, &on, &route, AB_WEIGHT), on);
+        assert_eq!(written(&VIRTUAL_SERVICES, &on, &route, 0), before);
+        // A hand edit of steerer's rule is a change of the routes a rollout relies on.
+        let mut edited = on.clone();
+        edited["http"][1]["match"][0]["headers"]["x-cohort"]["exact"] = json!("gamma");
+        let (_, changed) = weight_and_fingerprint(view_with(&VIRTUAL_SERVICES, &edited, &route));
+        assert_ne!(changed, print);
+        // ...and so is weight moved by hand on the unmatched traffic.
+        let mut moved = on.clone();
+        moved["http"][2]["route"][0]["weight"] = json!(80);
+        moved["http"][2]["route"][1]["weight"] = json!(20);
+        let (weight, changed) =
+            weight_and_fingerprint(view_with(&VIRTUAL_SERVICES, &moved, &route));
+        assert_ne!((weight, changed), (AB_WEIGHT, print.clone()));
+        // A weighted canary finding steerer's rule left in its route sees a change, and its
+        // next write takes the rule out.
+        let canary = split(RouteKind::VirtualService, Vec::new());
+        let (_, seen) = weight_and_fingerprint(view_with(&VIRTUAL_SERVICES, &on, &canary));
+        assert_ne!(seen, print);
+        assert_eq!(written(&VIRTUAL_SERVICES, &on, &canary, 0), before);
+    }
+
+    #[test]
+    fn each_split_of_a_virtual_service_gets_its_own_ab_rule_ahead_of_it() {
+        let route = split(RouteKind::VirtualService, beta());
+        let dests = json!([
+            {"destination": {"host": "podinfo"}, "weight": 100},
+            {"destination": {"host": "podinfo-canary"}, "weight": 0},
+        ]);
+        let before = json!({"hosts": ["podinfo"], "http": [
+            {"match": [{"uri": {"prefix": "/api"}}], "route": dests},
+            {"route": dests},
+        ]});
+        let (_, print) = weight_and_fingerprint(view_with(&VIRTUAL_SERVICES, &before, &route));
+        let on = written(&VIRTUAL_SERVICES, &before, &route, AB_WEIGHT);
+        let names: Vec<&Value> = on["http"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| &r["name"])
+            .collect();
+        assert_eq!(
+            names,
+            [
+                &json!("steerer-ab"),
+                &Value::Null,
+                &json!("steerer-ab-2"),
+                &Value::Null
+            ]
+        );
+        assert_eq!(on["http"][0]["match"][0]["uri"], json!({"prefix": "/api"}));
+        assert_eq!(on["http"][2]["match"][0].get("uri"), None);
+        assert_eq!(
+            weight_and_fingerprint(view_with(&VIRTUAL_SERVICES, &on, &route)),
+            (AB_WEIGHT, print.clone())
+        );
+        // A rule moved away from its split is not as steerer left it.
+        let mut moved = on.clone();
+        let rules = moved["http"].as_array_mut().unwrap();
+        let first = rules.remove(0);
+        rules.insert(1, first);
+        let (_, seen) = weight_and_fingerprint(view_with(&VIRTUAL_SERVICES, &moved, &route));
+        assert_ne!(seen, print);
+        assert_eq!(written(&VIRTUAL_SERVICES, &on, &route, 0), before);
+        assert_eq!(written(&VIRTUAL_SERVICES, &moved, &route, 0), before);
     }
 }
