@@ -148,6 +148,7 @@ pub fn analysis(s: &AnalysisSettings) -> pb::Analysis {
         // With a baseline the threshold applies only when the request set it.
         success_rate_threshold: s
             .baseline
+            .as_ref()
             .is_none_or(|b| b.success_rate_guard)
             .then_some(s.success_rate_threshold),
         max_failed_checks: Some(s.max_failed_checks),
@@ -175,7 +176,7 @@ pub fn analysis(s: &AnalysisSettings) -> pb::Analysis {
             })
             .collect(),
         require_approval: s.require_approval,
-        baseline: s.baseline.as_ref().map(baseline),
+        baseline: s.baseline.as_deref().map(baseline),
         strategy: kind as i32,
         iterations,
         r#match: s.strategy.matches().iter().map(request_match).collect(),

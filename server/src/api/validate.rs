@@ -251,7 +251,7 @@ pub fn analysis(
     }
     s.require_approval = s.require_approval || a.require_approval;
     if let Some(b) = &a.baseline {
-        s.baseline = Some(baseline(b, a)?);
+        s.baseline = Some(Box::new(baseline(b, a)?));
         // Guard rails only when the request sets them: the server's defaults do not apply.
         if a.max_latency_p99_ms.is_none() {
             s.max_latency_p99_ms = None;

@@ -189,7 +189,7 @@ pub struct AnalysisSettings {
     pub require_approval: bool,
     /// Judge the canary against a baseline rather than (or besides) fixed bounds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub baseline: Option<BaselineSettings>,
+    pub baseline: Option<Box<BaselineSettings>>,
 }
 
 impl AnalysisSettings {
@@ -508,11 +508,11 @@ mod tests {
     #[test]
     fn the_baseline_and_its_looks_survive_the_record_and_older_records_have_neither() {
         let mut rollout = super::Rollout::test();
-        rollout.analysis.baseline = Some(super::BaselineSettings {
+        rollout.analysis.baseline = Some(Box::new(super::BaselineSettings {
             confidence: 0.95,
             success_rate_guard: true,
             ..super::BaselineSettings::ga()
-        });
+        }));
         rollout.baseline_looks = 7;
         let stored = serde_json::to_value(&rollout).unwrap();
         assert_eq!(stored["baseline_looks"], 7);

@@ -890,7 +890,7 @@ async fn measure_baseline(
     state: &Rollout,
     window: Duration,
 ) -> Option<Result<crate::domain::BaselineSample, String>> {
-    let baseline = match state.analysis.baseline?.mode {
+    let baseline = match state.analysis.baseline.as_ref()?.mode {
         crate::domain::BaselineMode::Ga => &state.target,
         // Refused at the API until the baseline Deployment is managed.
         crate::domain::BaselineMode::Deployment => return None,

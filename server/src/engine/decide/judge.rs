@@ -138,7 +138,10 @@ fn builtin(
     // With a baseline the absolute threshold is a guard rail the request may set; unset, the
     // baseline judges the success rate alone (and its own minimum of requests says when
     // there is too little traffic).
-    let guarded = settings.baseline.is_none_or(|b| b.success_rate_guard);
+    let guarded = settings
+        .baseline
+        .as_ref()
+        .is_none_or(|b| b.success_rate_guard);
     if !guarded && ceiling.is_none() {
         return Vec::new();
     }

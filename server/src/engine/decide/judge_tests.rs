@@ -320,7 +320,7 @@ fn a_rollout_webhook_that_refuses_or_does_not_answer_fails_the_check() {
 #[test]
 fn with_a_baseline_the_threshold_judges_only_as_a_guard_rail_the_request_set() {
     let mut settings = AnalysisSettings::test();
-    settings.baseline = Some(crate::domain::BaselineSettings::ga());
+    settings.baseline = Some(Box::new(crate::domain::BaselineSettings::ga()));
     let sample = sample(Some(95.0), Some(5.0));
     // Not set by the request: no absolute check at all (the baseline judges the errors).
     assert_eq!(
@@ -332,10 +332,10 @@ fn with_a_baseline_the_threshold_judges_only_as_a_guard_rail_the_request_set() {
         }
     );
     // Set by the request: it still fails a canary below it.
-    settings.baseline = Some(crate::domain::BaselineSettings {
+    settings.baseline = Some(Box::new(crate::domain::BaselineSettings {
         success_rate_guard: true,
         ..crate::domain::BaselineSettings::ga()
-    });
+    }));
     assert!(matches!(
         evaluate(&sample, &settings),
         Verdict::Fail { failed, .. } if failed.success_rate

@@ -404,7 +404,7 @@ fn against_ga(canary: (f64, f64), ga: (f64, f64)) -> Observation {
 }
 
 fn judged_against_ga(state: Rollout) -> Rollout {
-    state.with(|r| r.analysis.baseline = Some(crate::domain::BaselineSettings::ga()))
+    state.with(|r| r.analysis.baseline = Some(Box::new(crate::domain::BaselineSettings::ga())))
 }
 
 #[test]
