@@ -63,6 +63,28 @@ fn is_stale(bin: &Path) -> bool {
     ]
     .iter()
     .any(|dir| newest_mtime(dir) > built)
+        || head_moved_since(built)
+}
+
+/// Whether git's HEAD moved after `built`: the binaries carry the commit (their build scripts
+/// rerun when it moves), so one built before is stale.
+fn head_moved_since(built: SystemTime) -> bool {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let mut names = vec!["HEAD".to_owned()];
+    names.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+    names.iter().any(|name| {
+        git(&["rev-parse", "--git-path", name])
+            .and_then(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+            .is_some_and(|moved| moved > built)
+    })
 }
 
 fn build_cli() {

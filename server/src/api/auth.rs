@@ -214,9 +214,7 @@ impl Auth {
 /// every token: a new RPC must be classified before anyone can call it.
 pub fn rpc_access(method: &str) -> Option<TokenAccess> {
     match method {
-        "GetRollout" | "ListRollouts" | "WatchRollout" | "GetServerInfo" => {
-            Some(TokenAccess::Read)
-        }
+        "GetRollout" | "ListRollouts" | "WatchRollout" | "GetServerInfo" => Some(TokenAccess::Read),
         "StartRollout" | "AbortRollout" | "PauseRollout" | "ResumeRollout" | "PromoteRollout" => {
             Some(TokenAccess::Write)
         }
