@@ -63,28 +63,28 @@ fn is_stale(bin: &Path) -> bool {
     ]
     .iter()
     .any(|dir| newest_mtime(dir) > built)
-        || head_moved_since(built)
+        || built_from_another_commit(bin)
 }
 
-/// Whether git's HEAD moved after `built`: the binaries carry the commit (their build scripts
-/// rerun when it moves), so one built before is stale.
-fn head_moved_since(built: SystemTime) -> bool {
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+/// Whether `bin` was built from another commit than the checkout's HEAD (`--version` names
+/// it): the binaries carry the commit, so one built before HEAD moved is stale. Without git,
+/// never.
+fn built_from_another_commit(bin: &Path) -> bool {
+    let run = |command: &mut Command| {
+        command
             .output()
             .ok()
             .filter(|out| out.status.success())
             .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     };
-    let mut names = vec!["HEAD".to_owned()];
-    names.extend(git(&["symbolic-ref", "-q", "HEAD"]));
-    names.iter().any(|name| {
-        git(&["rev-parse", "--git-path", name])
-            .and_then(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
-            .is_some_and(|moved| moved > built)
-    })
+    let Some(head) = run(Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR")))
+    else {
+        return false;
+    };
+    let version = run(Command::new(bin).arg("--version")).unwrap_or_default();
+    !version.ends_with(&format!("(commit {head})"))
 }
 
 fn build_cli() {
