@@ -129,7 +129,8 @@ pub fn server_bin() -> &'static Path {
             root.join("src"),
         ]
         .iter()
-        .any(|dir| newest_mtime(dir) > built);
+        .any(|dir| newest_mtime(dir) > built)
+            || built_from_another_commit(&bin);
         if stale {
             cargo_build("steerer-server", "steerer-server");
         }
