@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use steerer::v1::rollout_service_client::RolloutServiceClient;
 use steerer::v1::{
-    AbortRolloutRequest, GetRolloutRequest, ListRolloutsRequest, ListRolloutsResponse,
-    PauseRolloutRequest, PromoteRolloutRequest, ResumeRolloutRequest, Rollout, RolloutEvent,
-    StartRolloutRequest, WatchRolloutRequest,
+    AbortRolloutRequest, GetRolloutRequest, GetServerInfoRequest, ListRolloutsRequest,
+    ListRolloutsResponse, PauseRolloutRequest, PromoteRolloutRequest, ResumeRolloutRequest,
+    Rollout, RolloutEvent, ServerInfo, StartRolloutRequest, WatchRolloutRequest,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -367,6 +367,15 @@ impl Client {
         let request = GetRolloutRequest { id: id.into() };
         self.unary(request, |mut c, r| async move { c.get_rollout(r).await })
             .await
+    }
+
+    /// The server's version, commit, leader, route kinds, observers and authentication
+    /// (`GetServerInfo`); any authenticated caller may ask.
+    pub async fn server_info(&self) -> Result<ServerInfo, ClientError> {
+        self.unary(GetServerInfoRequest {}, |mut c, r| async move {
+            c.get_server_info(r).await
+        })
+        .await
     }
 
     /// One page of rollouts, newest first (`ListRollouts`), with the token of the next page.

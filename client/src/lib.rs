@@ -103,6 +103,11 @@ mod watch;
 /// client and server stubs.
 pub use steerer::v1 as proto;
 
+/// The release of this client.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit this client was built from (short hash), `unknown` outside a checkout.
+pub const COMMIT: &str = env!("STEERER_COMMIT");
+
 pub use auth::{AuthError, AuthFuture, AuthProvider, SharedToken, StaticToken};
 pub use client::{Client, ClientBuilder, DEFAULT_ENDPOINT};
 pub use error::{ClientError, code_name};

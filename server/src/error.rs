@@ -13,6 +13,10 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(String),
+    /// The Rollout CRD is missing, older than the server, or could not be checked: the
+    /// message is one line saying what to install.
+    #[error(transparent)]
+    Crd(#[from] crate::store::schema::SchemaError),
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
 }

@@ -60,6 +60,8 @@ pub async fn serve(
         webhooks::http::HttpWebhooks::new(config.allow_list()?, secret.clone())
             .map_err(|e| ServerError::Config(format!("webhook client: {e}")))?,
     );
+    // Before serving (health never says SERVING without it): the records need the Rollout CRD.
+    store::schema::check(&client).await?;
     let caches = CancellationToken::new();
     let _stop_caches = caches.clone().drop_guard();
     let changes = cache::Changes::default();
@@ -78,6 +80,7 @@ pub async fn serve(
         .ready(config.sync_timeout)
         .await
         .map_err(|e| ServerError::Sync(e.to_string()))?;
+    let route_kinds = router.served_kinds();
     let router = Arc::new(router);
     let metrics = metrics(&config)?;
     let store = store::crd::CrdStore::new(client.clone(), config.namespaces.clone())
@@ -105,6 +108,7 @@ pub async fn serve(
         ports,
         templates,
         Some((client, secret)),
+        &route_kinds,
         shutdown,
     )
     .await
@@ -159,7 +163,9 @@ pub async fn serve_with(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let templates = Arc::new(config.templates()?);
-    serve_inner(config, listener, ports, templates, None, shutdown).await
+    // The adapters are the caller's: they are taken to drive every kind.
+    let kinds: Vec<&str> = router::factory::KINDS.iter().map(|(k, _)| *k).collect();
+    serve_inner(config, listener, ports, templates, None, &kinds, shutdown).await
 }
 
 /// Starts the engine, leads (or follows the election), then serves gRPC until `shutdown`,
@@ -170,6 +176,7 @@ async fn serve_inner(
     ports: Ports,
     templates: Arc<metrics::templates::MetricTemplates>,
     kubernetes: Option<(kube::Client, Arc<webhooks::http::WebhookSecret>)>,
+    route_kinds: &[&str],
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
@@ -206,6 +213,7 @@ async fn serve_inner(
         election.as_ref(),
         &telemetry,
         &draining,
+        route_kinds,
     )
     .await?;
     if config.reload_on_sighup {
@@ -351,6 +359,7 @@ impl Grpc {
         election: Option<&leader::Election>,
         telemetry: &telemetry::Telemetry,
         draining: &CancellationToken,
+        route_kinds: &[&str],
     ) -> Result<Self, ServerError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<RolloutServiceServer<api::Api>>().await;
@@ -383,6 +392,19 @@ impl Grpc {
             }
             (None, _) => api::auth::Authentication::Tokens(auth.clone()),
         };
+        let facts = api::info::Facts {
+            route_kinds: route_kinds.iter().map(|k| (*k).to_owned()).collect(),
+            observers: metrics::observer::OBSERVERS
+                .iter()
+                .map(|(name, _)| (*name).to_owned())
+                .collect(),
+            auth: match &authentication {
+                api::auth::Authentication::Kubernetes(_) => "kubernetes",
+                api::auth::Authentication::Tokens(_) if auth.enabled() => "tokens",
+                api::auth::Authentication::Tokens(_) => "none",
+            }
+            .to_owned(),
+        };
         let limits = Arc::new(api::limits::Limits::new(config.limits));
         let audit = Arc::new(
             api::audit::Audit::open(config.audit_log.as_deref()).map_err(|e| {
@@ -409,7 +431,8 @@ impl Grpc {
         )
         .with_telemetry(telemetry.clone())
         .with_limits(limits.clone())
-        .with_audit(audit);
+        .with_audit(audit)
+        .with_facts(facts);
         if let Some(election) = election {
             service = service.with_forwarding(api::forward::Forwarder::new(election.subscribe()));
         }

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,9 +21,17 @@ use steerer_server::{ServerConfig, TlsFiles};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// `--version`: the release and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("STEERER_COMMIT"),
+    ")"
+);
+
 /// Progressive delivery for Kubernetes Deployments over Istio and Prometheus.
 #[derive(Debug, Parser)]
-#[command(name = "steerer-server", version, about)]
+#[command(name = "steerer-server", version = VERSION, about)]
 struct Flags {
     /// Address of the gRPC server. Use 0.0.0.0:50051 to accept connections from other hosts
     /// (for example behind a Kubernetes Service).
@@ -238,7 +247,20 @@ fn default_identity() -> anyhow::Result<String> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line with its causes (`a: b: c`) and no backtrace, whatever RUST_BACKTRACE
+            // says: it is read by operators (a missing CRD says what to install), and the
+            // logs on stdout carry the rest.
+            eprintln!("steerer-server: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let flags = Flags::parse();
     steerer_server::telemetry::logs::init(flags.log_json).context("installing logging")?;
 

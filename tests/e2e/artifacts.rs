@@ -712,3 +712,75 @@ async fn kubectl_applies_every_artifact_to_an_empty_cluster_and_a_rollout_promot
     }
     server.stop().await.unwrap();
 }
+
+/// Runs `steerer-server` against the cluster until it exits (at most a minute), with
+/// backtraces asked for: none may show.
+async fn server_exit(cluster: &Cluster, dir: &Path) -> std::process::Output {
+    let kubeconfig = dir.join("server-kubeconfig");
+    cluster.write_kubeconfig(&kubeconfig);
+    let run = tokio::process::Command::new(crate::cli_support::server_bin())
+        .args(["--listen", "127.0.0.1:0"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_BACKTRACE", "1")
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the server kept running without its CRD")
+        .unwrap()
+}
+
+/// The server's one line on stderr, after checking the exit code and that nothing else (no
+/// backtrace, no panic) was written there.
+fn one_line(output: &std::process::Output) -> String {
+    let stderr = String::from_utf8(output.stderr.clone()).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let lower = stderr.to_lowercase();
+    assert!(
+        !lower.contains("backtrace") && !lower.contains("panic"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("rollouts.steerer.dev"), "{stderr}");
+    assert!(
+        stderr.contains("kubectl apply -f artifacts/steerer/05-rollouts-crd.yaml"),
+        "{stderr}"
+    );
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_stops_with_one_line_on_a_cluster_without_the_rollout_crd_or_with_an_old_one() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let cluster = Cluster::start(&Options {
+        apply: vec![],
+        ..Options::default()
+    })
+    .await;
+    let kube = Client::try_from(cluster.kube_config().await).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let missing = one_line(&server_exit(&cluster, dir.path()).await);
+    assert!(missing.contains("is not installed"), "{missing}");
+
+    // The CRD of before routes had kinds: no spec.route, which the API server would prune.
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/steerer/05-rollouts-crd.yaml"),
+    )
+    .unwrap();
+    let mut old: Value = serde_yaml::from_str(&shipped).unwrap();
+    old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("route");
+    let old: CustomResourceDefinition = serde_json::from_value(old).unwrap();
+    Api::<CustomResourceDefinition>::all(kube.clone())
+        .create(&PostParams::default(), &old)
+        .await
+        .unwrap();
+    let outdated = one_line(&server_exit(&cluster, dir.path()).await);
+    assert!(
+        outdated.contains("older than this server (its v1alpha1 schema has no spec.route)"),
+        "{outdated}"
+    );
+}

@@ -63,13 +63,39 @@ fn is_stale(bin: &Path) -> bool {
     ]
     .iter()
     .any(|dir| newest_mtime(dir) > built)
+        || built_from_another_commit(bin)
+}
+
+/// Whether `bin` was built from another commit than the checkout's HEAD (`--version` names
+/// it): the binaries carry the commit, so one built before HEAD moved is stale. Without git,
+/// never.
+fn built_from_another_commit(bin: &Path) -> bool {
+    let run = |command: &mut Command| {
+        command
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let Some(head) = run(Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR")))
+    else {
+        return false;
+    };
+    let version = run(Command::new(bin).arg("--version")).unwrap_or_default();
+    !version.ends_with(&format!("(commit {head})"))
 }
 
 fn build_cli() {
+    cargo_build("steerer-client", "steerer");
+}
+
+fn cargo_build(package: &str, bin: &str) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(&cargo);
     command
-        .args(["build", "-p", "steerer-client", "--bin", "steerer"])
+        .args(["build", "-p", package, "--bin", bin])
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     // The package variables cargo set for this test would make the nested build look like a
     // different one and rebuild from scratch.
@@ -79,9 +105,42 @@ fn build_cli() {
         }
     }
     let status = command.status().unwrap_or_else(|e| {
-        panic!("cannot run {cargo} to build the steerer CLI: {e}; build it with `cargo build -p steerer-client`")
+        panic!("cannot run {cargo} to build {bin}: {e}; build it with `cargo build -p {package}`")
     });
-    assert!(status.success(), "building the steerer CLI failed");
+    assert!(status.success(), "building {bin} failed");
+}
+
+/// The `steerer-server` binary of this build, built here with `cargo build -p steerer-server
+/// --bin steerer-server` when missing or older than the server's sources.
+pub fn server_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap();
+        let bin = profile_dir.join(format!("steerer-server{}", std::env::consts::EXE_SUFFIX));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let built = bin
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let stale = [
+            root.join("server/src"),
+            root.join("proto"),
+            root.join("src"),
+        ]
+        .iter()
+        .any(|dir| newest_mtime(dir) > built)
+            || built_from_another_commit(&bin);
+        if stale {
+            cargo_build("steerer-server", "steerer-server");
+        }
+        assert!(
+            bin.exists(),
+            "the server was not found at {}",
+            bin.display()
+        );
+        bin
+    })
 }
 
 /// A `steerer` command aimed at the server at `addr`, with no token or server from the

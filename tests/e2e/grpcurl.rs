@@ -329,3 +329,97 @@ async fn a_target_with_a_quote_gets_invalid_argument_with_its_message() {
     );
     assert!(out.stdout.is_empty(), "no rollout came back");
 }
+
+/// GetServerInfo says the same through the SDK, the CLI and grpcurl (which knows it from
+/// reflection alone): this build's version and commit, the server leading alone, the route
+/// kinds the cluster serves and the observers; `--version` of both binaries names the same
+/// commit, and `steerer version` against no server still prints the client's version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_info_is_the_same_through_the_sdk_the_cli_and_grpcurl() {
+    use crate::cli_support::{json_lines, run, server_bin, stderr, stdout, steerer_bin};
+    let h = Harness::start().await;
+    let addr = h.addr();
+
+    let sdk = steerer_client::Client::builder(format!("http://{addr}"))
+        .connect()
+        .await
+        .unwrap()
+        .server_info()
+        .await
+        .unwrap();
+    assert_eq!(sdk.version, env!("CARGO_PKG_VERSION"));
+    assert!(!sdk.commit.is_empty());
+    assert_eq!(sdk.leader, "this server");
+    assert_eq!(
+        sdk.route_kinds,
+        ["VirtualService", "HTTPRoute", "GRPCRoute"]
+    );
+    assert_eq!(sdk.observers, ["istio", "linkerd"]);
+    assert_eq!(sdk.auth, "none");
+
+    let out = grpcurl(addr, &["{addr}", "steerer.v1.RolloutService/GetServerInfo"]).await;
+    let reflected: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        reflected,
+        json!({
+            "version": sdk.version,
+            "commit": sdk.commit,
+            "leader": "this server",
+            "routeKinds": ["VirtualService", "HTTPRoute", "GRPCRoute"],
+            "observers": ["istio", "linkerd"],
+            "auth": "none",
+        })
+    );
+
+    let text = run(addr, &["version"]).await;
+    assert!(text.status.success(), "{}", stderr(&text));
+    assert_eq!(
+        stdout(&text),
+        format!(
+            "client  {v} (commit {c})\nserver  {v} (commit {c})\n  leader       this server\n  \
+             route kinds  VirtualService, HTTPRoute, GRPCRoute\n  observers    istio, linkerd\n  \
+             auth         none\n",
+            v = sdk.version,
+            c = sdk.commit
+        )
+    );
+    let json = run(addr, &["-o", "json", "version"]).await;
+    let lines = json_lines(&json);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["kind"], "client");
+    assert_eq!(lines[0]["commit"], sdk.commit.as_str());
+    assert_eq!(lines[1]["kind"], "server");
+    assert_eq!(lines[1]["route_kinds"], json!(sdk.route_kinds));
+
+    // Both binaries were built from the commit the server reports.
+    for bin in [steerer_bin(), server_bin()] {
+        let out = std::process::Command::new(bin)
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let name = bin.file_name().unwrap().to_string_lossy();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("{name} {} (commit {})\n", sdk.version, sdk.commit)
+        );
+    }
+
+    // No server: the client's version, a sentence, and exit code 3.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = closed.local_addr().unwrap();
+    drop(closed);
+    let unreachable = run(nowhere, &["version"]).await;
+    assert_eq!(unreachable.status.code(), Some(3));
+    assert_eq!(
+        stdout(&unreachable),
+        format!("client  {} (commit {})\n", sdk.version, sdk.commit)
+    );
+    assert!(
+        stderr(&unreachable).contains(&format!(
+            "cannot reach the steerer server at http://{nowhere}"
+        )),
+        "{}",
+        stderr(&unreachable)
+    );
+}

@@ -233,12 +233,25 @@ async fn each_service_account_may_do_what_its_role_grants_and_the_audit_log_name
         stranger_list.rollouts.is_empty(),
         "a caller sees only namespaces it may list"
     );
+    // Server information needs a caller the cluster knows, and no verb.
+    let info = stranger
+        .get_server_info(steerer::v1::GetServerInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.auth, "kubernetes");
+    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
     for token in [None, Some("not-a-token".to_owned()), Some(other_audience)] {
         let mut anonymous = client_with(&h, token).await;
         let refused = anonymous
             .get_rollout(GetRolloutRequest {
                 id: started.id.clone(),
             })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        let refused = anonymous
+            .get_server_info(steerer::v1::GetServerInfoRequest {})
             .await
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");

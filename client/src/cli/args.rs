@@ -23,7 +23,7 @@ after the last event it printed. STEERER_LOG=debug prints the client's own logs 
 
 /// Start, follow and steer canary rollouts of Kubernetes Deployments on a steerer server.
 #[derive(Debug, Parser)]
-#[command(name = "steerer", version, after_help = EXIT_CODES)]
+#[command(name = "steerer", version = crate::cli::VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -122,6 +122,10 @@ pub enum Command {
     /// Skip the remaining analysis and promote the canary now.
     #[command(after_help = EXIT_CODES)]
     Promote(IdArgs),
+    /// Show this client's version and the server's (version, commit, leader, route kinds,
+    /// observers, authentication); exits 3 when the server cannot be reached.
+    #[command(after_help = EXIT_CODES)]
+    Version,
 }
 
 #[derive(Debug, Args)]

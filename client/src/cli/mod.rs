@@ -5,6 +5,14 @@ pub mod args;
 pub mod exit;
 pub mod output;
 
+/// `--version`: the release and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("STEERER_COMMIT"),
+    ")"
+);
+
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -46,10 +54,18 @@ fn report(err: &CliError, json: bool) {
 }
 
 async fn execute(cli: Cli) -> Result<Exit, CliError> {
+    let json = cli.global.output == OutputFormat::Json;
+    if matches!(cli.command, Command::Version) {
+        // The client's own version comes first: it is printed even when the server is
+        // unreachable or the credentials are unusable.
+        match json {
+            true => Printer::json(&output::JsonVersion::client())?,
+            false => output::write_line(&output::client_version())?,
+        }
+    }
     let client = connect(&cli.global).await?;
     let endpoint = client.endpoint().to_string();
     let wrap = |err: ClientError| CliError::from_client(err, &endpoint);
-    let json = cli.global.output == OutputFormat::Json;
     let terminal = std::io::stdout().is_terminal();
     let printer = || Printer::new(json, terminal);
 
@@ -120,6 +136,14 @@ async fn execute(cli: Cli) -> Result<Exit, CliError> {
         Command::Promote(promote) => {
             let rollout = client.promote(&promote.id).await.map_err(wrap)?;
             control_result("promoting", &rollout, json)
+        }
+        Command::Version => {
+            let info = client.server_info().await.map_err(wrap)?;
+            match json {
+                true => Printer::json(&output::JsonServerInfo::from(&info))?,
+                false => output::write_line(output::server_info(&info).trim_end())?,
+            }
+            Ok(Exit::Success)
         }
     }
 }

@@ -202,6 +202,79 @@ pub struct JsonError {
     pub exit_code: u8,
 }
 
+/// `steerer version -o json`: this client's line.
+#[derive(Debug, Serialize)]
+pub struct JsonVersion {
+    pub kind: &'static str,
+    pub version: &'static str,
+    pub commit: &'static str,
+}
+
+impl JsonVersion {
+    pub fn client() -> Self {
+        Self {
+            kind: "client",
+            version: steerer_client::VERSION,
+            commit: steerer_client::COMMIT,
+        }
+    }
+}
+
+/// `steerer version -o json`: the server's line.
+#[derive(Debug, Serialize)]
+pub struct JsonServerInfo {
+    pub kind: &'static str,
+    pub version: String,
+    pub commit: String,
+    pub leader: String,
+    pub route_kinds: Vec<String>,
+    pub observers: Vec<String>,
+    pub auth: String,
+}
+
+impl From<&steerer_client::proto::ServerInfo> for JsonServerInfo {
+    fn from(info: &steerer_client::proto::ServerInfo) -> Self {
+        Self {
+            kind: "server",
+            version: info.version.clone(),
+            commit: info.commit.clone(),
+            leader: info.leader.clone(),
+            route_kinds: info.route_kinds.clone(),
+            observers: info.observers.clone(),
+            auth: info.auth.clone(),
+        }
+    }
+}
+
+/// `steerer version`: this client's line.
+pub fn client_version() -> String {
+    format!(
+        "client  {} (commit {})",
+        steerer_client::VERSION,
+        steerer_client::COMMIT
+    )
+}
+
+/// `steerer version`: what the server says of itself.
+pub fn server_info(info: &steerer_client::proto::ServerInfo) -> String {
+    let or_none = |values: &[String]| match values.is_empty() {
+        true => "none".to_owned(),
+        false => values.join(", "),
+    };
+    let leader = match info.leader.as_str() {
+        "" => "none (an election is under way)",
+        leader => leader,
+    };
+    format!(
+        "server  {} (commit {})\n  leader       {leader}\n  route kinds  {}\n  observers    {}\n  auth         {}\n",
+        info.version,
+        info.commit,
+        or_none(&info.route_kinds),
+        or_none(&info.observers),
+        info.auth,
+    )
+}
+
 impl From<&Analysis> for JsonAnalysis {
     fn from(a: &Analysis) -> Self {
         Self {
@@ -914,6 +987,31 @@ fn bar_position(phase: Phase, canary_weight: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_info_lists_each_fact_on_its_own_line_and_says_when_nobody_leads() {
+        let mut info = steerer_client::proto::ServerInfo {
+            version: "0.1.0".into(),
+            commit: "abc1234".into(),
+            leader: "steerer-0 at 10.0.0.7:50051".into(),
+            route_kinds: vec!["VirtualService".into(), "HTTPRoute".into()],
+            observers: vec!["istio".into()],
+            auth: "kubernetes".into(),
+        };
+        assert_eq!(
+            server_info(&info),
+            "server  0.1.0 (commit abc1234)\n  leader       steerer-0 at 10.0.0.7:50051\n  route kinds  VirtualService, HTTPRoute\n  observers    istio\n  auth         kubernetes\n"
+        );
+        info.leader.clear();
+        info.route_kinds.clear();
+        let text = server_info(&info);
+        assert!(
+            text.contains("leader       none (an election is under way)"),
+            "{text}"
+        );
+        assert!(text.contains("route kinds  none"), "{text}");
+        assert!(client_version().starts_with(&format!("client  {}", env!("CARGO_PKG_VERSION"))));
+    }
 
     fn event() -> RolloutEvent {
         RolloutEvent {

@@ -358,3 +358,34 @@ async fn help_lists_the_exit_codes() {
         "{help}"
     );
 }
+
+#[tokio::test]
+async fn version_shows_the_client_then_the_server_and_a_refused_token_exits_4_after_the_client() {
+    let state = Arc::new(FakeState::default());
+    *state.required_token.lock().unwrap() = Some("s3cret".into());
+    let server = FakeServer::start(state.clone()).await;
+    let client = format!(
+        "client  {} (commit {})\n",
+        env!("CARGO_PKG_VERSION"),
+        steerer_client::COMMIT
+    );
+
+    let ok = steerer(Some(&server), &["--token", "s3cret", "version"]).await;
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert_eq!(
+        stdout(&ok),
+        format!(
+            "{client}server  9.9.9 (commit fake)\n  leader       none (an election is under way)\n  \
+             route kinds  HTTPRoute\n  observers    linkerd\n  auth         tokens\n"
+        )
+    );
+
+    let refused = steerer(Some(&server), &["version"]).await;
+    assert_eq!(refused.status.code(), Some(4), "{}", stderr(&refused));
+    assert_eq!(stdout(&refused), client, "the client's version comes first");
+    assert!(
+        stderr(&refused).starts_with("error: "),
+        "{}",
+        stderr(&refused)
+    );
+}

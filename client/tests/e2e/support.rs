@@ -326,6 +326,21 @@ impl RolloutService for Service {
             "promoting on request",
         )?))
     }
+
+    async fn get_server_info(
+        &self,
+        request: Request<steerer_client::proto::GetServerInfoRequest>,
+    ) -> Result<Response<steerer_client::proto::ServerInfo>, Status> {
+        self.0.check_auth(&request)?;
+        Ok(Response::new(steerer_client::proto::ServerInfo {
+            version: "9.9.9".into(),
+            commit: "fake".into(),
+            leader: String::new(),
+            route_kinds: vec!["HTTPRoute".into()],
+            observers: vec!["linkerd".into()],
+            auth: "tokens".into(),
+        }))
+    }
 }
 
 enum Ending {

@@ -59,6 +59,40 @@ impl Verb {
     }
 }
 
+/// What a method of the service needs before it acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// A verb on `steerer.dev/rollouts`, which the handler must have decided.
+    Verb(Verb),
+    /// An authenticated caller and nothing more: the answer says nothing about any rollout
+    /// (`GetServerInfo`).
+    Caller,
+}
+
+impl Need {
+    /// What a `steerer.v1.RolloutService` method needs; `None` for a method nobody
+    /// classified, which is denied to everyone.
+    pub fn of_method(method: &str) -> Option<Need> {
+        match method {
+            "GetServerInfo" => Some(Need::Caller),
+            _ => Verb::of_method(method).map(Need::Verb),
+        }
+    }
+
+    /// Whether the call changes a rollout.
+    pub fn is_mutating(self) -> bool {
+        matches!(self, Need::Verb(verb) if verb.is_mutating())
+    }
+
+    /// The RBAC verb, or `authenticated` for a method that needs none.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Need::Verb(verb) => verb.as_str(),
+            Need::Caller => "authenticated",
+        }
+    }
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Caller {
@@ -156,6 +190,12 @@ impl Access {
         )))
     }
 
+    /// Decides a call that needs only an authenticated caller (see [`Need::Caller`]): the
+    /// layer authenticated it before the handler ran.
+    pub fn caller_suffices(&self) {
+        self.decided.store(true, Ordering::Release);
+    }
+
     /// Whether a decision was obtained.
     pub(crate) fn decided(&self) -> bool {
         self.decided.load(Ordering::Acquire)
@@ -205,6 +245,27 @@ mod tests {
             assert_eq!(Verb::of_method(method).unwrap().as_str(), verb);
         }
         assert!(Verb::of_method("DeleteEverything").is_none());
+        assert!(Verb::of_method("GetServerInfo").is_none());
+    }
+
+    #[test]
+    fn server_info_needs_only_a_caller_and_every_rollout_method_keeps_its_verb() {
+        assert_eq!(Need::of_method("GetServerInfo"), Some(Need::Caller));
+        assert!(!Need::Caller.is_mutating());
+        assert_eq!(
+            Need::of_method("AbortRollout"),
+            Some(Need::Verb(Verb::Abort))
+        );
+        assert!(Need::of_method("AbortRollout").unwrap().is_mutating());
+        assert!(Need::of_method("DeleteEverything").is_none());
+    }
+
+    #[test]
+    fn a_call_needing_only_a_caller_counts_as_decided_once_the_handler_says_so() {
+        let access = Access::new(Caller::anonymous(), Arc::new(AllowAll));
+        assert!(!access.decided());
+        access.caller_suffices();
+        assert!(access.decided());
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use super::access::{Access, AllowAll, Caller, Verb};
+use super::access::{Access, AllowAll, Caller, Need};
 use super::kubeauth::{KubeAuth, certificate_caller};
 use super::limits::Limits;
 use sha2::{Digest, Sha256};
@@ -214,7 +214,7 @@ impl Auth {
 /// every token: a new RPC must be classified before anyone can call it.
 pub fn rpc_access(method: &str) -> Option<TokenAccess> {
     match method {
-        "GetRollout" | "ListRollouts" | "WatchRollout" => Some(TokenAccess::Read),
+        "GetRollout" | "ListRollouts" | "WatchRollout" | "GetServerInfo" => Some(TokenAccess::Read),
         "StartRollout" | "AbortRollout" | "PauseRollout" | "ResumeRollout" | "PromoteRollout" => {
             Some(TokenAccess::Write)
         }
@@ -303,11 +303,11 @@ async fn authenticate(
     authentication: &Authentication,
     headers: &http::HeaderMap,
     certificate: Option<Vec<u8>>,
-    verb: Verb,
+    need: Need,
 ) -> Result<Access, Status> {
     match authentication {
         Authentication::Tokens(auth) => {
-            let access = match verb.is_mutating() {
+            let access = match need.is_mutating() {
                 true => TokenAccess::Write,
                 false => TokenAccess::Read,
             };
@@ -380,7 +380,7 @@ where
             .unwrap_or_default()
             .to_owned();
         Box::pin(async move {
-            let Some(verb) = Verb::of_method(&method) else {
+            let Some(need) = Need::of_method(&method) else {
                 return Ok(Status::permission_denied(
                     "this RPC is not open to anyone (the server does not classify it)",
                 )
@@ -392,11 +392,11 @@ where
                 .and_then(|info| info.peer_certs())
                 .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
             let headers = request.headers().clone();
-            let access = match authenticate(&authentication, &headers, certificate, verb).await {
+            let access = match authenticate(&authentication, &headers, certificate, need).await {
                 Ok(access) => access,
                 Err(status) => return Ok(status.into_http()),
             };
-            if verb.is_mutating()
+            if need.is_mutating()
                 && let Err(status) = limits.take_mutation(&access.caller().user)
             {
                 return Ok(status.into_http());
@@ -405,7 +405,7 @@ where
             let response = inner.call(request).await?;
             if succeeded(&response) && !access.decided() {
                 tracing::error!(
-                    verb = verb.as_str(),
+                    need = need.as_str(),
                     "a handler answered without authorizing the call; refused"
                 );
                 return Ok(Status::permission_denied(
@@ -422,6 +422,7 @@ where
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::api::access::Verb;
     use std::io::Write;
 
     fn file(lines: &str) -> tempfile::NamedTempFile {
@@ -580,5 +581,39 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(code(&unknown).as_deref(), Some("7"));
+    }
+
+    #[tokio::test]
+    async fn server_info_needs_a_known_token_of_either_kind_and_no_verb() {
+        use tower::{Layer, Service};
+        let (rw, ro) = (file("writer-token\n"), file("reader-token\n"));
+        let layer = AuthLayer::new(
+            Authentication::Tokens(Arc::new(
+                Auth::from_files(Some(rw.path()), Some(ro.path())).unwrap(),
+            )),
+            Arc::new(Limits::new(Default::default())),
+        );
+        let info = tower::service_fn(|request: http::Request<()>| async move {
+            let access = request.extensions().get::<Access>().cloned().unwrap();
+            access.caller_suffices();
+            Ok::<_, Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let with = |token: Option<&str>| {
+            let mut request = call_to("GetServerInfo");
+            if let Some(token) = token {
+                request
+                    .headers_mut()
+                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            }
+            request
+        };
+        let anonymous = layer.layer(info).call(with(None)).await.unwrap();
+        assert_eq!(code(&anonymous).as_deref(), Some("16"), "UNAUTHENTICATED");
+        let unknown = layer.layer(info).call(with(Some("guess"))).await.unwrap();
+        assert_eq!(code(&unknown).as_deref(), Some("16"), "UNAUTHENTICATED");
+        for token in ["reader-token", "writer-token"] {
+            let answered = layer.layer(info).call(with(Some(token))).await.unwrap();
+            assert_eq!(code(&answered), None, "{token} gets the handler's answer");
+        }
     }
 }

@@ -37,6 +37,11 @@ impl Forwarder {
         self.leadership.borrow().leading
     }
 
+    /// The replica holding the Lease, as the election last saw it.
+    pub fn leader(&self) -> Option<crate::leader::Leader> {
+        self.leadership.borrow().leader.clone()
+    }
+
     fn client<T>(&self, request: &Request<T>) -> Result<RolloutServiceClient<Channel>, Status> {
         if request.metadata().contains_key(FORWARDED) {
             return Err(Status::unavailable(

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod convert;
 pub mod encoded;
 pub mod forward;
+pub mod info;
 pub mod kubeauth;
 pub mod limits;
 #[cfg(test)]
@@ -49,6 +50,8 @@ pub struct Api {
     limits: Arc<limits::Limits>,
     /// Where mutating calls are recorded.
     audit: Arc<audit::Audit>,
+    /// What GetServerInfo tells besides the build and the leader.
+    facts: info::Facts,
 }
 
 impl Api {
@@ -67,7 +70,14 @@ impl Api {
             telemetry: Telemetry::default(),
             limits: Arc::new(limits::Limits::new(limits::LimitsConfig::default())),
             audit: Arc::default(),
+            facts: info::Facts::default(),
         }
+    }
+
+    /// Answers GetServerInfo with `facts`.
+    pub fn with_facts(mut self, facts: info::Facts) -> Self {
+        self.facts = facts;
+        self
     }
 
     /// Caps open watch streams with `limits` (shared with the authentication layer).
@@ -460,5 +470,21 @@ impl RolloutService for Api {
             async |leader, request| leader.promote(request).await,
         )
         .await
+    }
+
+    /// Answered by the replica that receives it, follower or leader: every field is this
+    /// replica's own (its build, its view of the Lease), and a follower must answer while no
+    /// replica leads, when there is nobody to forward to.
+    async fn get_server_info(
+        &self,
+        request: Request<pb::GetServerInfoRequest>,
+    ) -> Result<Response<pb::ServerInfo>, Status> {
+        let access = access::of(&request)?;
+        access.caller_suffices();
+        let leading = match &self.forward {
+            Some(forwarder) => info::Leading::Elected(forwarder.leader()),
+            None => info::Leading::Alone,
+        };
+        Ok(Response::new(info::server_info(&self.facts, &leading)))
     }
 }

@@ -56,6 +56,9 @@ impl Started {
                 .wait_ready(timeout)
                 .await
                 .map_err(|reason| StartError::Sync { kind, reason })?;
+            if !router.serves() {
+                routers.unserved.push(kind);
+            }
             routers = routers.with(kind, router);
         }
         Ok(routers)
@@ -66,6 +69,8 @@ impl Started {
 #[derive(Default, Clone)]
 pub struct Routers {
     kinds: Vec<(&'static str, Arc<dyn Router>)>,
+    /// Kinds whose CRD the cluster did not serve at start-up.
+    unserved: Vec<&'static str>,
 }
 
 impl Routers {
@@ -79,6 +84,15 @@ impl Routers {
     /// The kinds it drives, in the order added.
     pub fn kinds(&self) -> Vec<&'static str> {
         self.kinds.iter().map(|(kind, _)| *kind).collect()
+    }
+
+    /// The kinds it drives that the cluster served at start-up, in the order added.
+    pub fn served_kinds(&self) -> Vec<&'static str> {
+        self.kinds
+            .iter()
+            .map(|(kind, _)| *kind)
+            .filter(|kind| !self.unserved.contains(kind))
+            .collect()
     }
 
     fn of(&self, kind: &str) -> Result<&dyn Router, RouterError> {

@@ -79,6 +79,8 @@ pub struct RouterContext<'a> {
 pub trait KindRouter: Router {
     /// Waits until its watch cache holds its initial list.
     fn wait_ready(&self, timeout: Duration) -> BoxFuture<'_, Result<(), String>>;
+    /// Whether the cluster serves the kind (known once ready: its CRD may be missing).
+    fn serves(&self) -> bool;
 }
 
 /// Errors resolving or writing routes.

@@ -523,6 +523,10 @@ impl KindRouter for PatchRouter {
     fn wait_ready(&self, timeout: Duration) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(PatchRouter::wait_ready(self, timeout))
     }
+
+    fn serves(&self) -> bool {
+        self.cache.get().is_some()
+    }
 }
 
 fn spec(vs: &DynamicObject) -> Value {

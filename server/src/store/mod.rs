@@ -9,6 +9,7 @@ pub mod crd;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod prune;
+pub mod schema;
 
 use std::sync::Arc;
 

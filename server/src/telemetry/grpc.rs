@@ -17,7 +17,7 @@ use super::Telemetry;
 
 /// The RPCs of `steerer.v1.RolloutService`; a path naming another method is counted as
 /// `other`, so callers cannot grow the label set.
-const METHODS: [&str; 8] = [
+const METHODS: [&str; 9] = [
     "StartRollout",
     "GetRollout",
     "ListRollouts",
@@ -26,6 +26,7 @@ const METHODS: [&str; 8] = [
     "PauseRollout",
     "ResumeRollout",
     "PromoteRollout",
+    "GetServerInfo",
 ];
 
 /// The `method` label of a request path (`/steerer.v1.RolloutService/GetRollout`).
