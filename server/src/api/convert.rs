@@ -140,6 +140,7 @@ pub fn analysis(s: &AnalysisSettings) -> pb::Analysis {
             None,
         ),
         Strategy::AbTest { iterations, .. } => (pb::Strategy::AbTest, None, Some(*iterations)),
+        Strategy::BlueGreen { iterations } => (pb::Strategy::BlueGreen, None, Some(*iterations)),
     };
     pb::Analysis {
         step_weight: weights.map(|(step, _)| step),

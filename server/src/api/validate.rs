@@ -572,6 +572,8 @@ pub fn check_analysis(s: &AnalysisSettings) -> Result<(), Invalid> {
         let peak = match s.strategy {
             Strategy::Canary { max_weight, .. } => max_weight,
             Strategy::AbTest { .. } => 0,
+            // Its last check has all the traffic on the canary.
+            Strategy::BlueGreen { .. } => 100,
         };
         check_baseline(b, peak)?;
     }
@@ -1415,13 +1417,25 @@ mod tests {
             a_b.strategy(&Strategy::default()),
             Strategy::AbTest { iterations: 10, ref matches } if matches.len() == 1
         ));
+        let blue_green = strategy(Some(&pb::Analysis {
+            strategy: pb::Strategy::BlueGreen as i32,
+            iterations: Some(4),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(blue_green.unsupported(), None, "blue/green runs");
+        assert_eq!(
+            blue_green.strategy(&Strategy::default()),
+            Strategy::BlueGreen { iterations: 4 }
+        );
         for (request, says) in [
             (
                 pb::Analysis {
                     strategy: pb::Strategy::BlueGreen as i32,
+                    mirror_weight: Some(50),
                     ..Default::default()
                 },
-                "STRATEGY_BLUE_GREEN",
+                "mirror_weight",
             ),
             (
                 pb::Analysis {

@@ -2,11 +2,11 @@
 //! (`engine::decide::plan`) asks the rollout's `Strategy` which traffic comes next instead of
 //! branching on its settings.
 //!
-//! Two kinds run: the weighted canary, and the A/B test (requests matching headers or cookies
-//! go to the canary, then promotion after N passing checks). Others are new variants answering
-//! the same questions, with router support for the traffic they need: blue/green (no live
-//! traffic while N checks pass, then all of it at once) and mirroring (a share of GA's
-//! requests copied to the canary, beside either).
+//! Three kinds run: the weighted canary, the A/B test (requests matching headers or cookies
+//! go to the canary, then promotion after N passing checks) and blue/green (no live traffic
+//! while N checks pass, then all of it at once). Mirroring (a share of GA's requests copied to
+//! the canary, beside a canary or blue/green) is a variant still to come, with router support
+//! for the traffic it needs.
 
 use std::fmt;
 use std::time::Duration;
@@ -30,6 +30,10 @@ pub enum Strategy {
         iterations: u32,
         matches: Vec<RequestMatch>,
     },
+    /// The canary takes no live traffic (weight 0) while `iterations` checks pass on the load
+    /// it gets from elsewhere (a load tester a webhook drives); then all traffic moves to it in
+    /// one write (weight 100), and a check passing there promotes it.
+    BlueGreen { iterations: u32 },
 }
 
 /// The canary weight of an A/B test while its rule is in the route: all the matching requests.
@@ -63,7 +67,14 @@ impl Strategy {
                 max_weight,
             } => (canary_weight + step_weight).min(*max_weight).min(100),
             Strategy::AbTest { .. } => AB_WEIGHT,
+            Strategy::BlueGreen { .. } => 100,
         }
+    }
+
+    /// Whether checks run before the canary has any live traffic (at weight 0): the canary is
+    /// judged on load from elsewhere, and its first step waits for its checks.
+    pub fn checks_without_traffic(&self) -> bool {
+        matches!(self, Strategy::BlueGreen { .. })
     }
 
     /// Whether a check passing at `canary_weight`, after `passed_checks` passing checks of
@@ -75,6 +86,7 @@ impl Strategy {
             Strategy::AbTest { iterations, .. } => {
                 canary_weight >= AB_WEIGHT && passed_checks.saturating_add(1) >= *iterations
             }
+            Strategy::BlueGreen { .. } => canary_weight >= 100,
         }
     }
 
@@ -83,6 +95,13 @@ impl Strategy {
     pub fn after_pass(&self, canary_weight: u32, passed_checks: u32) -> Next {
         if self.completes_at(canary_weight, passed_checks) {
             Next::Promote
+        } else if let Strategy::BlueGreen { iterations } = self {
+            // Dark until the iterations-th passing check, then the switch.
+            Next::Weight(if passed_checks.saturating_add(1) >= *iterations {
+                100
+            } else {
+                canary_weight
+            })
         } else {
             Next::Weight(self.next_weight(canary_weight))
         }
@@ -92,7 +111,7 @@ impl Strategy {
     pub fn matches(&self) -> &[RequestMatch] {
         match self {
             Strategy::AbTest { matches, .. } => matches,
-            Strategy::Canary { .. } => &[],
+            Strategy::Canary { .. } | Strategy::BlueGreen { .. } => &[],
         }
     }
 
@@ -107,14 +126,25 @@ impl Strategy {
                 "{}, promoted after {iterations} passing checks",
                 self.routes(AB_WEIGHT).unwrap_or_default()
             ),
+            Strategy::BlueGreen { iterations } => format!(
+                "blue/green: no live traffic to the canary until {iterations} checks pass, then all of it, promoted after one more passing check"
+            ),
         }
     }
 
     /// What the route does at `canary_weight`, for events: "A/B: requests with header
     /// x-cohort=beta go to the canary"; `None` for a weighted canary, whose weight says it.
     pub fn routes(&self, canary_weight: u32) -> Option<String> {
-        let Strategy::AbTest { matches, .. } = self else {
-            return None;
+        let matches = match self {
+            Strategy::AbTest { matches, .. } => matches,
+            Strategy::BlueGreen { .. } => {
+                return Some(if canary_weight == 0 {
+                    "blue/green: no live traffic goes to the canary, all of it to GA".to_owned()
+                } else {
+                    "blue/green: all traffic goes to the canary".to_owned()
+                });
+            }
+            Strategy::Canary { .. } => return None,
         };
         let any: Vec<String> = matches.iter().map(ToString::to_string).collect();
         Some(if canary_weight == 0 {
@@ -129,8 +159,9 @@ impl Strategy {
 }
 
 /// What a start request asks of the traffic, validated (`api::validate::strategy`): the
-/// strategy and the routing it adds (matches, mirroring, session affinity). A weighted canary
-/// and an A/B test run today (`strategy`); the others are refused as not implemented
+/// strategy and the routing it adds (matches, mirroring, session affinity). A weighted canary,
+/// an A/B test and blue/green without mirroring run today (`strategy`); the others are refused
+/// as not implemented
 /// rather than half run (`unsupported`), and become `Strategy` variants as the engine and
 /// routers learn them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +196,10 @@ impl StrategyRequest {
                 iterations: *iterations,
                 matches: matches.clone(),
             },
-            _ => canary.clone(),
+            StrategyRequest::BlueGreen { iterations, .. } => Strategy::BlueGreen {
+                iterations: *iterations,
+            },
+            StrategyRequest::Canary { .. } => canary.clone(),
         }
     }
 
@@ -174,7 +208,11 @@ impl StrategyRequest {
     pub fn unsupported(&self) -> Option<String> {
         let what = match self {
             StrategyRequest::AbTest { .. } => return None,
-            StrategyRequest::BlueGreen { .. } => "analysis.strategy STRATEGY_BLUE_GREEN",
+            StrategyRequest::BlueGreen {
+                mirror_weight: Some(_),
+                ..
+            } => "mirroring (analysis.mirror_weight)",
+            StrategyRequest::BlueGreen { .. } => return None,
             StrategyRequest::Canary {
                 mirror_weight: Some(_),
                 ..
@@ -250,6 +288,13 @@ struct Stored {
     max_weight: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ab_test: Option<StoredAb>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    blue_green: Option<StoredBlueGreen>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredBlueGreen {
+    iterations: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -260,6 +305,9 @@ struct StoredAb {
 
 impl From<Stored> for Strategy {
     fn from(stored: Stored) -> Self {
+        if let Some(StoredBlueGreen { iterations }) = stored.blue_green {
+            return Strategy::BlueGreen { iterations };
+        }
         match stored.ab_test {
             Some(StoredAb {
                 iterations,
@@ -286,6 +334,7 @@ impl From<Strategy> for Stored {
                 step_weight,
                 max_weight,
                 ab_test: None,
+                blue_green: None,
             },
             Strategy::AbTest {
                 iterations,
@@ -297,6 +346,13 @@ impl From<Strategy> for Stored {
                     iterations,
                     matches,
                 }),
+                blue_green: None,
+            },
+            Strategy::BlueGreen { iterations } => Stored {
+                step_weight: 100,
+                max_weight: 100,
+                ab_test: None,
+                blue_green: Some(StoredBlueGreen { iterations }),
             },
         }
     }
@@ -368,6 +424,43 @@ mod tests {
             serde_json::json!({"on": {"header": "x-cohort"}, "value": {"exact": "beta"}})
         );
         assert_eq!(stored["step_weight"], AB_WEIGHT);
+        let read: crate::domain::AnalysisSettings = serde_json::from_value(stored).unwrap();
+        assert_eq!(read, settings);
+    }
+
+    #[test]
+    fn blue_green_checks_without_traffic_then_switches_all_of_it_and_promotes_after_one_more() {
+        let bg = Strategy::BlueGreen { iterations: 3 };
+        assert!(bg.checks_without_traffic());
+        assert!(!CANARY.checks_without_traffic());
+        assert_eq!(bg.after_pass(0, 0), Next::Weight(0));
+        assert_eq!(bg.after_pass(0, 1), Next::Weight(0));
+        assert_eq!(bg.after_pass(0, 2), Next::Weight(100));
+        assert_eq!(bg.after_pass(100, 3), Next::Promote);
+        // However many checks pass in the dark, promotion needs the live traffic first.
+        assert!(!bg.completes_at(0, 99));
+        assert_eq!(bg.next_weight(0), 100);
+        assert_eq!(
+            bg.routes(0).unwrap(),
+            "blue/green: no live traffic goes to the canary, all of it to GA"
+        );
+        assert_eq!(
+            bg.routes(100).unwrap(),
+            "blue/green: all traffic goes to the canary"
+        );
+        assert!(bg.matches().is_empty());
+    }
+
+    #[test]
+    fn blue_green_round_trips_through_its_record_beside_the_canary_fields() {
+        let settings = crate::domain::AnalysisSettings {
+            strategy: Strategy::BlueGreen { iterations: 4 },
+            ..Default::default()
+        };
+        let stored = serde_json::to_value(&settings).unwrap();
+        assert_eq!(stored["blue_green"]["iterations"], 4);
+        assert_eq!(stored["max_weight"], 100);
+        assert!(stored.get("ab_test").is_none(), "{stored}");
         let read: crate::domain::AnalysisSettings = serde_json::from_value(stored).unwrap();
         assert_eq!(read, settings);
     }

@@ -57,6 +57,14 @@ pub(super) fn no_data(
     d.next.halted_since = Some(since);
     let elapsed = (now - since).to_std().unwrap_or(Duration::ZERO);
     let deadline = state.analysis.progress_deadline;
+    // A dark blue/green canary only has the load something else gives it: say where from.
+    let why = if state.canary_weight == 0 && state.analysis.strategy.checks_without_traffic() {
+        format!(
+            "{why} (blue/green: the canary takes no live traffic until its checks pass; its load must come from a load tester a rollout webhook drives)"
+        )
+    } else {
+        why
+    };
     let message = format!("no data at weight {}%: {why}", state.canary_weight);
     let past_deadline = elapsed >= deadline;
     let repeat = Repeat::of(state, key, now).recorded_anyway(past_deadline);

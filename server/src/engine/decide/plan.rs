@@ -84,7 +84,7 @@ pub fn sample_window(
     check_tick: Duration,
 ) -> Option<Duration> {
     if state.phase != Phase::Progressing
-        || state.canary_weight == 0
+        || (state.canary_weight == 0 && !state.analysis.strategy.checks_without_traffic())
         || interval_elapsed(state, now).is_some()
         || !until_tick(now, state.analysis.interval, check_tick).is_zero()
     {
@@ -180,8 +180,17 @@ pub(super) fn step_up(d: &mut Decision, state: &Rollout, to: u32, now: DateTime<
     d.next.last_step_at = Some(now);
     d.next.quiet = None;
     d.wake = settings.interval;
-    if to == from && from > 0 {
-        // An A/B test between checks: the traffic stays as it is for another interval.
+    if to == from && (from > 0 || settings.strategy.checks_without_traffic()) {
+        // An A/B test between checks, or blue/green in the dark: the traffic stays as it is
+        // for another interval. A dark canary's own load counts from its first step.
+        if d.next.traffic_since.is_none() {
+            d.next.traffic_since = Some(now);
+        }
+        if state.phase == Phase::Pending
+            && let Some(routes) = settings.strategy.routes(to)
+        {
+            d.emit(EventKind::WeightChanged, format!("{why}; {routes}"));
+        }
         return;
     }
     d.actions.push(Action::SetCanaryWeight(to));

@@ -80,10 +80,16 @@ pub(super) fn pending(d: &mut Decision, state: &Rollout, obs: &Observation, now:
     d.next.phase = Phase::Progressing;
     d.next.halted_since = None;
     d.next.halt_reason = None;
+    // Blue/green: the first step keeps the canary dark; its checks start from here.
+    let first = if state.analysis.strategy.checks_without_traffic() {
+        0
+    } else {
+        next_step(state)
+    };
     step_up(
         d,
         state,
-        next_step(state),
+        first,
         now,
         format!(
             "canary revision {revision} ready with {} replicas",
@@ -121,7 +127,7 @@ pub(super) fn progressing(
         d.wake = left;
         return;
     }
-    if state.canary_weight == 0 {
+    if state.canary_weight == 0 && !state.analysis.strategy.checks_without_traffic() {
         step_up(d, state, next_step(state), now, "canary ready".to_owned());
         return;
     }
@@ -226,7 +232,11 @@ pub(super) fn progressing(
                     "check {passed} of {iterations} passed on the A/B traffic: {measured}{}",
                     rate_note(request_rate)
                 ),
-                Strategy::Canary { .. } => format!(
+                Strategy::BlueGreen { iterations } if state.canary_weight == 0 => format!(
+                    "check {passed} of {iterations} passed with no live traffic: {measured}{}",
+                    rate_note(request_rate)
+                ),
+                Strategy::Canary { .. } | Strategy::BlueGreen { .. } => format!(
                     "check passed at weight {}%: {measured}{}",
                     state.canary_weight,
                     rate_note(request_rate)
@@ -264,6 +274,9 @@ pub(super) fn progressing(
                         Strategy::Canary { .. } => {
                             "analysis passed at the maximum weight".to_owned()
                         }
+                        Strategy::BlueGreen { iterations } => format!(
+                            "blue/green analysis passed {iterations} checks without live traffic and one with all of it"
+                        ),
                     };
                     let why = match confirmed {
                         Some(said) => format!("{done} and confirm-promotion said yes ({said})"),

@@ -164,6 +164,101 @@ fn a_new_revision_during_an_ab_test_takes_its_rule_out_and_counts_again() {
     assert_eq!(d.next.passed_checks, 0);
 }
 
+fn blue_green(r: &mut Rollout) {
+    r.analysis.strategy = crate::domain::Strategy::BlueGreen { iterations: 2 };
+}
+
+#[test]
+fn a_ready_blue_green_canary_stays_dark_and_its_load_counts_from_then() {
+    let state = Rollout::test().prepared().with(blue_green);
+    let d = decide(&state, &Observation::test(), t(1));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(d.next.phase, Phase::Progressing);
+    assert_eq!(d.next.canary_weight, 0);
+    assert_eq!(d.next.traffic_since, Some(t(1)));
+    assert_eq!(d.next.last_step_at, Some(t(1)));
+    assert_eq!(kinds(&d), vec![EventKind::WeightChanged]);
+    assert!(
+        d.events[0]
+            .message
+            .ends_with("blue/green: no live traffic goes to the canary, all of it to GA"),
+        "{}",
+        d.events[0].message
+    );
+}
+
+#[test]
+fn blue_green_checks_in_the_dark_then_switches_all_traffic_in_one_write_then_promotes() {
+    let state = Rollout::test().progressing(0, 0).with(blue_green);
+    let first = decide(&state, &Observation::test().measured(100.0, 20.0), t(1));
+    assert!(first.actions.is_empty(), "{:?}", first.actions);
+    assert_eq!(kinds(&first), vec![EventKind::CheckPassed]);
+    assert!(
+        first.events[0]
+            .message
+            .starts_with("check 1 of 2 passed with no live traffic: "),
+        "{}",
+        first.events[0].message
+    );
+    assert_eq!(first.next.canary_weight, 0);
+    assert_eq!(first.next.passed_checks, 1);
+    let state = first.next.clone().with(|r| r.last_step_at = Some(t(0)));
+    let switch = decide(&state, &Observation::test().measured(100.0, 20.0), t(1));
+    assert_eq!(switch.actions, vec![Action::SetCanaryWeight(100)]);
+    assert_eq!(
+        kinds(&switch),
+        vec![EventKind::CheckPassed, EventKind::WeightChanged]
+    );
+    assert!(
+        switch.events[1]
+            .message
+            .ends_with("blue/green: all traffic goes to the canary"),
+        "{}",
+        switch.events[1].message
+    );
+    let state = switch.next.clone().with(|r| r.last_step_at = Some(t(0)));
+    let last = decide(&state, &Observation::test().measured(100.0, 20.0), t(1));
+    assert_eq!(last.next.phase, Phase::Promoting);
+    assert_eq!(last.actions, vec![Action::PromoteTemplate]);
+    assert!(
+        last.events[1]
+            .message
+            .contains("blue/green analysis passed 2 checks without live traffic"),
+        "{}",
+        last.events[1].message
+    );
+}
+
+#[test]
+fn a_dark_blue_green_canary_without_load_is_no_data_saying_where_load_comes_from() {
+    let state = Rollout::test().progressing(0, 0).with(blue_green);
+    let d = decide(&state, &Observation::test().measured(100.0, 0.0), t(1));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(kinds(&d), vec![EventKind::CheckNoData]);
+    assert_eq!(d.next.passed_checks, 0);
+    assert!(
+        d.events[0]
+            .message
+            .contains("blue/green: the canary takes no live traffic"),
+        "{}",
+        d.events[0].message
+    );
+}
+
+#[test]
+fn a_blue_green_canary_failing_on_live_traffic_goes_back_to_ga_in_one_write() {
+    let state = Rollout::test()
+        .progressing(100, 0)
+        .with(blue_green)
+        .with(|r| {
+            r.passed_checks = 2;
+            r.failed_checks = r.analysis.max_failed_checks - 1;
+        });
+    let d = decide(&state, &Observation::test().measured(50.0, 20.0), t(1));
+    assert_eq!(d.next.phase, Phase::RollingBack);
+    assert_eq!(d.actions.first(), Some(&Action::SetCanaryWeight(0)));
+}
+
 #[test]
 fn a_slow_canary_fails_its_check_on_latency_and_the_record_and_event_say_so() {
     let state = Rollout::test()
