@@ -4,20 +4,23 @@
 //! either way nothing in the cluster changes and no rollout is recorded, through the generated
 //! client and through the CLI's strategy flags. A/B tests run: promoted, rolled back on their
 //! matched traffic, aborted and resumed after a kill -9, each ending with the route exactly as
-//! the user wrote it. Runs for the route kind of `STEERER_ROUTE`, on the simulator or
+//! the user wrote it. Blue/green runs too: dark while its checks pass on load from a preview
+//! route, then all traffic in one write, promoted; without load it is no data and never
+//! touches the route; aborted or failing in the dark it leaves the route as it was, and a
+//! kill -9 resumes its count. Runs for the route kind of `STEERER_ROUTE`, on the simulator or
 //! (`STEERER_SUBSTRATE=real`) a real cluster.
 
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use serde_json::{Value, json};
 use steerer::v1::{
     AbortRolloutRequest, Analysis, EventType, Phase, RequestMatch, SessionAffinity, Strategy,
 };
 use tonic::Code;
 
-use crate::common::{CANARY, GA, Harness, NS, collect_events, events_until};
+use crate::common::{CANARY, GA, Harness, NS, collect_events, events_until, split_pointer};
 use crate::rollout_bad_input::assert_no_rollouts;
 
 /// The route as stored (resourceVersion included) and every Deployment's resourceVersion.
@@ -189,9 +192,12 @@ async fn invalid_or_not_yet_routable_strategies_are_refused_and_change_nothing()
 
     let not_yet: Vec<(&str, Analysis, &str)> = vec![
         (
-            "blue/green",
-            blue_green(),
-            "STRATEGY_BLUE_GREEN is not implemented",
+            "blue/green with mirroring",
+            Analysis {
+                mirror_weight: Some(50),
+                ..blue_green()
+            },
+            "mirroring (analysis.mirror_weight) is not implemented",
         ),
         (
             "mirroring during a canary",
@@ -260,9 +266,9 @@ async fn the_clis_strategy_flags_get_the_servers_answers_and_change_nothing() {
             "analysis.match cannot be used with STRATEGY_BLUE_GREEN",
         ),
         (
-            &["--strategy", "blue-green", "--iterations", "5"],
+            &["--strategy", "blue-green", "--mirror-weight", "50"],
             1,
-            "analysis.strategy STRATEGY_BLUE_GREEN is not implemented by this server yet",
+            "mirroring (analysis.mirror_weight) is not implemented by this server yet",
         ),
     ];
     for (flags, code, says) in cases {
@@ -507,4 +513,275 @@ async fn a_hand_edit_of_the_ab_rule_pauses_the_test_and_an_abort_restores_the_ro
         "the route is not as the user wrote it"
     );
     send_cohort(&h, 0.0).await;
+}
+
+/// Creates `podinfo-preview`, a second route of the example's kind sending all of its own
+/// traffic to the canary Service: the load a dark blue/green canary gets from elsewhere (a
+/// preview host, a load tester). It holds no GA destination, so it is never the rollout's route.
+async fn preview_route(h: &Harness) {
+    let route = h.route_object().await;
+    let mut canary = route
+        .pointer(split_pointer(h.route))
+        .and_then(Value::as_array)
+        .unwrap()
+        .iter()
+        .find(|d| d.to_string().contains(CANARY))
+        .unwrap()
+        .clone();
+    canary["weight"] = json!(100);
+    let mut spec = route["spec"].clone();
+    match rules_key(h) {
+        "http" => spec["http"] = json!([{"route": [canary]}]),
+        key => spec[key] = json!([{"backendRefs": [canary]}]),
+    }
+    let preview: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": route["apiVersion"],
+        "kind": route["kind"],
+        "metadata": {"name": "podinfo-preview", "namespace": NS},
+        "spec": spec,
+    }))
+    .unwrap();
+    crate::common::routes(&h.kube, h.route)
+        .create(&PostParams::default(), &preview)
+        .await
+        .unwrap();
+}
+
+/// Starts a blue/green rollout needing `iterations` dark checks and waits for its first step:
+/// the event saying the canary takes no live traffic.
+async fn start_blue_green(h: &mut Harness, analysis: Analysis) -> String {
+    let started = h.start_rollout(h.request(analysis)).await;
+    let events = events_until(
+        &mut h.client,
+        &started.id,
+        0,
+        Duration::from_secs(60),
+        |e| e.r#type() == EventType::WeightChanged,
+    )
+    .await;
+    let dark = events.last().unwrap();
+    assert!(
+        dark.message
+            .ends_with("blue/green: no live traffic goes to the canary, all of it to GA"),
+        "{}",
+        dark.message
+    );
+    started.id
+}
+
+fn blue_green_of(iterations: u32) -> Analysis {
+    Analysis {
+        iterations: Some(iterations),
+        ..blue_green()
+    }
+}
+
+/// The messages of a rollout's events of one type.
+async fn messages(h: &mut Harness, id: &str, kind: EventType) -> Vec<String> {
+    collect_events(&mut h.client, id, 0, Duration::from_secs(10))
+        .await
+        .into_iter()
+        .filter(|e| e.r#type() == kind)
+        .map(|e| e.message)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_passes_its_checks_dark_then_moves_all_traffic_at_once_and_promotes() {
+    let mut h = Harness::start().await;
+    let before = route_spec(&h).await;
+    preview_route(&h).await;
+    let id = start_blue_green(&mut h, blue_green_of(2)).await;
+    events_until(&mut h.client, &id, 0, Duration::from_secs(60), |e| {
+        e.r#type() == EventType::CheckPassed
+    })
+    .await;
+    // A passing check in the dark: the user's route still sends nothing to the canary.
+    assert_eq!(
+        route_spec(&h).await,
+        before,
+        "the dark canary got live traffic"
+    );
+    let switched = events_until(&mut h.client, &id, 0, Duration::from_secs(60), |e| {
+        e.r#type() == EventType::WeightChanged
+            && e.message
+                .ends_with("blue/green: all traffic goes to the canary")
+    })
+    .await;
+    assert!(!switched.is_empty());
+    let done = h.wait_for_end(&id, Duration::from_secs(120)).await;
+    assert_eq!(done.phase(), Phase::Succeeded, "{}", done.message);
+    let passed = messages(&mut h, &id, EventType::CheckPassed).await;
+    assert_eq!(passed.len(), 3, "{passed:?}");
+    assert!(
+        passed[0].starts_with("check 1 of 2 passed with no live traffic"),
+        "{passed:?}"
+    );
+    assert!(
+        passed[1].starts_with("check 2 of 2 passed with no live traffic"),
+        "{passed:?}"
+    );
+    assert!(
+        passed[2].starts_with("check passed at weight 100%"),
+        "{passed:?}"
+    );
+    let steps = messages(&mut h, &id, EventType::WeightChanged).await;
+    assert!(
+        steps
+            .iter()
+            .any(|m| m.ends_with("blue/green: all traffic goes to the canary")),
+        "{steps:?}"
+    );
+    assert_eq!(
+        route_spec(&h).await,
+        before,
+        "the route is not as the user wrote it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_without_load_is_no_data_and_rolls_back_at_the_deadline_never_writing_the_route()
+{
+    let mut h = Harness::start().await;
+    let before = cluster_state(&h).await.0;
+    let id = start_blue_green(
+        &mut h,
+        Analysis {
+            progress_deadline: Some(prost_types::Duration {
+                seconds: 8,
+                nanos: 0,
+            }),
+            ..blue_green_of(2)
+        },
+    )
+    .await;
+    let done = h.wait_for_end(&id, Duration::from_secs(90)).await;
+    assert_eq!(done.phase(), Phase::RolledBack, "{}", done.message);
+    assert!(
+        done.message.contains("progress deadline") && done.message.contains("blue/green"),
+        "{}",
+        done.message
+    );
+    let no_data = messages(&mut h, &id, EventType::CheckNoData).await;
+    assert!(
+        !no_data.is_empty()
+            && no_data
+                .iter()
+                .all(|m| m.contains("the canary takes no live traffic")),
+        "{no_data:?}"
+    );
+    assert!(
+        messages(&mut h, &id, EventType::CheckPassed)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        cluster_state(&h).await.0,
+        before,
+        "the route was written (its resourceVersion moved)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_canary_failing_in_the_dark_is_rolled_back_and_the_route_never_moves() {
+    let mut h = Harness::start().await;
+    preview_route(&h).await;
+    let before = cluster_state(&h).await.0;
+    let ga_image = crate::common::image(&h.deployment(GA).await);
+    h.set_error_rate(NS, CANARY, Some(0.5)).await;
+    let id = start_blue_green(&mut h, blue_green_of(3)).await;
+    let done = h.wait_for_end(&id, Duration::from_secs(120)).await;
+    assert_eq!(done.phase(), Phase::RolledBack, "{}", done.message);
+    assert!(done.message.contains("failed checks"), "{}", done.message);
+    assert_eq!(
+        cluster_state(&h).await.0,
+        before,
+        "the route was written (its resourceVersion moved)"
+    );
+    assert_eq!(crate::common::image(&h.deployment(GA).await), ga_image);
+    h.set_error_rate(NS, CANARY, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborting_a_dark_blue_green_rollout_leaves_the_route_untouched() {
+    let mut h = Harness::start().await;
+    preview_route(&h).await;
+    let before = cluster_state(&h).await.0;
+    let id = start_blue_green(&mut h, blue_green_of(50)).await;
+    events_until(&mut h.client, &id, 0, Duration::from_secs(60), |e| {
+        e.r#type() == EventType::CheckPassed
+    })
+    .await;
+    h.client
+        .abort_rollout(AbortRolloutRequest {
+            id: id.clone(),
+            reason: "not today".into(),
+        })
+        .await
+        .unwrap();
+    let done = h.wait_for_end(&id, Duration::from_secs(60)).await;
+    assert_eq!(done.phase(), Phase::Aborted, "{}", done.message);
+    assert_eq!(
+        cluster_state(&h).await.0,
+        before,
+        "the route was written (its resourceVersion moved)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborting_blue_green_after_the_switch_puts_all_traffic_back_on_ga() {
+    let mut h = Harness::start().await;
+    preview_route(&h).await;
+    let before = route_spec(&h).await;
+    let id = start_blue_green(&mut h, blue_green_of(1)).await;
+    events_until(&mut h.client, &id, 0, Duration::from_secs(60), |e| {
+        e.r#type() == EventType::WeightChanged
+            && e.message
+                .ends_with("blue/green: all traffic goes to the canary")
+    })
+    .await;
+    assert_eq!(h.weights().await, (0, 100));
+    h.client
+        .abort_rollout(AbortRolloutRequest {
+            id: id.clone(),
+            reason: "not today".into(),
+        })
+        .await
+        .unwrap();
+    let done = h.wait_for_end(&id, Duration::from_secs(60)).await;
+    assert_eq!(done.phase(), Phase::Aborted, "{}", done.message);
+    assert_eq!(
+        route_spec(&h).await,
+        before,
+        "the route is not as the user wrote it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_rollout_killed_in_the_dark_resumes_its_count_and_promotes() {
+    let mut h = Harness::start().await;
+    preview_route(&h).await;
+    let before = route_spec(&h).await;
+    let id = start_blue_green(&mut h, blue_green_of(3)).await;
+    events_until(&mut h.client, &id, 0, Duration::from_secs(60), |e| {
+        e.r#type() == EventType::CheckPassed
+    })
+    .await;
+    h.crash_and_restart().await;
+    let resumed = h.get(&id).await;
+    assert_eq!(resumed.phase(), Phase::Progressing, "{}", resumed.message);
+    assert_eq!(resumed.canary_weight, 0, "{}", resumed.message);
+    let done = h.wait_for_end(&id, Duration::from_secs(120)).await;
+    assert_eq!(done.phase(), Phase::Succeeded, "{}", done.message);
+    let passed = messages(&mut h, &id, EventType::CheckPassed).await;
+    assert_eq!(
+        passed.len(),
+        4,
+        "three dark checks counted across the restart, one live: {passed:?}"
+    );
+    assert_eq!(
+        route_spec(&h).await,
+        before,
+        "the route is not as the user wrote it"
+    );
 }
