@@ -106,6 +106,14 @@ async fn invalid_or_not_yet_routable_strategies_are_refused_and_change_nothing()
             "analysis.session_affinity cannot be used with STRATEGY_BLUE_GREEN",
         ),
         (
+            "a baseline with blue/green",
+            Analysis {
+                baseline: Some(steerer::v1::Baseline::default()),
+                ..blue_green()
+            },
+            "analysis.baseline cannot be used with STRATEGY_BLUE_GREEN",
+        ),
+        (
             "session affinity with A/B",
             Analysis {
                 session_affinity: sticky("canary-user", 3600),

@@ -219,6 +219,8 @@ impl RolloutService for Api {
         let observer = validate::observer(&r.observer).map_err(invalid)?;
         validate::token("request_id", &r.request_id, false).map_err(invalid)?;
         let images = validate::images(&r.images).map_err(invalid)?;
+        // The strategy first: its refusals say more than the settings they make meaningless.
+        let strategy = validate::strategy(r.analysis.as_ref()).map_err(invalid)?;
         let config = self.supervisor.config();
         let mut analysis =
             validate::analysis(r.analysis.as_ref(), &config.defaults).map_err(invalid)?;
@@ -229,7 +231,6 @@ impl RolloutService for Api {
             &config.webhook_allow,
         )
         .map_err(invalid)?;
-        let strategy = validate::strategy(r.analysis.as_ref()).map_err(invalid)?;
         analysis.strategy = strategy.strategy(&analysis.strategy);
         if r.canary_replicas.is_some_and(|n| n == 0 || n > 1000) {
             return Err(Status::invalid_argument(

@@ -683,6 +683,11 @@ pub fn strategy(request: Option<&pb::Analysis>) -> Result<StrategyRequest, Inval
             if a.session_affinity.is_some() {
                 return Err(not_with("session_affinity"));
             }
+            if a.baseline.is_some() {
+                return Err(Invalid(format!(
+                    "analysis.baseline cannot be used with {name}: all traffic moves to the canary at once, leaving no baseline traffic to compare it with"
+                )));
+            }
             weights_unused(a, name)?;
             Ok(StrategyRequest::BlueGreen {
                 iterations,
@@ -1646,6 +1651,10 @@ mod tests {
             (
                 with(|a| a.step_weight = Some(10)),
                 "analysis.step_weight cannot be used with STRATEGY_AB_TEST",
+            ),
+            (
+                blue_green(|a| a.baseline = Some(pb::Baseline::default())),
+                "analysis.baseline cannot be used with STRATEGY_BLUE_GREEN",
             ),
             (
                 blue_green(|a| a.max_weight = Some(50)),
